@@ -1,0 +1,1 @@
+"""Checkers: general linearizability and Machi-specific checkers (pure, budgeted)."""

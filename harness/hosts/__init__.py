@@ -1,0 +1,1 @@
+"""Hosts: one interface (run, upload, download, daemons) over netns, ssh and vagrant."""

@@ -1,0 +1,1 @@
+"""Self-contained HTML reports (no network needed to view them)."""

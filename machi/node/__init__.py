@@ -1,0 +1,1 @@
+"""The anyio FLU daemon: listener, connections, wedge state, chain-manager driver."""

@@ -1,0 +1,1 @@
+"""Deterministic simulator: one thread, one seed, one-way links, invariants."""

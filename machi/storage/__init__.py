@@ -1,0 +1,1 @@
+"""Storage: append-only data files, the SQLite metadata plane, the projection store."""
