@@ -1,0 +1,155 @@
+"""Fault schedules drawn from a seed: same seed, same nodes, same options -> same schedule.
+
+Owns the pure function `make_schedule(seed, nodes, ...) -> list[FaultEvent]` (Jepsen's
+nemesis generator, FoundationDB's seeded faults).  One fault is active at a time: a start
+event (partition, kill, pause, torn-write) is always followed by its end event (heal,
+restart, resume) before the next fault starts, and the schedule ends healed.  Partition
+grudges are computed here when they depend only on the node list; grudges that depend on
+the chain's state at run time (isolate the head, tail, a middle or a repairing node) carry a
+sub-seed instead, so the executor's choice is reproducible too.
+
+Must not: do I/O, read the clock or use the global `random` state.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from harness.nemesis import partition as p
+
+FAULTS = ("partition", "kill", "pause", "torn-write", "loss")
+PARTITION_KINDS = (
+    "isolate", "one-way", "halves", "majority-minority", "majorities-ring", "bridge", "random",
+    "isolate-head", "isolate-tail", "isolate-middle", "isolate-repairing",
+)
+_END_OF = {"partition": "heal", "loss": "heal", "kill": "restart", "pause": "resume"}
+EVENTS_MAX = 10_000
+
+
+@dataclass(frozen=True)
+class FaultEvent:
+    """At `time_s` after the test's start, do `fault` to `targets` (params: details)."""
+
+    time_s: float
+    fault: str
+    targets: tuple[str, ...]
+    params: tuple[tuple[str, Any], ...] = ()
+
+    def param(self, key: str, default: Any = None) -> Any:
+        return dict(self.params).get(key, default)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"time_s": self.time_s, "fault": self.fault, "targets": list(self.targets),
+                "params": _jsonable(dict(self.params))}
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, tuple | list | frozenset | set):
+        seq = sorted(x) if isinstance(x, frozenset | set) else x
+        return [_jsonable(v) for v in seq]
+    return x
+
+
+def grudge_param(g: p.Grudge) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """A grudge as a hashable, ordered value for `FaultEvent.params`."""
+    return tuple((n, tuple(sorted(s))) for n, s in sorted(g.items()))
+
+
+def grudge_of(event: FaultEvent) -> p.Grudge:
+    return p.normalize({n: set(s) for n, s in event.param("grudge", ())})
+
+
+@dataclass(frozen=True)
+class ScheduleOptions:
+    """Knobs of the schedule.  Times are seconds after the test's start."""
+
+    time_limit_s: float = 60.0
+    faults: tuple[str, ...] = ("partition", "kill")
+    partition_kinds: tuple[str, ...] = (
+        "isolate", "halves", "majority-minority", "majorities-ring", "bridge", "random",
+        "one-way",
+    )
+    quiet_s: tuple[float, float] = (2.0, 6.0)  # healthy gap before each fault
+    fault_s: tuple[float, float] = (2.0, 8.0)  # how long a fault lasts
+    loss_probability: tuple[float, float] = (0.1, 0.5)
+    torn_write_modes: tuple[str, ...] = ("truncate", "flip")
+
+    def __post_init__(self) -> None:
+        bad = set(self.faults) - set(FAULTS)
+        if bad or not self.faults:
+            raise ValueError(f"faults must be a non-empty subset of {FAULTS}, got {self.faults}")
+        badk = set(self.partition_kinds) - set(PARTITION_KINDS)
+        if badk or not self.partition_kinds:
+            raise ValueError(f"unknown partition kinds {sorted(badk)}")
+        for lo, hi in (self.quiet_s, self.fault_s, self.loss_probability):
+            if not 0 < lo <= hi:
+                raise ValueError("ranges must satisfy 0 < low <= high")
+        if self.loss_probability[1] > 1:
+            raise ValueError("loss probability must be <= 1")
+
+
+def make_schedule(
+    seed: int, nodes: Sequence[str], options: ScheduleOptions | None = None
+) -> list[FaultEvent]:
+    """The fault schedule of a test: pure function of seed, node list and options."""
+    opts = options or ScheduleOptions()
+    ns = list(nodes)
+    if len(ns) < 2 and ("partition" in opts.faults or "loss" in opts.faults):
+        raise ValueError("partitions need at least 2 nodes")
+    rng = random.Random(f"machi-schedule/{seed}")
+    events: list[FaultEvent] = []
+    t = 0.0
+    while len(events) < EVENTS_MAX - 3:
+        t += rng.uniform(*opts.quiet_s)
+        dur = rng.uniform(*opts.fault_s)
+        if t + dur >= opts.time_limit_s:
+            break
+        fault = rng.choice(opts.faults)
+        events.extend(_fault_events(fault, round(t, 3), round(t + dur, 3), ns, opts, rng))
+        t += dur
+    return events
+
+
+def _fault_events(
+    fault: str, start: float, end: float, ns: list[str], opts: ScheduleOptions,
+    rng: random.Random,
+) -> list[FaultEvent]:
+    everyone = tuple(ns)
+    if fault == "partition":
+        kind = rng.choice(opts.partition_kinds)
+        if len(ns) < 3 and kind in ("majorities-ring", "bridge"):
+            kind = "isolate"
+        sub_seed = rng.getrandbits(32)
+        params: list[tuple[str, Any]] = [("kind", kind), ("rng_seed", sub_seed)]
+        if not kind.startswith("isolate-"):
+            g = p.partition_by_name(kind, ns, random.Random(sub_seed))
+            params.append(("grudge", grudge_param(g)))
+        return [FaultEvent(start, "partition", everyone, tuple(params)),
+                FaultEvent(end, "heal", everyone)]
+    if fault == "loss":
+        prob = round(rng.uniform(*opts.loss_probability), 3)
+        g = p.complete_grudge([[n] for n in ns])
+        return [FaultEvent(start, "loss", everyone,
+                           (("grudge", grudge_param(g)), ("probability", prob))),
+                FaultEvent(end, "heal", everyone)]
+    k = rng.randint(1, max(1, (len(ns) - 1) // 2))
+    targets = tuple(sorted(rng.sample(ns, k)))
+    if fault == "torn-write":
+        mode = rng.choice(opts.torn_write_modes)
+        mid = round((start + end) / 2, 3)
+        return [FaultEvent(start, "kill", targets),
+                FaultEvent(mid, "torn-write", targets,
+                           (("mode", mode), ("rng_seed", rng.getrandbits(32)))),
+                FaultEvent(end, "restart", targets)]
+    return [FaultEvent(start, fault, targets), FaultEvent(end, _END_OF[fault], targets)]
+
+
+def schedule_json(seed: int, events: Sequence[FaultEvent]) -> str:
+    """The schedule as JSON (recorded with the run so it can be read and compared)."""
+    return json.dumps({"seed": seed, "events": [e.to_json() for e in events]}, indent=1)
