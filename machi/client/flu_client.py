@@ -168,12 +168,14 @@ class FluClient:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool | None:
+    ) -> None:
+        # The reader tasks never raise, so the body's own exception (if any) propagates
+        # unwrapped instead of inside an ExceptionGroup.
         await self.close()
         assert self._tg is not None
-        self._tg.cancel_scope.cancel()
         tg, self._tg = self._tg, None
-        return await tg.__aexit__(exc_type, exc, tb)
+        tg.cancel_scope.cancel()
+        await tg.__aexit__(None, None, None)
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -470,7 +472,7 @@ class FluClient:
         f = await self._call(Op.WEDGE_STATUS)
         m = f.meta
         return WedgeStatus(
-            bool(m.get("wedged")), f.epoch_id, str(m.get("mode", "ap")),
+            bool(m.get("wedged")), _epoch_id(m.get("epoch_id")), str(m.get("mode", "ap")),
             bool(m.get("witness", False)), str(m.get("name", "")),
             int(m.get("public_epoch_number", 0)),
         )
@@ -492,7 +494,7 @@ class FluClient:
 
     async def projection_latest_epoch_id(self, kind: str) -> EpochId:
         f = await self._call(Op.PROJ_LATEST_EPOCH_ID, {"kind": kind})
-        return f.epoch_id
+        return _epoch_id(f.meta.get("epoch_id"))
 
     async def projection_list(self, kind: str) -> list[int]:
         f = await self._call(Op.PROJ_LIST, {"kind": kind})
@@ -537,6 +539,13 @@ def _csum(value: object) -> TaggedCsum:
         return TaggedCsum.from_hex(str(value))
     except ValueError as e:
         raise RemoteProtocolError(f"bad checksum in reply: {e}") from None
+
+
+def _epoch_id(value: object) -> EpochId:
+    try:
+        return EpochId.from_json(value)
+    except ValueError as e:
+        raise RemoteProtocolError(f"bad epoch id in reply: {e}") from None
 
 
 def _projection(value: object) -> Projection:

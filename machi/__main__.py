@@ -1,0 +1,5 @@
+"""``python -m machi``: the ``machi`` command."""
+
+from machi.cli import main
+
+main()

@@ -1,0 +1,103 @@
+"""Running one FLU in the foreground: open the store, listen (TCP, optional TLS), serve
+metrics, stop gracefully on SIGTERM/SIGINT, close the store.
+
+Owns the process-level lifecycle of a node.  Must not hold protocol or storage logic
+(``machi.node.server`` and ``machi.storage`` do).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import signal
+import ssl
+from typing import Any
+
+import anyio
+import anyio.abc
+from anyio.streams.tls import TLSListener
+
+from machi.core.errors import ConfigError
+
+from .config import NodeConfig
+from .log import JsonLog
+from .metrics import Metrics, serve_metrics
+from .server import FluNode
+
+
+def store_config(cfg: NodeConfig) -> Any:
+    from machi.storage.flu_store import StoreConfig
+
+    kw: dict[str, Any] = {"sync": cfg.sync, "namespace": cfg.namespace}
+    for key in ("group_commit_max_delay_ms", "group_commit_max_chunks", "max_file_size"):
+        value = getattr(cfg, key)
+        if value is not None:
+            kw[key] = value
+    return StoreConfig(**kw)
+
+
+def server_ssl_context(cfg: NodeConfig) -> ssl.SSLContext | None:
+    if cfg.tls_cert is None or cfg.tls_key is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(f"tls_cert/tls_key: {e}") from None
+    return ctx
+
+
+async def run_node(cfg: NodeConfig, log: JsonLog | None = None) -> None:
+    """Serve until SIGTERM/SIGINT; return after a graceful stop."""
+    from machi.storage.flu_store import FluStore
+
+    log = log or JsonLog(cfg.name, cfg.log_level)
+    secret = cfg.secret()
+    ssl_ctx = server_ssl_context(cfg)
+    host, port = cfg.listen_address()
+    metrics = Metrics(cfg.name)
+    store = await FluStore.open(cfg.data_dir, store_config(cfg))
+    try:
+        node = FluNode(
+            cfg.name, store, log=log, metrics=metrics, secret=secret, witness=cfg.witness,
+            max_frame_size=cfg.max_frame_size, max_connections=cfg.max_connections,
+            max_in_flight_per_connection=cfg.max_in_flight_per_connection,
+            handshake_timeout_ms=cfg.handshake_timeout_ms,
+            stop_deadline_ms=cfg.stop_deadline_ms,
+        )
+        await node.load_state()
+        tcp = await anyio.create_tcp_listener(local_host=host, local_port=port)
+        listener: anyio.abc.Listener[Any] = tcp
+        if ssl_ctx is not None:
+            listener = TLSListener(tcp, ssl_ctx, standard_compatible=False,
+                                   handshake_timeout=cfg.handshake_timeout_ms / 1000)
+        bound = tcp.extra(anyio.abc.SocketAttribute.local_port)
+        async with anyio.create_task_group() as tg:
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                metrics_addr = cfg.metrics_address()
+                if metrics_addr is not None:
+                    mlistener = await anyio.create_tcp_listener(
+                        local_host=metrics_addr[0], local_port=metrics_addr[1])
+                    tg.start_soon(serve_metrics, metrics, mlistener)
+                tg.start_soon(node.serve, listener)
+                log.info("listening", host=host, port=bound, tls=ssl_ctx is not None,
+                         auth=secret is not None, sync=cfg.sync, witness=cfg.witness,
+                         metrics=cfg.metrics, data_dir=str(cfg.data_dir))
+                async for signum in signals:
+                    log.info("signal received", signal=signal.Signals(signum).name)
+                    await node.stop()
+                    break
+                tg.cancel_scope.cancel()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await store.close()
+        log.info("stopped")
+
+
+def uvloop_available() -> bool:
+    return importlib.util.find_spec("uvloop") is not None
+
+
+def main(cfg: NodeConfig) -> None:
+    use_uvloop = cfg.uvloop and uvloop_available()
+    anyio.run(run_node, cfg, backend="asyncio",
+              backend_options={"use_uvloop": use_uvloop})

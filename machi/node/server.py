@@ -1,0 +1,522 @@
+"""The FLU daemon: listener, per-connection tasks, request dispatch to the store, the
+epoch/wedge rule, authentication, graceful stop.
+
+Owns: the node's ``WedgeState`` (changed only through ``machi.core.wedge``), the
+connections and their bounded in-flight request tasks, the mapping of wire ops to
+``FluStore`` calls, the ``on_kick`` hook for the chain manager, logs and metrics.
+Must not: decide anything about chains (the chain manager does), or let one bad peer
+hurt another (every connection failure stays inside that connection's task).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from machi.core import wire
+from machi.core.checksum import TaggedCsum
+from machi.core.epoch import EpochId
+from machi.core.errors import (
+    BadArg,
+    BadChecksum,
+    MachiError,
+    NotWritten,
+    RemoteProtocolError,
+    TooLarge,
+    UnknownOp,
+    error_for_status,
+)
+from machi.core.projection import projection_from_json
+from machi.core.status import Status
+from machi.core.wedge import WedgeState, after_projection_write, check_epoch, initial_state
+from machi.core.wire import Op
+
+from .log import JsonLog
+from .metrics import Metrics
+
+RECEIVE_SIZE = 256 * 1024
+CHECKSUM_LIST_BATCH_MAX = 4096
+#: Projection payloads above this are refused (a projection is a few KiB at most).
+PROJECTION_META_MAX = 1024 * 1024
+
+
+@dataclass(slots=True, eq=False)
+class _Peer:
+    """One accepted connection."""
+
+    stream: anyio.abc.ByteStream
+    proto: wire.Connection
+    address: str
+    send_lock: anyio.Lock = field(default_factory=anyio.Lock)
+    read_scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    request_scope: anyio.CancelScope | None = None
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    meta: dict[str, Any] | None = None
+    payload: list[bytes | memoryview] = field(default_factory=list)
+
+
+Handler = Callable[[wire.Frame, _Peer], Awaitable[Reply | None]]
+
+
+class FluNode:
+    """One FLU serving a ``FluStore`` over the wire protocol."""
+
+    def __init__(
+        self,
+        name: str,
+        store: Any,
+        *,
+        log: JsonLog,
+        metrics: Metrics | None = None,
+        secret: bytes | None = None,
+        witness: bool = False,
+        max_frame_size: int = wire.MAX_FRAME_SIZE_DEFAULT,
+        max_connections: int = 1024,
+        max_in_flight_per_connection: int = 64,
+        handshake_timeout_ms: int = 5_000,
+        stop_deadline_ms: int = 5_000,
+    ) -> None:
+        self.name = name
+        self.store = store
+        self.log = log
+        self.metrics = metrics or Metrics(name)
+        self.secret = secret
+        self.witness = witness
+        self.max_frame_size = max_frame_size
+        self.max_connections = max_connections
+        self.max_in_flight = max_in_flight_per_connection
+        self.handshake_timeout_s = handshake_timeout_ms / 1000
+        self.stop_deadline_s = stop_deadline_ms / 1000
+        self.state = WedgeState(True, EpochId(0, bytes(32)))
+        #: called (synchronously) when someone asks the chain manager to run now: the KICK
+        #: op, and a request that wedged the node with a newer epoch.
+        self.on_kick: Callable[[], None] | None = None
+        self._peers: set[_Peer] = set()
+        self._stopping = False
+        self._accept_scope = anyio.CancelScope()
+        self.metrics.gauges = self._gauges
+        stats = getattr(store, "stats", None)
+        if callable(stats):
+            self.metrics.store_stats = stats
+        self._handlers: dict[Op, Handler] = {
+            Op.ECHO: self._echo, Op.APPEND: self._append, Op.WRITE: self._write,
+            Op.READ: self._read, Op.TRIM: self._trim, Op.CHECKSUM_LIST: self._checksum_list,
+            Op.LIST_FILES: self._list_files, Op.WEDGE_STATUS: self._wedge_status,
+            Op.PROJ_WRITE: self._proj_write, Op.PROJ_READ: self._proj_read,
+            Op.PROJ_READ_LATEST: self._proj_read_latest,
+            Op.PROJ_LATEST_EPOCH_ID: self._proj_latest_epoch_id,
+            Op.PROJ_LIST: self._proj_list, Op.PROJ_GET_ALL: self._proj_get_all,
+            Op.KICK: self._kick,
+        }
+
+    # ---- state ---------------------------------------------------------------------------
+    async def load_state(self) -> None:
+        """The start-up wedge state from the projection store (``initial_state``)."""
+        try:
+            latest_private = await self.store.projection_read_latest("private")
+        except NotWritten:
+            latest_private = None
+        public = await self.store.projection_latest_epoch_id("public")
+        self.state = initial_state(latest_private, public.number)
+        self.log.info("wedge state loaded", **self._state_fields())
+
+    def _state_fields(self) -> dict[str, Any]:
+        s = self.state
+        return {
+            "wedged": s.wedged, "epoch": s.epoch_id.short(), "mode": s.mode,
+            "public_epoch": s.public_epoch_number, "witness": self.witness,
+        }
+
+    def _set_state(self, new: WedgeState, why: str) -> None:
+        if new != self.state:
+            self.state = new
+            self.log.info(f"wedge state changed: {why}", **self._state_fields())
+
+    def _gauges(self) -> dict[str, float]:
+        return {
+            "wedged": int(self.state.wedged), "epoch": self.state.epoch_id.number,
+            "public_epoch": self.state.public_epoch_number,
+        }
+
+    async def _kick(self, frame: wire.Frame, peer: _Peer) -> Reply:
+        self._poke()
+        return Reply()
+
+    def _poke(self) -> None:
+        if self.on_kick is not None:
+            try:
+                self.on_kick()
+            except Exception as e:  # the hook belongs to someone else; never kill a request
+                self.log.error("on_kick hook failed", error=repr(e))
+
+    # ---- listener ------------------------------------------------------------------------
+    async def serve(self, listener: anyio.abc.Listener[Any]) -> None:
+        """Accept connections until ``stop`` (every connection runs in its own task)."""
+        async with anyio.create_task_group() as tg:
+            with self._accept_scope:
+                await listener.serve(self._handle, task_group=tg)
+            with anyio.CancelScope(shield=True):
+                await listener.aclose()
+            # accepting stopped: the task group waits for the connections to finish
+
+    async def stop(self) -> None:
+        """Graceful stop: stop accepting, stop reading requests, give in-flight requests
+        ``stop_deadline_ms`` to finish, then cancel them."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self.log.info("stopping", connections=len(self._peers))
+        self._accept_scope.cancel()
+        for peer in list(self._peers):
+            peer.read_scope.cancel()
+        with anyio.move_on_after(self.stop_deadline_s):
+            for peer in list(self._peers):
+                await peer.done.wait()
+        late = [p for p in self._peers if not p.done.is_set()]
+        for peer in late:
+            if peer.request_scope is not None:
+                peer.request_scope.cancel()
+        if late:
+            self.log.warning("stop deadline passed: cancelled in-flight requests",
+                             connections=len(late))
+
+    # ---- one connection ------------------------------------------------------------------
+    async def _handle(self, stream: anyio.abc.ByteStream) -> None:
+        address = _peer_address(stream)
+        peer = _Peer(stream, wire.Connection(wire.Role.SERVER, max_frame_size=self.max_frame_size),
+                     address)
+        if self._stopping or len(self._peers) >= self.max_connections:
+            self.log.warning("connection refused", peer=address, stopping=self._stopping,
+                             connections=len(self._peers))
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+            return
+        self._peers.add(peer)
+        self.metrics.connections_open += 1
+        self.metrics.connections_total += 1
+        try:
+            await self._connection(peer)
+        except Exception as e:  # one connection's failure must never reach the listener
+            self.log.error("connection failed", peer=address, error=repr(e))
+        finally:
+            self._peers.discard(peer)
+            self.metrics.connections_open -= 1
+            peer.done.set()
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def _connection(self, peer: _Peer) -> None:
+        try:
+            with anyio.fail_after(self.handshake_timeout_s):
+                if not await self._handshake(peer):
+                    return
+        except TimeoutError:
+            self.log.info("handshake timed out", peer=peer.address)
+            return
+        except RemoteProtocolError as e:
+            await self._protocol_error(peer, e)
+            return
+        except _Gone:
+            return
+        limiter = anyio.Semaphore(self.max_in_flight)
+        async with anyio.create_task_group() as tg:
+            peer.request_scope = tg.cancel_scope
+            with peer.read_scope:
+                try:
+                    await self._read_loop(peer, tg, limiter)
+                except RemoteProtocolError as e:
+                    await self._protocol_error(peer, e)
+                except _Gone:
+                    pass
+
+    async def _read_loop(
+        self, peer: _Peer, tg: anyio.abc.TaskGroup, limiter: anyio.Semaphore
+    ) -> None:
+        while True:
+            ev = await self._next_event(peer)
+            if isinstance(ev, wire.Closed):
+                return
+            if isinstance(ev, wire.BadRequest):
+                self.metrics.protocol_errors += 1
+                await self._send_error(peer, ev.request_id, ev.op, Status.PROTOCOL_ERROR,
+                                       ev.message)
+                continue
+            assert isinstance(ev, wire.Request)
+            await limiter.acquire()  # backpressure: no more reading while the window is full
+            tg.start_soon(self._serve_request, peer, ev.frame, limiter)
+
+    async def _next_event(self, peer: _Peer) -> wire.Event:
+        while True:
+            ev = peer.proto.next_event()
+            if not isinstance(ev, wire.NeedData):
+                return ev
+            try:
+                data = await peer.stream.receive(RECEIVE_SIZE)
+            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                data = b""
+            except anyio.ClosedResourceError:
+                raise _Gone() from None
+            self.metrics.bytes_in += len(data)
+            peer.proto.receive_data(data)
+
+    async def _handshake(self, peer: _Peer) -> bool:
+        """Hello both ways, then (with a secret) the AUTH exchange.  False: close."""
+        ev = await self._next_event(peer)
+        if isinstance(ev, wire.Closed):
+            return False
+        assert isinstance(ev, wire.Hello)
+        server_nonce = os.urandom(wire.NONCE_SIZE)
+        await self._raw_send(peer, [peer.proto.send_server_hello(
+            server_nonce, self.name, auth_required=self.secret is not None)])
+        if peer.proto.state is wire.State.CLOSED:
+            self.log.info("hello refused: no common version", peer=peer.address,
+                          offered=list(ev.versions))
+            return False
+        if self.secret is None:
+            return True
+        req = await self._next_event(peer)
+        if isinstance(req, wire.Closed):
+            return False
+        if not isinstance(req, wire.Request) or req.frame.op != Op.AUTH:
+            rid = req.request_id if isinstance(req, wire.BadRequest) else req.frame.request_id
+            op = req.op if isinstance(req, wire.BadRequest) else req.frame.op
+            await self._send_error(peer, rid, op, Status.AUTH_REQUIRED,
+                                   "this node requires authentication")
+            self.log.warning("unauthenticated request refused", peer=peer.address)
+            return False
+        f = req.frame
+        want = wire.auth_proof(self.secret, "client", server_nonce, ev.nonce)
+        try:
+            got = bytes.fromhex(str(f.meta.get("proof", "")))
+        except ValueError:
+            got = b""
+        if not wire.proof_matches(want, got):
+            await self._send_error(peer, f.request_id, f.op, Status.AUTH_FAILED,
+                                   "authentication failed")
+            self.log.warning("authentication failed", peer=peer.address)
+            return False
+        proof = wire.auth_proof(self.secret, "server", server_nonce, ev.nonce)
+        await self._raw_send(peer, [peer.proto.send_response(
+            f.request_id, Op.AUTH, meta={"proof": proof.hex()}, epoch_id=self.state.epoch_id)])
+        return True
+
+    async def _protocol_error(self, peer: _Peer, e: RemoteProtocolError) -> None:
+        """Tell the peer what went wrong (request id 0) and let the caller close."""
+        self.metrics.protocol_errors += 1
+        self.log.warning("protocol error, closing connection", peer=peer.address,
+                         status=e.status.name, error=e.message)
+        with contextlib.suppress(_Gone, MachiError):
+            if peer.proto.peer_hello is not None and peer.proto.state is not wire.State.START:
+                await self._send_error(peer, 0, 0, e.status, e.message)
+
+    # ---- sending -------------------------------------------------------------------------
+    async def _raw_send(self, peer: _Peer, parts: list[bytes | memoryview]) -> None:
+        try:
+            async with peer.send_lock:
+                for part in parts:
+                    await peer.stream.send(part)  # type: ignore[arg-type]
+                    self.metrics.bytes_out += len(part)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            raise _Gone() from None
+
+    async def _send_error(
+        self, peer: _Peer, request_id: int, op: int, status: Status, message: str
+    ) -> None:
+        await self._raw_send(peer, [peer.proto.send_error(
+            request_id, op, status, message, epoch_id=self.state.epoch_id)])
+
+    async def _send_reply(
+        self, peer: _Peer, f: wire.Frame, reply: Reply, *, final: bool = True
+    ) -> None:
+        size = sum(len(p) for p in reply.payload)
+        head = peer.proto.send_response(
+            f.request_id, f.op, Status.OK, epoch_id=self.state.epoch_id, meta=reply.meta,
+            payload_size=size, final=final,
+        )
+        if size <= 64 * 1024:
+            await self._raw_send(peer, [b"".join([head, *reply.payload])])
+        else:
+            await self._raw_send(peer, [head, *reply.payload])
+
+    # ---- requests ------------------------------------------------------------------------
+    async def _serve_request(
+        self, peer: _Peer, f: wire.Frame, limiter: anyio.Semaphore
+    ) -> None:
+        t0 = time.perf_counter()
+        op_name = _op_name(f.op)
+        status = Status.OK
+        try:
+            reply = await self._dispatch(f, peer)
+            if reply is not None:
+                await self._send_reply(peer, f, reply)
+        except MachiError as e:
+            status = e.status
+            if status is Status.PARTITION:  # never tell a peer "partition": that is ours
+                status = Status.BAD_JOSS
+            with contextlib.suppress(_Gone, MachiError):
+                await self._send_error(peer, f.request_id, f.op, status, e.message)
+        except _Gone:
+            status = Status.PARTITION
+        except Exception as e:
+            status = Status.BAD_JOSS
+            self.log.error("request failed", op=op_name, error=repr(e), peer=peer.address)
+            with contextlib.suppress(_Gone, MachiError):
+                await self._send_error(peer, f.request_id, f.op, status,
+                                       f"internal error: {type(e).__name__}")
+        finally:
+            limiter.release()
+            self.metrics.observe(op_name, status.name, time.perf_counter() - t0)
+
+    async def _dispatch(self, f: wire.Frame, peer: _Peer) -> Reply | None:
+        op = f.known_op()
+        if op is None or op is Op.HELLO:
+            raise UnknownOp(f"unknown op {f.op}")
+        if op is Op.AUTH:
+            raise BadArg("auth is only allowed as the first request")
+        wire.check_request_fields(op, f.meta)
+        if op in wire.DATA_OPS:
+            if self.witness:
+                raise BadArg("this node is a witness: no data operations")
+            if op not in wire.SKIP_WEDGE_OPS:
+                new, st = check_epoch(self.state, f.epoch_id)
+                if new != self.state:
+                    self._set_state(new, f"request at epoch {f.epoch_id.short()}")
+                    self._poke()
+                if st is not Status.OK:
+                    raise error_for_status(st, f"node epoch {self.state.epoch_id.short()}, "
+                                               f"request epoch {f.epoch_id.short()}")
+        return await self._handlers[op](f, peer)
+
+    async def _echo(self, f: wire.Frame, peer: _Peer) -> Reply:
+        return Reply(payload=[f.payload])
+
+    async def _append(self, f: wire.Frame, peer: _Peer) -> Reply:
+        m = f.meta
+        pos, csum = await self.store.append(
+            m["prefix"], f.payload, _parse_csum(m["csum"]), epoch_id=f.epoch_id,
+            chunk_extra=m.get("chunk_extra", 0), locator=m.get("locator", 0),
+        )
+        return Reply({"file": pos.file, "offset": pos.offset, "size": pos.size,
+                      "csum": csum.hex()})
+
+    async def _write(self, f: wire.Frame, peer: _Peer) -> Reply:
+        m = f.meta
+        csum = await self.store.write(m["file"], m["offset"], f.payload, _parse_csum(m["csum"]))
+        return Reply({"csum": csum.hex()})
+
+    async def _read(self, f: wire.Frame, peer: _Peer) -> Reply:
+        m = f.meta
+        limit = self.max_frame_size - 1024 * 1024
+        if m["size"] > limit:
+            raise TooLarge(f"read of {m['size']} bytes exceeds the limit of {limit}")
+        res = await self.store.read(m["file"], m["offset"], m["size"],
+                                    needs_trimmed=m.get("needs_trimmed", False))
+        chunks = [[c.file, c.offset, len(c.data), c.csum.hex()] for c in res.chunks]
+        return Reply(
+            {"chunks": chunks, "trimmed": [list(t) for t in res.trimmed],
+             "partial": bool(res.partial)},
+            [c.data for c in res.chunks],
+        )
+
+    async def _trim(self, f: wire.Frame, peer: _Peer) -> Reply:
+        m = f.meta
+        await self.store.trim(m["file"], m["offset"], m["size"])
+        return Reply()
+
+    async def _checksum_list(self, f: wire.Frame, peer: _Peer) -> Reply:
+        """Streamed: one frame per batch (not final), then an empty final frame."""
+        batch_size = min(max(1, f.meta.get("batch_size", CHECKSUM_LIST_BATCH_MAX)),
+                         CHECKSUM_LIST_BATCH_MAX)
+        async for batch in self.store.checksum_list(f.meta["file"], batch_size=batch_size):
+            entries = [[e.offset, e.size, None if e.csum is None else e.csum.hex()]
+                       for e in batch]
+            await self._send_reply(peer, f, Reply({"entries": entries}), final=False)
+        return Reply({"entries": []})
+
+    async def _list_files(self, f: wire.Frame, peer: _Peer) -> Reply:
+        files = [] if self.witness else await self.store.list_files()
+        return Reply({"files": [[n, s] for n, s in files]})
+
+    async def _wedge_status(self, f: wire.Frame, peer: _Peer) -> Reply:
+        s = self.state
+        return Reply({
+            "wedged": s.wedged, "epoch_id": s.epoch_id.to_json(), "mode": s.mode,
+            "witness": self.witness, "name": self.name,
+            "public_epoch_number": s.public_epoch_number,
+        })
+
+    async def _proj_write(self, f: wire.Frame, peer: _Peer) -> Reply:
+        kind = f.meta["kind"]
+        try:
+            p = projection_from_json(f.meta["projection"])
+        except ValueError as e:
+            raise BadArg(f"bad projection: {e}") from None
+        await self.store.projection_write(kind, p)
+        self._set_state(after_projection_write(self.state, kind, p),
+                        f"{kind} projection {p.epoch_id.short()} written")
+        return Reply()
+
+    async def _proj_read(self, f: wire.Frame, peer: _Peer) -> Reply:
+        p = await self.store.projection_read(f.meta["kind"], f.meta["epoch_number"])
+        return Reply({"projection": p.to_json()})
+
+    async def _proj_read_latest(self, f: wire.Frame, peer: _Peer) -> Reply:
+        p = await self.store.projection_read_latest(f.meta["kind"])
+        return Reply({"projection": p.to_json()})
+
+    async def _proj_latest_epoch_id(self, f: wire.Frame, peer: _Peer) -> Reply:
+        eid = await self.store.projection_latest_epoch_id(f.meta["kind"])
+        return Reply({"epoch_id": eid.to_json()})
+
+    async def _proj_list(self, f: wire.Frame, peer: _Peer) -> Reply:
+        return Reply({"epochs": list(await self.store.projection_list(f.meta["kind"]))})
+
+    async def _proj_get_all(self, f: wire.Frame, peer: _Peer) -> Reply:
+        ps = await self.store.projection_get_all(f.meta["kind"])
+        return Reply({"projections": [p.to_json() for p in ps]})
+
+
+class _Gone(Exception):
+    """The peer's stream is closed or broken: nothing more can be sent."""
+
+
+def _parse_csum(text: str) -> TaggedCsum:
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        raise BadArg("csum must be hex") from None
+    try:
+        return TaggedCsum.from_bytes(raw)
+    except ValueError as e:
+        raise BadChecksum(str(e)) from None
+
+
+def _op_name(op: int) -> str:
+    try:
+        return Op(op).name.lower()
+    except ValueError:
+        return "unknown"
+
+
+def _peer_address(stream: anyio.abc.ByteStream) -> str:
+    try:
+        addr = stream.extra(anyio.abc.SocketAttribute.remote_address)
+    except Exception:
+        return "?"
+    if isinstance(addr, tuple):
+        return f"{addr[0]}:{addr[1]}"
+    return str(addr)
+
+
+__all__ = ["FluNode", "Reply"]
