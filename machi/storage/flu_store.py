@@ -1,0 +1,651 @@
+"""The storage of one FLU: write-once data files + in-memory index + SQLite metadata +
+projection store, behind one async API used by the node daemon.
+
+Owns: the semantics of append / write / read / trim / checksum_list / list_files
+(reference sections 1 and 2.4, rules in ``machi.core.ranges``), file naming and rollover
+per (namespace, locator, prefix) and per epoch, the pending/durable distinction, whole-file
+deletion of fully trimmed files, and the projection store API.  Must not: check epochs or
+wedge state (the node applies ``machi.core.wedge``), speak the wire protocol, or await
+one SQL statement per chunk (records go through ``group_commit``).
+
+Visibility: a chunk is visible to reads and ``checksum_list`` only once it is durable as
+configured (acknowledged); while pending it already blocks overlapping writes (a replay
+of it waits for it).  See docs/storage.md for durability and recovery rules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import anyio
+
+from machi.core.checksum import (
+    CsumTag,
+    TaggedCsum,
+    csum_to_store,
+    digest,
+    verify,
+)
+from machi.core.epoch import EpochId
+from machi.core.errors import (
+    BadArg,
+    BadChecksum,
+    ConfigError,
+    NoSuchFile,
+    NotWritten,
+    PartialRead,
+    Trimmed,
+    Written,
+)
+from machi.core.filename import (
+    MAX_LOCATOR,
+    FileName,
+    make_filename,
+    namespace_error,
+    parse_filename,
+    prefix_error,
+)
+from machi.core.projection import Projection
+from machi.core.ranges import MIN_OFFSET, Entry, FileIndex, WriteCheck, check_range
+
+from .data_file import DataFiles
+from .errors import StorageCorrupt
+from .group_commit import GroupCommitter
+from .metadata import Batch, MetadataDb
+from .projection_store import Kind, ProjectionCache, check_kind
+from .recovery import build_indexes
+
+log = logging.getLogger("machi.storage")
+
+SyncMode = Literal["always", "batch", "none"]
+SYNC_MODES: tuple[SyncMode, ...] = ("always", "batch", "none")
+LOCK_NAME = "LOCK"
+DATA_SUBDIR = "data"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    sync: SyncMode = "batch"
+    group_commit_max_delay_ms: int = 2  # bounded delay of a batch
+    group_commit_max_chunks: int = 1024  # bounded batch
+    max_file_size: int = 2**32 - 1  # rollover threshold (bytes)
+    namespace: str = ""
+    #: largest range one read may cover (bounds the memory a single request can pin)
+    max_read_bytes: int = 256 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.sync not in SYNC_MODES:
+            raise ConfigError(f"sync: want one of {list(SYNC_MODES)}, got {self.sync!r}")
+        for key, lo in (
+            ("group_commit_max_delay_ms", 0),
+            ("group_commit_max_chunks", 1),
+            ("max_file_size", MIN_OFFSET + 1),
+            ("max_read_bytes", 1),
+        ):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ConfigError(f"{key}: want an integer >= {lo}, got {v!r}")
+        if self.group_commit_max_delay_ms > 1000:
+            raise ConfigError("group_commit_max_delay_ms: at most 1000")
+        err = namespace_error(self.namespace)
+        if err:
+            raise ConfigError(f"namespace: {err}")
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkPos:
+    file: str
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadChunk:
+    file: str
+    offset: int
+    data: bytes
+    csum: TaggedCsum
+
+
+@dataclass(frozen=True, slots=True)
+class ReadResult:
+    chunks: list[ReadChunk]
+    trimmed: list[tuple[int, int]]
+    partial: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ChecksumEntry:
+    offset: int
+    size: int
+    csum: TaggedCsum | None  # None = trimmed
+
+
+@dataclass(slots=True)
+class DataFile:
+    """One known data file: its parsed name and its index."""
+
+    name: str
+    fn: FileName
+    index: FileIndex
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    name: str
+    epoch_id: EpochId
+
+
+_Key = tuple[str, int, str]  # (namespace, locator, prefix)
+
+
+class FluStore:
+    """See the module docstring.  Build with :meth:`open`; always :meth:`close`."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        config: StoreConfig,
+        db: MetadataDb,
+        data: DataFiles,
+        lock_fd: int,
+    ) -> None:
+        self.data_dir = data_dir
+        self.config = config
+        self._db = db
+        self._data = data
+        self._lock_fd = lock_fd
+        self._files: dict[str, DataFile] = {}
+        self._trimmed_files: set[str] = set()
+        self._seqs: dict[_Key, int] = {}
+        self._targets: dict[_Key, _Target] = {}
+        self._key_locks: dict[_Key, anyio.Lock] = {}
+        self._pending: dict[tuple[str, int], anyio.Event] = {}
+        self._projections = ProjectionCache()
+        self._projection_lock = anyio.Lock()
+        self._closed = False
+        self._committer = GroupCommitter(
+            self._flush,
+            sync=config.sync,
+            max_delay_ms=config.group_commit_max_delay_ms,
+            max_chunks=config.group_commit_max_chunks,
+        )
+
+    # ---- life cycle ---------------------------------------------------------------
+    @classmethod
+    async def open(cls, data_dir: Path, config: StoreConfig | None = None) -> FluStore:
+        """Create or recover the store in ``data_dir``.
+
+        Raises ``StorageCorrupt`` (naming files, ranges and the repair command) when the
+        metadata points past the end of a data file, and ``ConfigError`` when another
+        process holds the directory.
+        """
+        config = config or StoreConfig()
+        data_dir = Path(data_dir)
+        (data_dir / DATA_SUBDIR).mkdir(parents=True, exist_ok=True)
+        lock_fd = os.open(data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock_fd)
+            raise ConfigError(f"data dir {data_dir} is in use by another process") from None
+        try:
+            db = await MetadataDb.open(data_dir, config.sync)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        data = DataFiles(data_dir / DATA_SUBDIR)
+        store = cls(data_dir, config, db, data, lock_fd)
+        try:
+            await store._recover()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await store._release()
+            raise
+        return store
+
+    async def _recover(self) -> None:
+        loaded = await self._db.load()
+        state = build_indexes(loaded, self._data, self.data_dir)
+        for name, (fn, index) in state.files.items():
+            self._files[name] = DataFile(name, fn, index)
+        for name in state.recreate:
+            log.warning("data file %s was missing and held no chunks: recreated", name)
+            await self._data.create(name)
+        self._trimmed_files = set(loaded.trimmed_files)
+        self._seqs = dict(loaded.seqs)
+        for kind, n, _csum, body in loaded.projections:
+            try:
+                self._projections.load(kind, n, body)
+            except ValueError as exc:
+                raise StorageCorrupt(
+                    f"{self.data_dir}: stored {kind} projection at epoch {n} is invalid: {exc}"
+                ) from None
+
+    async def close(self) -> None:
+        """Flush pending metadata and release everything (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        with anyio.CancelScope(shield=True):
+            try:
+                if self._committer.failed is None:
+                    await self._committer.flush()
+            finally:
+                await self._release()
+
+    async def _release(self) -> None:
+        try:
+            await self._db.close()
+        finally:
+            self._data.close()
+            os.close(self._lock_fd)
+
+    async def __aenter__(self) -> FluStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def flush(self) -> None:
+        """Make everything acknowledged so far durable (useful with sync "none")."""
+        self._check_open()
+        await self._committer.flush()
+
+    async def background_flush(self, interval_ms: int = 50) -> None:
+        """With sync "none": run in the node's task group to commit metadata regularly."""
+        await self._committer.background(interval_ms)
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "files": len(self._files),
+            "trimmed_files": len(self._trimmed_files),
+            "commits": self._committer.commits,
+            "records_committed": self._committer.records,
+            "pending_chunks": len(self._pending),
+        }
+
+    async def _flush(self, batch: Batch, durable: bool) -> None:
+        # Data first: committed metadata must never point at bytes that are not durable.
+        if self.config.sync != "none":
+            await self._data.sync_dirty()
+        await self._db.apply(batch, durable=durable)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BadArg("the store is closed")
+        self._committer.check()
+
+    # ---- helpers ------------------------------------------------------------------
+    def _parse(self, file: object) -> FileName:
+        try:
+            fn = parse_filename(file)
+        except ValueError as exc:
+            raise BadArg(str(exc)) from None
+        if file in self._trimmed_files:
+            raise Trimmed(f"file {file} was trimmed and deleted")
+        return fn
+
+    @staticmethod
+    def _bytes(chunk: object) -> bytes:
+        if isinstance(chunk, (bytes, bytearray, memoryview)):
+            return bytes(chunk)
+        raise BadArg(f"chunk must be bytes, got {type(chunk).__name__}")
+
+    @staticmethod
+    def _stored_csum(chunk: bytes, csum: object) -> TaggedCsum:
+        if not isinstance(csum, TaggedCsum):
+            raise BadArg(f"checksum must be a TaggedCsum, got {type(csum).__name__}")
+        stored = csum_to_store(chunk, csum)
+        if stored is None:
+            raise BadChecksum("the checksum does not match the chunk; nothing written")
+        return stored
+
+    async def _adopt(self, name: str, fn: FileName) -> DataFile:
+        """A file first named by a write or trim (repair, explicit writers)."""
+        f = self._files.get(name)
+        if f is not None:
+            return f
+        # FileExistsError: bytes left from an uncommitted earlier life; not readable
+        with contextlib.suppress(FileExistsError):
+            await self._data.create(name)
+        if name in self._trimmed_files:
+            raise Trimmed(f"file {name} was trimmed and deleted")
+        return self._files.setdefault(name, DataFile(name, fn, FileIndex()))
+
+    def _file_record(self, batch: Batch, f: DataFile) -> None:
+        fn = f.fn
+        batch.file_eof(f.name, fn.prefix, fn.namespace, fn.locator, fn.seq, f.index.eof)
+
+    async def _store_chunk(self, f: DataFile, offset: int, chunk: bytes, stored: TaggedCsum,
+                           entry: Entry) -> None:
+        """pwrite a chunk already in the index as pending, then make it durable."""
+        key = (f.name, offset)
+        ev = anyio.Event()
+        self._pending[key] = ev
+        try:
+            try:
+                await self._data.pwrite(f.name, chunk, offset)
+            except BaseException:
+                f.index.remove(entry)
+                raise
+            batch = Batch()
+            batch.chunk_put(f.name, offset, len(chunk), stored.to_bytes())
+            self._file_record(batch, f)
+            self._committer.in_flight -= 1
+            try:
+                await self._committer.submit(batch)
+            finally:
+                self._committer.in_flight += 1
+        finally:
+            del self._pending[key]
+            ev.set()
+
+    # ---- append -------------------------------------------------------------------
+    async def append(
+        self,
+        prefix: str,
+        chunk: bytes,
+        csum: TaggedCsum,
+        *,
+        epoch_id: EpochId,
+        chunk_extra: int = 0,
+        locator: int = 0,
+    ) -> tuple[ChunkPos, TaggedCsum]:
+        """Append ``chunk`` to the current file of ``prefix``; the store picks the place."""
+        self._check_open()
+        err = prefix_error(prefix)
+        if err:
+            raise BadArg(err)
+        if isinstance(locator, bool) or not isinstance(locator, int) or not (
+            0 <= locator <= MAX_LOCATOR
+        ):
+            raise BadArg(f"locator must be an integer in 0..{MAX_LOCATOR}, got {locator!r}")
+        if isinstance(chunk_extra, bool) or not isinstance(chunk_extra, int) or chunk_extra < 0:
+            raise BadArg(f"chunk_extra must be a non-negative integer, got {chunk_extra!r}")
+        if not isinstance(epoch_id, tuple) or len(epoch_id) != 2:
+            raise BadArg(f"bad epoch id {epoch_id!r}")
+        data = self._bytes(chunk)
+        if not data:
+            raise BadArg("empty chunk")
+        total = len(data) + chunk_extra
+        if MIN_OFFSET + total > self.config.max_file_size:
+            raise BadArg(
+                f"chunk of {len(data)} bytes (+{chunk_extra} extra) cannot fit a file of at "
+                f"most {self.config.max_file_size} bytes"
+            )
+        stored = self._stored_csum(data, csum)
+        key: _Key = (self.config.namespace, locator, prefix)
+        self._committer.in_flight += 1
+        try:
+            f, offset = await self._reserve(key, EpochId(*epoch_id), total)
+            entry = f.index.add_written(offset, len(data), stored)
+            await self._store_chunk(f, offset, data, stored, entry)
+        finally:
+            self._committer.in_flight -= 1
+        return ChunkPos(f.name, offset, len(data)), stored
+
+    async def _reserve(self, key: _Key, epoch_id: EpochId, total: int) -> tuple[DataFile, int]:
+        """The file and offset for ``total`` bytes; mints a new file on rollover or when
+        the epoch changed (per key: the original tracked one epoch for all prefixes)."""
+        for _ in range(1000):
+            f = self._fitting_target(key, epoch_id, total)
+            if f is not None:
+                return f, f.index.reserve(total)
+            lock = self._key_locks.setdefault(key, anyio.Lock())
+            async with lock:
+                if self._fitting_target(key, epoch_id, total) is None:
+                    await self._mint(key, epoch_id)
+            if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                self._key_locks.pop(key, None)
+        raise AssertionError("could not reserve space after 1000 new files")
+
+    def _fitting_target(self, key: _Key, epoch_id: EpochId, total: int) -> DataFile | None:
+        t = self._targets.get(key)
+        if t is None or t.epoch_id != epoch_id:
+            return None
+        f = self._files.get(t.name)
+        if f is None or f.index.eof + total > self.config.max_file_size:
+            return None
+        return f
+
+    async def _mint(self, key: _Key, epoch_id: EpochId) -> None:
+        ns, locator, prefix = key
+        seq = self._seqs.get(key, 1)
+        uid = str(uuid.uuid4())
+        name = make_filename(prefix, ns, locator, uid, seq)
+        await self._data.create(name)
+        batch = Batch()
+        batch.seqs[key] = seq + 1
+        batch.file_eof(name, prefix, ns, locator, seq, MIN_OFFSET)
+        # committed (durably, in every sync mode) before the name is handed out
+        await self._committer.commit_now(batch)
+        self._seqs[key] = seq + 1
+        self._files[name] = DataFile(name, FileName(prefix, ns, locator, uid, seq), FileIndex())
+        old = self._targets.get(key)
+        self._targets[key] = _Target(name, epoch_id)
+        log.info("new data file %s (epoch %s, previous %s)", name, epoch_id.number,
+                 old.name if old else None)
+
+    # ---- write ----------------------------------------------------------------------
+    async def write(self, file: str, offset: int, chunk: bytes, csum: TaggedCsum) -> TaggedCsum:
+        """Write ``chunk`` at an explicit place (repair, clients that choose offsets)."""
+        self._check_open()
+        fn = self._parse(file)
+        data = self._bytes(chunk)
+        err = check_range(offset, len(data))
+        if err:
+            raise BadArg(err)
+        stored = self._stored_csum(data, csum)
+        f = await self._adopt(file, fn)
+        for _ in range(100):
+            if self._files.get(file) is not f:
+                raise Trimmed(f"file {file} was trimmed and deleted")
+            decision, old = f.index.check_write(offset, len(data))
+            if decision is WriteCheck.FREE:
+                entry = f.index.add_written(offset, len(data), stored)
+                self._committer.in_flight += 1
+                try:
+                    await self._store_chunk(f, offset, data, stored, entry)
+                finally:
+                    self._committer.in_flight -= 1
+                return stored
+            if decision is WriteCheck.TRIMMED:
+                raise Trimmed(f"{file} [{offset}, +{len(data)}) overlaps trimmed bytes")
+            if decision is WriteCheck.WRITTEN:
+                raise Written(f"{file} [{offset}, +{len(data)}) overlaps written bytes")
+            assert old is not None and old.csum is not None
+            ev = self._pending.get((file, offset))
+            if ev is not None:
+                await ev.wait()  # a replay of a chunk not yet durable: judge it once it is
+                continue
+            return await self._judge_replay(f, old, data)
+        raise Written(f"{file} [{offset}, +{len(data)}): still pending after 100 waits")
+
+    async def _judge_replay(self, f: DataFile, old: Entry, data: bytes) -> TaggedCsum:
+        assert old.csum is not None
+        if old.csum.digest != digest(data):
+            raise Written(f"{f.name} [{old.offset}, +{old.size}) holds different bytes")
+        disk = await self._data.pread(f.name, old.size, old.offset)
+        if disk != data:
+            raise BadChecksum(f"{f.name} [{old.offset}, +{old.size}): stored bytes are corrupt")
+        return old.csum
+
+    # ---- read -----------------------------------------------------------------------
+    async def read(
+        self, file: str, offset: int, size: int, *, needs_trimmed: bool = False
+    ) -> ReadResult:
+        """Every durable written chunk overlapping the range, clipped to it."""
+        self._check_open()
+        self._parse(file)
+        err = check_range(offset, size)
+        if err:
+            raise BadArg(err)
+        if size > self.config.max_read_bytes:
+            raise BadArg(f"read of {size} bytes is over max_read_bytes "
+                         f"{self.config.max_read_bytes}")
+        f = self._files.get(file)
+        if f is None:
+            raise NotWritten(f"no bytes written in {file}")
+        if offset >= f.index.eof:
+            raise NotWritten(f"{file}: offset {offset} is past EOF {f.index.eof}")
+        plan = f.index.plan_read(offset, size)
+        pieces = [p for p in plan.pieces if (file, p.entry.offset) not in self._pending]
+        if not pieces:
+            if plan.trimmed_bytes == size:
+                raise Trimmed(f"{file} [{offset}, +{size}) is trimmed")
+            if plan.trimmed and needs_trimmed:
+                return ReadResult([], list(plan.trimmed), True)
+            raise NotWritten(f"{file} [{offset}, +{size}): no written bytes")
+        chunks: list[ReadChunk] = []
+        for p in pieces:
+            e = p.entry
+            assert e.csum is not None
+            try:
+                raw = await self._data.pread(file, e.size, e.offset)
+            except FileNotFoundError:
+                raise Trimmed(f"file {file} was trimmed and deleted") from None
+            if len(raw) < e.size:
+                raise PartialRead(f"{file} [{e.offset}, +{e.size}): only {len(raw)} bytes on disk")
+            if not verify(raw, e.csum):
+                log.error("bad checksum on disk: %s [%d, +%d)", file, e.offset, e.size)
+                raise BadChecksum(f"{file} [{e.offset}, +{e.size}): bytes on disk are corrupt")
+            if p.clipped:
+                lo = p.offset - e.offset
+                piece = raw[lo:lo + p.size]
+                chunks.append(ReadChunk(file, p.offset, piece,
+                                        TaggedCsum(CsumTag.SERVER_REGEN, digest(piece))))
+            else:
+                chunks.append(ReadChunk(file, e.offset, raw, e.csum))
+        written = sum(len(c.data) for c in chunks)
+        trimmed = list(plan.trimmed) if needs_trimmed else []
+        return ReadResult(chunks, trimmed, written < size)
+
+    # ---- trim -----------------------------------------------------------------------
+    async def trim(self, file: str, offset: int, size: int) -> None:
+        """Mark a range trimmed; delete the file once it is fully trimmed and retired."""
+        self._check_open()
+        fn = self._parse(file)
+        err = check_range(offset, size)
+        if err:
+            raise BadArg(err)
+        f = await self._adopt(file, fn)
+        for _ in range(100):
+            waits = [
+                self._pending[(file, e.offset)]
+                for e in f.index.overlapping(offset, size)
+                if (file, e.offset) in self._pending
+            ]
+            if not waits:
+                break
+            await waits[0].wait()
+        if self._files.get(file) is not f:
+            raise Trimmed(f"file {file} was trimmed and deleted")
+
+        def regen(e: Entry, off: int, n: int) -> TaggedCsum:
+            assert e.csum is not None
+            raw = self._data.pread_now(file, e.size, e.offset)
+            if len(raw) < e.size or not verify(raw, e.csum):
+                raise BadChecksum(f"{file} [{e.offset}, +{e.size}): corrupt, cannot split it")
+            lo = off - e.offset
+            return TaggedCsum(CsumTag.SERVER_REGEN, digest(raw[lo:lo + n]))
+
+        res = f.index.trim(offset, size, regen)
+        batch = Batch()
+        for e in res.removed:
+            if e.trimmed:
+                batch.trim_del(file, e.offset)
+            else:
+                batch.chunk_del(file, e.offset)
+        for e in res.added:
+            if e.trimmed:
+                batch.trim_put(file, e.offset, e.size)
+            else:
+                assert e.csum is not None
+                batch.chunk_put(file, e.offset, e.size, e.csum.to_bytes())
+        self._file_record(batch, f)
+        await self._committer.submit(batch)
+        await self._maybe_delete(f)
+
+    def _is_target(self, name: str) -> bool:
+        return any(t.name == name for t in self._targets.values())
+
+    async def _maybe_delete(self, f: DataFile) -> None:
+        if (
+            self._files.get(f.name) is not f
+            or self._is_target(f.name)
+            or not f.index.fully_trimmed()
+            or any(k[0] == f.name for k in self._pending)
+        ):
+            return
+        del self._files[f.name]
+        self._trimmed_files.add(f.name)
+        batch = Batch()
+        batch.deleted_files.append(f.name)
+        await self._committer.submit(batch)
+        if self.config.sync == "none":
+            await self._committer.flush()
+        self._data.unlink(f.name)
+        log.info("data file %s fully trimmed: deleted, name kept as trimmed", f.name)
+
+    # ---- listing --------------------------------------------------------------------
+    async def checksum_list(
+        self, file: str, *, batch_size: int = 4096
+    ) -> AsyncIterator[list[ChecksumEntry]]:
+        """Durable entries of ``file`` in offset order, streamed in batches."""
+        self._check_open()
+        self._parse(file)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise BadArg(f"batch_size must be a positive integer, got {batch_size!r}")
+        f = self._files.get(file)
+        if f is None:
+            raise NoSuchFile(f"no file {file}")
+        entries = [e for e in f.index.entries() if (file, e.offset) not in self._pending]
+        for i in range(0, len(entries), batch_size):
+            yield [ChecksumEntry(e.offset, e.size, e.csum) for e in entries[i:i + batch_size]]
+
+    async def list_files(self) -> list[tuple[str, int]]:
+        """(name, EOF) of every file, sorted by name."""
+        self._check_open()
+        return sorted((name, f.index.eof) for name, f in self._files.items())
+
+    # ---- projection store ------------------------------------------------------------
+    async def projection_write(self, kind: Literal["public", "private"], p: Projection) -> None:
+        self._check_open()
+        k = check_kind(kind)
+        async with self._projection_lock:  # check + commit + cache as one step
+            self._projections.check_write(k, p)
+            batch = Batch()
+            batch.projections.append((k, p.epoch_number, p.epoch_csum, p.to_bytes()))
+            await self._committer.commit_now(batch)
+            self._projections.put(k, p)
+
+    async def projection_read(self, kind: Kind, epoch_number: int) -> Projection:
+        self._check_open()
+        if isinstance(epoch_number, bool) or not isinstance(epoch_number, int):
+            raise BadArg(f"epoch number must be an integer, got {epoch_number!r}")
+        return self._projections.read(check_kind(kind), epoch_number)
+
+    async def projection_read_latest(self, kind: Kind) -> Projection:
+        self._check_open()
+        return self._projections.read_latest(check_kind(kind))
+
+    async def projection_latest_epoch_id(self, kind: Kind) -> EpochId:
+        self._check_open()
+        return self._projections.latest_epoch_id(check_kind(kind))
+
+    async def projection_list(self, kind: Kind) -> list[int]:
+        self._check_open()
+        return self._projections.list(check_kind(kind))
+
+    async def projection_get_all(self, kind: Kind) -> list[Projection]:
+        self._check_open()
+        return self._projections.get_all(check_kind(kind))

@@ -1,0 +1,143 @@
+"""Group commit: many operations share one data fdatasync and one SQLite commit.
+
+Owns: batching metadata records, the order "fdatasync every dirty data file, THEN commit
+the metadata that points at those bytes, THEN wake every waiter", and the failure rule
+(a failed sync or commit poisons the store: every later operation fails, because the
+in-memory index is now ahead of what is durable).  Must not: decide semantics or build
+records (``flu_store`` does).
+
+Leader/follower, no background task: an operation adds its records to the open batch and
+takes the commit lock.  Whoever gets the lock while its batch is still open is the leader:
+it waits (at most ``max_delay_ms``, and only while other operations are known to be on the
+way) for the batch to fill, closes it, flushes it and wakes its members.  Followers find
+their batch done when they get the lock.  Batches are bounded by ``max_chunks`` records.
+
+Sync modes: "batch" as above; "always" flushes each operation alone (fdatasync + commit
+per operation); "none" returns at once and flushes without fsync when the batch is full,
+on :meth:`flush`, on close, and when :meth:`background` runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import anyio
+
+from .metadata import Batch, SyncMode
+
+log = logging.getLogger("machi.storage")
+
+
+class StoreFailed(Exception):
+    """The store hit an I/O error while making data durable; it refuses further work."""
+
+
+class _Pending:
+    __slots__ = ("batch", "done", "error", "full")
+
+    def __init__(self) -> None:
+        self.batch = Batch()
+        self.done = anyio.Event()
+        self.full = anyio.Event()
+        self.error: BaseException | None = None
+
+
+class GroupCommitter:
+    def __init__(
+        self,
+        flush_fn: Callable[[Batch, bool], Awaitable[None]],
+        *,
+        sync: SyncMode,
+        max_delay_ms: int,
+        max_chunks: int,
+    ) -> None:
+        assert max_delay_ms >= 0 and max_chunks >= 1
+        self._flush_fn = flush_fn
+        self.sync = sync
+        self.max_delay_ms = max_delay_ms
+        self.max_chunks = max_chunks
+        self._open = _Pending()
+        self._lock = anyio.Lock()
+        self.in_flight = 0  # operations between "started" and "submitted"
+        self.failed: BaseException | None = None
+        # counters for metrics and the benchmark
+        self.commits = 0
+        self.records = 0
+
+    def check(self) -> None:
+        if self.failed is not None:
+            raise StoreFailed(f"store failed earlier and refuses work: {self.failed!r}")
+
+    async def submit(self, batch: Batch) -> None:
+        """Add ``batch`` and return when it is durable as configured."""
+        self.check()
+        if self.sync == "none":
+            self._open.batch.merge(batch)
+            if self._open.batch.n_ops >= self.max_chunks:
+                await self.flush()
+            return
+        if self.sync == "always":
+            async with self._lock:
+                self.check()
+                await self._run(batch)
+            return
+        pending = self._open
+        pending.batch.merge(batch)
+        if pending.batch.n_ops >= self.max_chunks:
+            pending.full.set()
+        async with self._lock:
+            if not pending.done.is_set():
+                assert pending is self._open
+                if self.in_flight > 0 and not pending.full.is_set() and self.max_delay_ms:
+                    with anyio.move_on_after(self.max_delay_ms / 1000):
+                        await pending.full.wait()
+                self._open = _Pending()
+                await self._finish(pending)
+        if pending.error is not None:
+            raise StoreFailed(f"metadata commit failed: {pending.error!r}") from pending.error
+
+    async def flush(self) -> None:
+        """Make everything submitted so far durable (used by close and by sync "none")."""
+        async with self._lock:
+            self.check()
+            pending = self._open
+            self._open = _Pending()
+            if pending.batch.empty():
+                pending.done.set()
+                return
+            await self._finish(pending)
+        if pending.error is not None:
+            raise StoreFailed(f"metadata commit failed: {pending.error!r}") from pending.error
+
+    async def _finish(self, pending: _Pending) -> None:
+        try:
+            await self._run(pending.batch)
+        except Exception as exc:
+            pending.error = exc
+        finally:
+            pending.done.set()
+
+    async def commit_now(self, batch: Batch) -> None:
+        """Commit ``batch`` alone and durably whatever the sync mode (projections, counters)."""
+        async with self._lock:
+            self.check()
+            await self._run(batch, durable=True)
+
+    async def _run(self, batch: Batch, durable: bool = False) -> None:
+        # Shielded: a cancelled leader must not leave its followers' batch half done.
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._flush_fn(batch, durable)
+            except Exception as exc:
+                log.error("group commit failed, store is now failed: %r", exc)
+                self.failed = exc
+                raise
+        self.commits += 1
+        self.records += len(batch.ops)
+
+    async def background(self, interval_ms: int = 50) -> None:
+        """For sync "none": flush every ``interval_ms`` (run in the node's task group)."""
+        while True:
+            await anyio.sleep(interval_ms / 1000)
+            await self.flush()

@@ -1,0 +1,283 @@
+"""The metadata plane of one FLU: ONE SQLite database (WAL) through SQLAlchemy's async
+engine on ``sqlite+aiosqlite``.
+
+Owns: the schema, loading everything at start-up, and applying a batch of metadata
+records in ONE transaction (the group committer calls :meth:`MetadataDb.apply`).  Must
+not: decide semantics (``flu_store`` and ``machi.core.ranges`` do), touch data files, or
+be called once per chunk on the hot path.
+
+Tables:
+  files(name, prefix, namespace, locator, seq, eof)      every known data file
+  chunks(file, offset, size, csum)                        written chunks (tagged csum)
+  trims(file, offset, size)                               trimmed ranges (merged)
+  seq_counters(namespace, locator, prefix, next_seq)      next sequence number to mint
+  trimmed_files(name)                                     deleted names, never reused
+  lost_chunks(file, offset, size, csum, reason)           dropped by repair_metadata
+  projections(kind, epoch_number, epoch_csum, body)       projection store halves
+
+``synchronous`` is FULL for sync modes "always" and "batch" (a commit is on disk when it
+returns) and OFF for "none".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlalchemy import (
+    Column,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    event,
+    select,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+DB_NAME = "machi.sqlite3"
+SCHEMA_VERSION = 1
+
+md = MetaData()
+files_t = Table(
+    "files", md,
+    Column("name", String, primary_key=True),
+    Column("prefix", String, nullable=False),
+    Column("namespace", String, nullable=False),
+    Column("locator", Integer, nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("eof", Integer, nullable=False),
+)
+chunks_t = Table(
+    "chunks", md,
+    Column("file", String, nullable=False),
+    Column("offset", Integer, nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("csum", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("file", "offset"),
+)
+trims_t = Table(
+    "trims", md,
+    Column("file", String, nullable=False),
+    Column("offset", Integer, nullable=False),
+    Column("size", Integer, nullable=False),
+    PrimaryKeyConstraint("file", "offset"),
+)
+seq_t = Table(
+    "seq_counters", md,
+    Column("namespace", String, nullable=False),
+    Column("locator", Integer, nullable=False),
+    Column("prefix", String, nullable=False),
+    Column("next_seq", Integer, nullable=False),
+    PrimaryKeyConstraint("namespace", "locator", "prefix"),
+)
+trimmed_files_t = Table("trimmed_files", md, Column("name", String, primary_key=True))
+lost_t = Table(
+    "lost_chunks", md,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("file", String, nullable=False),
+    Column("offset", Integer, nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("csum", LargeBinary, nullable=True),
+    Column("reason", String, nullable=False),
+)
+projections_t = Table(
+    "projections", md,
+    Column("kind", String, nullable=False),
+    Column("epoch_number", Integer, nullable=False),
+    Column("epoch_csum", LargeBinary, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("kind", "epoch_number"),
+)
+meta_t = Table(
+    "machi_meta", md,
+    Column("key", String, primary_key=True),
+    Column("value", String, nullable=False),
+)
+
+SyncMode = Literal["always", "batch", "none"]
+
+
+@dataclass(slots=True)
+class Batch:
+    """Metadata records of many operations, applied in one transaction.
+
+    ``ops`` keeps the order of chunk/trim changes (a trim deletes a chunk an earlier append
+    in the same batch inserted); file EOFs only grow, so the largest per file is kept.
+    """
+
+    ops: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
+    files: dict[str, tuple[str, str, int, int, int]] = field(default_factory=dict)
+    seqs: dict[tuple[str, int, str], int] = field(default_factory=dict)
+    deleted_files: list[str] = field(default_factory=list)
+    projections: list[tuple[str, int, bytes, bytes]] = field(default_factory=list)
+    n_ops: int = 0
+
+    def chunk_put(self, file: str, offset: int, size: int, csum: bytes) -> None:
+        self.ops.append(("chunk_put", (file, offset, size, csum)))
+
+    def chunk_del(self, file: str, offset: int) -> None:
+        self.ops.append(("chunk_del", (file, offset)))
+
+    def trim_put(self, file: str, offset: int, size: int) -> None:
+        self.ops.append(("trim_put", (file, offset, size)))
+
+    def trim_del(self, file: str, offset: int) -> None:
+        self.ops.append(("trim_del", (file, offset)))
+
+    def file_eof(self, name: str, prefix: str, ns: str, locator: int, seq: int, eof: int) -> None:
+        old = self.files.get(name)
+        if old is None or old[4] < eof:
+            self.files[name] = (prefix, ns, locator, seq, eof)
+
+    def merge(self, other: Batch) -> None:
+        self.ops.extend(other.ops)
+        for name, row in other.files.items():
+            self.file_eof(name, *row)
+        self.seqs.update(other.seqs)
+        self.deleted_files.extend(other.deleted_files)
+        self.projections.extend(other.projections)
+        self.n_ops += max(other.n_ops, 1)
+
+    def empty(self) -> bool:
+        return not (
+            self.ops or self.files or self.seqs or self.deleted_files or self.projections
+        )
+
+
+_SQL = {
+    "chunk_put": "INSERT OR REPLACE INTO chunks (file, offset, size, csum) VALUES (?, ?, ?, ?)",
+    "chunk_del": "DELETE FROM chunks WHERE file = ? AND offset = ?",
+    "trim_put": "INSERT OR REPLACE INTO trims (file, offset, size) VALUES (?, ?, ?)",
+    "trim_del": "DELETE FROM trims WHERE file = ? AND offset = ?",
+}
+_FILE_UPSERT = (
+    "INSERT INTO files (name, prefix, namespace, locator, seq, eof) VALUES (?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT(name) DO UPDATE SET eof = max(eof, excluded.eof)"
+)
+_SEQ_UPSERT = (
+    "INSERT INTO seq_counters (namespace, locator, prefix, next_seq) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT(namespace, locator, prefix) DO UPDATE SET "
+    "next_seq = max(next_seq, excluded.next_seq)"
+)
+_PROJ_PUT = (
+    "INSERT OR REPLACE INTO projections (kind, epoch_number, epoch_csum, body) "
+    "VALUES (?, ?, ?, ?)"
+)
+
+
+@dataclass(slots=True)
+class Loaded:
+    files: list[tuple[str, str, str, int, int, int]]
+    chunks: list[tuple[str, int, int, bytes]]
+    trims: list[tuple[str, int, int]]
+    seqs: dict[tuple[str, int, str], int]
+    trimmed_files: set[str]
+    projections: list[tuple[str, int, bytes, bytes]]
+
+
+class MetadataDb:
+    """One async connection to the FLU's database, used by one writer at a time."""
+
+    def __init__(self, engine: AsyncEngine, conn: AsyncConnection, sync: SyncMode) -> None:
+        self.engine = engine
+        self.conn = conn
+        self.sync = sync
+
+    @classmethod
+    async def open(cls, data_dir: Path, sync: SyncMode) -> MetadataDb:
+        engine = create_async_engine(f"sqlite+aiosqlite:///{data_dir / DB_NAME}",
+                                     poolclass=NullPool)
+        level = "OFF" if sync == "none" else "FULL"
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute(f"PRAGMA synchronous={level}")
+            cur.execute("PRAGMA foreign_keys=OFF")
+            cur.close()
+
+        conn = await engine.connect()
+        try:
+            await conn.run_sync(md.create_all)
+            await conn.exec_driver_sql(
+                "INSERT OR IGNORE INTO machi_meta (key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+            await conn.commit()
+        except BaseException:
+            await conn.close()
+            await engine.dispose()
+            raise
+        return cls(engine, conn, sync)
+
+    async def close(self) -> None:
+        try:
+            await self.conn.close()
+        finally:
+            await self.engine.dispose()
+
+    async def load(self) -> Loaded:
+        c = self.conn
+        files = [tuple(r) for r in (await c.execute(select(files_t))).all()]
+        chunks = [
+            tuple(r)
+            for r in (await c.execute(select(chunks_t).order_by(chunks_t.c.file,
+                                                                chunks_t.c.offset))).all()
+        ]
+        trims = [tuple(r) for r in (await c.execute(select(trims_t))).all()]
+        seqs = {(r[0], r[1], r[2]): r[3] for r in (await c.execute(select(seq_t))).all()}
+        tf = {r[0] for r in (await c.execute(select(trimmed_files_t))).all()}
+        projs = [tuple(r) for r in (await c.execute(select(projections_t))).all()]
+        await c.commit()
+        return Loaded(files, chunks, trims, seqs, tf, projs)  # type: ignore[arg-type]
+
+    async def apply(self, batch: Batch, *, durable: bool = False) -> None:
+        """Apply ``batch`` in one transaction and commit.
+
+        ``durable`` forces synchronous=FULL for this commit even in sync mode "none"
+        (projection writes and sequence counters must never be lost).
+        """
+        c = self.conn
+        force = durable and self.sync == "none"
+        if force:
+            await c.exec_driver_sql("PRAGMA synchronous=FULL")
+        try:
+            if batch.seqs:
+                await c.exec_driver_sql(
+                    _SEQ_UPSERT, [(ns, loc, p, n) for (ns, loc, p), n in batch.seqs.items()]
+                )
+            if batch.files:
+                await c.exec_driver_sql(
+                    _FILE_UPSERT, [(name, *row) for name, row in batch.files.items()]
+                )
+            run_kind: str | None = None
+            run: list[tuple[Any, ...]] = []
+            for kind, args in [*batch.ops, ("", ())]:
+                if kind != run_kind and run:
+                    assert run_kind is not None
+                    await c.exec_driver_sql(_SQL[run_kind], run)
+                    run = []
+                run_kind = kind
+                run.append(args)
+            for name in batch.deleted_files:
+                await c.exec_driver_sql("DELETE FROM chunks WHERE file = ?", (name,))
+                await c.exec_driver_sql("DELETE FROM trims WHERE file = ?", (name,))
+                await c.exec_driver_sql("DELETE FROM files WHERE name = ?", (name,))
+                await c.exec_driver_sql(
+                    "INSERT OR IGNORE INTO trimmed_files (name) VALUES (?)", (name,)
+                )
+            if batch.projections:
+                await c.exec_driver_sql(_PROJ_PUT, batch.projections)
+            await c.commit()
+        except BaseException:
+            await c.rollback()
+            raise
+        finally:
+            if force:
+                await c.exec_driver_sql("PRAGMA synchronous=OFF")
