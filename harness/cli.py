@@ -18,6 +18,8 @@ def _register() -> None:
         main.add_command(getattr(importlib.import_module(mod), attr))
 
 
-_COMMANDS: list[tuple[str, str]] = []
+_COMMANDS: list[tuple[str, str]] = [
+    ("harness.checker.cli_check", "check"),
+]
 
 _register()

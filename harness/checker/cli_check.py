@@ -1,0 +1,221 @@
+"""``machi-harness check``: check history files against a model and report verdicts.
+
+Owns the command line (options, output lines, exit status) and nothing else: reading is
+``harness.history`` / ``harness.edn``, checking is ``harness.checker.run.check_history``,
+HTML is ``harness.report.linear_report``. Exit status: 0 all valid, 1 any invalid,
+2 any unknown and no invalid, 254 usage error (bad options, unreadable or malformed
+history).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from harness.checker.models import MODELS
+from harness.checker.result import CheckResult, Verdict, combine_verdicts, exit_code
+from harness.history import HistoryError, pair_ops, read_history
+
+USAGE_EXIT = 254
+WITNESS_LINE_CHARS = 400
+
+
+class _UsageExit254(click.Command):
+    """A click command whose usage errors exit with 254 instead of click's 2."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            exc.exit_code = USAGE_EXIT
+            raise
+
+
+def _usage(msg: str) -> click.UsageError:
+    exc = click.UsageError(msg)
+    exc.exit_code = USAGE_EXIT
+    return exc
+
+
+@click.command("check", cls=_UsageExit254)
+@click.option(
+    "--model",
+    "model_name",
+    required=True,
+    type=click.Choice(list(MODELS)),
+    help="Datatype the history is checked against.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["auto", "jsonl", "edn"]),
+    default="auto",
+    show_default=True,
+    help="History file format (auto: .edn is EDN, anything else JSON Lines).",
+)
+@click.option(
+    "--time-limit",
+    "time_limit_s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="Seconds per history; past it the verdict is unknown.",
+)
+@click.option(
+    "--memory-limit",
+    "memory_limit_mb",
+    type=click.FloatRange(min=0, min_open=True),
+    default=2048.0,
+    show_default=True,
+    help="MB of process memory; past it the verdict is unknown.",
+)
+@click.option(
+    "--report",
+    "report_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write a self-contained HTML page per failing history into this directory.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per history.")
+@click.option(
+    "--initial",
+    "initial_json",
+    default=None,
+    help="Initial value as JSON (register, cas-register; an object for multi-register).",
+)
+@click.argument(
+    "histories",
+    nargs=-1,
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+)
+def check(
+    model_name: str,
+    fmt: str,
+    time_limit_s: float,
+    memory_limit_mb: float,
+    report_dir: Path | None,
+    as_json: bool,
+    initial_json: str | None,
+    histories: tuple[Path, ...],
+) -> None:
+    """Check HISTORY files for linearizability (or write-once safety) against --model."""
+    initial: Any = None
+    if initial_json is not None:
+        try:
+            initial = json.loads(initial_json)
+        except json.JSONDecodeError as exc:
+            raise _usage(f"--initial is not valid JSON: {exc}") from None
+        if model_name not in ("register", "cas-register", "multi-register"):
+            raise _usage(f"--initial does not apply to model {model_name!r}")
+        if model_name == "multi-register" and not isinstance(initial, dict):
+            raise _usage("--initial for multi-register must be a JSON object")
+    verdicts: list[Verdict] = []
+    errors = 0
+    for path in histories:
+        t0 = time.monotonic()
+        try:
+            result, ops = _check_one(path, fmt, model_name, time_limit_s, memory_limit_mb, initial)
+        except (HistoryError, OSError, UnicodeDecodeError) as exc:
+            errors += 1
+            click.echo(f"{path}: error: {exc}", err=True)
+            continue
+        elapsed_s = time.monotonic() - t0
+        verdicts.append(result.valid)
+        report_path = None
+        if report_dir is not None and result.valid is False and ops is not None:
+            from harness.report.linear_report import write_report
+
+            report_path = write_report(report_dir, path, result, ops)
+        _emit(path, result, elapsed_s, as_json, report_path)
+    if errors:
+        sys.exit(USAGE_EXIT)
+    sys.exit(exit_code(combine_verdicts(verdicts)))
+
+
+def _check_one(
+    path: Path,
+    fmt: str,
+    model_name: str,
+    time_limit_s: float,
+    memory_limit_mb: float,
+    initial: Any,
+) -> tuple[CheckResult, list[Any] | None]:
+    from harness.checker.run import check_history, make_deadline
+
+    actual_fmt = fmt if fmt != "auto" else ("edn" if path.suffix.lower() == ".edn" else "jsonl")
+    if model_name == "write-once":
+        from harness.checker import write_once
+
+        if actual_fmt == "jsonl" and hasattr(write_once, "check_write_once_lines"):
+            with path.open("rb") as fh:
+                res = write_once.check_write_once_lines(
+                    fh,
+                    name=str(path),
+                    memory_limit_mb=memory_limit_mb,
+                    deadline=make_deadline(time_limit_s),
+                )
+            return res, None
+        res = write_once.check_write_once(
+            read_history(path, actual_fmt),
+            memory_limit_mb=memory_limit_mb,
+            deadline=make_deadline(time_limit_s),
+        )
+        return res, None
+    ops = pair_ops(read_history(path, actual_fmt))
+    try:
+        res = check_history(ops, model_name, time_limit_s, memory_limit_mb, initial=initial)
+    except ValueError as exc:
+        if isinstance(exc, HistoryError):
+            raise
+        raise HistoryError(str(exc)) from None
+    return res, ops
+
+
+def _short_witness(w: dict[str, Any] | None) -> dict[str, Any] | None:
+    if w is None:
+        return None
+    return {k: v for k, v in w.items() if k != "prefix_indices"}
+
+
+def _emit(
+    path: Path, result: CheckResult, elapsed_s: float, as_json: bool, report: Path | None
+) -> None:
+    if as_json:
+        obj: dict[str, Any] = {
+            "file": str(path),
+            "valid": result.valid,
+            "model": result.model,
+            "ops": result.ops,
+            "keys": result.keys,
+            "elapsed_s": round(elapsed_s, 6),
+            "witness": _short_witness(result.witness),
+        }
+        if report is not None:
+            obj["report"] = str(report)
+        click.echo(json.dumps(obj, default=_json_default, sort_keys=False))
+        return
+    label = "valid" if result.valid is True else "INVALID" if result.valid is False else "unknown"
+    click.echo(
+        f"{path}: {label} (model {result.model}, {result.ops} ops, {result.keys} keys, "
+        f"{elapsed_s:.3f} s)"
+    )
+    w = result.witness
+    if w and result.valid is not True:
+        text = w.get("explanation") or json.dumps(_short_witness(w), default=_json_default)
+        if len(text) > WITNESS_LINE_CHARS:
+            text = text[: WITNESS_LINE_CHARS - 3] + "..."
+        click.echo(f"  {text}")
+    if report is not None:
+        click.echo(f"  report: {report}")
+
+
+def _json_default(obj: object) -> Any:
+    if isinstance(obj, tuple | set | frozenset):
+        return list(obj)
+    return repr(obj)

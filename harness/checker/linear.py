@@ -1,0 +1,399 @@
+"""General linearizability checker: Wing-Gong-Lowe just-in-time search, per key.
+
+Owns the search. Given paired ops and a model it splits the history by key
+(P-compositionality), refutes cheap impossibilities first (``Model.precheck``), then for
+each key runs Lowe's just-in-time WGL search over a doubly-linked list of call/return
+entries with a memo of (linearized set, model state). Details that make it fast:
+  - states are interned to ints and transitions are cached per distinct op and state
+    (Knossos' state-space precomputation, done lazily so it never explodes up front);
+  - the linearized set is keyed by a 128-bit Zobrist hash (XOR of per-op random words,
+    updated in O(1)) instead of an O(n)-bit bitset, so a memo entry is ~100 bytes whatever
+    the history length. A false "already visited" needs a 128-bit collision;
+  - crashed (info) ops have no return entry: they may linearize any time after their
+    invocation or never; the search succeeds once every ok op is linearized;
+  - crashed ops with the same compiled op are interchangeable, so only the earliest
+    invoked unlinearized one of such a group is ever tried (symmetry reduction).
+Budgets: ``deadline()`` (a callable, no clock here), a step budget and a memory budget
+(memo entries x estimated bytes, plus an optional ``memory_probe()`` of the process RSS).
+Past any of them the verdict is "unknown" with the longest prefix found and counters.
+
+It must not read files, look at clocks or use global randomness (the Zobrist words come
+from a seeded ``random.Random`` instance).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from harness.checker.models import Item, Model, unwrap
+from harness.checker.result import UNKNOWN, CheckResult, Verdict, combine_verdicts
+from harness.history import Op
+
+# Rough bytes per memo entry (set slot + a ~150-bit int) plus per stack frame.
+MEMO_ENTRY_BYTES = 100
+CHECK_EVERY = 1 << 12  # budget checks every this many memo insertions
+PREFIX_TAIL = 20  # ops of the longest prefix shown in a short witness
+_ZOBRIST_SEED = 0x5EED_11EA
+
+
+@dataclass(slots=True)
+class Budget:
+    """What the search may spend; ``deadline()`` returns True once time is up."""
+
+    deadline: Callable[[], bool] | None = None
+    memory_limit_bytes: int | None = None
+    memory_probe: Callable[[], int] | None = None  # current process memory in bytes
+    max_steps: int | None = None
+
+
+@dataclass(slots=True)
+class KeyResult:
+    verdict: Verdict
+    prefix: list[int]  # op indices (into the full op list), in linearization order
+    failing: int | None  # op index that could not be linearized
+    explanation: str
+    reason: str  # for unknown: "time limit" / "memory limit" / "step limit"
+    stats: dict[str, int]
+
+
+class _OutOfBudget(Exception):
+    pass
+
+
+def check_linearizable(
+    ops: Sequence[Op], model: Model, budget: Budget | None = None
+) -> CheckResult:
+    """Check a paired history against ``model``; pure (time and memory via ``budget``)."""
+    budget = budget or Budget()
+    parts = model.partition(ops)
+    keys = sorted(parts, key=lambda k: (len(parts[k]), repr(k)))
+    totals: dict[str, int] = {"keys_checked": 0, "memo_entries": 0, "steps": 0, "states": 0}
+    nops = len(ops)
+    global_pre = getattr(model, "global_precheck", None)
+    if global_pre is not None:
+        hit = global_pre(parts, ops)
+        if hit is not None:
+            key, i, why = hit
+            kr = KeyResult(False, [], i, why, "", {})
+            return _result(model, ops, nops, len(parts), key, kr, totals)
+    verdicts: list[Verdict] = []
+    first_unknown: tuple[Any, KeyResult] | None = None
+    steps_used = 0
+    for key in keys:
+        items = parts[key]
+        pre = model.precheck(items, ops)
+        if pre is not None:
+            kr = KeyResult(False, [], pre[0], pre[1], "", {})
+        else:
+            sub = Budget(
+                budget.deadline,
+                budget.memory_limit_bytes,
+                budget.memory_probe,
+                None if budget.max_steps is None else max(0, budget.max_steps - steps_used),
+            )
+            kr = _search(items, ops, model, sub)
+        totals["keys_checked"] += 1
+        for k, v in kr.stats.items():
+            totals[k] = totals.get(k, 0) + v
+        steps_used += kr.stats.get("steps", 0)
+        if kr.verdict is False:
+            return _result(model, ops, nops, len(parts), key, kr, totals)
+        if kr.verdict == UNKNOWN and first_unknown is None:
+            first_unknown = (key, kr)
+        verdicts.append(kr.verdict)
+    verdict = combine_verdicts(verdicts)
+    if verdict == UNKNOWN and first_unknown is not None:
+        return _result(model, ops, nops, len(parts), first_unknown[0], first_unknown[1], totals)
+    return CheckResult(True, model.name, nops, len(parts), None, totals)
+
+
+def _result(
+    model: Model,
+    ops: Sequence[Op],
+    nops: int,
+    nkeys: int,
+    key: Any,
+    kr: KeyResult,
+    totals: dict[str, int],
+) -> CheckResult:
+    witness: dict[str, Any] = {
+        "key": key,
+        "prefix_len": len(kr.prefix),
+        "prefix": [_op_summary(ops[i]) for i in kr.prefix[-PREFIX_TAIL:]],
+        "prefix_indices": kr.prefix,
+        "explanation": kr.explanation,
+    }
+    if kr.failing is not None:
+        witness["op"] = _op_summary(ops[kr.failing])
+        witness["op_index"] = kr.failing
+    if kr.verdict == UNKNOWN:
+        witness["reason"] = kr.reason
+    return CheckResult(kr.verdict, model.name, nops, nkeys, witness, totals)
+
+
+def _op_summary(op: Op) -> dict[str, Any]:
+    return {
+        "process": op.process,
+        "type": op.type,
+        "f": op.f,
+        "key": op.key,
+        "value": op.value,
+        "result": op.result,
+        "invoke_index": op.invoke_index,
+        "complete_index": op.complete_index,
+    }
+
+
+def _search(items: Sequence[Item], ops: Sequence[Op], model: Model, budget: Budget) -> KeyResult:
+    """Lowe's just-in-time WGL search over one key's items."""
+    m = len(items)
+    # Entries: call j -> j, return j -> m + j, HEAD = 2m, TAIL = 2m + 1.
+    head, tail = 2 * m, 2 * m + 1
+    is_ret = [False] * m + [True] * m + [False, True]
+    ret = [-1] * m
+    events: list[tuple[int, int, int]] = []  # (event index, 0 call / 1 return, entry)
+    remaining = 0
+    for j, (i, _cop) in enumerate(items):
+        op = ops[i]
+        events.append((op.invoke_index, 0, j))
+        if op.type == "ok":
+            ret[j] = m + j
+            remaining += 1
+            ci = op.complete_index if op.complete_index is not None else op.invoke_index
+            events.append((ci, 1, m + j))
+    events.sort()
+    nxt = [tail] * (2 * m + 2)
+    prv = [head] * (2 * m + 2)
+    last = head
+    for _idx, _kind, ent in events:
+        nxt[last] = ent
+        prv[ent] = last
+        last = ent
+    nxt[last] = tail
+    prv[tail] = last
+
+    # Interned states and per-kind transition caches.
+    state_ids: dict[Any, int] = {}
+    states: list[Any] = []
+
+    def intern(s: Any) -> int:
+        sid = state_ids.get(s)
+        if sid is None:
+            sid = len(states)
+            state_ids[s] = sid
+            states.append(s)
+        return sid
+
+    kind_ids: dict[Any, int] = {}
+    kind_cops: list[Any] = []
+    kind = [0] * m
+    for j, (_i, cop) in enumerate(items):
+        k = kind_ids.get(cop)
+        if k is None:
+            k = len(kind_cops)
+            kind_ids[cop] = k
+            kind_cops.append(cop)
+        kind[j] = k
+    trans: list[dict[int, int]] = [{} for _ in kind_cops]
+
+    # Symmetry groups of interchangeable crashed ops (same cop), ranked by invocation.
+    group = [-1] * m
+    grank = [0] * m
+    members: dict[int, list[int]] = {}
+    for j in range(m):
+        if ret[j] < 0:
+            members.setdefault(kind[j], []).append(j)
+    ngroups = 0
+    for js in members.values():
+        if len(js) > 1:
+            js.sort(key=lambda j: ops[items[j][0]].invoke_index)
+            for r, j in enumerate(js):
+                group[j] = ngroups
+                grank[j] = r
+            ngroups += 1
+    gcount = [0] * ngroups
+
+    rng = random.Random(_ZOBRIST_SEED)
+    zob = [rng.getrandbits(128) for _ in range(m)]
+
+    step = model.step
+    memo: set[int] = set()
+    memo_add = memo.add
+    stack_e: list[int] = []
+    stack_s: list[int] = []
+    push_e, push_s = stack_e.append, stack_s.append
+    pop_e, pop_s = stack_e.pop, stack_s.pop
+    s = intern(model.init())
+    zh = 0
+    e = nxt[head]
+    best_depth = 0
+    best_saved = True
+    best: list[int] = []
+    best_state = s
+    backtracks = 0
+    countdown = CHECK_EVERY
+    max_steps = budget.max_steps
+    verdict: Verdict = UNKNOWN
+    reason = ""
+    try:
+        while True:
+            if remaining == 0:
+                verdict = True
+                break
+            if is_ret[e]:
+                if not stack_e:
+                    verdict = False
+                    break
+                if not best_saved and len(stack_e) == best_depth:
+                    best = stack_e[:]
+                    best_state = s
+                    best_saved = True
+                backtracks += 1
+                ce = pop_e()
+                s = pop_s()
+                zh ^= zob[ce]
+                r = ret[ce]
+                if r >= 0:
+                    nxt[prv[r]] = r
+                    prv[nxt[r]] = r
+                    remaining += 1
+                nxt[prv[ce]] = ce
+                prv[nxt[ce]] = ce
+                g = group[ce]
+                if g >= 0:
+                    gcount[g] -= 1
+                e = nxt[ce]
+                continue
+            g = group[e]
+            if g >= 0 and grank[e] != gcount[g]:
+                e = nxt[e]
+                continue
+            t = trans[kind[e]]
+            ns = t.get(s)
+            if ns is None:
+                nstate = step(states[s], kind_cops[kind[e]])
+                ns = -1 if nstate is None else intern(nstate)
+                t[s] = ns
+            if ns >= 0:
+                nzh = zh ^ zob[e]
+                mk = (ns << 128) | nzh
+                if mk not in memo:
+                    memo_add(mk)
+                    countdown -= 1
+                    if countdown == 0:
+                        countdown = CHECK_EVERY
+                        reason = _over_budget(budget, len(memo))
+                        if reason:
+                            raise _OutOfBudget
+                    push_e(e)
+                    push_s(s)
+                    if len(stack_e) > best_depth:
+                        best_depth = len(stack_e)
+                        best_saved = False
+                    s = ns
+                    zh = nzh
+                    r = ret[e]
+                    if r >= 0:
+                        nxt[prv[r]] = nxt[r]
+                        prv[nxt[r]] = prv[r]
+                        remaining -= 1
+                    nxt[prv[e]] = nxt[e]
+                    prv[nxt[e]] = prv[e]
+                    if g >= 0:
+                        gcount[g] += 1
+                    e = nxt[head]
+                    continue
+            e = nxt[e]
+    except _OutOfBudget:
+        verdict = UNKNOWN
+    if max_steps is not None and verdict == UNKNOWN and not reason:
+        reason = "step limit"
+    if not best_saved or len(stack_e) >= len(best):
+        best = stack_e[:]
+        best_state = s
+    stats = {
+        "steps": len(memo),
+        "memo_entries": len(memo),
+        "backtracks": backtracks,
+        "states": len(states),
+        "items": m,
+    }
+    memo.clear()
+    prefix = [items[j][0] for j in best]
+    if verdict is True:
+        return KeyResult(True, [], None, "", "", stats)
+    in_prefix = set(best)
+    failing_j = _first_unlinearized_ok(items, ops, ret, in_prefix)
+    failing = None if failing_j is None else items[failing_j][0]
+    if verdict is False:
+        explanation = _explain(model, items, ops, failing_j, states[best_state], len(best))
+        return KeyResult(False, prefix, failing, explanation, "", stats)
+    explanation = (
+        f"search stopped at the {reason} after {stats['memo_entries']} "
+        f"configurations; the longest linearizable prefix found has {len(best)} of {m} ops"
+    )
+    return KeyResult(UNKNOWN, prefix, failing, explanation, reason, stats)
+
+
+def _over_budget(budget: Budget, memo_entries: int) -> str:
+    if budget.max_steps is not None and memo_entries >= budget.max_steps:
+        return "step limit"
+    if budget.deadline is not None and budget.deadline():
+        return "time limit"
+    limit = budget.memory_limit_bytes
+    if limit is not None:
+        if memo_entries * MEMO_ENTRY_BYTES > limit:
+            return "memory limit"
+        if budget.memory_probe is not None and budget.memory_probe() > limit:
+            return "memory limit"
+    return ""
+
+
+def _first_unlinearized_ok(
+    items: Sequence[Item], ops: Sequence[Op], ret: list[int], in_prefix: set[int]
+) -> int | None:
+    best_j = None
+    best_ci = 0
+    for j, (i, _cop) in enumerate(items):
+        if ret[j] < 0 or j in in_prefix:
+            continue
+        ci = ops[i].complete_index
+        ci = ops[i].invoke_index if ci is None else ci
+        if best_j is None or ci < best_ci:
+            best_j, best_ci = j, ci
+    return best_j
+
+
+def _explain(
+    model: Model,
+    items: Sequence[Item],
+    ops: Sequence[Op],
+    failing_j: int | None,
+    state: Any,
+    depth: int,
+) -> str:
+    if failing_j is None:
+        return "no linearization exists (no ok op left unlinearized in the best prefix)"
+    i, cop = items[failing_j]
+    op = ops[i]
+    after = model.step(state, cop)
+    what = (
+        "is illegal in that state"
+        if after is None
+        else f"would be legal there (-> {model.describe(after)}) but then the rest cannot be "
+        "ordered"
+    )
+    return (
+        f"After the longest linearizable prefix found ({depth} ops), the model state is "
+        f"{model.describe(state)}. Operation {op.f} by process {op.process!r} "
+        f"(value {op.value!r}, result {op.result!r}, invoked at event {op.invoke_index}, "
+        f"completed at event {op.complete_index}) must take effect before it completed, "
+        f"but no order of the ops concurrent with it makes it legal: {model.describe_cop(cop)} "
+        f"{what}. Every other choice of linearization order was explored and also fails."
+    )
+
+
+__all__ = ["Budget", "KeyResult", "check_linearizable", "unwrap"]

@@ -1,0 +1,482 @@
+"""Sequential models for the linearizability checker (pure, hashable states).
+
+Owns the semantics of each datatype: how a paired ``Op`` compiles to a small hashable
+"compiled op" (``cop``) per key, and ``step(state, cop) -> new state | None`` (None = the
+op is illegal in that state). Also a cheap, sound ``precheck`` per key that spots values
+no operation could have produced. It must not search, pair events, read files or keep
+any mutable state: models are plain data plus pure functions.
+
+Conventions: ``fail`` ops never took effect and are dropped; crashed (``info``) reads carry
+no information and are dropped; crashed writes / cas / appends / acquires keep their
+effect and the search may linearize them at any time after invocation, or never.
+Initial values: register, cas-register and multi-register start at nil (None), a kv key
+starts as "" (a kv read of nil is read as ""), the mutex starts free, a write-once
+position starts unwritten (None).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+from harness.history import HistoryError, Op
+
+Cop = tuple[Any, ...]
+# A compiled op in a key's sub-history: (index of the op in the input list, cop).
+Item = tuple[int, Cop]
+SINGLE_KEY = None
+
+
+def freeze(v: Any) -> Any:
+    """A hashable copy of a JSON value (lists -> tuples, dicts -> sorted item tuples)."""
+    if isinstance(v, list | tuple):
+        return tuple(freeze(x) for x in v)
+    if isinstance(v, dict):
+        return tuple(sorted(((k, freeze(x)) for k, x in v.items()), key=repr))
+    return v
+
+
+def _pair(v: Any, what: str, op: Op) -> tuple[Any, Any]:
+    if isinstance(v, list | tuple) and len(v) == 2:
+        return freeze(v[0]), freeze(v[1])
+    raise HistoryError(f"op at event {op.invoke_index}: {what} value must be [old, new], got {v!r}")
+
+
+class Model:
+    """Base class: a single-key model; subclasses define ``compile_op`` and ``step``."""
+
+    name = "model"
+
+    def init(self) -> Hashable:
+        """The initial state."""
+        return None
+
+    def compile_op(self, op: Op) -> list[tuple[Any, Cop]]:
+        """(key, cop) pairs for one ok/info op; [] when the op carries no constraint."""
+        raise NotImplementedError
+
+    def step(self, state: Any, cop: Cop) -> Any:
+        """The state after ``cop``, or None when ``cop`` is illegal in ``state``.
+
+        Models whose legal states include None wrap states (see ``_NIL``)."""
+        raise NotImplementedError
+
+    def partition(self, ops: Sequence[Op]) -> dict[Any, list[Item]]:
+        """Split the history into independent keys (P-compositionality)."""
+        parts: dict[Any, list[Item]] = defaultdict(list)
+        for i, op in enumerate(ops):
+            if op.type == "fail":
+                continue
+            for key, cop in self.compile_op(op):
+                parts[key].append((i, cop))
+        return dict(parts)
+
+    def precheck(self, items: Sequence[Item], ops: Sequence[Op]) -> tuple[int, str] | None:
+        """A sound quick refutation for one key: (op index, explanation) or None."""
+        return None
+
+    def describe(self, state: Any) -> str:
+        """Human-readable state for witnesses."""
+        return repr(unwrap(state))
+
+    def describe_cop(self, cop: Cop) -> str:
+        return f"{cop[0]} {', '.join(repr(x) for x in cop[1:])}"
+
+
+class _Nil:
+    """The nil register value inside a state (states may not be None: None means illegal)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "nil"
+
+    def __reduce__(self) -> str:
+        return "NIL"
+
+
+NIL: Any = _Nil()
+
+
+def wrap(v: Any) -> Any:
+    return NIL if v is None else v
+
+
+def unwrap(v: Any) -> Any:
+    return None if v is NIL else v
+
+
+# --- register / cas-register ---------------------------------------------------------
+
+
+class RegisterModel(Model):
+    """A read/write register starting at nil. cops: ("w", v), ("r", v)."""
+
+    name = "register"
+    allow_cas = False
+
+    def __init__(self, initial: Any = None) -> None:
+        self._init = wrap(freeze(initial))
+
+    def init(self) -> Any:
+        return self._init
+
+    def compile_op(self, op: Op) -> list[tuple[Any, Cop]]:
+        f = op.f
+        if f == "read":
+            if op.type != "ok":
+                return []
+            return [(SINGLE_KEY, ("r", wrap(freeze(op.result))))]
+        if f == "write":
+            return [(SINGLE_KEY, ("w", wrap(freeze(op.value))))]
+        if f == "cas" and self.allow_cas:
+            old, new = _pair(op.value, "cas", op)
+            return [(SINGLE_KEY, ("c", wrap(old), wrap(new)))]
+        raise HistoryError(f"op at event {op.invoke_index}: {self.name} has no op {f!r}")
+
+    def step(self, state: Any, cop: Cop) -> Any:
+        k = cop[0]
+        if k == "w":
+            return cop[1]
+        if k == "r":
+            return state if state == cop[1] else None
+        return cop[2] if state == cop[1] else None  # cas
+
+    def partition(self, ops: Sequence[Op]) -> dict[Any, list[Item]]:
+        parts = super().partition(ops)
+        return {k: _drop_unobserved_crashed_writes(v, ops) for k, v in parts.items()}
+
+    def precheck(self, items: Sequence[Item], ops: Sequence[Op]) -> tuple[int, str] | None:
+        return _value_from_nowhere(items, ops, self.init(), _register_producers)
+
+
+class CasRegisterModel(RegisterModel):
+    """A register with compare-and-set. cops: ("w", v), ("r", v), ("c", old, new)."""
+
+    name = "cas-register"
+    allow_cas = True
+
+
+def _register_producers(cop: Cop) -> Any:
+    if cop[0] == "w":
+        return cop[1]
+    if cop[0] == "c":
+        return cop[2]
+    return _NO_VALUE
+
+
+_NO_VALUE = object()
+
+
+def _value_from_nowhere(
+    items: Sequence[Item], ops: Sequence[Op], initial: Any, produced: Any
+) -> tuple[int, str] | None:
+    """An ok read of a value no op invoked before the read completed could have produced."""
+    first_invoke: dict[Any, int] = {}
+    for i, cop in items:
+        v = produced(cop)
+        if v is _NO_VALUE:
+            continue
+        inv = ops[i].invoke_index
+        if v not in first_invoke or inv < first_invoke[v]:
+            first_invoke[v] = inv
+    for i, cop in items:
+        if cop[0] != "r" or ops[i].type != "ok":
+            continue
+        v = cop[1]
+        if v == initial:
+            continue
+        inv = first_invoke.get(v)
+        op = ops[i]
+        done = op.complete_index if op.complete_index is not None else op.invoke_index
+        if inv is None:
+            return i, f"read returned {unwrap(v)!r}, a value no operation ever wrote"
+        if inv > done:
+            return i, (
+                f"read returned {unwrap(v)!r}, but the first write of that value was invoked "
+                f"(event {inv}) after the read completed (event {done})"
+            )
+    return None
+
+
+def _drop_unobserved_crashed_writes(items: list[Item], ops: Sequence[Op]) -> list[Item]:
+    """Crashed writes / cas whose new value nothing ever observes cannot matter: drop them.
+
+    Sound for (cas-)registers: after such an op no read and no cas can be linearized until
+    the next write, so "never took effect" is always at least as permissive.
+    """
+    observed: set[Any] = set()
+    for _i, cop in items:
+        if cop[0] == "r" or cop[0] == "c":  # a read's value / a cas's expected old value
+            observed.add(cop[1])
+    out: list[Item] = []
+    for i, cop in items:
+        if ops[i].type != "ok" and cop[0] in ("w", "c"):
+            new = cop[1] if cop[0] == "w" else cop[2]
+            if new not in observed:
+                continue
+        out.append((i, cop))
+    return out
+
+
+# --- key-value map ---------------------------------------------------------------------
+
+
+class KVModel(Model):
+    """A map of string registers, checked key by key; each key starts as "".
+
+    cops: ("r", v), ("w", v), ("c", old, new), ("a", suffix)."""
+
+    name = "kv"
+
+    def init(self) -> Any:
+        return ""
+
+    def compile_op(self, op: Op) -> list[tuple[Any, Cop]]:
+        f = op.f
+        key = freeze(op.key)
+        if f == "read":
+            if op.type != "ok":
+                return []
+            v = op.result
+            return [(key, ("r", "" if v is None else v))]
+        if f == "write":
+            return [(key, ("w", _kv_str(op.value, op)))]
+        if f == "cas":
+            old, new = _pair(op.value, "cas", op)
+            return [(key, ("c", _kv_str(old, op), _kv_str(new, op)))]
+        if f == "append":
+            return [(key, ("a", _kv_str(op.value, op)))]
+        raise HistoryError(f"op at event {op.invoke_index}: kv has no op {f!r}")
+
+    def step(self, state: Any, cop: Cop) -> Any:
+        k = cop[0]
+        if k == "r":
+            return state if state == cop[1] else None
+        if k == "w":
+            return cop[1]
+        if k == "a":
+            return state + cop[1]
+        return cop[2] if state == cop[1] else None
+
+    def precheck(self, items: Sequence[Item], ops: Sequence[Op]) -> tuple[int, str] | None:
+        if any(cop[0] == "a" for _i, cop in items):
+            return None  # appends build values no single op wrote
+        return _value_from_nowhere(items, ops, "", _register_producers)
+
+
+def _kv_str(v: Any, op: Op) -> str:
+    if isinstance(v, str):
+        return v
+    raise HistoryError(f"op at event {op.invoke_index}: kv values must be strings, got {v!r}")
+
+
+# --- mutex -------------------------------------------------------------------------------
+
+
+class MutexModel(Model):
+    """A lock: acquire when free, release when held. States: False (free) / True (held)."""
+
+    name = "mutex"
+
+    def init(self) -> Any:
+        return False
+
+    def compile_op(self, op: Op) -> list[tuple[Any, Cop]]:
+        if op.f == "acquire":
+            return [(SINGLE_KEY, ("acquire",))]
+        if op.f == "release":
+            return [(SINGLE_KEY, ("release",))]
+        raise HistoryError(f"op at event {op.invoke_index}: mutex has no op {op.f!r}")
+
+    def step(self, state: Any, cop: Cop) -> Any:
+        if cop[0] == "acquire":
+            return None if state else True
+        return False if state else None
+
+    def describe(self, state: Any) -> str:
+        return "held" if state else "free"
+
+    def describe_cop(self, cop: Cop) -> str:
+        return str(cop[0])
+
+
+# --- multi-register ------------------------------------------------------------------------
+
+
+class MultiRegisterModel(Model):
+    """Registers read and written by transactions of [read|write, k, v] micro-ops.
+
+    State: a sorted tuple of (register, value) pairs (absent = nil). A crashed txn's reads
+    are unknown and ignored; its writes may or may not have happened (all or nothing).
+    Registers start at nil unless ``initial`` maps some of them to values."""
+
+    name = "multi-register"
+
+    def __init__(self, initial: dict[Any, Any] | None = None) -> None:
+        regs = {freeze(k): freeze(v) for k, v in (initial or {}).items() if v is not None}
+        self._init = tuple(sorted(regs.items(), key=repr))
+
+    def init(self) -> Any:
+        return self._init
+
+    def compile_op(self, op: Op) -> list[tuple[Any, Cop]]:
+        if op.f != "txn":
+            raise HistoryError(f"op at event {op.invoke_index}: multi-register has no op {op.f!r}")
+        mops = op.result if op.type == "ok" and op.result is not None else op.value
+        if not isinstance(mops, list | tuple):
+            raise HistoryError(f"op at event {op.invoke_index}: txn value must be a list")
+        out: list[tuple[str, Any, Any]] = []
+        for m in mops:
+            if not (isinstance(m, list | tuple) and len(m) == 3 and m[0] in ("read", "write")):
+                raise HistoryError(
+                    f"op at event {op.invoke_index}: txn micro-op must be [read|write, k, v], "
+                    f"got {m!r}"
+                )
+            if m[0] == "read" and op.type != "ok":
+                continue
+            out.append((m[0], freeze(m[1]), freeze(m[2])))
+        if not out:
+            return []
+        return [(SINGLE_KEY, ("txn", tuple(out)))]
+
+    def step(self, state: Any, cop: Cop) -> Any:
+        regs = dict(state)
+        for f, k, v in cop[1]:
+            if f == "read":
+                if regs.get(k) != v:
+                    return None
+            elif v is None:
+                regs.pop(k, None)
+            else:
+                regs[k] = v
+        return tuple(sorted(regs.items(), key=repr))
+
+    def describe(self, state: Any) -> str:
+        return "{" + ", ".join(f"{k}: {v!r}" for k, v in state) + "}"
+
+    def describe_cop(self, cop: Cop) -> str:
+        return "txn " + " ".join(f"[{f} {k} {v!r}]" for f, k, v in cop[1])
+
+
+# --- write-once chunk store ------------------------------------------------------------------
+
+
+class WriteOnceModel(Model):
+    """Machi's chunk store as one write-once register per position ([file, offset, size]).
+
+    Values are unique chunk ids. cops: ("w", id) (append or write; rewriting the same id is
+    idempotent, a different id is illegal), ("r", id | nil). A crashed append has no known
+    position: it joins a position's sub-history as a crashed write of its id only where a
+    read observed that id. ``precheck`` also refutes a value seen at two positions."""
+
+    name = "write-once"
+
+    def init(self) -> Any:
+        return NIL
+
+    def compile_op(self, op: Op) -> list[tuple[Any, Cop]]:
+        f = op.f
+        if f == "append":
+            if op.type != "ok":
+                return []  # placed by ``partition`` where observed
+            res = op.result if isinstance(op.result, dict) else {}
+            pos = res.get("pos")
+            vid = res.get("v", _get(op.value, "v"))
+            if pos is None:
+                raise HistoryError(f"op at event {op.invoke_index}: ok append without a pos")
+            return [(freeze(pos), ("w", freeze(vid)))]
+        if f == "write":
+            pos = _get(op.value, "pos")
+            if pos is None:
+                raise HistoryError(f"op at event {op.invoke_index}: write without a pos")
+            return [(freeze(pos), ("w", freeze(_get(op.value, "v"))))]
+        if f == "read":
+            if op.type != "ok":
+                return []
+            pos = _get(op.result, "pos", _get(op.value, "pos"))
+            if pos is None:
+                raise HistoryError(f"op at event {op.invoke_index}: read without a pos")
+            return [(freeze(pos), ("r", wrap(freeze(_get(op.result, "v")))))]
+        raise HistoryError(f"op at event {op.invoke_index}: write-once has no op {f!r}")
+
+    def step(self, state: Any, cop: Cop) -> Any:
+        if cop[0] == "w":
+            if state is NIL or state == cop[1]:
+                return cop[1]
+            return None
+        return state if state == cop[1] else None
+
+    def partition(self, ops: Sequence[Op]) -> dict[Any, list[Item]]:
+        parts = {
+            k: _drop_unobserved_crashed_writes(v, ops) for k, v in super().partition(ops).items()
+        }
+        crashed: dict[Any, int] = {}
+        for i, op in enumerate(ops):
+            if op.f == "append" and op.type == "info":
+                crashed.setdefault(freeze(_get(op.value, "v")), i)
+        if crashed:
+            for items in parts.values():
+                seen = {cop[1] for _i, cop in items if cop[0] == "r"}
+                extra = [(crashed[v], ("w", v)) for v in seen if v in crashed]
+                if extra:
+                    items.extend(extra)
+                    items.sort(key=lambda it: it[0])
+        return parts
+
+    def precheck(self, items: Sequence[Item], ops: Sequence[Op]) -> tuple[int, str] | None:
+        return _value_from_nowhere(items, ops, NIL, _register_producers)
+
+    def global_precheck(
+        self, parts: dict[Any, list[Item]], ops: Sequence[Op]
+    ) -> tuple[Any, int, str] | None:
+        """A chunk id observed at two positions: (key, op index, explanation) or None."""
+        where: dict[Any, Any] = {}
+        for key, items in parts.items():
+            for i, cop in items:
+                v = cop[1]
+                if v is NIL or (cop[0] == "w" and ops[i].type != "ok"):
+                    continue
+                other = where.setdefault(v, key)
+                if other != key:
+                    return (
+                        key,
+                        i,
+                        (f"chunk id {v!r} observed at two positions {other!r} and {key!r}"),
+                    )
+        return None
+
+
+def _get(d: Any, k: str, default: Any = None) -> Any:
+    return d.get(k, default) if isinstance(d, dict) else default
+
+
+MODELS: dict[str, type[Model]] = {
+    "register": RegisterModel,
+    "cas-register": CasRegisterModel,
+    "kv": KVModel,
+    "mutex": MutexModel,
+    "multi-register": MultiRegisterModel,
+    "write-once": WriteOnceModel,
+}
+
+
+def get_model(name: str, initial: Any = None) -> Model:
+    """A model instance by its CLI name; ValueError for an unknown name.
+
+    ``initial`` (a JSON value) sets the register's initial value (register, cas-register)
+    or the initial registers (multi-register, a dict); other models take no initial value.
+    """
+    cls = MODELS.get(name)
+    if cls is None:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    if initial is None:
+        return cls()
+    if cls in (RegisterModel, CasRegisterModel):
+        return cls(initial)  # type: ignore[call-arg]
+    if cls is MultiRegisterModel:
+        if not isinstance(initial, dict):
+            raise ValueError("multi-register initial value must be a JSON object")
+        return MultiRegisterModel(initial)
+    raise ValueError(f"model {name!r} takes no initial value")
