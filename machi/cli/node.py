@@ -46,11 +46,19 @@ def run(config_file: Path | None, **flags: object) -> None:
     except ConfigError as e:
         click.echo(f"config error: {e}", err=True)
         sys.exit(2)
+    from machi.storage.errors import StorageCorrupt
+
     try:
         main(cfg)
     except ConfigError as e:
         click.echo(f"config error: {e}", err=True)
         sys.exit(2)
+    except StorageCorrupt as e:
+        click.echo(f"storage error: {e}", err=True)
+        sys.exit(3)
+    except OSError as e:  # e.g. the port is taken, the data directory is not writable
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:  # a second ^C during the graceful stop
         sys.exit(130)
 
@@ -59,7 +67,7 @@ def run(config_file: Path | None, **flags: object) -> None:
 @click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), required=True)
 def repair(data_dir: Path) -> None:
     """Reconcile the metadata database with the data files (after a startup error)."""
-    from machi.storage.flu_store import repair_metadata
+    from machi.storage.recovery import repair_metadata
 
     report = anyio.run(repair_metadata, data_dir)
     click.echo(json.dumps(_jsonable(report), indent=2, default=str))

@@ -23,6 +23,8 @@ from .log import JsonLog
 from .metrics import Metrics, serve_metrics
 from .server import FluNode
 
+NONE_FLUSH_INTERVAL_MS = 50
+
 
 def store_config(cfg: NodeConfig) -> Any:
     from machi.storage.flu_store import StoreConfig
@@ -79,6 +81,10 @@ async def run_node(cfg: NodeConfig, log: JsonLog | None = None) -> None:
                         local_host=metrics_addr[0], local_port=metrics_addr[1])
                     tg.start_soon(serve_metrics, metrics, mlistener)
                 tg.start_soon(node.serve, listener)
+                if cfg.sync == "none":
+                    # sync=none acknowledges before anything is on disk; commit metadata
+                    # (without fsync) every 50 ms so a crash loses a bounded window.
+                    tg.start_soon(store.background_flush, NONE_FLUSH_INTERVAL_MS)
                 log.info("listening", host=host, port=bound, tls=ssl_ctx is not None,
                          auth=secret is not None, sync=cfg.sync, witness=cfg.witness,
                          metrics=cfg.metrics, data_dir=str(cfg.data_dir))
