@@ -73,3 +73,27 @@ async def write(client: FluClient, kind: str, input_path: Path | None) -> None:
         raise BadArg(f"bad projection JSON: {e}") from None
     await client.projection_write(kind, p)
     click.echo(json.dumps({"kind": kind, "epoch_id": p.epoch_id.to_json()}))
+
+
+@projection.command("make")
+@click.option("--epoch", "epoch_number", type=click.IntRange(0), required=True)
+@click.option("--author", required=True, help="Author server name (a member).")
+@click.option("--chain", "chain_name", required=True)
+@click.option("--members", required=True, help="Comma-separated member names.")
+@click.option("--upi", default=None, help="Comma-separated UPI (default: all members).")
+@click.option("--mode", type=click.Choice(["ap", "cp"]), default="ap", show_default=True)
+def make(epoch_number: int, author: str, chain_name: str, members: str, upi: str | None,
+         mode: str) -> None:
+    """Print a new projection as JSON (e.g. to bootstrap a node with `write`)."""
+    from machi.core.projection import make_projection
+
+    all_members = [m for m in members.split(",") if m]
+    upi_list = all_members if upi is None else [m for m in upi.split(",") if m]
+    try:
+        p = make_projection(epoch_number=epoch_number, author_server=author,
+                            chain_name=chain_name, all_members=all_members, mode=mode,
+                            upi=upi_list, down=[m for m in all_members if m not in upi_list])
+    except ValueError as e:
+        click.echo(f"BAD_ARG: {e}", err=True)
+        sys.exit(1)
+    click.echo(json.dumps(p.to_json(), sort_keys=True))
