@@ -14,7 +14,8 @@ their batch done when they get the lock.  Batches are bounded by ``max_chunks`` 
 
 Sync modes: "batch" as above; "always" flushes each operation alone (fdatasync + commit
 per operation); "none" returns at once and flushes without fsync when the batch is full,
-on :meth:`flush`, on close, and when :meth:`background` runs.
+on :meth:`flush`, on close, when :meth:`background` runs, and inline by a submitter when
+the last commit is older than ``NONE_FLUSH_INTERVAL_MS``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ import anyio
 from .metadata import Batch, SyncMode
 
 log = logging.getLogger("machi.storage")
+
+#: sync "none": a submitter commits the open batch (without fsync) when the last commit is
+#: older than this, so metadata reaches SQLite even without ``background`` running.
+NONE_FLUSH_INTERVAL_MS = 50
 
 
 class StoreFailed(Exception):
@@ -61,6 +66,7 @@ class GroupCommitter:
         self._lock = anyio.Lock()
         self.in_flight = 0  # operations between "started" and "submitted"
         self.failed: BaseException | None = None
+        self._last_flush_s = 0.0
         # counters for metrics and the benchmark
         self.commits = 0
         self.records = 0
@@ -75,6 +81,11 @@ class GroupCommitter:
         if self.sync == "none":
             self._open.batch.merge(batch)
             if self._open.batch.n_ops >= self.max_chunks:
+                await self.flush()  # bounded memory: wait even if another flush runs
+            elif (
+                anyio.current_time() - self._last_flush_s >= NONE_FLUSH_INTERVAL_MS / 1000
+                and not self._lock.locked()
+            ):
                 await self.flush()
             return
         if self.sync == "always":
@@ -101,6 +112,7 @@ class GroupCommitter:
         """Make everything submitted so far durable (used by close and by sync "none")."""
         async with self._lock:
             self.check()
+            self._last_flush_s = anyio.current_time()
             pending = self._open
             self._open = _Pending()
             if pending.batch.empty():
