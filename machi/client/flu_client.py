@@ -302,26 +302,31 @@ class FluClient:
         buffer_frames: int,
     ) -> tuple[int, MemoryObjectReceiveStream[wire.Frame | MachiError]]:
         send, recv = anyio.create_memory_object_stream[wire.Frame | MachiError](buffer_frames)
-        async with conn.send_lock:
-            if conn.broken is not None:
-                raise Partition(f"connection broken: {conn.broken}")
-            rid = conn.new_id()
-            head = conn.proto.send_request(
-                rid, op, epoch_id=epoch_id, meta=meta, payload_size=len(payload)
-            )
-            conn.pending[rid] = send
-            try:
-                if len(payload) <= JOIN_LIMIT:
-                    await conn.stream.send(head + bytes(payload) if payload else head)
-                else:
-                    await conn.stream.send(head)
-                    await conn.stream.send(payload)  # type: ignore[arg-type]
-            except BaseException as exc:
-                # A half-sent frame poisons the stream: break the connection.
-                await conn.fail(Partition(f"send failed: {exc!r}"))
-                if isinstance(exc, (OSError, anyio.BrokenResourceError)):
-                    raise Partition(f"send to {self.host}:{self.port}: {exc}") from None
-                raise
+        try:
+            async with conn.send_lock:
+                if conn.broken is not None:
+                    raise Partition(f"connection broken: {conn.broken}")
+                rid = conn.new_id()
+                head = conn.proto.send_request(
+                    rid, op, epoch_id=epoch_id, meta=meta, payload_size=len(payload)
+                )
+                conn.pending[rid] = send
+                try:
+                    if len(payload) <= JOIN_LIMIT:
+                        await conn.stream.send(head + bytes(payload) if payload else head)
+                    else:
+                        await conn.stream.send(head)
+                        await conn.stream.send(payload)  # type: ignore[arg-type]
+                except BaseException as exc:
+                    # A half-sent frame poisons the stream: break the connection.
+                    await conn.fail(Partition(f"send failed: {exc!r}"))
+                    if isinstance(exc, (OSError, anyio.BrokenResourceError)):
+                        raise Partition(f"send to {self.host}:{self.port}: {exc}") from None
+                    raise
+        except BaseException:
+            send.close()
+            recv.close()
+            raise
         return rid, recv
 
     async def _call(
@@ -338,9 +343,12 @@ class FluClient:
             try:
                 with anyio.fail_after(timeout_s):
                     conn = await self._connection()
-                    _, recv = await self._send(conn, op, epoch_id, meta, payload, 1)
-                    with recv:
-                        item = await _receive(recv)
+                    rid, recv = await self._send(conn, op, epoch_id, meta, payload, 1)
+                    try:
+                        with recv:
+                            item = await _receive(recv)
+                    finally:
+                        _forget(conn, rid)
             except TimeoutError:
                 raise Partition(f"{op.name.lower()} to {self.host}:{self.port} timed out") from None
         return _check(item)
@@ -377,7 +385,7 @@ class FluClient:
                         if f.final:
                             return
                 finally:
-                    conn.pending.pop(rid, None)
+                    _forget(conn, rid)
 
     # ---- operations ----------------------------------------------------------------------
     async def echo(self, data: bytes = b"") -> bytes:
@@ -512,6 +520,13 @@ class FluClient:
 
 
 # ---- helpers ----------------------------------------------------------------------------
+def _forget(conn: _Conn, rid: int) -> None:
+    """Drop a request from the in-flight table (answered, timed out or abandoned)."""
+    send = conn.pending.pop(rid, None)
+    if send is not None:
+        send.close()
+
+
 async def _receive(recv: MemoryObjectReceiveStream[wire.Frame | MachiError]) -> Any:
     try:
         return await recv.receive()
