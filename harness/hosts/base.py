@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
+import json
 import os
 import re
 import select
@@ -462,13 +464,26 @@ echo "$pid"
         self.run(f"mkdir -p {shlex.quote(self.spec.work_dir)}", sudo=sudo)
         res = self.run(script, sudo=sudo, timeout_s=timeout_s)
         self.daemons[name] = spec
+        # Kept next to the pid file so a later harness process can restart it the same way.
+        self.write_text(self._pid_file(name)[: -len(".pid")] + ".json",
+                        json.dumps(dataclasses.asdict(spec)), sudo=sudo)
         return int(res.stdout.strip().splitlines()[-1])
 
+    def daemon_spec(self, name: str) -> DaemonSpec:
+        """How `name` was started (from memory, else from the host's daemon directory)."""
+        if name in self.daemons:
+            return self.daemons[name]
+        path = self._pid_file(name)[: -len(".pid")] + ".json"
+        res = self.run(f"cat {shlex.quote(path)}", check=False)
+        if res.exit_code != 0:
+            raise HostError(self.name, f"no daemon {name!r} was ever started here")
+        d = json.loads(res.stdout)
+        return DaemonSpec(d["name"], tuple(d["argv"]), d["log_path"],
+                          tuple((k, v) for k, v in d["env"]), d["cwd"], d["sudo"])
+
     def restart_daemon(self, name: str, *, timeout_s: float = 30.0) -> int:
-        """Start again a daemon this `Host` started before (same argv, env, log)."""
-        spec = self.daemons.get(name)
-        if spec is None:
-            raise HostError(self.name, f"no daemon {name!r} was started from this harness")
+        """Start again a daemon the harness started before (same argv, env, log, cwd)."""
+        spec = self.daemon_spec(name)
         return self.start_daemon(
             name, spec.argv, log_path=spec.log_path, env=dict(spec.env), cwd=spec.cwd,
             sudo=spec.sudo, timeout_s=timeout_s,

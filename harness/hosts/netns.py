@@ -37,18 +37,15 @@ from typing import Any
 
 from harness.hosts.base import Host, HostSet, HostSpec
 
-NS_PREFIX = "machi-"
-BRIDGE_NS = "machi-br"
-CONTROL_NS = "machi-ctl"
+NS_PREFIX_DEFAULT = "machi-"
 SUBNET = "10.77.0.0/24"
 CONTROL_ADDRESS = "10.77.0.2"
 NODES_MAX = 32
-STATE_DIR_DEFAULT = "/run/machi-netns"
 STATE_FILE = "cluster.json"
 MARKER_FILE = ".machi-netns"
 SSHD = "/usr/sbin/sshd"
 NETNS_RUN_DIR = Path("/run/netns")
-_OUR_NS_RE = re.compile(r"^machi-(br|ctl|n\d{1,3})$")
+_PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,11}-([a-z0-9]{1,8}-)?$")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -63,8 +60,35 @@ def node_address(index: int) -> str:
     return f"10.77.0.{10 + index}"
 
 
+def ns_prefix() -> str:
+    """Namespace name prefix: `machi-` unless $MACHI_NETNS_PREFIX says otherwise (tests use
+    their own prefix so they never touch a cluster someone else brought up)."""
+    p = os.environ.get("MACHI_NETNS_PREFIX", NS_PREFIX_DEFAULT)
+    if not _PREFIX_RE.match(p):
+        raise NetnsError(f"bad MACHI_NETNS_PREFIX {p!r} (like 'machi-' or 'machi-t42-')")
+    return p
+
+
+def bridge_ns() -> str:
+    return ns_prefix() + "br"
+
+
+def control_ns() -> str:
+    return ns_prefix() + "ctl"
+
+
+def ns_name(node: str) -> str:
+    return ns_prefix() + node
+
+
+def _ours(ns: str) -> bool:
+    return re.fullmatch(re.escape(ns_prefix()) + r"(br|ctl|n\d{1,3})", ns) is not None
+
+
 def state_dir_default() -> Path:
-    return Path(os.environ.get("MACHI_NETNS_STATE_DIR", STATE_DIR_DEFAULT))
+    """$MACHI_NETNS_STATE_DIR, else /run/<prefix>netns (/run/machi-netns by default)."""
+    env = os.environ.get("MACHI_NETNS_STATE_DIR")
+    return Path(env) if env else Path("/run") / f"{ns_prefix()}netns"
 
 
 @dataclass(frozen=True)
@@ -103,7 +127,7 @@ def netns_list() -> list[str]:
 
 def our_namespaces() -> list[str]:
     """Existing namespaces whose names this provider owns (machi-br, machi-ctl, machi-nN)."""
-    return [n for n in netns_list() if _OUR_NS_RE.match(n)]
+    return [n for n in netns_list() if _ours(n)]
 
 
 def _proc_starttime(pid: int) -> str | None:
@@ -126,7 +150,7 @@ def _ns_inode(path: str | Path) -> int | None:
 
 def in_control_namespace() -> bool:
     """True when this process's network namespace is `machi-ctl`."""
-    ctl = _ns_inode(NETNS_RUN_DIR / CONTROL_NS)
+    ctl = _ns_inode(NETNS_RUN_DIR / control_ns())
     return ctl is not None and ctl == _ns_inode("/proc/self/ns/net")
 
 
@@ -134,7 +158,7 @@ def require_control_namespace() -> None:
     """The guard every netns `Host` runs before connecting."""
     if not in_control_namespace():
         raise NetnsError(
-            f"refusing to talk to {SUBNET} from outside the {CONTROL_NS} namespace "
+            f"refusing to talk to {SUBNET} from outside the {control_ns()} namespace "
             "(use reexec_in_control_ns / call_in_control_ns)"
         )
 
@@ -258,15 +282,15 @@ def _build(nodes: int, state_dir: Path) -> None:
     (state_dir / MARKER_FILE).write_text("owned by machi-harness netns provider\n")
     names = [f"n{i}" for i in range(1, nodes + 1)]
     node_states = [
-        NodeState(n, f"machi-{n}", node_address(i), str(state_dir / "hosts" / n))
+        NodeState(n, ns_name(n), node_address(i), str(state_dir / "hosts" / n))
         for i, n in enumerate(names, start=1)
     ]
     state: dict[str, Any] = {
         "version": 1,
         "subnet": SUBNET,
-        "bridge_ns": BRIDGE_NS,
-        "control": {"netns": CONTROL_NS, "address": CONTROL_ADDRESS},
-        "namespaces": [BRIDGE_NS, CONTROL_NS] + [s.netns for s in node_states],
+        "bridge_ns": bridge_ns(),
+        "control": {"netns": control_ns(), "address": CONTROL_ADDRESS},
+        "namespaces": [bridge_ns(), control_ns()] + [s.netns for s in node_states],
         "nodes": [s.__dict__ for s in node_states],
         "created_unix_s": int(time.time()),
     }
@@ -277,19 +301,19 @@ def _build(nodes: int, state_dir: Path) -> None:
     (state_dir / "authorized_keys").write_text(pub)
     (state_dir / "authorized_keys").chmod(0o600)
 
-    _ip("netns", "add", BRIDGE_NS)
-    _ip("-n", BRIDGE_NS, "link", "set", "lo", "up")
-    _ip("-n", BRIDGE_NS, "link", "add", "br0", "type", "bridge")
-    _ip("-n", BRIDGE_NS, "link", "set", "br0", "up")
-    for ns, addr, tag in [(CONTROL_NS, CONTROL_ADDRESS, "ctl")] + [
+    _ip("netns", "add", bridge_ns())
+    _ip("-n", bridge_ns(), "link", "set", "lo", "up")
+    _ip("-n", bridge_ns(), "link", "add", "br0", "type", "bridge")
+    _ip("-n", bridge_ns(), "link", "set", "br0", "up")
+    for ns, addr, tag in [(control_ns(), CONTROL_ADDRESS, "ctl")] + [
         (s.netns, s.address, s.name) for s in node_states
     ]:
         _ip("netns", "add", ns)
         # The veth is born inside machi-br and its peer goes straight into the host:
         # the root namespace never holds either end.
-        _ip("-n", BRIDGE_NS, "link", "add", f"veth-{tag}", "type", "veth",
+        _ip("-n", bridge_ns(), "link", "add", f"veth-{tag}", "type", "veth",
             "peer", "name", "eth0", "netns", ns)
-        _ip("-n", BRIDGE_NS, "link", "set", f"veth-{tag}", "master", "br0", "up")
+        _ip("-n", bridge_ns(), "link", "set", f"veth-{tag}", "master", "br0", "up")
         _ip("-n", ns, "link", "set", "lo", "up")
         _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
         _ip("-n", ns, "link", "set", "eth0", "up")
@@ -340,13 +364,13 @@ def _wait_port_from_control(address: str, port: int, *, timeout_s: float) -> Non
     deadline = time.monotonic() + timeout_s
     while True:
         p = subprocess.run(
-            ["ip", "netns", "exec", CONTROL_NS, "timeout", "2", "bash", "-c", probe],
+            ["ip", "netns", "exec", control_ns(), "timeout", "2", "bash", "-c", probe],
             capture_output=True,
         )
         if p.returncode == 0:
             return
         if time.monotonic() > deadline:
-            raise NetnsError(f"{address}:{port} not reachable from {CONTROL_NS}")
+            raise NetnsError(f"{address}:{port} not reachable from {control_ns()}")
         time.sleep(0.05)
 
 
@@ -381,11 +405,11 @@ def cluster_down(*, state_dir: Path | None = None) -> list[str]:
     of what was removed."""
     state_dir = state_dir or state_dir_default()
     if in_control_namespace():
-        raise NetnsError(f"run `cluster down` outside {CONTROL_NS} (it would kill itself)")
+        raise NetnsError(f"run `cluster down` outside {control_ns()} (it would kill itself)")
     removed: list[str] = []
     state = load_state(state_dir) or {}
     ns_names = sorted(set(state.get("namespaces", [])) | set(our_namespaces()))
-    ns_names = [n for n in ns_names if _OUR_NS_RE.match(n)]
+    ns_names = [n for n in ns_names if _ours(n)]
     sshd = []
     for n in state.get("nodes", []):
         pid, st = n.get("sshd_pid"), n.get("sshd_starttime")
@@ -426,7 +450,7 @@ def cluster_status(*, state_dir: Path | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {
         "state_dir": str(state_dir),
         "up": state is not None and not state.get("corrupt"),
-        "namespaces": sorted(n for n in present if _OUR_NS_RE.match(n)),
+        "namespaces": sorted(n for n in present if _ours(n)),
         "nodes": [],
     }
     for n in (state or {}).get("nodes", []):
@@ -485,7 +509,7 @@ _REEXEC_GUARD = "MACHI_NETNS_REEXEC"
 
 
 def control_ns_argv(argv: list[str]) -> list[str]:
-    return ["ip", "netns", "exec", CONTROL_NS, *argv]
+    return ["ip", "netns", "exec", control_ns(), *argv]
 
 
 def reexec_in_control_ns(args: list[str]) -> None:
@@ -494,9 +518,9 @@ def reexec_in_control_ns(args: list[str]) -> None:
     if in_control_namespace():
         return
     if os.environ.get(_REEXEC_GUARD):
-        raise NetnsError(f"re-exec into {CONTROL_NS} did not land there")
-    if CONTROL_NS not in netns_list():
-        raise NetnsError(f"no {CONTROL_NS} namespace: run `machi-harness cluster up` first")
+        raise NetnsError(f"re-exec into {control_ns()} did not land there")
+    if control_ns() not in netns_list():
+        raise NetnsError(f"no {control_ns()} namespace: run `machi-harness cluster up` first")
     os.environ[_REEXEC_GUARD] = "1"
     code = "import sys; from harness.cli import main; sys.argv[0] = 'machi-harness'; main()"
     argv = control_ns_argv([sys.executable, "-c", code, *args])
@@ -514,8 +538,8 @@ def call_in_control_ns(
 ) -> Any:
     """Run `module:function(payload)` in a fresh Python inside machi-ctl and return its
     JSON result.  The payload and the result travel as JSON over stdin/stdout."""
-    if CONTROL_NS not in netns_list():
-        raise NetnsError(f"no {CONTROL_NS} namespace: bring the cluster up first")
+    if control_ns() not in netns_list():
+        raise NetnsError(f"no {control_ns()} namespace: bring the cluster up first")
     env = dict(os.environ)
     paths = [*(extra_sys_path or []), str(REPO_ROOT)]
     env["PYTHONPATH"] = os.pathsep.join([*paths, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
@@ -531,7 +555,7 @@ def call_in_control_ns(
     )
     if p.returncode != 0 or "@@RESULT@@" not in p.stdout:
         raise NetnsError(
-            f"{target} failed in {CONTROL_NS} (exit {p.returncode}):\n"
+            f"{target} failed in {control_ns()} (exit {p.returncode}):\n"
             f"{p.stdout[-4000:]}\n{p.stderr[-8000:]}"
         )
     return json.loads(p.stdout.rsplit("@@RESULT@@", 1)[1])

@@ -1,0 +1,168 @@
+"""A 3-node netns cluster through real sshd, paramiko and iptables, torn down to nothing.
+
+The cluster uses its own namespace prefix (machi-t<pid>-) and state directory, so it never
+meets a cluster someone else brought up.  Each step runs inside the control namespace
+(`call_in_control_ns` of a function in `netns_steps.py`) and returns observations that the
+tests assert on.  Tests run in file order and share one cluster; the last one takes it down.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.hosts import netns
+
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
+
+STEPS_DIR = str(Path(__file__).parent)
+
+
+@dataclass
+class Cluster:
+    state_dir: Path
+    prefix: str
+    namespaces_before: set[str]
+    facts: dict[str, Any]
+
+    def step(self, name: str, **payload: Any) -> Any:
+        return netns.call_in_control_ns(
+            f"netns_steps:{name}", {"state_dir": str(self.state_dir), **payload},
+            extra_sys_path=[STEPS_DIR], timeout_s=60,
+        )
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    why = netns.preflight()
+    if why:
+        pytest.skip(f"netns cluster tests need root and `ip netns`: {why}")
+    prefix = f"machi-t{os.getpid() % 100000}-"
+    old = os.environ.get("MACHI_NETNS_PREFIX")
+    os.environ["MACHI_NETNS_PREFIX"] = prefix
+    state_dir = netns.state_dir_default()
+    before = set(netns.netns_list())
+    try:
+        netns.cluster_up(3, state_dir=state_dir)
+        yield Cluster(state_dir, prefix, before, {})
+    finally:
+        try:
+            netns.cluster_down(state_dir=state_dir)
+        finally:
+            if old is None:
+                os.environ.pop("MACHI_NETNS_PREFIX", None)
+            else:
+                os.environ["MACHI_NETNS_PREFIX"] = old
+
+
+def test_hosts_are_namespaces_with_their_own_sshd_and_no_way_out(cluster: Cluster) -> None:
+    """Commands reach every host through its sshd; no host and no root route leads out."""
+    out = cluster.step("commands")
+    assert out["hosts"] == {
+        "n1": ["n1", "10.77.0.11/24", "0", "0"],
+        "n2": ["n2", "10.77.0.12/24", "0", "0"],
+        "n3": ["n3", "10.77.0.13/24", "0", "0"],
+    }
+    assert out["error"]["node"] == "n1" and out["error"]["exit_code"] == 7
+    assert out["error"]["stderr"].strip() == "to-stderr"
+    assert out["reconnect"] == "n2" and out["connects"] == 2
+    root_routes = subprocess.run(["ip", "-4", "route", "show"], capture_output=True, text=True)
+    assert "10.77." not in root_routes.stdout
+    root_links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert "veth-" not in root_links
+    with pytest.raises(netns.NetnsError, match="outside"):
+        netns.open_hosts(state_dir=cluster.state_dir)  # the root namespace may not talk
+
+
+def test_upload_and_download_round_trip(cluster: Cluster, tmp_path: Path) -> None:
+    """A file uploaded over sftp comes back byte for byte."""
+    out = cluster.step("files", local_dir=str(tmp_path))
+    assert out["same"] is True
+    assert len(out["remote_sha256"]) == 64
+
+
+def test_daemon_outlives_its_ssh_session(cluster: Cluster) -> None:
+    """A daemon started over ssh keeps serving after the session closed; no double start."""
+    out = cluster.step("daemon")
+    assert out["alive"] is True, out["log"]
+    assert out["http"] == "ok", out["log"]
+    assert out["ppid"] != ""  # reparented, not a child of a live sshd session
+    assert out["dup"] == "refused: exit 17"
+    cluster.facts["web_pid"] = out["pid"]
+
+
+def test_one_way_partition_then_heal(cluster: Cluster) -> None:
+    """n1 -> n2 cut: n2 hears nothing from n1, n1 still hears n2; heal restores all pairs."""
+    out = cluster.step("partition")
+    assert out["rules"] == {"n1": 0, "n2": 1, "n3": 0}
+    assert "cut-1to2" not in out["n2_got"]
+    assert "10.77.0.12 open-2to1" in out["n1_got"]
+    during = out["during"]
+    assert during["tcp_n1_n2"] is False  # the SYN from n1 is dropped at n2
+    assert during["tcp_n3_n2"] is True and during["tcp_n2_n3"] is True
+    # TCP needs both directions: n1->n2 and n2->n1 (replies dropped) both fail, nothing else.
+    assert sorted(map(tuple, during["probe_failed"])) == [("n1", "n2"), ("n2", "n1")]
+    after = out["after"]
+    assert after["rules"] == {"n1": 0, "n2": 0, "n3": 0}
+    assert after["ok_pairs"] == 6
+    assert after["tcp_n1_n2"] is True
+    assert "10.77.0.11 healed-1to2" in after["n2_got"]
+
+
+def test_pause_resume_kill_restart(cluster: Cluster) -> None:
+    """SIGSTOP silences the daemon, SIGCONT revives it, SIGKILL ends it, restart serves."""
+    out = cluster.step("signals")
+    assert out["pause"] == {"n1": True}
+    assert out["paused_state"] == "T"
+    assert out["paused_http"] == "noanswer"  # the kernel accepts, the process is frozen
+    assert out["resumed_http"] == "ok"
+    assert out["kill"] == {"n1": True}
+    assert out["killed_alive"] == {"n1": False}
+    assert out["killed_http"] == "refused"
+    assert out["kill_again"] == {"n1": False}  # nothing to kill: no stray signal
+    assert out["restarted_pid"] != out["pid"]
+    assert out["restarted_http"] == "ok"
+    cluster.facts["paused_pid"] = out["left_paused_pid"]
+
+
+def test_torn_write_flips_or_truncates_only_the_tail(cluster: Cluster) -> None:
+    """Bit flips touch one byte in the tail; truncation cuts the tail; never while running."""
+    out = cluster.step("torn")
+    flip = out["flip"]
+    assert flip["size_before"] == flip["size_after"] == 10000
+    assert flip["offset"] >= 10000 - 100
+    assert out["nonzero"] == [[flip["offset"], flip["mask"]]]
+    cut = out["cut"]
+    assert 10000 - 100 <= cut["size_after"] < 10000 == cut["size_before"]
+    assert out["size"] == cut["size_after"]
+    assert out["refused_while_running"] is True
+
+
+def test_cluster_down_after_a_crash_leaves_nothing(cluster: Cluster) -> None:
+    """With a partition active and daemons running or paused, `down` removes every
+    namespace, process, rule and file, and is idempotent."""
+    mess = cluster.step("leave_mess")
+    assert mess["rules"] == {"n1": 1, "n2": 1, "n3": 2}
+    status = netns.cluster_status(state_dir=cluster.state_dir)
+    sshd = [n["sshd_pid"] for n in status["nodes"]]
+    assert [n["nemesis_rules"] for n in status["nodes"]] == [1, 1, 2]
+    pids = [*sshd, mess["sleeper_pid"], cluster.facts.get("paused_pid", 0)]
+    pids = [p for p in pids if p]
+    assert all(netns._proc_starttime(p) for p in pids)
+
+    removed = netns.cluster_down(state_dir=cluster.state_dir)
+    assert any(r.startswith("processes") for r in removed)
+
+    left = [n for n in netns.netns_list() if n.startswith(cluster.prefix)]
+    assert left == []
+    assert not any(netns._proc_starttime(p) for p in pids)
+    assert not cluster.state_dir.exists()
+    root_links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert "veth-" not in root_links and "br0" not in root_links
+    assert netns.cluster_down(state_dir=cluster.state_dir) == []
