@@ -1,0 +1,734 @@
+"""Linear-time checker for Machi write-once chunk histories (``docs/history-write-once.md``).
+
+Owns the write-once verdict: per position at most one value, the real-time rules of a
+write-once register with unique values (null reads before the winning write, value reads
+after it), values that no attempt wrote, values of failed attempts, overlapping
+acknowledged chunks, acknowledged chunks missing from the final reads, and the landing
+report for unknown (info) appends.
+
+It must not search (no backtracking: one pass over the events, then one or two passes
+over the positions), do I/O, read a clock of its own or keep per-op objects alive beyond
+what the verdict needs: a position costs one dict entry and one small list, an
+unacknowledged attempt one tuple.  Past its memory budget (estimated from entry counts,
+so deterministic) the verdict is ``"unknown"``.
+
+Input: raw event dicts as decoded from JSON Lines (fastest), ``Event`` or ``Op`` objects
+from ``harness.history``, or JSONL lines via :func:`check_write_once_lines`.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from itertools import chain, islice
+from typing import Any
+
+from harness.checker.result import UNKNOWN, CheckResult
+from harness.history import Event, HistoryError, Op
+
+MODEL = "write-once"
+ANOMALY_KINDS = (
+    "conflict",
+    "unwritten-after-ack",
+    "unwritten-after-read",
+    "read-before-write",
+    "from-nowhere",
+    "read-of-failed",
+    "overlap",
+    "lost",
+)
+EXAMPLES_MAX = 5
+
+# Estimated bytes per entry (measured on CPython 3.11 with 1 M-op histories, rounded up):
+# a position = dict slot + key tuple + file offset int + 8-slot list + two index ints.
+_POSITION_BYTES = 420
+_ATTEMPT_BYTES = 260
+_PENDING_BYTES = 700
+_BUDGET_EVERY_EVENTS = 1 << 16
+_NEVER = 1 << 62  # "no such index": larger than any event index
+
+# Position state slots.
+_VAL, _ACK, _W_INV, _W_RESP, _NULL_INV, _VAL_RESP, _FINAL, _FINAL_BAD = range(8)
+_FINAL_GOOD = 1
+_FINAL_WRONG = 2
+
+
+class _BudgetExceeded(Exception):
+    pass
+
+
+def _bad_pos(pos: object, index: int) -> HistoryError:
+    where = f"event {index}" if index >= 0 else "an acknowledged chunk"
+    return HistoryError(f"{where}: position must be [file, offset >= 0, size > 0], got {pos!r}")
+
+
+class WriteOnceChecker:
+    """Streaming state for one history: feed events (or ops), then ask for the result.
+
+    ``memory_limit_mb``: estimated budget for the checker's own state (None = unlimited).
+    ``deadline``: optional callable returning True once time is up (the caller owns the
+    clock); checked every 65536 events.
+    """
+
+    def __init__(
+        self,
+        *,
+        memory_limit_mb: float | None = None,
+        deadline: Callable[[], bool] | None = None,
+        examples_max: int = EXAMPLES_MAX,
+    ) -> None:
+        self._positions: dict[tuple[str, int, int], list[Any]] = {}
+        self._files: dict[str, str] = {}  # interned file names
+        self._unacked: dict[Any, tuple[str, str, int, Any]] = {}  # v -> (type, f, inv, key)
+        self._pending: dict[Any, Any] = {}  # process -> invoke event (dict or Op-like)
+        self._counts: dict[str, int] = dict.fromkeys(ANOMALY_KINDS, 0)
+        self._examples: dict[str, list[dict[str, Any]]] = {k: [] for k in ANOMALY_KINDS}
+        self._examples_max = examples_max
+        self._budget_bytes = None if memory_limit_mb is None else memory_limit_mb * 1024 * 1024
+        self._deadline = deadline
+        self._events = 0
+        self._ops = 0
+        self._ops_by_type = {"ok": 0, "fail": 0, "info": 0}
+        self._ignored_ops = 0
+        self._any_final = False
+        self._stopped: str | None = None
+        self._result: CheckResult | None = None
+        self._landed: dict[Any, tuple[str, int, int]] = {}
+
+    # ---- anomalies ------------------------------------------------------------------
+    def _anomaly(self, kind: str, example: dict[str, Any]) -> None:
+        self._counts[kind] += 1
+        ex = self._examples[kind]
+        if len(ex) < self._examples_max:
+            ex.append(example)
+
+    # ---- budget ---------------------------------------------------------------------
+    def _estimate_bytes(self) -> int:
+        return (
+            len(self._positions) * _POSITION_BYTES
+            + len(self._unacked) * _ATTEMPT_BYTES
+            + len(self._pending) * _PENDING_BYTES
+        )
+
+    def _check_budget(self) -> None:
+        if self._budget_bytes is not None and self._estimate_bytes() > self._budget_bytes:
+            raise _BudgetExceeded(
+                f"memory budget of {self._budget_bytes / 1048576:.0f} MB exceeded after "
+                f"{self._events} events ({len(self._positions)} positions)"
+            )
+        if self._deadline is not None and self._deadline():
+            raise _BudgetExceeded(f"time limit reached after {self._events} events")
+
+    # ---- feeding --------------------------------------------------------------------
+    def feed_events(self, events: Iterable[Mapping[str, Any] | Event]) -> None:
+        """Feed events in history order (dicts as decoded from JSON, or ``Event``s).
+
+        Dicts must carry ``index`` (``iter_jsonl_events`` fills it in). The loop inlines the
+        two common cases (an ok read of a known position, an ok append/write at a new
+        position); everything else goes through ``_complete``.
+        """
+        if self._stopped is not None:
+            return
+        pending = self._pending
+        positions = self._positions
+        complete = self._complete
+        it = iter(events)
+        fast_ops = 0
+        gc_was_enabled = gc.isenabled()
+        gc.disable()  # millions of small lists: cyclic GC passes would dominate the run
+        try:
+            while True:
+                batch = list(islice(it, _BUDGET_EVERY_EVENTS))
+                if not batch:
+                    break
+                self._check_budget()
+                for ev in batch:
+                    if type(ev) is not dict:
+                        ev = _event_dict(ev, self._events)
+                    typ = ev["type"]
+                    if typ == "invoke":
+                        if pending.setdefault(ev["process"], ev) is not ev:
+                            raise HistoryError(
+                                f"event {ev['index']}: process {ev['process']!r} invokes "
+                                "while an earlier invocation is still pending"
+                            )
+                        continue
+                    inv = pending.pop(ev["process"], None)
+                    if inv is None:
+                        if ev["process"] == "nemesis":
+                            continue
+                        raise HistoryError(
+                            f"event {ev['index']}: {typ} by process {ev['process']!r} "
+                            "without a pending invocation"
+                        )
+                    f = inv["f"]
+                    if f != ev["f"]:
+                        raise HistoryError(
+                            f"event {ev['index']}: process {ev['process']!r} completes "
+                            f"{ev['f']!r} but invoked {f!r}"
+                        )
+                    if typ == "ok" and "final" not in ev and "final" not in inv:
+                        try:
+                            val = ev["value"]
+                            v = val["v"]
+                            key = tuple(val["pos"])
+                            if f == "read":
+                                st = positions[key]  # a new position takes the slow path
+                                if v is None:
+                                    i = inv["index"]
+                                    if i > st[4]:  # _NULL_INV
+                                        st[4] = i
+                                    fast_ops += 1
+                                    continue
+                                cur = st[0]  # _VAL
+                                if cur == v or cur is None:
+                                    st[0] = v
+                                    i = ev["index"]
+                                    if i < st[5]:  # _VAL_RESP
+                                        st[5] = i
+                                    fast_ops += 1
+                                    continue
+                            elif (
+                                (f == "append" or f == "write")
+                                and v is not None
+                                and len(key) == 3
+                                and key not in positions
+                            ):
+                                # Types are checked in the overlap pass (every acked key).
+                                positions[key] = [
+                                    v,
+                                    f,
+                                    inv["index"],
+                                    ev["index"],
+                                    -1,
+                                    _NEVER,
+                                    0,
+                                    None,
+                                ]
+                                fast_ops += 1
+                                continue
+                        except (KeyError, TypeError):
+                            pass
+                    complete(
+                        f,
+                        typ,
+                        inv["index"],
+                        ev["index"],
+                        inv.get("value"),
+                        ev.get("value"),
+                        inv.get("final") or ev.get("final"),
+                        ev.get("node") or inv.get("node"),
+                    )
+                self._events += len(batch)
+        except _BudgetExceeded as exc:
+            self._stopped = str(exc)
+        except KeyError as exc:
+            raise HistoryError(f"after event {self._events}: missing field {exc}") from None
+        finally:
+            self._ops += fast_ops
+            self._ops_by_type["ok"] += fast_ops
+            if gc_was_enabled:
+                gc.enable()
+
+    def feed_ops(self, ops: Iterable[Op]) -> None:
+        """Feed paired ops (``harness.history.pair_ops``), in any order."""
+        if self._stopped is not None:
+            return
+        complete = self._complete
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            for k, op in enumerate(ops, start=1):
+                self._events += 2
+                if k % _BUDGET_EVERY_EVENTS == 0:
+                    self._check_budget()
+                extra = op.extra
+                if op.complete_index is None or op.type == "info":
+                    self._ops += 1
+                    self._ops_by_type["info"] += 1
+                    if op.f in ("append", "write"):
+                        self._record_unacked(op.f, "info", op.invoke_index, op.value)
+                    elif op.f != "read":
+                        self._ignored_ops += 1
+                    continue
+                complete(
+                    op.f,
+                    op.type,
+                    op.invoke_index,
+                    op.complete_index,
+                    op.value,
+                    op.result,
+                    extra.get("final"),
+                    extra.get("node"),
+                )
+        except _BudgetExceeded as exc:
+            self._stopped = str(exc)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+
+    def _key(self, pos: Any, index: int) -> tuple[str, int, int]:
+        try:
+            file, offset, size = pos
+        except (TypeError, ValueError):
+            raise _bad_pos(pos, index) from None
+        if (
+            type(file) is not str
+            or type(offset) is not int
+            or type(size) is not int
+            or offset < 0
+            or size <= 0
+        ):
+            raise _bad_pos(pos, index)
+        files = self._files
+        f = files.get(file)
+        if f is None:
+            f = files[file] = file
+        return (f, offset, size)
+
+    def _record_unacked(self, f: str, typ: str, inv_index: int, inv_value: Any) -> None:
+        if not isinstance(inv_value, Mapping) or inv_value.get("v") is None:
+            raise HistoryError(f"event {inv_index}: {f} needs a value with a payload id 'v'")
+        key = self._key(inv_value.get("pos"), inv_index) if f == "write" else None
+        self._unacked[inv_value["v"]] = (typ, f, inv_index, key)
+
+    def _complete(
+        self,
+        f: str,
+        typ: str,
+        inv_index: int,
+        comp_index: int,
+        inv_value: Any,
+        comp_value: Any,
+        final: Any,
+        node: Any,
+    ) -> None:
+        self._ops += 1
+        self._ops_by_type[typ] = self._ops_by_type.get(typ, 0) + 1
+        if f == "read":
+            if typ == "ok":
+                self._read(inv_index, comp_index, inv_value, comp_value, final, node)
+            return
+        if f != "append" and f != "write":
+            self._ignored_ops += 1
+            return
+        if typ != "ok":
+            self._record_unacked(f, typ, inv_index, inv_value)
+            return
+        val = comp_value if isinstance(comp_value, Mapping) else {}
+        v = val.get("v")
+        if v is None:
+            v = inv_value.get("v") if isinstance(inv_value, Mapping) else None
+            if v is None:
+                raise HistoryError(f"event {comp_index}: ok {f} without a payload id 'v'")
+        pos = val.get("pos")
+        if pos is None:
+            if f == "append" or not isinstance(inv_value, Mapping):
+                raise HistoryError(f"event {comp_index}: ok {f} without a position 'pos'")
+            pos = inv_value.get("pos")
+        key = self._key(pos, comp_index)
+        positions = self._positions
+        st = positions.get(key)
+        if st is None:
+            positions[key] = [v, f, inv_index, comp_index, -1, _NEVER, 0, None]
+            return
+        cur = st[_VAL]
+        if cur is not None and cur != v:
+            self._anomaly(
+                "conflict",
+                {
+                    "pos": list(key),
+                    "values": [cur, v],
+                    "index": comp_index,
+                    "explanation": f"ok {f} of {v!r} at a position that already holds {cur!r}",
+                },
+            )
+        if st[_ACK] is not None:
+            return  # a second acknowledgement at one position: reported above, keep the first
+        st[_VAL] = v
+        st[_ACK] = f
+        st[_W_INV] = inv_index
+        st[_W_RESP] = comp_index
+
+    def _read(
+        self,
+        inv_index: int,
+        comp_index: int,
+        inv_value: Any,
+        comp_value: Any,
+        final: Any,
+        node: Any,
+    ) -> None:
+        val = comp_value if isinstance(comp_value, Mapping) else None
+        pos = val.get("pos") if val is not None else None
+        if pos is None:
+            pos = inv_value.get("pos") if isinstance(inv_value, Mapping) else None
+        key = self._key(pos, comp_index)
+        v = val.get("v") if val is not None else None
+        positions = self._positions
+        st = positions.get(key)
+        if st is None:
+            st = positions[key] = [None, None, -1, -1, -1, _NEVER, 0, None]
+        if v is None:
+            if inv_index > st[_NULL_INV]:
+                st[_NULL_INV] = inv_index
+        else:
+            cur = st[_VAL]
+            if cur is None:
+                st[_VAL] = v
+            elif cur != v:
+                self._anomaly(
+                    "conflict",
+                    {
+                        "pos": list(key),
+                        "values": [cur, v],
+                        "index": comp_index,
+                        "explanation": f"read returned {v!r} at a position holding {cur!r}",
+                    },
+                )
+            if comp_index < st[_VAL_RESP]:
+                st[_VAL_RESP] = comp_index
+        if final:
+            self._any_final = True
+            if v is not None and v == st[_VAL]:
+                st[_FINAL] |= _FINAL_GOOD
+            else:
+                st[_FINAL] |= _FINAL_WRONG
+                if st[_FINAL_BAD] is None:
+                    st[_FINAL_BAD] = (comp_index, node, v)
+
+    # ---- verdict --------------------------------------------------------------------
+    def result(self) -> CheckResult:
+        """Finish: settle pending invocations, run the position passes, build the verdict."""
+        if self._result is not None:
+            return self._result
+        if self._stopped is None:
+            gc_was_enabled = gc.isenabled()
+            gc.disable()
+            try:
+                self._finish()
+            finally:
+                if gc_was_enabled:
+                    gc.enable()
+        self._result = self._build_result()
+        return self._result
+
+    def _finish(self) -> None:
+        for inv in self._pending.values():
+            self._ops += 1
+            self._ops_by_type["info"] += 1
+            if inv["f"] in ("append", "write"):
+                self._record_unacked(inv["f"], "info", inv["index"], inv.get("value"))
+        self._pending.clear()
+        landed: dict[Any, tuple[str, int, int]] = {}
+        unresolved: dict[Any, list[tuple[str, int, int]]] = {}
+        acked_keys: list[tuple[str, int, int]] = []
+        unacked = self._unacked
+        any_final = self._any_final
+        for key, st in self._positions.items():
+            v = st[_VAL]
+            if v is None:
+                continue
+            if st[_ACK] is not None:
+                acked_keys.append(key)
+                self._check_realtime(key, st, st[_W_INV], st[_W_RESP])
+                if any_final and (st[_FINAL] != _FINAL_GOOD):
+                    self._lost(key, st)
+                continue
+            src = unacked.get(v)
+            if src is None:
+                unresolved.setdefault(v, []).append(key)
+                continue
+            typ, f, inv_index, target = src
+            if f == "write" and target != key:
+                self._from_nowhere(key, v, f"the write of {v!r} targeted {list(target)}")
+            elif typ == "fail":
+                self._anomaly(
+                    "read-of-failed",
+                    {
+                        "pos": list(key),
+                        "v": v,
+                        "invoke_index": inv_index,
+                        "explanation": f"read {v!r}, written by a {f} whose outcome was fail",
+                    },
+                )
+            else:
+                landed.setdefault(v, key)
+                self._check_realtime(key, st, inv_index, _NEVER)
+        if unresolved:
+            self._resolve_elsewhere(unresolved)
+        self._check_overlaps(acked_keys)
+        self._landed = landed
+
+    def _check_realtime(self, key: Any, st: list[Any], w_inv: int, w_resp: int) -> None:
+        null_inv = st[_NULL_INV]
+        val_resp = st[_VAL_RESP]
+        v = st[_VAL]
+        if val_resp < w_inv:
+            self._anomaly(
+                "read-before-write",
+                {
+                    "pos": list(key),
+                    "v": v,
+                    "read_complete_index": val_resp,
+                    "write_invoke_index": w_inv,
+                    "explanation": f"a read returned {v!r} before its writer was invoked",
+                },
+            )
+        if null_inv > w_resp:
+            self._anomaly(
+                "unwritten-after-ack",
+                {
+                    "pos": list(key),
+                    "v": v,
+                    "read_invoke_index": null_inv,
+                    "write_complete_index": w_resp,
+                    "explanation": "a read began after the write was acknowledged "
+                    "and still found the position unwritten",
+                },
+            )
+        if null_inv > val_resp:
+            self._anomaly(
+                "unwritten-after-read",
+                {
+                    "pos": list(key),
+                    "v": v,
+                    "read_invoke_index": null_inv,
+                    "earlier_read_complete_index": val_resp,
+                    "explanation": f"a read found the position unwritten after another read "
+                    f"had returned {v!r}",
+                },
+            )
+
+    def _from_nowhere(self, key: Any, v: Any, why: str) -> None:
+        self._anomaly(
+            "from-nowhere",
+            {"pos": list(key), "v": v, "explanation": f"read returned {v!r}: {why}"},
+        )
+
+    def _lost(self, key: Any, st: list[Any]) -> None:
+        bad = st[_FINAL_BAD]
+        if bad is None:
+            why = "no final read of this position returned it"
+            ex = {"pos": list(key), "v": st[_VAL], "explanation": why}
+        else:
+            index, node, got = bad
+            why = f"final read at event {index} on node {node!r} returned {got!r}"
+            ex = {
+                "pos": list(key),
+                "v": st[_VAL],
+                "index": index,
+                "node": node,
+                "got": got,
+                "explanation": why,
+            }
+        self._anomaly("lost", ex)
+
+    def _resolve_elsewhere(self, unresolved: dict[Any, list[tuple[str, int, int]]]) -> None:
+        """Values read at positions nobody acknowledged them at: an ok append elsewhere?"""
+        positions = self._positions
+        for key, st in positions.items():
+            if st[_ACK] is None:
+                continue
+            keys = unresolved.pop(st[_VAL], None)
+            if keys is None:
+                continue
+            for other in keys:
+                if st[_ACK] == "write":
+                    self._from_nowhere(
+                        other, st[_VAL], f"its write was acknowledged at {list(key)}"
+                    )
+                else:  # an append can leave an abandoned copy (reference 4.3)
+                    self._check_realtime(other, positions[other], st[_W_INV], _NEVER)
+            if not unresolved:
+                return
+        for v, keys in unresolved.items():
+            for other in keys:
+                self._from_nowhere(other, v, "no write or append attempted this value")
+
+    def _check_overlaps(self, acked_keys: list[tuple[str, int, int]]) -> None:
+        for key in acked_keys:  # keys made on the fast path were not type-checked yet
+            file, offset, size = key
+            if type(file) is not str or type(offset) is not int or type(size) is not int:
+                raise _bad_pos(list(key), -1)
+            if offset < 0 or size <= 0:
+                raise _bad_pos(list(key), -1)
+        acked_keys.sort()  # nearly sorted already (appends arrive in offset order): ~linear
+        prev_file = None
+        prev_end = 0
+        prev_key: tuple[str, int, int] | None = None
+        for key in acked_keys:
+            file, offset, size = key
+            if file != prev_file:
+                prev_file, prev_end, prev_key = file, offset + size, key
+                continue
+            if offset < prev_end:
+                self._anomaly(
+                    "overlap",
+                    {
+                        "pos": list(key),
+                        "other": list(prev_key or ()),
+                        "explanation": "two acknowledged chunks overlap in bytes",
+                    },
+                )
+            if offset + size > prev_end:
+                prev_end, prev_key = offset + size, key
+
+    def _build_result(self) -> CheckResult:
+        stats: dict[str, Any] = {
+            "events": self._events,
+            "positions": len(self._positions),
+            "ok": self._ops_by_type.get("ok", 0),
+            "fail": self._ops_by_type.get("fail", 0),
+            "info": self._ops_by_type.get("info", 0),
+            "ignored_ops": self._ignored_ops,
+            "final_reads": self._any_final,
+            "estimated_state_mb": round(self._estimate_bytes() / 1048576, 1),
+        }
+        if self._stopped is not None:
+            return CheckResult(
+                valid=UNKNOWN,
+                model=MODEL,
+                ops=self._ops,
+                keys=len(self._positions),
+                witness={"explanation": f"checker stopped: {self._stopped}"},
+                stats=stats,
+            )
+        anomalies = {
+            kind: {"count": n, "examples": self._examples[kind]}
+            for kind, n in self._counts.items()
+            if n
+        }
+        witness: dict[str, Any] = {"unknown_appends": self._unknown_report("append")}
+        unknown_writes = self._unknown_report("write")
+        if unknown_writes["count"]:
+            witness["unknown_writes"] = unknown_writes
+        if anomalies:
+            witness["anomalies"] = anomalies
+            witness["explanation"] = "; ".join(
+                f"{a['count']} {kind}" for kind, a in anomalies.items()
+            )
+        return CheckResult(
+            valid=not anomalies,
+            model=MODEL,
+            ops=self._ops,
+            keys=len(self._positions),
+            witness=witness,
+            stats=stats,
+        )
+
+    def _unknown_report(self, f: str) -> dict[str, Any]:
+        landed = self._landed
+        count = n_landed = 0
+        ex_landed: list[dict[str, Any]] = []
+        ex_not: list[Any] = []
+        for v, (typ, kind, _inv, _target) in self._unacked.items():
+            if typ != "info" or kind != f:
+                continue
+            count += 1
+            key = landed.get(v)
+            if key is not None:
+                n_landed += 1
+                if len(ex_landed) < self._examples_max:
+                    ex_landed.append({"v": v, "pos": list(key)})
+            elif len(ex_not) < self._examples_max:
+                ex_not.append(v)
+        return {
+            "count": count,
+            "landed": n_landed,
+            "not_landed": count - n_landed,
+            "examples_landed": ex_landed,
+            "examples_not_landed": ex_not,
+        }
+
+
+def _event_dict(ev: Any, position: int) -> dict[str, Any]:
+    if isinstance(ev, Event):
+        return ev.to_json()
+    if isinstance(ev, Mapping):
+        d = dict(ev)
+        d.setdefault("index", position)
+        return d
+    raise HistoryError(f"want an event object or dict, got {type(ev).__name__}")
+
+
+def check_write_once(
+    history: Iterable[Op] | Iterable[Event] | Iterable[Mapping[str, Any]],
+    *,
+    memory_limit_mb: float | None = None,
+    time_limit_s: float | None = None,
+    deadline: Callable[[], bool] | None = None,
+    examples_max: int = EXAMPLES_MAX,
+) -> CheckResult:
+    """Check a write-once history given as ops, events or raw event dicts.
+
+    ``time_limit_s`` is accepted for signature parity with ``check_history``; this
+    checker is linear and has no clock: pass ``deadline`` to enforce time.
+    """
+    del time_limit_s
+    checker = WriteOnceChecker(
+        memory_limit_mb=memory_limit_mb, deadline=deadline, examples_max=examples_max
+    )
+    it = iter(history)
+    first = next(it, None)
+    if first is None:
+        return checker.result()
+    if isinstance(first, Op):
+        checker.feed_ops(chain((first,), it))  # type: ignore[arg-type]
+    else:
+        checker.feed_events(chain((first,), it))  # type: ignore[arg-type]
+    return checker.result()
+
+
+# ---- fast JSON Lines decoding ------------------------------------------------------------
+def _stdlib_decoder() -> Callable[[bytes | str], Any]:
+    return json.loads
+
+
+def _fast_decoder() -> Callable[[bytes | str], Any]:
+    try:
+        import msgspec
+    except ImportError:
+        return _stdlib_decoder()
+    return msgspec.json.Decoder().decode  # type: ignore[no-any-return]
+
+
+def iter_jsonl_events(lines: Iterable[bytes | str], *, name: str = "history") -> Iterator[Any]:
+    """Decode JSON Lines into event dicts (msgspec when installed, else ``json``).
+
+    Same rules as ``harness.history.read_history``: blank lines skipped; a torn last line
+    (no newline, not JSON) is what a crashed writer leaves and is dropped; any other bad
+    line raises ``HistoryError`` naming the line.
+    """
+    decode = _fast_decoder()
+    position = 0
+    for lineno, line in enumerate(lines, start=1):
+        try:
+            d = decode(line)
+        except Exception as exc:  # msgspec.DecodeError or json.JSONDecodeError
+            if not line.strip():
+                continue
+            ending = b"\n" if isinstance(line, bytes) else "\n"
+            if not line.endswith(ending):  # type: ignore[arg-type]
+                return
+            raise HistoryError(f"{name}:{lineno}: invalid JSON: {exc}") from None
+        if type(d) is not dict:
+            raise HistoryError(f"{name}:{lineno}: event must be a JSON object")
+        if "index" not in d:
+            d["index"] = position
+        position += 1
+        yield d
+
+
+def check_write_once_lines(
+    lines: Iterable[bytes | str],
+    *,
+    name: str = "history",
+    memory_limit_mb: float | None = None,
+    deadline: Callable[[], bool] | None = None,
+) -> CheckResult:
+    """Check a JSON Lines history given as its lines (e.g. an open binary file)."""
+    checker = WriteOnceChecker(memory_limit_mb=memory_limit_mb, deadline=deadline)
+    checker.feed_events(iter_jsonl_events(lines, name=name))
+    return checker.result()
