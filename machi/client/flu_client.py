@@ -208,6 +208,9 @@ class FluClient:
             stream = await anyio.connect_tcp(
                 self.host, self.port, ssl_context=self.ssl_context,
                 tls_hostname=self.tls_hostname or self.host,
+                # no TLS close_notify exchange: closing must not read (the reader task
+                # may be reading); frames are self-delimiting so truncation is detected
+                tls_standard_compatible=False,
             )
         else:
             stream = await anyio.connect_tcp(self.host, self.port)
