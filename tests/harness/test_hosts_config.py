@@ -1,0 +1,168 @@
+"""Host providers without hosts: the TOML hosts file, `vagrant ssh-config`, the Vagrantfile."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harness.hosts import ssh, vagrant
+from harness.hosts.base import HostSpec
+
+REPO = Path(__file__).resolve().parents[2]
+
+SSH_CONFIG_SAMPLE = """\
+Host n1
+  HostName 127.0.0.1
+  User vagrant
+  Port 2222
+  UserKnownHostsFile /dev/null
+  StrictHostKeyChecking no
+  PasswordAuthentication no
+  IdentityFile "/home/ann/my vms/.vagrant/machines/n1/virtualbox/private_key"
+  IdentitiesOnly yes
+  LogLevel FATAL
+  PubkeyAcceptedKeyTypes +ssh-rsa
+  HostKeyAlgorithms +ssh-rsa
+
+Host n2
+  HostName 127.0.0.1
+  User vagrant
+  Port 2200
+  UserKnownHostsFile /dev/null
+  StrictHostKeyChecking no
+  PasswordAuthentication no
+  IdentityFile /home/ann/vms/.vagrant/machines/n2/virtualbox/private_key
+  IdentitiesOnly yes
+  LogLevel FATAL
+
+Host n10
+  HostName 192.168.121.40
+  User vagrant
+  Port 22
+  IdentityFile /k10
+"""
+
+
+def test_vagrant_ssh_config_becomes_host_specs() -> None:
+    """Each Host block gives the forwarded SSH endpoint and the VM's private cluster address."""
+    specs = vagrant.parse_ssh_config(SSH_CONFIG_SAMPLE)
+    assert [s.name for s in specs] == ["n1", "n2", "n10"]
+    n1, n2, n10 = specs
+    assert (n1.address, n1.port, n1.user) == ("127.0.0.1", 2222, "vagrant")
+    assert n1.key_path == "/home/ann/my vms/.vagrant/machines/n1/virtualbox/private_key"
+    assert n1.cluster_address == "192.168.56.11" and n1.peer_address == "192.168.56.11"
+    assert n1.accept_unknown_host_key is True and n1.sudo is True
+    assert (n2.port, n2.cluster_address) == (2200, "192.168.56.12")
+    assert n10.accept_unknown_host_key is False  # no StrictHostKeyChecking no: keep checking
+    with pytest.raises(vagrant.VagrantError):
+        vagrant.parse_ssh_config("# nothing\n")
+
+
+def test_hosts_toml_with_defaults_and_overrides() -> None:
+    """Defaults apply to every host; per-host keys win; cluster_address defaults to address."""
+    specs = ssh.parse_hosts_toml(
+        """
+        [defaults]
+        user = "admin"
+        key = "~/.ssh/id_ed25519"
+        sudo = true
+        work_dir = "/var/tmp/mh"
+        data_dir = "/var/tmp/mh/data"
+
+        [[hosts]]
+        name = "n1"
+        address = "203.0.113.11"
+        cluster_address = "10.0.0.11"
+
+        [[hosts]]
+        name = "n2"
+        address = "203.0.113.12"
+        port = 2222
+        user = "root"
+        """
+    )
+    assert specs[0] == HostSpec(
+        name="n1", address="203.0.113.11", user="admin", key_path="~/.ssh/id_ed25519",
+        sudo=True, cluster_address="10.0.0.11", work_dir="/var/tmp/mh",
+        data_dir="/var/tmp/mh/data",
+    )
+    assert (specs[1].port, specs[1].user, specs[1].peer_address) == (2222, "root", "203.0.113.12")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[[hosts]]\nname = 'n1'\n", "`address`"),
+        ("[[hosts]]\nname = 'n1'\naddress = 'a'\nprot = 22\n", "unknown keys"),
+        ("[[hosts]]\nname = 'n1'\naddress = 'a'\nport = '22'\n", "`port` must be int"),
+        ("[[hosts]]\nname = 'n1'\naddress = 'a'\nsudo = 1\n", "`sudo` must be bool"),
+        ("[[hosts]]\nname = 'n1'\naddress = 'a'\n[[hosts]]\nname = 'n1'\naddress = 'b'\n",
+         "duplicate"),
+        ("[[hosts]]\nname = 'n1'\naddress = 'a'\nwork_dir = 'rel'\n", "absolute"),
+        ("[[hosts]]\nname = 'n 1'\naddress = 'a'\n", "bad host name"),
+        ("[defaults]\nuser = 'x'\n", "no [[hosts]]"),
+        ("hosts = [", "not valid TOML"),
+    ],
+)
+def test_hosts_toml_errors_are_clear(text: str, message: str) -> None:
+    """A broken hosts file fails with a message naming the problem."""
+    with pytest.raises(ssh.HostsFileError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        ssh.parse_hosts_toml(text)
+
+
+_RUBY_STUB = r"""
+require "json"
+class Rec
+  attr_reader :calls
+  def initialize(log, path) @log, @path = log, path end
+  def method_missing(m, *args, **kw, &blk)
+    key = (@path + [m.to_s.sub(/=$/, "")]).join(".")
+    @log << [key, args.map(&:to_s), kw.transform_keys(&:to_s).transform_values { |v|
+      v.is_a?(Array) ? v.map(&:to_s) : v.to_s }]
+    child = Rec.new(@log, @path + [m.to_s])
+    blk.call(child) if blk
+    child
+  end
+  def respond_to_missing?(*) true end
+  def define(name, &blk) @log << ["define", [name], {}]; blk.call(Rec.new(@log, [name])) end
+end
+module Vagrant
+  LOG = []
+  def self.configure(v) yield Rec.new(LOG, ["config"]) end
+end
+load ARGV[0]
+puts JSON.generate(Vagrant::LOG)
+"""
+
+
+@pytest.mark.skipif(shutil.which("ruby") is None, reason="ruby is not installed")
+def test_vagrantfile_defines_the_nodes_the_provider_expects(tmp_path: Path) -> None:
+    """Loaded with a stub Vagrant, the Vagrantfile defines n1..n5 on 192.168.56.1x, the
+    addresses `vagrant.cluster_address` gives, provisioned by scripts that exist."""
+    stub = tmp_path / "stub.rb"
+    stub.write_text(_RUBY_STUB)
+    p = subprocess.run(["ruby", str(stub), str(REPO / "Vagrantfile")], capture_output=True,
+                       text=True, cwd=REPO, timeout=60)
+    assert p.returncode == 0, p.stderr
+    log = json.loads(p.stdout)
+    defined = [args[0] for key, args, _ in log if key == "define"]
+    assert defined == ["n1", "n2", "n3", "n4", "n5"]
+    ips = {key.split(".")[0]: kw["ip"] for key, args, kw in log
+           if key.endswith("vm.network") and args == ["private_network"]}
+    assert ips == {n: vagrant.cluster_address(n) for n in defined}
+    scripts = {kw["path"] for key, _, kw in log if key.endswith("vm.provision") and "path" in kw}
+    assert scripts == {"vagrant/provision.sh"}
+    assert all((REPO / s).exists() for s in scripts)
+    trigger = [args for key, args, _ in log if key.endswith("trigger.before.run")]
+    assert trigger and "vagrant/build-wheel" in str(trigger)
+
+
+def test_vagrant_scripts_parse_as_bash() -> None:
+    """The provisioning and wheel scripts are at least valid bash."""
+    for script in ("vagrant/provision.sh", "vagrant/build-wheel", "scripts/install-system-deps"):
+        p = subprocess.run(["bash", "-n", str(REPO / script)], capture_output=True, text=True)
+        assert p.returncode == 0, f"{script}: {p.stderr}"
