@@ -198,6 +198,8 @@ def _search(items: Sequence[Item], ops: Sequence[Op], model: Model, budget: Budg
             kind_cops.append(cop)
         kind[j] = k
     trans: list[dict[int, int]] = [{} for _ in kind_cops]
+    read_only = model.read_only
+    ro = [read_only(items[j][1]) for j in range(m)]
 
     # Symmetry groups of interchangeable crashed ops (same cop), ranked by invocation.
     group = [-1] * m
@@ -238,11 +240,61 @@ def _search(items: Sequence[Item], ops: Sequence[Op], model: Model, budget: Budg
     max_steps = budget.max_steps
     verdict: Verdict = UNKNOWN
     reason = ""
+    fresh = True  # a configuration just entered: look for a forced op first
     try:
         while True:
             if remaining == 0:
                 verdict = True
                 break
+            if fresh:
+                # A legal read-only op (one that never changes any state it is legal in)
+                # can be linearized now without loss of generality: any linearization
+                # with it later can move it here. So it is forced, not a choice point.
+                fresh = False
+                x = nxt[head]
+                while not is_ret[x]:
+                    g = group[x]
+                    if ro[x] and (g < 0 or grank[x] == gcount[g]):
+                        t = trans[kind[x]]
+                        ns = t.get(s)
+                        if ns is None:
+                            nstate = step(states[s], kind_cops[kind[x]])
+                            ns = -1 if nstate is None else intern(nstate)
+                            t[s] = ns
+                        if ns == s:
+                            break
+                    x = nxt[x]
+                if not is_ret[x]:
+                    nzh = zh ^ zob[x]
+                    mk = (s << 128) | nzh
+                    if mk in memo:
+                        e = tail  # explored before and failed: so does this configuration
+                        continue
+                    memo_add(mk)
+                    countdown -= 1
+                    if countdown == 0:
+                        countdown = CHECK_EVERY
+                        reason = _over_budget(budget, len(memo))
+                        if reason:
+                            raise _OutOfBudget
+                    push_e(~x)
+                    push_s(s)
+                    if len(stack_e) > best_depth:
+                        best_depth = len(stack_e)
+                        best_saved = False
+                    zh = nzh
+                    r = ret[x]
+                    if r >= 0:
+                        nxt[prv[r]] = nxt[r]
+                        prv[nxt[r]] = prv[r]
+                        remaining -= 1
+                    nxt[prv[x]] = nxt[x]
+                    prv[nxt[x]] = prv[x]
+                    if g >= 0:
+                        gcount[g] += 1
+                    fresh = True
+                    continue
+                e = nxt[head]
             if is_ret[e]:
                 if not stack_e:
                     verdict = False
@@ -254,6 +306,9 @@ def _search(items: Sequence[Item], ops: Sequence[Op], model: Model, budget: Budg
                 backtracks += 1
                 ce = pop_e()
                 s = pop_s()
+                forced = ce < 0
+                if forced:
+                    ce = ~ce
                 zh ^= zob[ce]
                 r = ret[ce]
                 if r >= 0:
@@ -265,7 +320,7 @@ def _search(items: Sequence[Item], ops: Sequence[Op], model: Model, budget: Budg
                 g = group[ce]
                 if g >= 0:
                     gcount[g] -= 1
-                e = nxt[ce]
+                e = tail if forced else nxt[ce]
                 continue
             g = group[e]
             if g >= 0 and grank[e] != gcount[g]:
@@ -304,7 +359,7 @@ def _search(items: Sequence[Item], ops: Sequence[Op], model: Model, budget: Budg
                     prv[nxt[e]] = prv[e]
                     if g >= 0:
                         gcount[g] += 1
-                    e = nxt[head]
+                    fresh = True
                     continue
             e = nxt[e]
     except _OutOfBudget:
@@ -322,6 +377,7 @@ def _search(items: Sequence[Item], ops: Sequence[Op], model: Model, budget: Budg
         "items": m,
     }
     memo.clear()
+    best = [j if j >= 0 else ~j for j in best]
     prefix = [items[j][0] for j in best]
     if verdict is True:
         return KeyResult(True, [], None, "", "", stats)

@@ -76,6 +76,16 @@ class Model:
         """A sound quick refutation for one key: (op index, explanation) or None."""
         return None
 
+    def read_only(self, cop: Cop) -> bool:
+        """True when ``cop`` never changes any state it is legal in (a read).
+
+        The search linearizes a legal read-only op at once, without branching on it."""
+        if cop[0] == "r":
+            return True
+        if cop[0] == "c":
+            return bool(cop[1] == cop[2])
+        return False
+
     def describe(self, state: Any) -> str:
         """Human-readable state for witnesses."""
         return repr(unwrap(state))
@@ -295,6 +305,9 @@ class MutexModel(Model):
             return None if state else True
         return False if state else None
 
+    def read_only(self, cop: Cop) -> bool:
+        return False
+
     def describe(self, state: Any) -> str:
         return "held" if state else "free"
 
@@ -352,6 +365,9 @@ class MultiRegisterModel(Model):
             else:
                 regs[k] = v
         return tuple(sorted(regs.items(), key=repr))
+
+    def read_only(self, cop: Cop) -> bool:
+        return all(f == "read" for f, _k, _v in cop[1])
 
     def describe(self, state: Any) -> str:
         return "{" + ", ".join(f"{k}: {v!r}" for k, v in state) + "}"
