@@ -268,6 +268,23 @@ class IptablesNet:
         self.addresses = hosts.addresses()
         self.current: Grudge = {}
 
+    def __enter__(self) -> IptablesNet:
+        self.setup()
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        # Runs on normal exit, on errors and on Ctrl-C (KeyboardInterrupt) alike.  When the
+        # body already failed, a failing heal must not hide that error: it is chained.
+        try:
+            self.heal()
+        except Exception as heal_error:
+            if exc is None:
+                raise
+            raise PartitionError(
+                f"heal after an error failed, rules may remain (run `machi-harness cluster "
+                f"heal`): {heal_error}"
+            ) from heal_error
+
     def _on_all(self, script_of: dict[str, str]) -> None:
         self.hosts.map(
             lambda h: h.run(script_of[h.name], sudo=True, timeout_s=self.timeout_s),

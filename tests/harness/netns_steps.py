@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anyio
+
 from harness.hosts import netns
 from harness.hosts.base import Host, HostSet, RemoteCommandError
 from harness.nemesis import partition as p
@@ -41,7 +43,14 @@ def commands(payload: dict[str, Any]) -> dict[str, Any]:
                    "command": e.command}
         hosts["n2"].close()
         again = hosts["n2"].run("hostname").stdout.strip()
-        return {"hosts": out, "error": err, "reconnect": again, "connects": hosts["n2"].connects}
+
+        async def from_async() -> dict[str, str]:
+            one = await hosts.arun("n3", "hostname")
+            many = await hosts.amap(lambda h: h.run("hostname").stdout.strip())
+            return {"one": one.stdout.strip(), **many}
+
+        return {"hosts": out, "error": err, "reconnect": again, "connects": hosts["n2"].connects,
+                "async": anyio.run(from_async)}
 
 
 def files(payload: dict[str, Any]) -> dict[str, Any]:
@@ -133,29 +142,37 @@ def _tcp(src: Host, dst: Host) -> bool:
 
 def partition(payload: dict[str, Any]) -> dict[str, Any]:
     with _hosts(payload) as hosts:
-        n1, n2, n3 = hosts["n1"], hosts["n2"], hosts["n3"]
-        net = p.IptablesNet(hosts)
-        net.setup()
-        hosts.map(_udp_sink, ["n1", "n2"])
-        time.sleep(0.5)
-        net.apply(p.one_way("n1", "n2"))  # n2 must not hear n1
-        rules = net.rule_counts()
-        _udp_send(n1, n2, "cut-1to2")
-        _udp_send(n2, n1, "open-2to1")
-        during = {
-            "tcp_n1_n2": _tcp(n1, n2), "tcp_n3_n2": _tcp(n3, n2), "tcp_n2_n3": _tcp(n2, n3),
-            "probe_failed": [list(x) for x in net.probe().failed],
-        }
-        time.sleep(0.3)
-        got_n2, got_n1 = _received(n2), _received(n1)
-        report = net.heal_and_check()
-        _udp_send(n1, n2, "healed-1to2")
-        time.sleep(0.3)
-        after = {"rules": net.rule_counts(), "ok_pairs": len(report.ok),
-                 "tcp_n1_n2": _tcp(n1, n2), "n2_got": _received(n2)}
-        hosts.map(lambda h: h.stop_daemon("udp"), ["n1", "n2"])
-        return {"rules": rules, "n2_got": got_n2, "n1_got": got_n1, "during": during,
-                "after": after}
+        with p.IptablesNet(hosts) as net:
+            out = _partition(hosts, net)
+        out["rules_after_with"] = net.rule_counts()  # leaving the block healed
+        return out
+
+
+def _partition(hosts: HostSet, net: p.IptablesNet) -> dict[str, Any]:
+    n1, n2, n3 = hosts["n1"], hosts["n2"], hosts["n3"]
+    hosts.map(_udp_sink, ["n1", "n2"])
+    time.sleep(0.5)
+    net.apply(p.one_way("n1", "n2"))  # n2 must not hear n1
+    rules = net.rule_counts()
+    _udp_send(n1, n2, "cut-1to2")
+    _udp_send(n2, n1, "open-2to1")
+    during = {
+        "tcp_n1_n2": _tcp(n1, n2), "tcp_n3_n2": _tcp(n3, n2), "tcp_n2_n3": _tcp(n2, n3),
+        "probe_failed": [list(x) for x in net.probe().failed],
+    }
+    time.sleep(0.3)
+    got_n2, got_n1 = _received(n2), _received(n1)
+    report = net.heal_and_check()
+    _udp_send(n1, n2, "healed-1to2")
+    time.sleep(0.3)
+    after = {"rules": net.rule_counts(), "ok_pairs": len(report.ok),
+             "tcp_n1_n2": _tcp(n1, n2), "n2_got": _received(n2)}
+    hosts.map(lambda h: h.stop_daemon("udp"), ["n1", "n2"])
+    # Packet loss: every node drops half of what the others send it.
+    net.apply(p.complete_grudge([["n1"], ["n2"], ["n3"]]), probability=0.5)
+    lossy = hosts["n3"].run("iptables -w -S MACHI-NEMESIS").stdout
+    return {"rules": rules, "n2_got": got_n2, "n1_got": got_n1, "during": during,
+            "after": after, "lossy_rules": lossy}
 
 
 def _state(h: Host, pid: int) -> str:

@@ -8,8 +8,10 @@ tests assert on.  Tests run in file order and share one cluster; the last one ta
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +74,7 @@ def test_hosts_are_namespaces_with_their_own_sshd_and_no_way_out(cluster: Cluste
     assert out["error"]["node"] == "n1" and out["error"]["exit_code"] == 7
     assert out["error"]["stderr"].strip() == "to-stderr"
     assert out["reconnect"] == "n2" and out["connects"] == 2
+    assert out["async"] == {"one": "n3", "n1": "n1", "n2": "n2", "n3": "n3"}
     root_routes = subprocess.run(["ip", "-4", "route", "show"], capture_output=True, text=True)
     assert "10.77." not in root_routes.stdout
     root_links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
@@ -113,6 +116,30 @@ def test_one_way_partition_then_heal(cluster: Cluster) -> None:
     assert after["ok_pairs"] == 6
     assert after["tcp_n1_n2"] is True
     assert "10.77.0.11 healed-1to2" in after["n2_got"]
+    lossy = [ln for ln in out["lossy_rules"].splitlines() if ln.startswith("-A")]
+    assert len(lossy) == 2 and all("--probability 0.5" in ln for ln in lossy)
+    assert out["rules_after_with"] == {"n1": 0, "n2": 0, "n3": 0}
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).with_name("machi-harness")
+    return subprocess.run([str(exe), "cluster", *args], capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_cli_exec_status_and_heal(cluster: Cluster) -> None:
+    """The CLI re-executes itself in the control namespace and reaches hosts through ssh."""
+    r = _cli("exec", "n2", "--", "sh", "-c", "hostname; echo oops >&2; exit 3")
+    assert (r.returncode, r.stdout, r.stderr) == (3, "n2\n", "oops\n")
+    r = _cli("exec", "n9", "--", "true")
+    assert r.returncode == 1 and "no host 'n9'" in r.stderr
+    r = _cli("status", "--json")
+    assert r.returncode == 0, r.stderr
+    status = json.loads(r.stdout)
+    assert [n["sshd_alive"] for n in status["nodes"]] == [True, True, True]
+    assert status["ssh"] == {"n1": "ok (n1)", "n2": "ok (n2)", "n3": "ok (n3)"}
+    r = _cli("heal")
+    assert (r.returncode, r.stdout.strip()) == (0, "healed: 6 host pairs connect"), r.stderr
 
 
 def test_pause_resume_kill_restart(cluster: Cluster) -> None:
