@@ -356,7 +356,9 @@ class Host:
                     return None, _decode(out), _decode(err)
                 select.select([chan], [], [], min(left, 0.25))
         except (OSError, EOFError, paramiko.SSHException) as e:
-            self.close()
+            transport = chan.get_transport()
+            if transport is None or not transport.is_active():
+                self.close()  # the pooled connection is dead: the next call reconnects
             raise HostUnreachableError(self.name, f"connection broke during {text!r}: {e}") from e
         if not chan.exit_status_ready():
             raise HostUnreachableError(self.name, f"channel closed without exit status: {text}")

@@ -81,8 +81,9 @@ def ns_name(node: str) -> str:
     return ns_prefix() + node
 
 
-def _ours(ns: str) -> bool:
-    return re.fullmatch(re.escape(ns_prefix()) + r"(br|ctl|n\d{1,3})", ns) is not None
+def _ours(ns: str, prefix: str | None = None) -> bool:
+    pre = prefix if prefix is not None else ns_prefix()
+    return re.fullmatch(re.escape(pre) + r"(br|ctl|n\d{1,3})", ns) is not None
 
 
 def state_dir_default() -> Path:
@@ -292,6 +293,7 @@ def _build(nodes: int, state_dir: Path) -> None:
     ]
     state: dict[str, Any] = {
         "version": 1,
+        "prefix": ns_prefix(),
         "subnet": SUBNET,
         "bridge_ns": bridge_ns(),
         "control": {"netns": control_ns(), "address": CONTROL_ADDRESS},
@@ -397,6 +399,17 @@ def _pids_in_namespaces(ns_names: list[str]) -> list[int]:
     return pids
 
 
+def _daemon_pids(state_dir: Path) -> list[int]:
+    """Daemons the harness started on the hosts (their pid files, checked by start time)."""
+    pids = []
+    for pf in state_dir.glob("hosts/*/work/daemons/*.pid"):
+        with contextlib.suppress(OSError, ValueError):
+            pid_text, st = pf.read_text().split()[:2]
+            if _proc_starttime(int(pid_text)) == st:
+                pids.append(int(pid_text))
+    return pids
+
+
 def _kill(pids: list[int], sig: int) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -413,14 +426,19 @@ def cluster_down(*, state_dir: Path | None = None) -> list[str]:
         raise NetnsError(f"run `cluster down` outside {control_ns()} (it would kill itself)")
     removed: list[str] = []
     state = load_state(state_dir) or {}
-    ns_names = sorted(set(state.get("namespaces", [])) | set(our_namespaces()))
-    ns_names = [n for n in ns_names if _ours(n)]
+    # The state's own prefix wins: `down` must not depend on the caller's environment.
+    prefix = state.get("prefix", ns_prefix())
+    if not isinstance(prefix, str) or not _PREFIX_RE.match(prefix):
+        prefix = ns_prefix()
+    present = netns_list()
+    ns_names = sorted(set(state.get("namespaces", [])) | {n for n in present if _ours(n, prefix)})
+    ns_names = [n for n in ns_names if _ours(n, prefix)]
     sshd = []
     for n in state.get("nodes", []):
         pid, st = n.get("sshd_pid"), n.get("sshd_starttime")
         if pid and st and _proc_starttime(pid) == st:
             sshd.append(pid)
-    victims = sorted(set(sshd) | set(_pids_in_namespaces(ns_names)))
+    victims = sorted(set(sshd) | set(_daemon_pids(state_dir)) | set(_pids_in_namespaces(ns_names)))
     if victims:
         _kill(victims, signal.SIGKILL)  # paused daemons die too; nothing to flush here
         deadline = time.monotonic() + 5.0

@@ -193,3 +193,21 @@ def test_cluster_down_after_a_crash_leaves_nothing(cluster: Cluster) -> None:
     root_links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     assert "veth-" not in root_links and "br0" not in root_links
     assert netns.cluster_down(state_dir=cluster.state_dir) == []
+
+
+def test_failed_cluster_up_removes_what_it_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When sshd cannot start, `cluster up` fails clearly and leaves no namespace or state."""
+    why = netns.preflight()
+    if why:
+        pytest.skip(f"netns cluster tests need root and `ip netns`: {why}")
+    prefix = f"machi-f{os.getpid() % 100000}-"
+    monkeypatch.setenv("MACHI_NETNS_PREFIX", prefix)
+    monkeypatch.setattr(netns, "SSHD", "/bin/false")  # a broken sshd install
+    state_dir = netns.state_dir_default()
+    try:
+        with pytest.raises(netns.NetnsError, match="/bin/false"):
+            netns.cluster_up(2, state_dir=state_dir, install=False)
+        assert [n for n in netns.netns_list() if n.startswith(prefix)] == []
+        assert not state_dir.exists()
+    finally:
+        netns.cluster_down(state_dir=state_dir)  # a no-op unless the assertions failed
