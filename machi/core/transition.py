@@ -3,7 +3,8 @@
 Owns the one rule set used by the chain manager before it adopts, by the simulator's
 invariant checks, by the harness's projection-safety checker and by the tests.  Must not:
 decide what to propose (``machi.core.calc``) or look at anything but the two projections
-(and, for CP recovery from the none projection, the zerf basis the caller names).
+(and, for CP recovery from the none projection, the zerf basis the caller names or
+that P2's author recorded in its ``dbg``).
 
 Rules, in order (first problem found is reported):
   * structure: P2's checksum is valid; same chain name and mode;
@@ -15,17 +16,21 @@ Rules, in order (first problem found is reported):
     else disjoint UPIs -> safe only if ``relative_to`` is not in UPI2 (CP: never, see
     below); else UPI2 = (subsequence of UPI1) ++ (subsequence of repairing1), and a
     non-empty repaired suffix needs P2's author to be UPI1's tail (it ran the repair);
-  * CP data rule: non-empty UPI1 and UPI2 share a real (non-witness) server.  Leaving
-    the none projection (UPI1 empty, epoch > 0) with ``relative_to`` in UPI2 is allowed
-    only from a zerf ``basis`` (the newest confirmed majority projection): then the chain
-    rule and the shared-server rule are checked against the basis instead of P1.
+  * CP data rule: non-empty UPI1 and UPI2 share a real (non-witness) server.
+  * CP zerf: a P2 computed from a zerf basis B (the newest confirmed majority projection
+    of an up majority, recorded in P2's dbg) is checked against B instead of P1 when P1
+    is unconfirmed (no data can have been written at an unconfirmed CP epoch) or not
+    newer than B.  Leaving the none projection with ``relative_to`` in UPI2 needs such
+    a basis.  Why this is safe: every epoch where a CP write landed was confirmed by all
+    of its UPI+repairing members (a majority), so any up majority holds a confirmed
+    projection at least that new; B's UPI therefore holds every acknowledged write.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from .projection import Projection
+from .projection import JSON, Projection, make_projection
 
 
 def majority(n_members: int) -> int:
@@ -68,6 +73,38 @@ def chain_rule_problem(
     if not promoter_is_tail:
         return f"promotion of {list(promoted)} not authored by the old upi tail"
     return None
+
+
+def zerf_basis_of(p: Projection) -> Projection | None:
+    """The zerf basis recorded in ``p.dbg["zerf_basis"]`` by its author, if any.
+
+    The record keeps the basis epoch number, UPI and repairing (enough for the chain and
+    shared-server rules); the rebuilt projection has ``p``'s members and witnesses.
+    """
+    raw = p.dbg.get("zerf_basis")
+    if not isinstance(raw, Mapping):
+        return None
+    try:
+        return make_projection(
+            epoch_number=int(raw["epoch_number"]), author_server=str(raw["author"]),
+            chain_name=p.chain_name, all_members=p.all_members, witnesses=p.witnesses,
+            mode=p.mode, upi=raw["upi"], repairing=raw["repairing"],
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def zerf_basis_record(basis: Projection) -> dict[str, JSON]:
+    """What :func:`zerf_basis_of` reads back (stored in the new projection's ``dbg``)."""
+    return {
+        "epoch_number": basis.epoch_number, "author": basis.author_server,
+        "upi": list(basis.upi), "repairing": list(basis.repairing),
+    }
+
+
+def is_confirmed(p: Projection) -> bool:
+    """True iff ``p`` carries the UPI-unanimity confirmation annotation (5.8) in dbg2."""
+    return bool(p.dbg2.get("confirmed"))
 
 
 def _real(p: Projection) -> tuple[str, ...]:
@@ -125,12 +162,19 @@ def transition_problem(
         if have < need:
             return f"cp: upi+repairing has {have} members, majority is {need}"
     base = p1
-    if p2.mode == "cp" and not _real(p1) and relative_to in _real(p2):
+    if p2.mode == "cp":
         if basis is None:
-            return "cp: leaving the none projection into the upi needs a zerf basis"
-        if basis.chain_name != p2.chain_name or basis.epoch_number >= p2.epoch_number:
+            basis = zerf_basis_of(p2)
+        if basis is not None and (
+            basis.chain_name != p2.chain_name or basis.epoch_number >= p2.epoch_number
+        ):
             return "cp: the zerf basis is not older than the new projection"
-        base = basis
+        if not _real(p1) and relative_to in _real(p2) and basis is None:
+            return "cp: leaving the none projection into the upi needs a zerf basis"
+        if basis is not None and (
+            not is_confirmed(p1) or basis.epoch_number >= p1.epoch_number
+        ):
+            base = basis
     problem = _chain_problem(base, p2, relative_to)
     if problem is not None:
         return problem

@@ -1,0 +1,706 @@
+"""The Humming Consensus chain manager as a pure function (reference section 5).
+
+Owns the decision core: ``step(state, event, *, now_ms, rng) -> (state, effects)`` and
+``initial_state``.  Must not: do I/O, read a clock, sleep or use global randomness.  The
+driver (daemon or simulator) is a thin loop: feed events, perform effects in order.
+
+Stages (names from Machi):
+  * monitor   -- a round reads every member's latest public and private projection (and,
+                 in CP mode, its newest confirmed private one) plus its fitness reports;
+                 a member that does not answer is unreachable this round;
+  * fitness   -- merge reports, publish mine, compute the shared up set (fitness.py);
+  * confirm   -- every UPI+repairing member uses my epoch -> annotate dbg2 ("CONFIRM
+                 epoch") and unwedge (CP: the only way to become writable);
+  * adopt     -- P_latest (best projection at the highest public epoch) is adopted when it
+                 concerns me, every store that has that epoch has the same one, every
+                 UPI+repairing member holds it, and the transition is safe;
+  * calculate -- calc.py from the basis (AP: current; CP: current if it is P_latest,
+                 otherwise the zerf basis: newest confirmed majority projection of the up
+                 servers), or the quiet projection when I am hosed;
+  * rank      -- same shape as P_latest: only read-repair it; a better or needed proposal
+                 is written (C300); a better-ranked live author is kicked and waited for
+                 (C200/C210), at most ``max_waits`` times;
+  * write     -- my proposal to every member's public store (hosed: my own store only);
+  * repair    -- the UPI tail starts repair of repairing members once the confirmed
+                 projection is ``stability_time_ms`` old; success lets calc promote them.
+The loop breaker (``loop_limit`` identical adoptions, or too many unsafe candidates)
+adopts the none projection and declares me admin-down for ``loop_hold_ms``.
+
+Driver contract: ``ScheduleTick(at_ms)`` replaces any earlier timer; ``ReadMembers``
+answers with one ``MembersRead`` (a ``Status`` for members that did not answer);
+``WritePublic`` answers with ``PublicWritten``; ``WritePrivate`` and ``SetWedge`` act on
+the local FLU (the projection store applies machi.core.wedge rules); ``StartRepair``
+answers with ``RepairDone``.  ``KickPeer`` delivers a ``Kick`` to that member's manager.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+from .calc import calc_projection
+from .epoch import EpochId
+from .fitness import Report, choose_up, merge
+from .projection import JSON, MemberSpec, Mode, Projection, make_projection
+from .rank import Rng, best_key, none_projection, rank, timer_interval_ms
+from .status import Status
+from .transition import majority, transition_problem, zerf_basis_record
+
+# ---------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    name: str
+    chain_name: str
+    mode: Mode = "ap"
+    tick_base_ms: int = 400
+    tick_spread_ms: int = 1100
+    tick_jitter_ms: int = 100
+    reread_ms: int = 50
+    kick_wait_ms: int = 250
+    round_timeout_ms: int = 5000
+    stability_time_ms: int = 3000
+    max_waits: int = 3
+    loop_limit: int = 8
+    loop_hold_ms: int = 5000
+    not_sane_limit: int = 13
+    fitness_stale_ms: int = 60_000
+    fitness_refresh_ms: int = 10_000
+    set_members_epoch_skip: int = 1111
+
+
+# ---------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """The timer fired."""
+
+
+@dataclass(frozen=True, slots=True)
+class Kick:
+    """A peer (or the local FLU after wedging itself) asks for an iteration now."""
+
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MemberView:
+    """What one member's FLU answered to a read."""
+
+    public: Projection | None
+    private: Projection | None
+    private_confirmed: Projection | None = None
+    fitness: Mapping[str, Report] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class MembersRead:
+    round_id: int
+    views: Mapping[str, MemberView | Status]
+
+
+@dataclass(frozen=True, slots=True)
+class PublicWritten:
+    round_id: int
+    epoch_number: int
+    results: Mapping[str, Status]
+
+
+@dataclass(frozen=True, slots=True)
+class RepairDone:
+    epoch_id: EpochId
+    ok: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AdminBootstrap:
+    members: tuple[str, ...]
+    witnesses: tuple[str, ...] = ()
+    members_dict: Mapping[str, MemberSpec] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AdminSetMembers:
+    members: tuple[str, ...]
+    witnesses: tuple[str, ...] | None = None
+    members_dict: Mapping[str, MemberSpec] | None = None
+
+
+Event = (
+    Tick | Kick | MembersRead | PublicWritten | RepairDone | AdminBootstrap | AdminSetMembers
+)
+
+# ---------------------------------------------------------------------------- effects
+
+
+@dataclass(frozen=True, slots=True)
+class ReadMembers:
+    round_id: int
+    members: tuple[str, ...]
+    want_confirmed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WritePublic:
+    round_id: int
+    projection: Projection
+    members: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class WritePrivate:
+    projection: Projection
+
+
+@dataclass(frozen=True, slots=True)
+class SetWedge:
+    wedged: bool
+    epoch_id: EpochId
+
+
+@dataclass(frozen=True, slots=True)
+class StartRepair:
+    projection: Projection
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleTick:
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class KickPeer:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class PublishFitness:
+    reports: Mapping[str, Report]
+
+
+@dataclass(frozen=True, slots=True)
+class Trace:
+    fields: Mapping[str, JSON]
+
+
+Effect = (
+    ReadMembers | WritePublic | WritePrivate | SetWedge | StartRepair | ScheduleTick
+    | KickPeer | PublishFitness | Trace
+)
+
+# ---------------------------------------------------------------------------- state
+
+Shape = tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...],
+              tuple[str, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class ManagerState:
+    config: Config
+    current: Projection
+    confirmed: bool = False
+    adopted_at_ms: int = 0
+    round_id: int = 0
+    round_started_ms: int | None = None
+    history: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = ()
+    waits: int = 0
+    not_sane: int = 0
+    sane_streak: int = 0
+    fitness: Mapping[str, Report] = field(default_factory=dict)
+    loop_hold_until_ms: int = 0
+    repair_epoch: EpochId | None = None
+    repair_status: str = ""
+    repair_changed_ms: int = 0
+    removed: bool = False
+    latest_epoch_seen: int = 0
+    members_hint: tuple[str, ...] = ()
+
+
+def initial_state(
+    config: Config, latest_private: Projection | None, *, now_ms: int
+) -> tuple[ManagerState, list[Effect]]:
+    """A manager starting on top of its FLU's latest private projection (or nothing)."""
+    cur = latest_private
+    if cur is None:
+        cur = none_projection(
+            epoch_number=0, author=config.name, chain_name=config.chain_name,
+            all_members=(config.name,), witnesses=(), mode=config.mode,
+        )
+    st = ManagerState(config=config, current=cur, adopted_at_ms=now_ms,
+                      latest_epoch_seen=cur.epoch_number)
+    return st, [ScheduleTick(now_ms), _trace(st, "start", now_ms)]
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _trace(st: ManagerState, what: str, now_ms: int, **extra: JSON) -> Trace:
+    p = st.current
+    d: dict[str, JSON] = {
+        "event": what, "node": st.config.name, "time_ms": now_ms,
+        "epoch": p.epoch_number, "epoch_csum": p.epoch_csum.hex()[:8],
+    }
+    d.update(extra)
+    return Trace(d)
+
+
+def _proj_fields(p: Projection) -> dict[str, JSON]:
+    return {
+        "epoch": p.epoch_number, "epoch_csum": p.epoch_csum.hex(), "author": p.author_server,
+        "upi": list(p.upi), "repairing": list(p.repairing), "down": list(p.down),
+        "witnesses": list(p.witnesses),
+    }
+
+
+def shape(p: Projection) -> Shape:
+    return (p.upi, p.repairing, p.down, p.all_members, p.witnesses)
+
+
+def _relevant(p: Projection, me: str) -> bool:
+    """B10: the projection is mine, names me in the chain, or names me as a witness."""
+    return p.author_server == me or me in p.upi or me in p.repairing or (
+        me in p.witnesses and bool(p.upi)
+    )
+
+
+def _members(st: ManagerState) -> tuple[str, ...]:
+    me = st.config.name
+    if st.removed:
+        return (me,)
+    out = list(st.current.all_members)
+    out += [m for m in st.members_hint if m not in out]
+    if me not in out:
+        out.append(me)
+    return tuple(out)
+
+
+def _interval(st: ManagerState, rng: Rng) -> int:
+    c = st.config
+    return timer_interval_ms(
+        c.name, _members(st), rng,
+        base_ms=c.tick_base_ms, spread_ms=c.tick_spread_ms, jitter_ms=c.tick_jitter_ms,
+    )
+
+
+def _quiet(st: ManagerState, epoch_number: int, *, force_none: bool) -> Projection:
+    """Hosed: AP suggests a chain of just me; CP (and the loop breaker) the none one."""
+    cur, me = st.current, st.config.name
+    if cur.mode == "ap" and not force_none and me not in cur.witnesses:
+        return make_projection(
+            epoch_number=epoch_number, author_server=me, chain_name=cur.chain_name,
+            all_members=cur.all_members, witnesses=cur.witnesses, mode=cur.mode,
+            upi=(me,), repairing=(), down=[m for m in cur.all_members if m != me],
+            members_dict=cur.members_dict, dbg={"hosed": True},
+        )
+    return none_projection(
+        epoch_number=epoch_number, author=me, chain_name=cur.chain_name,
+        all_members=cur.all_members, witnesses=cur.witnesses, mode=cur.mode,
+        dbg={"hosed": True},
+    )
+
+
+def _is_my_quiet(p: Projection, me: str) -> bool:
+    """My own hosed suggestion: none, or (AP) a chain of just me."""
+    return p.author_server == me and not p.repairing and p.upi in ((), (me,))
+
+
+def _lacking(p: Projection, views: Mapping[str, MemberView]) -> tuple[str, ...]:
+    """Members whose public store (as far as I know) has nothing at p's epoch yet."""
+    out = []
+    for n in p.all_members:
+        v = views.get(n)
+        if v is None or v.public is None or v.public.epoch_number < p.epoch_number:
+            out.append(n)
+    return tuple(out)
+
+
+def _unanimous(p: Projection, views: Mapping[str, MemberView]) -> bool:
+    """A21: every store at p's epoch holds p, and every UPI+repairing member holds it."""
+    for v in views.values():
+        if v.public is not None and v.public.epoch_number == p.epoch_number and v.public != p:
+            return False
+    holders = {n for n, v in views.items() if v.public is not None and v.public == p}
+    return (set(p.upi) | set(p.repairing)) <= holders
+
+
+# ---------------------------------------------------------------------------- step
+
+
+def step(
+    state: ManagerState, event: Event, *, now_ms: int, rng: Rng
+) -> tuple[ManagerState, list[Effect]]:
+    """Apply one event; returns the new state and the effects to perform in order."""
+    if isinstance(event, (Tick, Kick)):
+        return _start_round(state, now_ms, rng)
+    if isinstance(event, MembersRead):
+        return _on_read(state, event, now_ms, rng)
+    if isinstance(event, PublicWritten):
+        bad = sorted(n for n, s in event.results.items() if s != Status.OK)
+        return state, [_trace(state, "public_written", now_ms, written=event.epoch_number,
+                              failed=bad)]
+    if isinstance(event, RepairDone):
+        return _on_repair_done(state, event, now_ms)
+    if isinstance(event, AdminBootstrap):
+        return _on_bootstrap(state, event, now_ms)
+    if isinstance(event, AdminSetMembers):
+        return _on_set_members(state, event, now_ms)
+    raise TypeError(f"unknown chain manager event {event!r}")
+
+
+def _start_round(st: ManagerState, now: int, rng: Rng) -> tuple[ManagerState, list[Effect]]:
+    c = st.config
+    if st.round_started_ms is not None and now - st.round_started_ms < c.round_timeout_ms:
+        return st, [ScheduleTick(st.round_started_ms + c.round_timeout_ms)]
+    st = replace(st, round_id=st.round_id + 1, round_started_ms=now)
+    return st, [
+        ReadMembers(st.round_id, _members(st), want_confirmed=st.current.mode == "cp"),
+        ScheduleTick(now + c.round_timeout_ms),
+    ]
+
+
+def _on_read(
+    st: ManagerState, ev: MembersRead, now: int, rng: Rng
+) -> tuple[ManagerState, list[Effect]]:
+    if ev.round_id != st.round_id or st.round_started_ms is None:
+        return st, [_trace(st, "stale_read", now, round=ev.round_id)]
+    st = replace(st, round_started_ms=None)
+    me = st.config.name
+    views = {n: v for n, v in ev.views.items() if isinstance(v, MemberView)}
+    if me not in views:
+        return st, [_trace(st, "own_store_unreadable", now), ScheduleTick(now + _interval(st, rng))]
+    unreachable = frozenset(n for n in ev.views if n not in views)
+    st, effects = _update_fitness(st, views, unreachable, now)
+    publics = [v.public for v in views.values() if v.public is not None]
+    latest = max(publics, key=best_key) if publics else None
+    if latest is not None:
+        hint: tuple[str, ...] = ()
+        if me in latest.all_members:
+            hint = tuple(m for m in latest.all_members if m not in st.current.all_members)
+        st = replace(st, latest_epoch_seen=max(st.latest_epoch_seen, latest.epoch_number),
+                     members_hint=hint)
+        if (
+            latest.epoch_number > st.current.epoch_number and latest.all_members
+            and me not in latest.all_members
+        ):
+            if not st.removed:
+                return _self_remove(st, latest, now, rng, effects)
+        elif st.removed and me in latest.all_members:
+            st = replace(st, removed=False)
+            effects.append(_trace(st, "rejoin", now, latest=latest.epoch_number))
+    if st.removed:
+        return st, [*effects, ScheduleTick(now + _interval(st, rng))]
+    st, more = _maybe_confirm(st, views, now)
+    effects += more
+    st, more = _decide(st, views, latest, now, rng)
+    return st, effects + more
+
+
+def _update_fitness(
+    st: ManagerState, views: Mapping[str, MemberView], unreachable: frozenset[str], now: int
+) -> tuple[ManagerState, list[Effect]]:
+    c = st.config
+    merged = merge(st.fitness, *(v.fitness for v in views.values()))
+    mine = merged.get(c.name)
+    if (
+        mine is None or mine.unreachable != unreachable
+        or mine.admin_down_until_ms != st.loop_hold_until_ms
+        or now - mine.time_ms >= c.fitness_refresh_ms
+    ):
+        merged[c.name] = Report(c.name, now, unreachable, st.loop_hold_until_ms)
+    keep = set(_members(st))
+    merged = {o: r for o, r in merged.items()
+              if o in keep and now - r.time_ms <= 2 * c.fitness_stale_ms}
+    effects: list[Effect] = []
+    if merged != dict(st.fitness):
+        effects.append(PublishFitness(merged))
+    return replace(st, fitness=merged), effects
+
+
+def _self_remove(
+    st: ManagerState, latest: Projection, now: int, rng: Rng, effects: list[Effect]
+) -> tuple[ManagerState, list[Effect]]:
+    """A20: the administrator removed me: wedge and adopt the none projection."""
+    cur = st.current
+    none = none_projection(
+        epoch_number=latest.epoch_number, author=st.config.name, chain_name=cur.chain_name,
+        all_members=cur.all_members, witnesses=cur.witnesses, mode=cur.mode,
+        dbg={"removed_at": latest.epoch_number},
+    )
+    st = replace(st, current=none, confirmed=False, adopted_at_ms=now, removed=True)
+    return st, [
+        *effects, SetWedge(True, cur.epoch_id), WritePrivate(none),
+        _trace(st, "removed", now, **_proj_fields(none)),
+        ScheduleTick(now + _interval(st, rng)),
+    ]
+
+
+def _maybe_confirm(
+    st: ManagerState, views: Mapping[str, MemberView], now: int
+) -> tuple[ManagerState, list[Effect]]:
+    """5.8: every UPI+repairing member uses my epoch -> annotate and unwedge."""
+    cur = st.current
+    if st.confirmed or cur.is_none() or cur.epoch_number == 0:
+        return st, []
+    for n in set(cur.upi) | set(cur.repairing):
+        v = views.get(n)
+        if v is None or v.private is None or v.private.epoch_id != cur.epoch_id:
+            return st, []
+    dbg2 = dict(cur.dbg2)
+    dbg2.update({"confirmed": True, "confirmed_by": st.config.name, "confirmed_ms": now})
+    annotated = cur.with_dbg2(dbg2)
+    st = replace(st, current=annotated, confirmed=True)
+    return st, [
+        WritePrivate(annotated), SetWedge(False, cur.epoch_id),
+        _trace(st, "confirm", now, **_proj_fields(cur)),
+    ]
+
+
+def _basis(
+    st: ManagerState, views: Mapping[str, MemberView], latest: Projection | None,
+    up: frozenset[str],
+) -> tuple[Projection | None, bool]:
+    """(basis, is_zerf).  CP: don't trust a local current that is not P_latest (A29)."""
+    cur = st.current
+    if cur.mode == "ap" or (latest is not None and latest == cur):
+        return cur, False
+    members = cur.all_members
+    if len(up) < majority(len(members)):
+        return None, True
+    cands = [v.private_confirmed for n, v in views.items()
+             if n in up and v.private_confirmed is not None]
+    if st.confirmed:
+        cands.append(cur)
+    good = [
+        p for p in cands
+        if p.chain_name == cur.chain_name and p.mode == "cp" and p.upi_non_witnesses
+        and len(set(p.upi) | set(p.repairing)) >= majority(len(p.all_members))
+    ]
+    if good:
+        best = max(good, key=best_key)
+        if best.all_members != members:
+            best = best.evolve(all_members=members, witnesses=cur.witnesses,
+                               upi=[m for m in best.upi if m in members],
+                               repairing=[m for m in best.repairing if m in members],
+                               down=[m for m in best.down if m in members],
+                               members_dict=cur.members_dict)
+        return best, True
+    # Nobody in an up majority ever confirmed anything: no data can exist (CP writes
+    # need a confirmed epoch), so every real server may form the chain.
+    return make_projection(
+        epoch_number=cur.epoch_number, author_server=st.config.name,
+        chain_name=cur.chain_name, all_members=members, witnesses=cur.witnesses,
+        mode="cp", upi=[m for m in members if m not in cur.witnesses], repairing=(),
+        members_dict=cur.members_dict, dbg={"all_projection": True},
+    ), True
+
+
+def _decide(
+    st: ManagerState, views: Mapping[str, MemberView], latest: Projection | None, now: int,
+    rng: Rng,
+) -> tuple[ManagerState, list[Effect]]:
+    c, cur, me = st.config, st.current, st.config.name
+    effects: list[Effect] = []
+    if cur.epoch_number == 0 and (
+        latest is None or not _relevant(latest, me) or not _unanimous(latest, views)
+    ):
+        # Not configured yet: never propose; help a bootstrap/admin projection along.
+        if latest is None or not _relevant(latest, me):
+            return st, [ScheduleTick(now + _interval(st, rng))]
+        lacking = _lacking(latest, views)
+        return st, [WritePublic(st.round_id, latest, lacking), ScheduleTick(now + c.reread_ms)]
+    up = choose_up(cur.all_members, st.fitness, now_ms=now, stale_ms=c.fitness_stale_ms)
+    holding = now < st.loop_hold_until_ms
+    hosed = me not in up or holding
+    unsafe = False
+    # ---- adopt
+    if (
+        latest is not None and latest != cur and latest.epoch_number >= cur.epoch_number
+        and _relevant(latest, me) and _unanimous(latest, views)
+        and (not hosed or _is_my_quiet(latest, me))
+    ):
+        problem = transition_problem(cur, latest, relative_to=me)
+        if problem is None:
+            return _adopt(st, latest, now, rng)
+        unsafe = True
+        st = replace(st, not_sane=st.not_sane + 1, sane_streak=0)
+        effects.append(_trace(st, "insane", now, problem=problem, candidate=latest.epoch_number))
+        if st.not_sane > c.not_sane_limit:
+            return _loop_break(st, latest, now, rng, effects, "not_sane")
+    # ---- calculate
+    epoch = max(cur.epoch_number, st.latest_epoch_seen) + 1
+    own = views[me].public
+    wedged_by_public = own is not None and own.epoch_number > cur.epoch_number
+    if hosed:
+        newprop = _quiet(st, epoch, force_none=holding)
+        if (newprop.upi, newprop.repairing) == (cur.upi, cur.repairing) and not (
+            wedged_by_public and cur.mode == "ap"
+        ):
+            return st, [*effects, ScheduleTick(now + _interval(st, rng))]
+    else:
+        basis, zerf = _basis(st, views, latest, up)
+        if basis is None:
+            newprop = none_projection(
+                epoch_number=epoch, author=me, chain_name=cur.chain_name,
+                all_members=cur.all_members, witnesses=cur.witnesses, mode=cur.mode,
+                dbg={"none_reason": "no majority up"},
+            )
+        else:
+            dbg: dict[str, JSON] = {"zerf_basis": zerf_basis_record(basis)} if zerf else {}
+            repair_ok = st.repair_epoch == basis.epoch_id and st.repair_status == "ok"
+            newprop = calc_projection(basis, me=me, up=up, epoch_number=epoch,
+                                      repair_ok=repair_ok, creation_time_ms=now, dbg=dbg)
+    # ---- rank / write
+    if latest is not None and shape(latest) == shape(newprop) and not unsafe:
+        if latest == cur:
+            st, more = _maybe_repair(st, now)
+            return replace(st, waits=0), [*effects, *more,
+                                          ScheduleTick(now + _interval(st, rng))]
+        lacking = tuple(n for n in _lacking(latest, views) if n in views)
+        if lacking and not hosed:
+            effects.append(WritePublic(st.round_id, latest, lacking))
+            effects.append(_trace(st, "read_repair", now, to=list(lacking),
+                                  latest=latest.epoch_number))
+            return st, [*effects, ScheduleTick(now + c.reread_ms)]
+        return st, [*effects, ScheduleTick(now + _interval(st, rng))]
+    if (
+        not hosed and latest is not None and not _relevant(latest, me)
+        and shape(newprop) == shape(cur) and not cur.is_none() and not wedged_by_public
+    ):
+        st, more = _maybe_repair(st, now)
+        return st, [*effects, *more, ScheduleTick(now + _interval(st, rng))]
+    must_write = (
+        latest is None or hosed or unsafe or rank(newprop) > rank(latest)
+        or latest.author_server == me or latest.author_server not in up
+        or latest.epoch_number < cur.epoch_number or st.waits >= c.max_waits
+    )
+    if not must_write:
+        assert latest is not None
+        st = replace(st, waits=st.waits + 1)
+        return st, [
+            *effects, KickPeer(latest.author_server),
+            _trace(st, "wait", now, author=latest.author_server, latest=latest.epoch_number),
+            ScheduleTick(now + c.kick_wait_ms),
+        ]
+    targets = (me,) if hosed else tuple(newprop.all_members)
+    st = replace(st, waits=0, latest_epoch_seen=newprop.epoch_number)
+    return st, [
+        *effects, WritePublic(st.round_id, newprop, targets),
+        _trace(st, "propose", now, **_proj_fields(newprop)),
+        ScheduleTick(now + c.reread_ms),
+    ]
+
+
+def _adopt(
+    st: ManagerState, p: Projection, now: int, rng: Rng
+) -> tuple[ManagerState, list[Effect]]:
+    """C110/C120: write p to my private store; count the history for the loop breaker."""
+    c, me = st.config, st.config.name
+    hist = (*st.history, (p.upi, p.repairing))[-c.loop_limit:]
+    streak = st.sane_streak + 1
+    st = replace(
+        st, current=p, confirmed=False, adopted_at_ms=now, history=hist, waits=0,
+        sane_streak=streak, not_sane=0 if streak > 3 else st.not_sane,
+    )
+    effects: list[Effect] = [WritePrivate(p), _trace(st, "adopt", now, **_proj_fields(p))]
+    trivial = (p.upi, p.repairing) in (((), ()), ((me,), ()))
+    if len(hist) == c.loop_limit and len(set(hist)) == 1 and not trivial:
+        return _loop_break(st, p, now, rng, effects, "loop")
+    return st, [*effects, ScheduleTick(now + c.reread_ms)]
+
+
+def _loop_break(
+    st: ManagerState, latest: Projection, now: int, rng: Rng, effects: list[Effect],
+    why: str,
+) -> tuple[ManagerState, list[Effect]]:
+    """C103: adopt the none projection and declare myself down for a while."""
+    c, cur = st.config, st.current
+    epoch = max(cur.epoch_number, latest.epoch_number, st.latest_epoch_seen) + 1
+    none = none_projection(
+        epoch_number=epoch, author=c.name, chain_name=cur.chain_name,
+        all_members=cur.all_members, witnesses=cur.witnesses, mode=cur.mode,
+        dbg={"loop_breaker": why},
+    )
+    st = replace(
+        st, loop_hold_until_ms=now + c.loop_hold_ms, history=(), not_sane=0,
+        latest_epoch_seen=epoch,
+    )
+    return st, [
+        *effects, WritePublic(st.round_id, none, (c.name,)),
+        _trace(st, "loop_breaker", now, why=why, hold_ms=c.loop_hold_ms),
+        ScheduleTick(now + c.reread_ms),
+    ]
+
+
+def _maybe_repair(st: ManagerState, now: int) -> tuple[ManagerState, list[Effect]]:
+    """6.1: the UPI tail repairs once the confirmed projection has been stable a while."""
+    cur, c = st.current, st.config
+    if not st.confirmed or not cur.repairing or cur.tail != c.name:
+        return st, []
+    if st.repair_epoch == cur.epoch_id and (
+        st.repair_status in ("running", "ok")
+        or now - st.repair_changed_ms < c.stability_time_ms
+    ):
+        return st, []
+    if now - st.adopted_at_ms < c.stability_time_ms:
+        return st, []
+    st = replace(st, repair_epoch=cur.epoch_id, repair_status="running",
+                 repair_changed_ms=now)
+    return st, [StartRepair(cur), _trace(st, "repair_start", now,
+                                          repairing=list(cur.repairing))]
+
+
+def _on_repair_done(
+    st: ManagerState, ev: RepairDone, now: int
+) -> tuple[ManagerState, list[Effect]]:
+    if ev.epoch_id != st.repair_epoch:
+        return st, [_trace(st, "repair_stale", now, ok=ev.ok)]
+    st = replace(st, repair_status="ok" if ev.ok else "failed", repair_changed_ms=now)
+    return st, [_trace(st, "repair_done", now, ok=ev.ok, detail=ev.detail),
+                ScheduleTick(now + st.config.reread_ms)]
+
+
+def _on_bootstrap(
+    st: ManagerState, ev: AdminBootstrap, now: int
+) -> tuple[ManagerState, list[Effect]]:
+    c = st.config
+    if st.current.epoch_number != 0 or c.name not in ev.members:
+        return st, [_trace(st, "bootstrap_refused", now,
+                           reason="already configured" if st.current.epoch_number
+                           else "I am not a member")]
+    p = make_projection(
+        epoch_number=max(1, st.latest_epoch_seen + 1), author_server=c.name,
+        chain_name=c.chain_name, all_members=ev.members, witnesses=ev.witnesses,
+        mode=c.mode, upi=[m for m in ev.members if m not in ev.witnesses],
+        members_dict=ev.members_dict, creation_time_ms=now, dbg={"bootstrap": True},
+    )
+    st = replace(st, latest_epoch_seen=p.epoch_number, members_hint=tuple(ev.members))
+    return st, [WritePublic(st.round_id, p, tuple(ev.members)),
+                _trace(st, "bootstrap", now, **_proj_fields(p)), ScheduleTick(now)]
+
+
+def _on_set_members(
+    st: ManagerState, ev: AdminSetMembers, now: int
+) -> tuple[ManagerState, list[Effect]]:
+    c, cur = st.config, st.current
+    if c.name not in ev.members or cur.epoch_number == 0:
+        return st, [_trace(st, "set_members_refused", now,
+                           reason="send it to a configured member that stays")]
+    wit = cur.witnesses if ev.witnesses is None else ev.witnesses
+    md = dict(cur.members_dict if ev.members_dict is None else ev.members_dict)
+    md = {n: s for n, s in md.items() if n in ev.members}
+    upi = [m for m in cur.upi if m in ev.members]
+    rep = [m for m in cur.repairing if m in ev.members and m not in wit]
+    rep += [m for m in ev.members if m not in upi and m not in rep and m not in wit]
+    p = make_projection(
+        epoch_number=max(cur.epoch_number, st.latest_epoch_seen) + c.set_members_epoch_skip,
+        author_server=c.name, chain_name=cur.chain_name, all_members=ev.members,
+        witnesses=wit, mode=cur.mode, upi=upi, repairing=rep, members_dict=md,
+        creation_time_ms=now, dbg={"set_members": True},
+    )
+    targets = tuple(dict.fromkeys((*cur.all_members, *ev.members)))
+    st = replace(st, latest_epoch_seen=p.epoch_number, members_hint=tuple(ev.members))
+    return st, [WritePublic(st.round_id, p, targets),
+                _trace(st, "set_members", now, **_proj_fields(p)), ScheduleTick(now)]

@@ -1,0 +1,541 @@
+"""The deterministic cluster: N chain managers, in-memory FLUs, one-way links, clients.
+
+Owns the discrete-event loop (integer milliseconds, one heap, one seed), the directed
+network (a cut link ``(a, b)`` loses every message from a to b: a's requests to b, and
+b's replies to a's requests travel b->a, so a cut a->b alone lets b's writes land on a
+while b never hears the answer -- Machi's one-way partitions at message level), the
+driver of ``machi.core.chain_manager.step`` (feed events, perform effects), the
+simulated Chain Replication client, the simulated repair and the invariant checks after
+every event.  Must not: make any decision that belongs to the chain manager.
+
+Invariants (violations are collected as strings, never raised):
+  * each node's adopted (private) epochs strictly increase (none -> none may repeat);
+  * every adopted transition is safe (machi.core.transition, relative to the adopter);
+  * at one epoch number no node sits in two different UPIs;
+  * CP: no two different projections with non-empty UPIs are confirmed (serving data)
+    at one epoch; a read of an acknowledged chunk from a serving tail returns its bytes;
+  * any mode: one place (file, offset) never holds two different values on two FLUs.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from machi.core import chain_manager as cm
+from machi.core.chain_manager import (
+    AdminBootstrap,
+    Config,
+    Effect,
+    Event,
+    ManagerState,
+    MembersRead,
+    MemberView,
+    RepairDone,
+)
+from machi.core.epoch import EpochId
+from machi.core.projection import Mode, Projection
+from machi.core.status import Status
+from machi.core.transition import transition_problem
+
+from .flu import SimFlu
+
+
+def sim_config(name: str, chain: str, mode: Mode) -> Config:
+    """Chain-manager timing scaled for the simulator (same ratios as the daemon)."""
+    return Config(
+        name=name, chain_name=chain, mode=mode, tick_base_ms=100, tick_spread_ms=200,
+        tick_jitter_ms=20, reread_ms=10, kick_wait_ms=40, round_timeout_ms=200,
+        stability_time_ms=300, loop_hold_ms=1500, fitness_stale_ms=20_000,
+        fitness_refresh_ms=3_000,
+    )
+
+
+@dataclass
+class _Batch:
+    members: tuple[str, ...]
+    views: dict[str, MemberView] = field(default_factory=dict)
+    done: bool = False
+
+
+@dataclass
+class Stats:
+    appends_ok: int = 0
+    appends_fail: int = 0
+    appends_info: int = 0
+    reads_ok: int = 0
+    reads_fail: int = 0
+    repairs_ok: int = 0
+    repairs_failed: int = 0
+    events: int = 0
+
+
+class Cluster:
+    def __init__(
+        self,
+        names: list[str],
+        *,
+        mode: Mode,
+        seed: int,
+        witnesses: tuple[str, ...] = (),
+        chain: str = "c1",
+        delay_ms_max: int = 5,
+        read_timeout_ms: int = 25,
+        repair_ms: int = 20,
+        client_interval_ms: int = 0,
+        on_adopt: Callable[[dict[str, Any]], None] | None = None,
+        on_change: Callable[[str], None] | None = None,
+        on_trace: Callable[[Any], None] | None = None,
+    ) -> None:
+        self.on_trace = on_trace
+        self.names = list(names)
+        self.mode: Mode = mode
+        self.witnesses = tuple(witnesses)
+        self.chain = chain
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.delay_ms_max = delay_ms_max
+        self.read_timeout_ms = read_timeout_ms
+        self.repair_ms = repair_ms
+        self.client_interval_ms = client_interval_ms
+        self.on_adopt = on_adopt
+        self.on_change = on_change
+        self.now = 0
+        self._seq = 0
+        self._queue: list[tuple[int, int, str, tuple[Any, ...]]] = []
+        self.flus = {n: SimFlu(n, witness=n in self.witnesses) for n in names}
+        self.mgr: dict[str, ManagerState | None] = {n: None for n in names}
+        self.mgr_rng = {n: random.Random(f"{seed}/{n}") for n in names}
+        self.incarnation = {n: 0 for n in names}
+        self.tick_gen = {n: 0 for n in names}
+        self.batches: dict[tuple[str, int, int], _Batch] = {}
+        self.cut: set[tuple[str, str]] = set()
+        self.violations: list[str] = []
+        self.acked: dict[tuple[str, int], bytes] = {}
+        self.stats = Stats()
+        self.adoptions: list[dict[str, Any]] = []
+        self._by_epoch_upi: dict[tuple[int, str], EpochId] = {}
+        self._confirmed: dict[int, EpochId] = {}
+        self._client_seq = 0
+        for n in names:
+            self._start(n)
+        if client_interval_ms:
+            self._push(client_interval_ms, "client", ())
+
+    # ---- event queue ------------------------------------------------------------------
+    def _push(self, at: int, kind: str, payload: tuple[Any, ...]) -> None:
+        self._seq += 1
+        heapq.heappush(self._queue, (max(at, self.now), self._seq, kind, payload))
+
+    def _delay(self) -> int:
+        return self.rng.randint(1, self.delay_ms_max)
+
+    def run_until(self, t_end: int) -> None:
+        while self._queue and self._queue[0][0] <= t_end:
+            at, _, kind, payload = heapq.heappop(self._queue)
+            self.now = at
+            self.stats.events += 1
+            getattr(self, "_ev_" + kind)(*payload)
+        self.now = max(self.now, t_end)
+
+    # ---- network ----------------------------------------------------------------------
+    def link_ok(self, src: str, dst: str) -> bool:
+        return src == dst or (src, dst) not in self.cut
+
+    def alive(self, n: str) -> bool:
+        return self.mgr[n] is not None
+
+    def set_partitions(self, pairs: set[tuple[str, str]]) -> None:
+        self.cut = set(pairs)
+        self._change(f"partitions {sorted(self.cut)}")
+
+    def _change(self, what: str) -> None:
+        if self.on_change is not None:
+            self.on_change(f"{self.now:>8} {'-':<6} {what}")
+
+    # ---- node lifecycle ---------------------------------------------------------------
+    def _start(self, n: str) -> None:
+        self.incarnation[n] += 1
+        self.flus[n].restart()
+        st, effects = cm.initial_state(
+            sim_config(n, self.chain, self.mode), self.flus[n].latest("private"),
+            now_ms=self.now,
+        )
+        self.mgr[n] = st
+        self._perform_all(n, effects)
+
+    def crash(self, n: str) -> None:
+        if self.mgr[n] is not None:
+            self.mgr[n] = None
+            self._change(f"crash {n}")
+
+    def restart(self, n: str) -> None:
+        if self.mgr[n] is None:
+            self._start(n)
+            self._change(f"restart {n}")
+
+    def admin(self, n: str, event: Event) -> None:
+        self._feed(n, event)
+
+    def bootstrap(self, via: str | None = None) -> None:
+        self.admin(via or self.names[0], AdminBootstrap(tuple(self.names), self.witnesses))
+
+    # ---- driver -----------------------------------------------------------------------
+    def _feed(self, n: str, event: Event) -> None:
+        st = self.mgr[n]
+        if st is None:
+            return
+        st, effects = cm.step(st, event, now_ms=self.now, rng=self.mgr_rng[n])
+        self.mgr[n] = st
+        self._perform_all(n, effects)
+
+    def _perform_all(self, n: str, effects: list[Effect]) -> None:
+        for e in effects:
+            self._perform(n, e)
+
+    def _perform(self, n: str, e: Effect) -> None:
+        inc = self.incarnation[n]
+        flu = self.flus[n]
+        if isinstance(e, cm.ScheduleTick):
+            self.tick_gen[n] += 1
+            self._push(e.at_ms, "tick", (n, inc, self.tick_gen[n]))
+        elif isinstance(e, cm.ReadMembers):
+            self._read_members(n, inc, e)
+        elif isinstance(e, cm.WritePublic):
+            for m in e.members:
+                if m == n:
+                    flu.write_projection("public", e.projection)
+                elif m in self.flus and self.link_ok(n, m):
+                    self._push(self.now + self._delay(), "write_req", (m, e.projection))
+        elif isinstance(e, cm.WritePrivate):
+            self._adopt(n, e.projection)
+        elif isinstance(e, cm.SetWedge):
+            flu.set_wedge(e.wedged, e.epoch_id)
+            if not e.wedged:
+                self._check_confirmed(n, e.epoch_id)
+        elif isinstance(e, cm.StartRepair):
+            self._push(self.now + self.repair_ms, "repair", (n, inc, e.projection))
+        elif isinstance(e, cm.KickPeer):
+            if e.name in self.flus and self.link_ok(n, e.name):
+                self._push(self.now + self._delay(), "kick", (e.name, n))
+        elif isinstance(e, cm.PublishFitness):
+            flu.fitness = dict(e.reports)
+        elif isinstance(e, cm.Trace):
+            if self.on_trace is not None:
+                self.on_trace(e.fields)
+        else:  # pragma: no cover - a new effect type needs a driver line
+            raise TypeError(f"unhandled effect {e!r}")
+
+    def _read_members(self, n: str, inc: int, e: cm.ReadMembers) -> None:
+        key = (n, inc, e.round_id)
+        batch = _Batch(e.members)
+        self.batches[key] = batch
+        for m in e.members:
+            if m == n:
+                batch.views[m] = self.flus[m].view(want_confirmed=e.want_confirmed)
+            elif m in self.flus and self.link_ok(n, m):
+                self._push(self.now + self._delay(), "read_req", (key, m, e.want_confirmed))
+        self._push(self.now + self.read_timeout_ms, "read_done", (key,))
+        self._maybe_finish(key)
+
+    def _ev_read_req(self, key: tuple[str, int, int], m: str, want: bool) -> None:
+        if not self.alive(m):
+            return
+        view = self.flus[m].view(want_confirmed=want)
+        if self.link_ok(m, key[0]):
+            self._push(self.now + self._delay(), "read_reply", (key, m, view))
+
+    def _ev_read_reply(self, key: tuple[str, int, int], m: str, view: MemberView) -> None:
+        batch = self.batches.get(key)
+        if batch is not None and not batch.done:
+            batch.views[m] = view
+            self._maybe_finish(key)
+
+    def _maybe_finish(self, key: tuple[str, int, int]) -> None:
+        batch = self.batches[key]
+        if len(batch.views) == len(batch.members):
+            self._ev_read_done(key)
+
+    def _ev_read_done(self, key: tuple[str, int, int]) -> None:
+        batch = self.batches.pop(key, None)
+        if batch is None or batch.done:
+            return
+        batch.done = True
+        n, inc, round_id = key
+        if self.incarnation[n] != inc:
+            return
+        views: dict[str, MemberView | Status] = {
+            m: batch.views.get(m, Status.PARTITION) for m in batch.members
+        }
+        self._feed(n, MembersRead(round_id, views))
+
+    def _ev_write_req(self, m: str, p: Projection) -> None:
+        if self.alive(m):
+            self.flus[m].write_projection("public", p)
+
+    def _ev_tick(self, n: str, inc: int, gen: int) -> None:
+        if self.incarnation[n] == inc and self.tick_gen[n] == gen:
+            self._feed(n, cm.Tick())
+
+    def _ev_kick(self, n: str, src: str) -> None:
+        self._feed(n, cm.Kick(src))
+
+    # ---- adoption invariants ----------------------------------------------------------
+    def _violation(self, what: str) -> None:
+        self.violations.append(f"t={self.now} {what}")
+        self._change(f"VIOLATION {what}")
+
+    def _adopt(self, n: str, p: Projection) -> None:
+        flu = self.flus[n]
+        prev = flu.latest("private")
+        st = flu.write_projection("private", p)
+        if st != Status.OK:
+            self._violation(f"{n}: private write of epoch {p.epoch_number} -> {st.name}")
+            return
+        if prev is not None and prev.epoch_id == p.epoch_id:
+            return  # a dbg2 rewrite (confirmation annotation)
+        if prev is not None:
+            if p.epoch_number < prev.epoch_number or (
+                p.epoch_number == prev.epoch_number and not (prev.is_none() and p.is_none())
+            ):
+                self._violation(f"{n}: epoch {prev.epoch_number} -> {p.epoch_number}")
+            problem = transition_problem(prev, p, relative_to=n)
+            if problem is not None:
+                self._violation(f"{n}: unsafe transition {prev.epoch_number} -> "
+                                f"{p.epoch_number}: {problem}")
+        for u in p.upi:
+            seen = self._by_epoch_upi.setdefault((p.epoch_number, u), p.epoch_id)
+            if seen != p.epoch_id:
+                self._violation(f"{u} in two different upis at epoch {p.epoch_number}")
+        rec = {
+            "node": n, "epoch": p.epoch_number, "epoch_csum": p.epoch_csum.hex(),
+            "author": p.author_server, "upi": list(p.upi), "repairing": list(p.repairing),
+            "down": list(p.down), "witnesses": list(p.witnesses), "tick": self.now,
+        }
+        self.adoptions.append(rec)
+        if len(self.adoptions) > 100_000:
+            del self.adoptions[:50_000]
+        if self.on_adopt is not None:
+            self.on_adopt(rec)
+
+    def _check_confirmed(self, n: str, epoch_id: EpochId) -> None:
+        flu = self.flus[n]
+        p = flu.private.get(epoch_id.number)
+        if p is None or flu.state.wedged or self.mode != "cp" or not p.upi:
+            return
+        seen = self._confirmed.setdefault(epoch_id.number, epoch_id)
+        if seen != epoch_id:
+            self._violation(f"two confirmed projections at epoch {epoch_id.number}")
+        self._change(f"confirm {n} epoch {epoch_id.short()} upi={list(p.upi)}")
+
+    # ---- repair -----------------------------------------------------------------------
+    def _ev_repair(self, n: str, inc: int, p: Projection) -> None:
+        if self.incarnation[n] != inc or not self.alive(n):
+            return
+        ok, detail = self._repair(n, p)
+        if ok:
+            self.stats.repairs_ok += 1
+        else:
+            self.stats.repairs_failed += 1
+        self._feed(n, RepairDone(p.epoch_id, ok, detail))
+
+    def _repair(self, n: str, p: Projection) -> tuple[bool, str]:
+        cur = self.flus[n].latest("private")
+        if cur is None or cur.epoch_id != p.epoch_id:
+            return False, "tail moved to another epoch"
+        parts = [m for m in p.upi + p.repairing if m not in p.witnesses]
+        for m in parts:
+            if m == n:
+                continue
+            if not (self.alive(m) and self.link_ok(n, m) and self.link_ok(m, n)):
+                return False, f"{m} unreachable"
+            mp = self.flus[m].latest("private")
+            if mp is None or mp.epoch_id != p.epoch_id:
+                return False, f"{m} not in the same epoch"
+        if p.mode == "ap":
+            return self._repair_union(parts)
+        return self._repair_from_tail(n, [m for m in p.repairing if m not in p.witnesses])
+
+    def _repair_union(self, parts: list[str]) -> tuple[bool, str]:
+        union: dict[tuple[str, int], bytes] = {}
+        for m in parts:
+            for f, chunks in self.flus[m].chunks.items():
+                for off, data in chunks.items():
+                    old = union.setdefault((f, off), data)
+                    if old != data:
+                        self._violation(f"repair: two values at {f}@{off}")
+                        return False, "conflict"
+        for m in parts:
+            store = self.flus[m].chunks
+            for (f, off), data in union.items():
+                store.setdefault(f, {}).setdefault(off, data)
+        return True, f"union of {len(union)} chunks"
+
+    def _repair_from_tail(self, tail: str, repairing: list[str]) -> tuple[bool, str]:
+        src = self.flus[tail].chunks
+        for m in repairing:
+            dst = self.flus[m].chunks
+            for f, chunks in src.items():
+                for off, data in chunks.items():
+                    have = dst.get(f, {}).get(off)
+                    if have is not None and have != data:
+                        self._violation(f"repair: {m} holds other bytes at {f}@{off}")
+                        return False, "conflict"
+            # make the repairing copy match the tail: add missing, un-write extra bytes
+            self.flus[m].chunks = {f: dict(c) for f, c in src.items()}
+        return True, f"{len(repairing)} copies match the tail"
+
+    # ---- clients ----------------------------------------------------------------------
+    def _ev_client(self) -> None:
+        live = [n for n in self.names if self.alive(n) and n not in self.witnesses]
+        if live:
+            loc = self.rng.choice(live)
+            if self.acked and self.rng.random() < 0.3:
+                self.client_read(loc)
+            else:
+                self.client_append(loc)
+        self._push(self.now + self.client_interval_ms, "client", ())
+
+    def _req(self, loc: str, m: str) -> bool:
+        return self.alive(m) and self.link_ok(loc, m)
+
+    def _discover(self, loc: str) -> Projection | None:
+        best: Projection | None = None
+        for m in self.names:
+            if self._req(loc, m) and self.link_ok(m, loc):
+                p = self.flus[m].latest("private")
+                if p is not None and p.upi_non_witnesses and (
+                    best is None or (p.epoch_number, p.epoch_csum)
+                    > (best.epoch_number, best.epoch_csum)
+                ):
+                    best = p
+        return best
+
+    def _witnesses_ok(self, loc: str, p: Projection) -> bool:
+        for w in p.upi:
+            if w in p.witnesses:
+                st = self.flus[w].state
+                if not (self._req(loc, w) and self.link_ok(w, loc)) or st.wedged or (
+                    st.epoch_id != p.epoch_id
+                ):
+                    return False
+        return True
+
+    def client_append(self, loc: str, prefix: str = "p") -> str:
+        """Append through the chain from ``loc``; returns "ok", "fail" or "info"."""
+        self._client_seq += 1
+        data = f"{self.seed}:{self._client_seq}".encode()
+        outcome = "fail"
+        for _attempt in range(3):
+            p = self._discover(loc)
+            if p is None or not self._witnesses_ok(loc, p):
+                continue
+            chain = p.mutation_chain
+            head = chain[0]
+            if not self._req(loc, head):
+                continue
+            st, fname, off = self.flus[head].append(p.epoch_id, prefix, data)
+            if st != Status.OK:
+                continue
+            if not self.link_ok(head, loc):
+                outcome = "info"
+                continue
+            if self._propagate(loc, p, chain[1:], fname, off, data):
+                self.acked[(fname, off)] = data
+                self.stats.appends_ok += 1
+                return "ok"
+            outcome = "info"
+        if outcome == "fail":
+            self.stats.appends_fail += 1
+        else:
+            self.stats.appends_info += 1
+        return outcome
+
+    def _propagate(
+        self, loc: str, p: Projection, rest: tuple[str, ...], fname: str, off: int, data: bytes
+    ) -> bool:
+        for m in rest:
+            if not self._req(loc, m):
+                return False
+            st = self.flus[m].write(p.epoch_id, fname, off, data)
+            if st == Status.WRITTEN:
+                _, got = self.flus[m].read(p.epoch_id, fname, off)
+                if got != data:
+                    self._violation(f"two values at {fname}@{off} ({m})")
+                    return False
+                st = Status.OK
+            if not self.link_ok(m, loc) or st != Status.OK:
+                return False
+        return True
+
+    def client_read(self, loc: str) -> str:
+        """Read one acknowledged chunk from the UPI tail; checks it in CP mode."""
+        key = self.rng.choice(sorted(self.acked))
+        data = self.acked[key]
+        for _attempt in range(3):
+            p = self._discover(loc)
+            if p is None or p.tail is None or not self._witnesses_ok(loc, p):
+                continue
+            tail = p.tail
+            if not (self._req(loc, tail) and self.link_ok(tail, loc)):
+                continue
+            st, got = self.flus[tail].read(p.epoch_id, key[0], key[1])
+            if st == Status.OK:
+                if got != data:
+                    self._violation(f"acked chunk {key} changed at {tail}")
+                self.stats.reads_ok += 1
+                return "ok"
+            if st == Status.NOT_WRITTEN:
+                if self.mode == "cp":
+                    self._violation(f"acked chunk {key} unwritten at serving tail {tail} "
+                                    f"epoch {p.epoch_number}")
+                self.stats.reads_fail += 1
+                return "fail"
+        self.stats.reads_fail += 1
+        return "fail"
+
+    # ---- convergence and final checks ---------------------------------------------------
+    def converged(self) -> bool:
+        first: Projection | None = None
+        real = {n for n in self.names if n not in self.witnesses}
+        for n in self.names:
+            st = self.mgr[n]
+            if st is None:
+                return False
+            p = self.flus[n].latest("private")
+            if p is None or not st.confirmed or st.current.epoch_id != p.epoch_id:
+                return False
+            if first is None:
+                first = p
+            elif p.epoch_id != first.epoch_id:
+                return False
+        return (
+            first is not None and not first.repairing
+            and set(first.upi_non_witnesses) == real
+        )
+
+    def lost_acked_writes(self) -> int:
+        """Acknowledged chunks missing or different on some UPI member (call when
+        converged)."""
+        some = self.flus[self.names[0]].latest("private")
+        if some is None:
+            return len(self.acked)
+        lost = 0
+        for (f, off), data in self.acked.items():
+            for m in some.upi_non_witnesses:
+                if self.flus[m].chunks.get(f, {}).get(off) != data:
+                    lost += 1
+                    break
+        return lost
+
+    def manager(self, n: str) -> ManagerState | None:
+        return self.mgr[n]
+
+    def force_state(self, n: str, **changes: Any) -> None:
+        """Test hook: replace fields of a manager's state (e.g. to shorten a timer)."""
+        st = self.mgr[n]
+        if st is not None:
+            self.mgr[n] = replace(st, **changes)
