@@ -218,3 +218,21 @@ def _tail_anomaly(evs: list[Event], ops: list[Op], model: str, *, nowhere: bool)
         Event(n + 3, (n + 3) * 1000, p + 1, "ok", "read", old, key),
     ]
     return evs + tail
+
+
+def pathological(crashed: int = 40) -> list[Event]:
+    """Many concurrent crashed writes, then reads that walk through their values and end
+    with an impossible one: not linearizable, but refuting it means exploring ~2^crashed
+    subsets of the crashed writes. For budget tests."""
+    evs: list[Event] = []
+
+    def add(p: int, typ: str, f: str, v: Any) -> None:
+        evs.append(Event(len(evs), len(evs) * 1000, p, typ, f, v))
+
+    for p in range(crashed):
+        add(p, "invoke", "write", p)
+    reader = crashed
+    for v in [*range(crashed), 0]:
+        add(reader, "invoke", "read", None)
+        add(reader, "ok", "read", v)
+    return evs

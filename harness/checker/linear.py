@@ -33,7 +33,7 @@ from harness.checker.result import UNKNOWN, CheckResult, Verdict, combine_verdic
 from harness.history import Op
 
 # Rough bytes per memo entry (set slot + a ~150-bit int) plus per stack frame.
-MEMO_ENTRY_BYTES = 100
+MEMO_ENTRY_BYTES = 110
 CHECK_EVERY = 1 << 12  # budget checks every this many memo insertions
 PREFIX_TAIL = 20  # ops of the longest prefix shown in a short witness
 _ZOBRIST_SEED = 0x5EED_11EA
@@ -401,9 +401,13 @@ def _over_budget(budget: Budget, memo_entries: int) -> str:
         return "time limit"
     limit = budget.memory_limit_bytes
     if limit is not None:
-        if memo_entries * MEMO_ENTRY_BYTES > limit:
+        # The memo set grows its table in jumps (to ~2-4x its size): leave room for the
+        # next one so the process stays under the limit, not just near it.
+        next_table_bytes = 16 << (2 * memo_entries).bit_length()
+        if memo_entries * MEMO_ENTRY_BYTES + next_table_bytes > limit:
             return "memory limit"
-        if budget.memory_probe is not None and budget.memory_probe() > limit:
+        probe = budget.memory_probe
+        if probe is not None and probe() + next_table_bytes + CHECK_EVERY * 64 > limit:
             return "memory limit"
     return ""
 
