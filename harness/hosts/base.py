@@ -387,7 +387,7 @@ class Host:
                 sftp.put(str(local), remote)
                 if mode is not None:
                     sftp.chmod(remote, mode)
-        except OSError as e:
+        except (OSError, EOFError, paramiko.SSHException) as e:
             raise HostError(self.name, f"upload {local} -> {remote} failed: {e}") from e
 
     def download(self, remote: str, local: str | Path) -> None:
@@ -396,13 +396,14 @@ class Host:
         try:
             with self._sftp() as sftp:
                 sftp.get(remote, str(local))
-        except OSError as e:
+        except (OSError, EOFError, paramiko.SSHException) as e:
             raise HostError(self.name, f"download {remote} -> {local} failed: {e}") from e
 
     def write_text(self, remote: str, text: str, *, sudo: bool = False) -> None:
-        """Write a small text file through the shell (works under sudo, unlike sftp)."""
+        """Write a small text file through the shell (works under sudo, unlike sftp).
+        Small: stdin is sent before output is read, so megabytes could stall the channel."""
         q = shlex.quote(remote)
-        self.run(f"mkdir -p $(dirname {q}) && cat > {q}", sudo=sudo, input=text.encode())
+        self.run(f'mkdir -p "$(dirname {q})" && cat > {q}', sudo=sudo, input=text.encode())
 
     def read_log(self, path: str, tail_bytes: int = 64 * 1024, *, sudo: bool = False) -> str:
         """The last `tail_bytes` of a remote file ('' when it does not exist)."""

@@ -31,6 +31,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -459,6 +460,31 @@ def cluster_down(*, state_dir: Path | None = None) -> list[str]:
         else:
             raise NetnsError(f"{state_dir} is not a machi-netns state dir; not removing it")
     return removed
+
+
+@contextlib.contextmanager
+def temporary_cluster(
+    nodes: int, *, prefix: str | None = None, install: bool = True
+) -> Iterator[Path]:
+    """A cluster under its own namespace prefix (default `machi-t<pid>-`) for the duration
+    of a `with` block (tests, one-off runs); yields its state directory.  Sets
+    $MACHI_NETNS_PREFIX meanwhile so subprocesses (`call_in_control_ns`, the CLI) find it;
+    always taken down, also when the body fails."""
+    pre = prefix or f"machi-t{os.getpid() % 100000}-"
+    old = os.environ.get("MACHI_NETNS_PREFIX")
+    os.environ["MACHI_NETNS_PREFIX"] = pre
+    try:
+        state_dir = state_dir_default()
+        try:
+            cluster_up(nodes, state_dir=state_dir, install=install)
+            yield state_dir
+        finally:
+            cluster_down(state_dir=state_dir)
+    finally:
+        if old is None:
+            os.environ.pop("MACHI_NETNS_PREFIX", None)
+        else:
+            os.environ["MACHI_NETNS_PREFIX"] = old
 
 
 # --------------------------------------------------------------------------------------

@@ -46,21 +46,9 @@ def cluster() -> Iterator[Cluster]:
     if why:
         pytest.skip(f"netns cluster tests need root and `ip netns`: {why}")
     prefix = f"machi-t{os.getpid() % 100000}-"
-    old = os.environ.get("MACHI_NETNS_PREFIX")
-    os.environ["MACHI_NETNS_PREFIX"] = prefix
-    state_dir = netns.state_dir_default()
     before = set(netns.netns_list())
-    try:
-        netns.cluster_up(3, state_dir=state_dir)
+    with netns.temporary_cluster(3, prefix=prefix) as state_dir:
         yield Cluster(state_dir, prefix, before, {})
-    finally:
-        try:
-            netns.cluster_down(state_dir=state_dir)
-        finally:
-            if old is None:
-                os.environ.pop("MACHI_NETNS_PREFIX", None)
-            else:
-                os.environ["MACHI_NETNS_PREFIX"] = old
 
 
 def test_hosts_are_namespaces_with_their_own_sshd_and_no_way_out(cluster: Cluster) -> None:
