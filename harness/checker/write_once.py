@@ -128,20 +128,21 @@ class WriteOnceChecker:
         two common cases (an ok read of a known position, an ok append/write at a new
         position); everything else goes through ``_complete``.
         """
+        it = iter(events)
+        self.feed_batches(iter(lambda: list(islice(it, _BUDGET_EVERY_EVENTS)), []))
+
+    def feed_batches(self, batches: Iterable[list[Any]]) -> None:
+        """Feed events in history order, already cut into lists (``feed_events`` does that)."""
         if self._stopped is not None:
             return
         pending = self._pending
         positions = self._positions
         complete = self._complete
-        it = iter(events)
         fast_ops = 0
         gc_was_enabled = gc.isenabled()
         gc.disable()  # millions of small lists: cyclic GC passes would dominate the run
         try:
-            while True:
-                batch = list(islice(it, _BUDGET_EVERY_EVENTS))
-                if not batch:
-                    break
+            for batch in batches:
                 self._check_budget()
                 for ev in batch:
                     if type(ev) is not dict:
@@ -699,26 +700,76 @@ def iter_jsonl_events(lines: Iterable[bytes | str], *, name: str = "history") ->
 
     Same rules as ``harness.history.read_history``: blank lines skipped; a torn last line
     (no newline, not JSON) is what a crashed writer leaves and is dropped; any other bad
-    line raises ``HistoryError`` naming the line.
+    line raises ``HistoryError`` naming the line; a missing ``index`` is the position.
     """
+    for batch in iter_jsonl_batches(lines, name=name):
+        yield from batch
+
+
+_LINES_PER_BATCH = 16384
+
+
+def iter_jsonl_batches(
+    lines: Iterable[bytes | str], *, name: str = "history"
+) -> Iterator[list[Any]]:
+    """Like :func:`iter_jsonl_events`, in lists: with msgspec, one ``decode_lines`` call per
+    16384 lines (the per-line path runs only for a batch with a problem in it)."""
+    it = iter(lines)
+    decode_lines = _fast_lines_decoder()
     decode = _fast_decoder()
     position = 0
-    for lineno, line in enumerate(lines, start=1):
-        try:
-            d = decode(line)
-        except Exception as exc:  # msgspec.DecodeError or json.JSONDecodeError
-            if not line.strip():
-                continue
-            ending = b"\n" if isinstance(line, bytes) else "\n"
-            if not line.endswith(ending):  # type: ignore[arg-type]
+    lineno = 0
+    while True:
+        chunk = list(islice(it, _LINES_PER_BATCH))
+        if not chunk:
+            return
+        out: list[Any] | None = None
+        if decode_lines is not None and type(chunk[0]) is bytes:
+            try:
+                out = decode_lines(b"".join(chunk))
+            except Exception:  # a bad or torn line somewhere: the slow path says which
+                out = None
+            if out is not None and (
+                len(out) != len(chunk) or not all(type(d) is dict and "index" in d for d in out)
+            ):
+                out = None
+        if out is None:
+            out = []
+            torn = False
+            for line in chunk:
+                lineno += 1
+                try:
+                    d = decode(line)
+                except Exception as exc:  # msgspec.DecodeError or json.JSONDecodeError
+                    if not line.strip():
+                        continue
+                    ending = b"\n" if isinstance(line, bytes) else "\n"
+                    if not line.endswith(ending):  # type: ignore[arg-type]
+                        torn = True
+                        break
+                    raise HistoryError(f"{name}:{lineno}: invalid JSON: {exc}") from None
+                if type(d) is not dict:
+                    raise HistoryError(f"{name}:{lineno}: event must be a JSON object")
+                if "index" not in d:
+                    d["index"] = position
+                position += 1
+                out.append(d)
+            if out:
+                yield out
+            if torn:
                 return
-            raise HistoryError(f"{name}:{lineno}: invalid JSON: {exc}") from None
-        if type(d) is not dict:
-            raise HistoryError(f"{name}:{lineno}: event must be a JSON object")
-        if "index" not in d:
-            d["index"] = position
-        position += 1
-        yield d
+            continue
+        lineno += len(chunk)
+        position += len(out)
+        yield out
+
+
+def _fast_lines_decoder() -> Callable[[bytes], list[Any]] | None:
+    try:
+        import msgspec
+    except ImportError:
+        return None
+    return msgspec.json.Decoder().decode_lines  # type: ignore[no-any-return]
 
 
 def check_write_once_lines(
@@ -730,5 +781,5 @@ def check_write_once_lines(
 ) -> CheckResult:
     """Check a JSON Lines history given as its lines (e.g. an open binary file)."""
     checker = WriteOnceChecker(memory_limit_mb=memory_limit_mb, deadline=deadline)
-    checker.feed_events(iter_jsonl_events(lines, name=name))
+    checker.feed_batches(iter_jsonl_batches(lines, name=name))
     return checker.result()

@@ -279,3 +279,27 @@ def test_each_injected_anomaly_is_caught(
     assert r.valid is False, (seed, anomaly)
     found = set(r.witness["anomalies"])  # type: ignore[index]
     assert found & set(EXPECTED_KINDS[anomaly]), (seed, anomaly, found)
+
+
+def test_jsonl_decoding_paths_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batch (msgspec) and per-line (stdlib json) decoding agree; bad lines are named."""
+    import harness.checker.write_once as wo
+
+    events = list(write_once_history(seed=11, ops=300, crash_p=0.1))
+    lines = [
+        json.dumps({k: v for k, v in e.items() if k != "index"}).encode() + b"\n" for e in events
+    ]
+    fast = check_write_once_lines(lines)
+    monkeypatch.setattr(wo, "_fast_lines_decoder", lambda: None)
+    monkeypatch.setattr(wo, "_fast_decoder", lambda: json.loads)
+    slow = check_write_once_lines(lines)
+    assert fast.to_json() == slow.to_json()
+    assert fast.valid is True
+    monkeypatch.undo()
+    bad = [*lines[:5], b"{not json\n", *lines[5:]]
+    with pytest.raises(HistoryError, match=r"history:6: invalid JSON"):
+        check_write_once_lines(bad)
+    with pytest.raises(HistoryError, match=r"history:2: event must be a JSON object"):
+        check_write_once_lines([lines[0], b"[1, 2]\n"])
+    blank = [lines[0], b"\n", *lines[1:]]
+    assert check_write_once_lines(blank).to_json() == fast.to_json()

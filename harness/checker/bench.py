@@ -1,0 +1,343 @@
+"""``machi-harness bench-check``: how fast, and in how much memory, the checkers run.
+
+Owns the benchmark plan (histories of increasing size and concurrency: register and kv
+for the general linearizability checker, with and without crashed ops; write-once up to
+10 M ops for the linear-time checker), running each point in a fresh subprocess (so the
+peak RSS reported is that history's own), and the JSON report.
+
+This module is the exception in ``harness/checker``: it does I/O (temporary files,
+subprocesses, clocks) on purpose.  The checkers it times stay pure.  It asserts nothing
+about speed: it prints numbers (the goals -- write-once 1 M ops <= 3 s, 10 M <= 60 s in
+4 GiB -- are printed next to them, not enforced).
+
+Write-once histories are generated streaming into a JSON Lines file (not timed), then a
+child process times ``check_write_once_lines`` over the file: decoding + checking, the
+path ``machi-harness check --model write-once`` takes.  Register/kv histories are
+generated in the child's memory (not timed) and ``check_history`` is timed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+GOALS = {"write-once": {"1000000": "<= 3 s", "10000000": "<= 60 s", "memory": "<= 4 GiB"}}
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    """One benchmark history."""
+
+    model: str
+    ops: int
+    processes: int
+    crash_p: float
+    keys: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "ops": self.ops,
+            "processes": self.processes,
+            "crash_p": self.crash_p,
+            "keys": self.keys,
+        }
+
+
+def plan(*, max_ops: int, quick: bool, models: Iterable[str]) -> list[Point]:
+    """The benchmark points, smallest first, capped at ``max_ops``."""
+    wanted = set(models)
+    pts: list[Point] = []
+    if "register" in wanted:
+        sizes = [200, 1000] if quick else [200, 1000, 5000, 20000]
+        for n in sizes:
+            for procs in (5, 10):
+                for crash in (0.0, 0.05):
+                    pts.append(Point("register", n, procs, crash))
+    if "kv" in wanted:
+        sizes = [1000] if quick else [1000, 10000, 50000]
+        for n in sizes:
+            for crash in (0.0, 0.05):
+                pts.append(Point("kv", n, 10, crash, keys=10))
+    if "write-once" in wanted:
+        sizes = [10_000, 100_000] if quick else [10_000, 100_000, 1_000_000, 10_000_000]
+        for n in sizes:
+            pts.append(Point("write-once", n, 10, 0.01))
+            if n <= 1_000_000:
+                pts.append(Point("write-once", n, 100, 0.05))
+    return [p for p in pts if p.ops <= max_ops]
+
+
+# ---- children ------------------------------------------------------------------------------
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _encoder() -> Any:
+    try:
+        import msgspec
+    except ImportError:
+        return lambda d: json.dumps(d, separators=(",", ":")).encode()
+    return msgspec.json.Encoder().encode
+
+
+def write_write_once_history(path: Path, point: Point, seed: int) -> int:
+    """Generate a write-once history into ``path`` (JSON Lines), streaming; returns events."""
+    from harness.checker.gen import write_once_history
+
+    encode = _encoder()
+    n = 0
+    part = path.with_name(path.name + ".part")
+    with part.open("wb", buffering=1 << 20) as fh:
+        for ev in write_once_history(
+            seed=seed,
+            ops=point.ops,
+            processes=point.processes,
+            crash_p=point.crash_p,
+            fail_p=0.01,
+            nodes=("a",),
+            final_reads=True,
+        ):
+            fh.write(encode(ev) + b"\n")
+            n += 1
+    os.replace(part, path)  # a reused (--keep) history is never a half-written one
+    return n
+
+
+def _child_write_once(path: Path, memory_limit_mb: float, time_limit_s: float) -> dict[str, Any]:
+    from harness.checker.run import make_deadline
+    from harness.checker.write_once import check_write_once_lines
+
+    t0 = time.perf_counter()
+    with path.open("rb", buffering=1 << 20) as fh:
+        r = check_write_once_lines(
+            fh,
+            name=str(path),
+            memory_limit_mb=memory_limit_mb,
+            deadline=make_deadline(time_limit_s),
+        )
+    elapsed = time.perf_counter() - t0
+    return {
+        "valid": r.valid,
+        "checked_ops": r.ops,
+        "positions": r.keys,
+        "elapsed_s": elapsed,
+        "crashed_fraction": r.stats.get("info", 0) / max(r.ops, 1),
+    }
+
+
+def _child_general(
+    point: Point, seed: int, memory_limit_mb: float, time_limit_s: float
+) -> dict[str, Any]:
+    from harness.checker.lin_gen import generate_ops
+    from harness.checker.run import check_history
+
+    ops = generate_ops(
+        point.model,
+        seed=seed,
+        ops=point.ops,
+        processes=point.processes,
+        crash_p=point.crash_p,
+        keys=point.keys,
+    )
+    crashed = sum(1 for op in ops if op.type == "info")
+    t0 = time.perf_counter()
+    r = check_history(ops, point.model, time_limit_s, memory_limit_mb)
+    elapsed = time.perf_counter() - t0
+    return {
+        "valid": r.valid,
+        "checked_ops": len(ops),
+        "keys_checked": r.keys,
+        "elapsed_s": elapsed,
+        "crashed_fraction": crashed / max(len(ops), 1),
+        "explanation": (r.witness or {}).get("explanation") if r.valid != True else None,  # noqa: E712
+    }
+
+
+def child_main(argv: list[str]) -> None:
+    """Entry of the measuring subprocess: one point, one JSON line on stdout."""
+    spec = json.loads(argv[0])
+    point = Point(**spec["point"])
+    if point.model == "write-once":
+        out = _child_write_once(Path(spec["path"]), spec["memory_limit_mb"], spec["time_limit_s"])
+    else:
+        out = _child_general(point, spec["seed"], spec["memory_limit_mb"], spec["time_limit_s"])
+    out["peak_rss_mb"] = round(_peak_rss_mb(), 1)
+    sys.stdout.write(json.dumps(out) + "\n")
+
+
+def _run_child(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "harness.checker.bench", json.dumps(spec)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        return {"error": f"child timed out after {timeout_s:.0f} s"}
+    if proc.returncode != 0:
+        return {"error": f"child exited {proc.returncode}: {proc.stderr.strip()[-500:]}"}
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def run_point(
+    point: Point,
+    *,
+    seed: int,
+    tmp_dir: Path,
+    memory_limit_mb: float,
+    time_limit_s: float,
+    keep: bool,
+) -> dict[str, Any]:
+    """Generate (untimed), then check in a fresh subprocess; the measurement as a dict."""
+    spec: dict[str, Any] = {
+        "point": point.to_json(),
+        "seed": seed,
+        "memory_limit_mb": memory_limit_mb,
+        "time_limit_s": time_limit_s,
+    }
+    out: dict[str, Any] = point.to_json()
+    path = None
+    if point.model == "write-once":
+        path = tmp_dir / f"wo-{point.ops}-{point.processes}-{point.crash_p}-{seed}.jsonl"
+        t0 = time.perf_counter()
+        if not path.exists():
+            gen = _run_child({"generate": str(path), **spec}, timeout_s=3600)
+            if "error" in gen:
+                return {**out, **gen}
+        out["generate_s"] = round(time.perf_counter() - t0, 2)
+        out["history_mb"] = round(path.stat().st_size / 1048576, 1)
+        spec["path"] = str(path)
+    try:
+        res = _run_child(spec, timeout_s=time_limit_s * 3 + 120)
+    finally:
+        if path is not None and not keep:
+            path.unlink(missing_ok=True)
+    out.update(res)
+    if "elapsed_s" in res:
+        out["elapsed_s"] = round(res["elapsed_s"], 3)
+        out["ops_per_s"] = round(res["checked_ops"] / max(res["elapsed_s"], 1e-9))
+        out["crashed_fraction"] = round(res["crashed_fraction"], 4)
+    return out
+
+
+def run_plan(
+    points: list[Point],
+    *,
+    seed: int,
+    tmp_dir: Path,
+    memory_limit_mb: float,
+    time_limit_s: float,
+    keep: bool,
+) -> Iterator[dict[str, Any]]:
+    for p in points:
+        yield run_point(
+            p,
+            seed=seed,
+            tmp_dir=tmp_dir,
+            memory_limit_mb=memory_limit_mb,
+            time_limit_s=time_limit_s,
+            keep=keep,
+        )
+
+
+@click.command("bench-check")
+@click.option(
+    "--max-ops",
+    type=click.IntRange(min=1),
+    default=10_000_000,
+    show_default=True,
+    help="Skip histories with more ops than this.",
+)
+@click.option("--quick", is_flag=True, help="Small sizes only (a few seconds).")
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    type=click.Choice(["register", "kv", "write-once"]),
+    help="Models to run (repeatable; default all).",
+)
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option(
+    "--memory-limit",
+    "memory_limit_mb",
+    type=float,
+    default=4096,
+    show_default=True,
+    help="Checker memory budget per history (MB).",
+)
+@click.option(
+    "--time-limit",
+    "time_limit_s",
+    type=float,
+    default=120,
+    show_default=True,
+    help="Checker time budget per history (s).",
+)
+@click.option(
+    "--tmp-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where write-once histories are generated (default: a temp dir).",
+)
+@click.option("--keep", is_flag=True, help="Keep (and reuse) generated write-once histories.")
+def bench_check(
+    max_ops: int,
+    quick: bool,
+    models: tuple[str, ...],
+    seed: int,
+    memory_limit_mb: float,
+    time_limit_s: float,
+    tmp_dir: Path | None,
+    keep: bool,
+) -> None:
+    """Time the checkers on generated histories; print one JSON object per history
+    (model, ops, processes, crashed fraction, elapsed_s, ops_per_s, peak_rss_mb), then a
+    summary line."""
+    points = plan(max_ops=max_ops, quick=quick, models=models or ("register", "kv", "write-once"))
+    results = []
+    with tempfile.TemporaryDirectory(prefix="machi-bench-") as td:
+        where = tmp_dir or Path(td)
+        where.mkdir(parents=True, exist_ok=True)
+        for res in run_plan(
+            points,
+            seed=seed,
+            tmp_dir=where,
+            memory_limit_mb=memory_limit_mb,
+            time_limit_s=time_limit_s,
+            keep=keep,
+        ):
+            results.append(res)
+            click.echo(json.dumps(res))
+    click.echo(
+        json.dumps(
+            {
+                "summary": True,
+                "histories": len(results),
+                "goals": GOALS,
+                "python": sys.version.split()[0],
+                "cpus": os.cpu_count(),
+            }
+        )
+    )
+
+
+def _main() -> None:
+    spec = json.loads(sys.argv[1])
+    if "generate" in spec:
+        n = write_write_once_history(Path(spec["generate"]), Point(**spec["point"]), spec["seed"])
+        sys.stdout.write(json.dumps({"events": n}) + "\n")
+        return
+    child_main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    _main()
