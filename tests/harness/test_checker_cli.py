@@ -1,0 +1,169 @@
+"""``machi-harness check``: output lines, JSON objects, exit codes, and the HTML report."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from harness.checker.lin_gen import generate, pathological
+from harness.cli import main
+from harness.edn import write_edn_history
+from harness.history import Event, write_history
+
+
+def _write(tmp_path: Path, name: str, evs: list[Event]) -> Path:
+    path = tmp_path / name
+    if name.endswith(".edn"):
+        write_edn_history(path, evs)
+    else:
+        write_history(path, evs)
+    return path
+
+
+def _bad_register() -> list[Event]:
+    return [
+        Event(0, 0, 0, "invoke", "write", 1),
+        Event(1, 10, 0, "ok", "write", 1),
+        Event(2, 20, 1, "invoke", "write", 2),
+        Event(3, 30, 1, "ok", "write", 2),
+        Event(4, 40, 2, "invoke", "read", None),
+        Event(5, 50, 2, "ok", "read", 1),
+    ]
+
+
+def _run(*args: str) -> tuple[int, str, str]:
+    res = CliRunner().invoke(main, list(args))
+    if res.exception and not isinstance(res.exception, SystemExit):
+        raise res.exception
+    return res.exit_code, res.stdout, res.stderr
+
+
+def test_json_output_has_one_object_per_history_and_exit_reflects_the_worst(tmp_path: Path) -> None:
+    """--json prints the documented fields per file; valid+invalid exits 1, valid alone 0."""
+    good = _write(tmp_path, "good.jsonl", generate("register", seed=3, ops=200, processes=4))
+    bad = _write(tmp_path, "bad.jsonl", _bad_register())
+    code, out, _ = _run("check", "--model", "register", "--json", str(good), str(bad))
+    assert code == 1
+    objs = [json.loads(line) for line in out.splitlines()]
+    assert [o["valid"] for o in objs] == [True, False]
+    for o in objs:
+        assert set(o) >= {"file", "valid", "model", "ops", "keys", "elapsed_s", "witness"}
+        assert o["model"] == "register"
+    assert objs[0]["witness"] is None and objs[0]["ops"] == 200 and objs[0]["keys"] == 1
+    assert objs[1]["witness"]["op"]["result"] == 1
+    assert "prefix_indices" not in objs[1]["witness"]
+    code, _, _ = _run("check", "--model", "register", str(good))
+    assert code == 0
+
+
+def test_unknown_without_invalid_exits_2(tmp_path: Path) -> None:
+    """A history past its time budget is unknown and the exit status is 2."""
+    path = _write(tmp_path, "patho.jsonl", pathological(40))
+    good = _write(tmp_path, "good.jsonl", generate("register", seed=1, ops=50))
+    code, out, _ = _run("check", "--model", "register", "--time-limit", "0.3", str(good), str(path))
+    assert code == 2
+    assert "unknown" in out and "time limit" in out
+
+
+def test_text_output_names_the_verdict_and_explains(tmp_path: Path) -> None:
+    """Without --json each history gets a verdict line and, when not valid, a witness line."""
+    bad = _write(tmp_path, "bad.edn", _bad_register())
+    code, out, _ = _run("check", "--model", "register", "--format", "edn", str(bad))
+    assert code == 1
+    lines = out.splitlines()
+    assert "INVALID" in lines[0] and "bad.edn" in lines[0]
+    assert "state is 2" in lines[1]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["check", "--model"],
+        ["check"],
+        ["check", "--model", "nosuch", "x.jsonl"],
+        ["check", "--model", "register"],
+        ["check", "--model", "register", "/nonexistent/history.jsonl"],
+        ["check", "--model", "register", "--time-limit", "-1", "README.md"],
+        ["check", "--model", "register", "--bogus", "README.md"],
+        ["check", "--model", "kv", "--initial", "3", "README.md"],
+        ["check", "--model", "register", "--initial", "{bad", "README.md"],
+    ],
+)
+def test_usage_errors_exit_254(args: list[str]) -> None:
+    """Bad options, missing files and a missing model are usage errors with status 254."""
+    code, _, _ = _run(*args)
+    assert code == 254
+
+
+def test_malformed_history_is_an_error_not_a_verdict(tmp_path: Path) -> None:
+    """A history that cannot be paired reports the problem on stderr and exits 254."""
+    path = tmp_path / "bad.jsonl"
+    path.write_text(
+        '{"index":0,"type":"ok","f":"read","process":0,"value":1}\n'  # completion, no invoke
+    )
+    code, _, err = _run("check", "--model", "register", str(path))
+    assert code == 254
+    assert "without a pending invocation" in err
+
+
+def test_initial_value_option(tmp_path: Path) -> None:
+    """--initial sets the register's starting value (nil otherwise)."""
+    evs = [Event(0, 0, 0, "invoke", "read", None), Event(1, 1, 0, "ok", "read", 5)]
+    path = _write(tmp_path, "h.jsonl", evs)
+    assert _run("check", "--model", "register", str(path))[0] == 1
+    assert _run("check", "--model", "register", "--initial", "5", str(path))[0] == 0
+
+
+def test_write_once_model_uses_the_write_once_checker(tmp_path: Path) -> None:
+    """--model write-once checks JSON Lines write-once histories (valid here)."""
+    pos = ["f", 0, 4]
+    evs = [
+        Event(0, 0, 0, "invoke", "append", {"v": "c0-1"}),
+        Event(1, 1, 0, "ok", "append", {"v": "c0-1", "pos": pos}),
+        Event(2, 2, 1, "invoke", "read", {"pos": pos}),
+        Event(3, 3, 1, "ok", "read", {"pos": pos, "v": "c0-1"}),
+    ]
+    path = _write(tmp_path, "wo.jsonl", evs)
+    code, out, _ = _run("check", "--model", "write-once", "--json", str(path))
+    assert code == 0, out
+    assert json.loads(out)["valid"] is True
+
+
+def test_report_is_written_and_self_contained(tmp_path: Path) -> None:
+    """--report writes one HTML page per failing history: no network references, the failing
+    op highlighted, the prefix and the explanation included."""
+    bad = _write(tmp_path, "bad.jsonl", _bad_register())
+    good = _write(tmp_path, "good.jsonl", generate("register", seed=2, ops=30))
+    rep = tmp_path / "report"
+    code, out, _ = _run("check", "--model", "register", "--report", str(rep), str(bad), str(good))
+    assert code == 1
+    pages = sorted(rep.iterdir())
+    assert [p.name for p in pages] == ["bad.jsonl.html"]
+    html = pages[0].read_text()
+    assert not re.search(r"https?:", html), "the page must not reference the network"
+    assert not re.search(r"<(script|link|img)[^>]+src=", html)
+    assert "<svg" in html and "fill='#e53935'" in html  # the failing op drawn in red
+    assert "could not be linearized" in html and "state is 2" in html
+    assert "Longest linearizable prefix" in html
+    assert str(pages[0]) in out
+
+
+def test_console_script_runs(tmp_path: Path) -> None:
+    """The installed entry point runs the command in a real process with the same exit code."""
+    bad = _write(tmp_path, "bad.jsonl", _bad_register())
+    exe = Path(sys.executable).with_name("machi-harness")
+    proc = subprocess.run(
+        [str(exe), "check", "--model", "register", "--json", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert json.loads(proc.stdout)["valid"] is False
