@@ -100,7 +100,7 @@ class _Conn:
         self.stream = stream
         self.proto = proto
         self.pending: dict[int, MemoryObjectSendStream[wire.Frame | MachiError]] = {}
-        self.send_lock = anyio.Lock()
+        self.send_lock = anyio.Lock(fast_acquire=True)
         self.next_id = 1
         self.broken: MachiError | None = None
         self.peer_name = ""
@@ -149,8 +149,8 @@ class FluClient:
         self.connect_timeout_ms = connect_timeout_ms
         self.max_frame_size = max_frame_size
         self.name = name
-        self._in_flight = anyio.Semaphore(max_in_flight)
-        self._connect_lock = anyio.Lock()
+        self._in_flight = anyio.Semaphore(max_in_flight, fast_acquire=True)
+        self._connect_lock = anyio.Lock(fast_acquire=True)
         self._conn: _Conn | None = None
         self._tg: anyio.abc.TaskGroup | None = None
 

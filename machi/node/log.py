@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import sys
 from typing import IO, Any
 
@@ -45,3 +46,28 @@ class JsonLog:
 
     def error(self, msg: str, **fields: Any) -> None:
         self.log("error", msg, **fields)
+
+
+class ForwardHandler(logging.Handler):
+    """Routes ``logging`` records of libraries (e.g. ``machi.storage``) into a JsonLog."""
+
+    def __init__(self, log: JsonLog) -> None:
+        super().__init__()
+        self.json_log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = record.levelname.lower()
+        level = level if level in _LEVELS else ("error" if record.levelno >= 40 else "info")
+        try:
+            msg = record.getMessage()
+        except Exception:
+            msg = str(record.msg)
+        self.json_log.log(level, msg, logger=record.name)
+
+
+def forward_stdlib_logging(log: JsonLog) -> None:
+    """Send every stdlib ``logging`` record at or above the log's level to ``log``."""
+    root = logging.getLogger()
+    root.handlers = [h for h in root.handlers if not isinstance(h, ForwardHandler)]
+    root.addHandler(ForwardHandler(log))
+    root.setLevel(log.min_level)

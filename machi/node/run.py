@@ -19,7 +19,7 @@ from anyio.streams.tls import TLSListener
 from machi.core.errors import ConfigError
 
 from .config import NodeConfig
-from .log import JsonLog
+from .log import JsonLog, forward_stdlib_logging
 from .metrics import Metrics, serve_metrics
 from .server import FluNode
 
@@ -53,6 +53,7 @@ async def run_node(cfg: NodeConfig, log: JsonLog | None = None) -> None:
     from machi.storage.flu_store import FluStore
 
     log = log or JsonLog(cfg.name, cfg.log_level)
+    forward_stdlib_logging(log)
     secret = cfg.secret()
     ssl_ctx = server_ssl_context(cfg)
     host, port = cfg.listen_address()

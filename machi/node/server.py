@@ -54,7 +54,7 @@ class _Peer:
     stream: anyio.abc.ByteStream
     proto: wire.Connection
     address: str
-    send_lock: anyio.Lock = field(default_factory=anyio.Lock)
+    send_lock: anyio.Lock = field(default_factory=lambda: anyio.Lock(fast_acquire=True))
     read_scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     request_scope: anyio.CancelScope | None = None
     done: anyio.Event = field(default_factory=anyio.Event)
@@ -229,7 +229,7 @@ class FluNode:
             return
         except _Gone:
             return
-        limiter = anyio.Semaphore(self.max_in_flight)
+        limiter = anyio.Semaphore(self.max_in_flight, fast_acquire=True)
         async with anyio.create_task_group() as tg:
             peer.request_scope = tg.cancel_scope
             with peer.read_scope:
