@@ -317,6 +317,14 @@ def _lacking(p: Projection, views: Mapping[str, MemberView]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _split_epoch(p: Projection, views: Mapping[str, MemberView]) -> bool:
+    """Some store holds a different projection at p's epoch."""
+    return any(
+        v.public is not None and v.public.epoch_number == p.epoch_number and v.public != p
+        for v in views.values()
+    )
+
+
 def _unanimous(p: Projection, views: Mapping[str, MemberView]) -> bool:
     """A21: every store at p's epoch holds p, and every UPI+repairing member holds it."""
     for v in views.values():
@@ -564,7 +572,9 @@ def _decide(
             effects.append(_trace(st, "read_repair", now, to=list(lacking),
                                   latest=latest.epoch_number))
             return st, [*effects, ScheduleTick(now + c.reread_ms)]
-        return st, [*effects, ScheduleTick(now + _interval(st, rng))]
+        if hosed or _unanimous(latest, views) or not _split_epoch(latest, views):
+            return st, [*effects, ScheduleTick(now + _interval(st, rng))]
+        # Two different projections at the latest epoch: only a newer epoch resolves it.
     if (
         not hosed and latest is not None and not _relevant(latest, me)
         and shape(newprop) == shape(cur) and not cur.is_none() and not wedged_by_public

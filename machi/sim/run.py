@@ -103,12 +103,14 @@ def run(
     clients: bool = True,
     on_adopt: Callable[[dict[str, Any]], None] | None = None,
     on_change: Callable[[str], None] | None = None,
+    on_trace: Callable[[Any], None] | None = None,
     heal_ticks_max: int = HEAL_TICKS_MAX,
 ) -> Result:
     """Bootstrap, warm up, play the phases, heal, wait for convergence, check data."""
     cluster = Cluster(
         list(nodes), mode=mode, seed=seed, witnesses=tuple(witnesses),
         client_interval_ms=20 if clients else 0, on_adopt=on_adopt, on_change=on_change,
+        on_trace=on_trace,
     )
     cluster.bootstrap()
     cluster.run_until(WARMUP_TICKS)
