@@ -240,3 +240,31 @@ def leave_mess(payload: dict[str, Any]) -> dict[str, Any]:
         pid = hosts["n2"].start_daemon("sleeper", ["sleep", "600"],
                                        log_path=f"{hosts['n2'].spec.work_dir}/s.log")
         return {"rules": net.rule_counts(), "sleeper_pid": pid}
+
+
+def ssh_provider(payload: dict[str, Any]) -> dict[str, Any]:
+    """The same hosts described by a TOML file, with host keys from a known_hosts file."""
+    from harness.hosts import providers, ssh
+
+    state = Path(payload["state_dir"])
+    toml = Path(payload["local_dir"]) / "hosts.toml"
+    entries = "".join(
+        f'[[hosts]]\nname = "{n}"\naddress = "10.77.0.{10 + i}"\n'
+        for i, n in enumerate(["n1", "n2", "n3"], start=1)
+    )
+    toml.write_text(
+        f'[defaults]\nkey = "{state}/client_key"\nknown_hosts = "{state}/known_hosts"\n'
+        f'connect_timeout_s = 5\n{entries}'
+    )
+    with providers.open_hosts("ssh", hosts_file=toml) as hosts:
+        names = {n: r.stdout.strip() for n, r in hosts.run_all("hostname").items()}
+    strict = ssh.parse_hosts_toml(
+        f'[[hosts]]\nname = "n1"\naddress = "10.77.0.11"\nkey = "{state}/client_key"\n'
+        f'known_hosts = "/dev/null"\n'
+    )[0]
+    try:
+        Host(strict, guard=netns.require_control_namespace).run("true")
+        unknown_key = "accepted"
+    except Exception as e:
+        unknown_key = f"{type(e).__name__}: {e}"
+    return {"names": names, "unknown_key": unknown_key}

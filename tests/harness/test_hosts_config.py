@@ -166,3 +166,32 @@ def test_vagrant_scripts_parse_as_bash() -> None:
     for script in ("vagrant/provision.sh", "vagrant/build-wheel", "scripts/install-system-deps"):
         p = subprocess.run(["bash", "-n", str(REPO / script)], capture_output=True, text=True)
         assert p.returncode == 0, f"{script}: {p.stderr}"
+
+
+def test_sudo_wrapping_depends_on_the_login_user() -> None:
+    """Root runs commands as they are; others go through `sudo -n sh -c`; sudo=false refuses."""
+    from harness.hosts.base import Host, HostError
+
+    root = Host(HostSpec(name="a", address="x"))
+    assert root.wrap_sudo("iptables -S", True) == "iptables -S"
+    admin = Host(HostSpec(name="b", address="x", user="admin"))
+    assert admin.wrap_sudo("iptables -S | wc -l", True) == "sudo -n -- sh -c 'iptables -S | wc -l'"
+    assert admin.wrap_sudo("id", False) == "id"
+    no_sudo = Host(HostSpec(name="c", address="x", user="admin", sudo=False))
+    with pytest.raises(HostError, match="sudo = false"):
+        no_sudo.wrap_sudo("iptables -S", True)
+
+
+def test_host_spec_and_daemon_names_are_validated() -> None:
+    """Bad names, ports and directories fail before anything connects."""
+    from harness.hosts.base import Host, _signame
+
+    with pytest.raises(ValueError):
+        HostSpec(name="n1", address="x", port=0)
+    with pytest.raises(ValueError):
+        HostSpec(name="n1", address="x", data_dir="/")
+    with pytest.raises(ValueError, match="bad daemon name"):
+        Host(HostSpec(name="n1", address="x"))._pid_file("../etc")
+    assert (_signame(9), _signame("sigstop"), _signame("CONT")) == ("KILL", "STOP", "CONT")
+    with pytest.raises(ValueError):
+        _signame("SIGNOPE")

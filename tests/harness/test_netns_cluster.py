@@ -78,6 +78,16 @@ def test_upload_and_download_round_trip(cluster: Cluster, tmp_path: Path) -> Non
     assert len(out["remote_sha256"]) == 64
 
 
+def test_ssh_provider_reaches_the_same_hosts_and_checks_host_keys(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """A TOML hosts file drives the same hosts; an unknown host key is refused."""
+    out = cluster.step("ssh_provider", local_dir=str(tmp_path))
+    assert out["names"] == {"n1": "n1", "n2": "n2", "n3": "n3"}
+    assert out["unknown_key"].startswith("HostUnreachableError")
+    assert "not found in known_hosts" in out["unknown_key"]
+
+
 def test_daemon_outlives_its_ssh_session(cluster: Cluster) -> None:
     """A daemon started over ssh keeps serving after the session closed; no double start."""
     out = cluster.step("daemon")
