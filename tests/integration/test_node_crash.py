@@ -5,7 +5,11 @@ returning corrupt data (the loss window is stated in docs/node.md)."""
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import anyio
@@ -104,5 +108,50 @@ def test_sigkill_under_append_load(tmp_path: Path, sync: str) -> None:
             for w in range(WRITERS):
                 seq = [status[(ww, i)] for ww, i in sorted(status) if ww == w]
                 assert seq == sorted(seq, reverse=True), f"writer {w}: a hole, not a tail"
+    finally:
+        n.kill()
+
+
+def test_truncated_data_file_refuses_start_until_repair(tmp_path: Path) -> None:
+    """Metadata past the end of a data file stops start-up with a clear error (exit 3);
+    `machi node repair` records the loss; then the node starts and the rest is intact."""
+    n = NodeProcess("t1", tmp_path / "t1")
+    try:
+        n.start()
+
+        async def write() -> list[tuple[str, int, int]]:
+            async with n.client() as c:
+                eid = await bootstrap(c, "t1")
+                return [
+                    (p.file, p.offset, p.size)
+                    for p in [await c.append("tr", bytes([i]) * 5000, epoch_id=eid)
+                              for i in range(3)]
+                ]
+
+        chunks = anyio.run(write)
+        assert n.stop() == 0
+        file = chunks[0][0]
+        paths = [p for p in n.data_dir.rglob("*") if p.name == file]
+        assert len(paths) == 1
+        os.truncate(paths[0], chunks[2][1] + 10)  # cut into the last chunk
+        n.start(wait=False)
+        assert n.proc is not None and n.proc.wait(30) == 3
+        assert "storage error" in n.log_path.read_text()
+        r = subprocess.run([sys.executable, "-m", "machi.cli", "node", "repair",
+                            "--data-dir", str(n.data_dir)],
+                           capture_output=True, timeout=60, check=False)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["lost"] == [[file, chunks[2][1], 5000]]
+        n.start()
+
+        async def check() -> None:
+            async with n.client() as c:
+                eid = (await c.wedge_status()).epoch_id
+                for i, (f, o, s) in enumerate(chunks[:2]):
+                    assert (await c.read(f, o, s, epoch_id=eid)).data() == bytes([i]) * s
+                with pytest.raises(NotWritten):
+                    await c.read(file, chunks[2][1], 5000, epoch_id=eid)
+
+        anyio.run(check)
     finally:
         n.kill()
