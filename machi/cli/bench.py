@@ -1,10 +1,82 @@
-"""`machi bench ...` commands."""
+"""`machi bench ...` commands: argument parsing and output only; the benchmarks live in
+``machi.bench``."""
 
 from __future__ import annotations
 
+import json
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
 import click
+
+from machi.bench.stats import parse_size
 
 
 @click.group()
 def bench() -> None:
-    """bench commands."""
+    """Benchmarks (print numbers as JSON; nothing is asserted)."""
+
+
+def _csv(kind: str, text: str) -> tuple[str, ...]:
+    items = tuple(x.strip() for x in text.split(",") if x.strip())
+    if not items:
+        raise click.BadParameter(f"want a comma-separated list of {kind}")
+    return items
+
+
+def _sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # unwinds through the cleanup of the daemons and data dirs
+
+
+@bench.command("flu")
+@click.option("--server", help="HOST:PORT of a running FLU (default: start our own).")
+@click.option("--sync", "sync_modes", default="always,batch,none", show_default=True,
+              help="Sync modes to start daemons with (ignored with --server).")
+@click.option("--sizes", default="4KiB,1MiB", show_default=True, help="Chunk sizes.")
+@click.option("--concurrency", default="1,8,32", show_default=True,
+              help="Requests in flight on the one pipelined connection.")
+@click.option("--duration-s", type=float, default=None,
+              help="Seconds per cell (appends, then reads) and per baseline test "
+                   "[default: 2, or 0.3 with --quick].")
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Where the temporary dir for the baseline and the daemons' data goes "
+                   "[default: the system temp dir].")
+@click.option("--quick", is_flag=True, help="Short smoke run: 0.3 s cells, concurrency 1,8.")
+@click.option("--json", "json_only", is_flag=True, help="Print only the JSON object.")
+def flu(server: str | None, sync_modes: str, sizes: str, concurrency: str,
+        duration_s: float | None, data_dir: Path | None, quick: bool, json_only: bool) -> None:
+    """Append/read throughput and latency of one FLU against the raw disk baseline."""
+    from machi.bench.flu import BenchError, BenchPlan, format_table, run_bench
+
+    try:
+        size_list = tuple(parse_size(s) for s in _csv("sizes", sizes))
+        conc = tuple(int(c) for c in _csv("integers", concurrency))
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    if quick and concurrency == "1,8,32":
+        conc = (1, 8)
+    duration = duration_s if duration_s is not None else (0.3 if quick else 2.0)
+    plan = BenchPlan(
+        sync_modes=_csv("sync modes", sync_modes), sizes=size_list, concurrency=conc,
+        duration_s=duration, baseline_s=duration, data_dir=data_dir, server=server,
+    )
+
+    def progress(line: str) -> None:
+        click.echo(line, err=True)
+
+    old = signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        result = run_bench(plan, progress)
+    except BenchError as e:
+        click.echo(f"bench error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("interrupted; daemons stopped", err=True)
+        sys.exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    if not json_only:
+        click.echo(format_table(result))
+    click.echo(json.dumps(result, indent=None if json_only else 2))
