@@ -28,9 +28,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import paramiko
+if TYPE_CHECKING:  # paramiko costs ~0.4 s to import: only commands that connect pay it
+    import paramiko
 
 T = TypeVar("T")
 
@@ -198,6 +199,8 @@ class Host:
     # -- connection ---------------------------------------------------------------------
 
     def _connect(self) -> paramiko.SSHClient:
+        import paramiko
+
         if self._guard is not None:
             self._guard()
         spec = self.spec
@@ -272,6 +275,8 @@ class Host:
                 self._client = None
 
     def _open_channel(self) -> paramiko.Channel:
+        import paramiko
+
         # Opening a channel has no remote effect, so it is safe to retry once on a fresh
         # connection (the pooled one may have died with a restarted sshd or a partition).
         for attempt in range(2):
@@ -328,6 +333,8 @@ class Host:
     def _exec(
         self, chan: paramiko.Channel, text: str, timeout_s: float, input: bytes | None
     ) -> tuple[int | None, str, str]:
+        import paramiko
+
         deadline = time.monotonic() + timeout_s
         out = bytearray()
         err = bytearray()
@@ -368,6 +375,8 @@ class Host:
 
     @contextlib.contextmanager
     def _sftp(self) -> Iterator[paramiko.SFTPClient]:
+        import paramiko
+
         client = self.client()
         try:
             sftp = client.open_sftp()
@@ -381,6 +390,8 @@ class Host:
 
     def upload(self, local: str | Path, remote: str, *, mode: int | None = None) -> None:
         """Copy a local file to `remote` (its directory is created)."""
+        import paramiko
+
         self.run(["mkdir", "-p", os.path.dirname(remote) or "/"])
         try:
             with self._sftp() as sftp:
@@ -392,6 +403,8 @@ class Host:
 
     def download(self, remote: str, local: str | Path) -> None:
         """Copy `remote` to a local file (its directory is created)."""
+        import paramiko
+
         Path(local).parent.mkdir(parents=True, exist_ok=True)
         try:
             with self._sftp() as sftp:

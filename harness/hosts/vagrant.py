@@ -18,8 +18,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import paramiko
-
 from harness.hosts.base import Host, HostSet, HostSpec
 
 PRIVATE_NET_PREFIX = "192.168.56."
@@ -39,6 +37,8 @@ def cluster_address(name: str) -> str | None:
 
 def parse_ssh_config(text: str) -> list[HostSpec]:
     """HostSpecs from the text `vagrant ssh-config` prints (one `Host` block per VM)."""
+    import paramiko
+
     cfg = paramiko.SSHConfig.from_text(text)
     names = [h for h in cfg.get_hostnames() if h != "*"]
     if not names:

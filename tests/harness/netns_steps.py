@@ -268,3 +268,45 @@ def ssh_provider(payload: dict[str, Any]) -> dict[str, Any]:
     except Exception as e:
         unknown_key = f"{type(e).__name__}: {e}"
     return {"names": names, "unknown_key": unknown_key}
+
+
+def executor(payload: dict[str, Any]) -> dict[str, Any]:
+    """A hand-written schedule carried out by the executor against a dummy daemon."""
+    from harness.nemesis.executor import NemesisExecutor
+    from harness.nemesis.schedule import FaultEvent, grudge_param
+
+    with _hosts(payload) as hosts:
+        for h in hosts:
+            h.start_daemon("dummy", ["sleep", "300"], log_path=f"{h.spec.work_dir}/dummy.log")
+            h.run(f"head -c 1000 /dev/zero > {h.spec.data_dir}/f1")
+        procs = ProcessNemesis(hosts, "dummy")
+        with p.IptablesNet(hosts) as net:
+            ex = NemesisExecutor(
+                net, procs, chain_view=lambda: (["n3", "n1", "n2"], []),
+                data_files=lambda n: [f"{hosts[n].spec.data_dir}/f1"],
+            )
+            halves = p.complete_grudge([["n1"], ["n2", "n3"]])
+            events = [
+                FaultEvent(1.0, "partition", ("n1", "n2", "n3"),
+                           (("kind", "halves"), ("grudge", grudge_param(halves)))),
+                FaultEvent(2.0, "heal", ("n1", "n2", "n3")),
+                FaultEvent(3.0, "kill", ("n2",)),
+                FaultEvent(3.5, "torn-write", ("n2",), (("mode", "truncate"), ("rng_seed", 1))),
+                FaultEvent(4.0, "restart", ("n2",)),
+                FaultEvent(5.0, "pause", ("n3",)),
+                FaultEvent(5.5, "torn-write", ("n3",), (("mode", "flip"), ("rng_seed", 2))),
+                FaultEvent(6.0, "resume", ("n3",)),
+                FaultEvent(7.0, "partition", ("n1", "n2", "n3"),
+                           (("kind", "isolate-head"), ("rng_seed", 3))),
+                FaultEvent(7.5, "partition", ("n1", "n2", "n3"),
+                           (("kind", "isolate-repairing"), ("rng_seed", 4))),
+                FaultEvent(8.0, "heal", ("n1", "n2", "n3")),
+            ]
+            records = [ex.apply(e) for e in events]
+            procs.kill(["n1"])
+            procs.pause(["n3"])
+            ex.heal_all()
+            after = {"alive": procs.alive(), "rules": net.rule_counts(),
+                     "states": {h.name: _state(h, h.daemon_pid("dummy") or 0) for h in hosts}}
+        hosts.map(lambda h: h.stop_daemon("dummy"))
+        return {"records": records, "after": after}

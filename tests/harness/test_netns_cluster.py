@@ -156,6 +156,28 @@ def test_pause_resume_kill_restart(cluster: Cluster) -> None:
     cluster.facts["paused_pid"] = out["left_paused_pid"]
 
 
+def test_executor_carries_out_a_schedule_and_heals_everything(cluster: Cluster) -> None:
+    """Schedule events become rules and signals; role partitions follow the chain view;
+    heal_all leaves no rule and every daemon running."""
+    out = cluster.step("executor")
+    r = out["records"]
+    assert r[0]["components"] == [["n1"], ["n2", "n3"]]
+    assert r[1]["connected_pairs"] == 6
+    assert r[2]["was_running"] == {"n2": True}
+    assert r[3]["torn"][0]["size_after"] < 1000
+    assert r[4]["pids"]["n2"] > 0
+    assert r[5]["was_running"] == {"n3": True}
+    assert "running" in r[6]["torn"][0]["skipped"]  # paused is not down: no torn write
+    assert r[7]["was_running"] == {"n3": True}
+    assert r[8]["grudge"]["n3"] == ["n1", "n2"]  # the head of upi [n3, n1, n2]
+    assert "no repairing node" in r[9]["skipped"]
+    assert r[10]["connected_pairs"] == 6
+    after = out["after"]
+    assert after["alive"] == {"n1": True, "n2": True, "n3": True}
+    assert after["rules"] == {"n1": 0, "n2": 0, "n3": 0}
+    assert set(after["states"].values()) <= {"S", "R"}
+
+
 def test_torn_write_flips_or_truncates_only_the_tail(cluster: Cluster) -> None:
     """Bit flips touch one byte in the tail; truncation cuts the tail; never while running."""
     out = cluster.step("torn")
