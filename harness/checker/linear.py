@@ -28,12 +28,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from harness.checker.models import Item, Model, unwrap
+from harness.checker.models import ANY_STATE, DEPENDS, KEEPS, Item, Model, unwrap
 from harness.checker.result import UNKNOWN, CheckResult, Verdict, combine_verdicts
 from harness.history import Op
 
 # Rough bytes per memo entry (set slot + a ~150-bit int) plus per stack frame.
 MEMO_ENTRY_BYTES = 110
+STATE_BYTES = 250  # interned state + its id + transition cache entries (rough)
 CHECK_EVERY = 1 << 12  # budget checks every this many memo insertions
 PREFIX_TAIL = 20  # ops of the longest prefix shown in a short witness
 _ZOBRIST_SEED = 0x5EED_11EA
@@ -201,6 +202,38 @@ def _search(items: Sequence[Item], ops: Sequence[Op], model: Model, budget: Budg
     read_only = model.read_only
     ro = [read_only(items[j][1]) for j in range(m)]
 
+    # Dead-configuration pruning: req[j] = the state ok op j needs to be legal, prod[j] =
+    # the state op j leaves behind (regardless of the state before); avail[u] = how many
+    # unlinearized ops could still produce state u, need[u] = how many unlinearized ok ops
+    # require it; ``blocked`` counts states u with need[u] > 0 and avail[u] == 0. Unless
+    # u is the current state, such an op can never be linearized: backtrack at once.
+    req = [-1] * m
+    prod = [-1] * m
+    prune = True
+    for j, (_i, cop) in enumerate(items):
+        p = model.produces(cop)
+        if p is DEPENDS:
+            prune = False
+            break
+        if p is not KEEPS and not ro[j]:
+            prod[j] = intern(p)
+        if ret[j] >= 0:
+            rq = model.requires(cop)
+            if rq is not ANY_STATE:
+                req[j] = intern(rq)
+    if not prune:
+        req = [-1] * m
+        prod = [-1] * m
+    nbase = len(states)
+    avail = [0] * nbase
+    need = [0] * nbase
+    for j in range(m):
+        if prod[j] >= 0:
+            avail[prod[j]] += 1
+        if req[j] >= 0:
+            need[req[j]] += 1
+    blocked = sum(1 for u in range(nbase) if need[u] and not avail[u])
+
     # Symmetry groups of interchangeable crashed ops (same cop), ranked by invocation.
     group = [-1] * m
     grank = [0] * m
@@ -251,6 +284,9 @@ def _search(items: Sequence[Item], ops: Sequence[Op], model: Model, budget: Budg
                 # can be linearized now without loss of generality: any linearization
                 # with it later can move it here. So it is forced, not a choice point.
                 fresh = False
+                if blocked and (blocked > 1 or s >= nbase or not need[s] or avail[s]):
+                    e = tail  # some ok op needs a state nothing can produce any more
+                    continue
                 x = nxt[head]
                 while not is_ret[x]:
                     g = group[x]
@@ -274,7 +310,7 @@ def _search(items: Sequence[Item], ops: Sequence[Op], model: Model, budget: Budg
                     countdown -= 1
                     if countdown == 0:
                         countdown = CHECK_EVERY
-                        reason = _over_budget(budget, len(memo))
+                        reason = _over_budget(budget, len(memo), len(states))
                         if reason:
                             raise _OutOfBudget
                     push_e(~x)
@@ -283,6 +319,11 @@ def _search(items: Sequence[Item], ops: Sequence[Op], model: Model, budget: Budg
                         best_depth = len(stack_e)
                         best_saved = False
                     zh = nzh
+                    qj = req[x]
+                    if qj >= 0:
+                        need[qj] -= 1
+                        if not need[qj] and not avail[qj]:
+                            blocked -= 1
                     r = ret[x]
                     if r >= 0:
                         nxt[prv[r]] = nxt[r]
@@ -317,6 +358,16 @@ def _search(items: Sequence[Item], ops: Sequence[Op], model: Model, budget: Budg
                     remaining += 1
                 nxt[prv[ce]] = ce
                 prv[nxt[ce]] = ce
+                pj = prod[ce]
+                if pj >= 0:
+                    avail[pj] += 1
+                    if avail[pj] == 1 and need[pj]:
+                        blocked -= 1
+                qj = req[ce]
+                if qj >= 0:
+                    need[qj] += 1
+                    if need[qj] == 1 and not avail[qj]:
+                        blocked += 1
                 g = group[ce]
                 if g >= 0:
                     gcount[g] -= 1
@@ -340,7 +391,7 @@ def _search(items: Sequence[Item], ops: Sequence[Op], model: Model, budget: Budg
                     countdown -= 1
                     if countdown == 0:
                         countdown = CHECK_EVERY
-                        reason = _over_budget(budget, len(memo))
+                        reason = _over_budget(budget, len(memo), len(states))
                         if reason:
                             raise _OutOfBudget
                     push_e(e)
@@ -357,6 +408,16 @@ def _search(items: Sequence[Item], ops: Sequence[Op], model: Model, budget: Budg
                         remaining -= 1
                     nxt[prv[e]] = nxt[e]
                     prv[nxt[e]] = prv[e]
+                    pj = prod[e]
+                    if pj >= 0:
+                        avail[pj] -= 1
+                        if not avail[pj] and need[pj]:
+                            blocked += 1
+                    qj = req[e]
+                    if qj >= 0:
+                        need[qj] -= 1
+                        if not need[qj] and not avail[qj]:
+                            blocked -= 1
                     if g >= 0:
                         gcount[g] += 1
                     fresh = True
@@ -394,7 +455,7 @@ def _search(items: Sequence[Item], ops: Sequence[Op], model: Model, budget: Budg
     return KeyResult(UNKNOWN, prefix, failing, explanation, reason, stats)
 
 
-def _over_budget(budget: Budget, memo_entries: int) -> str:
+def _over_budget(budget: Budget, memo_entries: int, nstates: int = 0) -> str:
     if budget.max_steps is not None and memo_entries >= budget.max_steps:
         return "step limit"
     if budget.deadline is not None and budget.deadline():
@@ -404,7 +465,8 @@ def _over_budget(budget: Budget, memo_entries: int) -> str:
         # The memo set grows its table in jumps (to ~2-4x its size): leave room for the
         # next one so the process stays under the limit, not just near it.
         next_table_bytes = 16 << (2 * memo_entries).bit_length()
-        if memo_entries * MEMO_ENTRY_BYTES + next_table_bytes > limit:
+        estimate = memo_entries * MEMO_ENTRY_BYTES + nstates * STATE_BYTES
+        if estimate + next_table_bytes > limit:
             return "memory limit"
         probe = budget.memory_probe
         if probe is not None and probe() + next_table_bytes + CHECK_EVERY * 64 > limit:

@@ -86,6 +86,17 @@ class Model:
             return bool(cop[1] == cop[2])
         return False
 
+    def requires(self, cop: Cop) -> Any:
+        """The one state in which ``cop`` is legal, or ``ANY_STATE`` if not that simple."""
+        return ANY_STATE
+
+    def produces(self, cop: Cop) -> Any:
+        """The state ``cop`` leaves behind whatever the state before (``KEEPS`` for a read,
+        ``DEPENDS`` when the result depends on the prior state). The search uses
+        ``requires``/``produces`` to drop a configuration as soon as an invoked ok op needs
+        a state that no remaining op can produce; a single ``DEPENDS`` op disables that."""
+        return DEPENDS
+
     def describe(self, state: Any) -> str:
         """Human-readable state for witnesses."""
         return repr(unwrap(state))
@@ -107,6 +118,21 @@ class _Nil:
 
 
 NIL: Any = _Nil()
+
+
+class _Sentinel:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+ANY_STATE: Any = _Sentinel("ANY_STATE")
+KEEPS: Any = _Sentinel("KEEPS")
+DEPENDS: Any = _Sentinel("DEPENDS")
 
 
 def wrap(v: Any) -> Any:
@@ -152,6 +178,13 @@ class RegisterModel(Model):
         if k == "r":
             return state if state == cop[1] else None
         return cop[2] if state == cop[1] else None  # cas
+
+    def requires(self, cop: Cop) -> Any:
+        return cop[1] if cop[0] in ("r", "c") else ANY_STATE
+
+    def produces(self, cop: Cop) -> Any:
+        k = cop[0]
+        return cop[1] if k == "w" else cop[2] if k == "c" else KEEPS
 
     def partition(self, ops: Sequence[Op]) -> dict[Any, list[Item]]:
         parts = super().partition(ops)
@@ -269,6 +302,15 @@ class KVModel(Model):
         if k == "a":
             return state + cop[1]
         return cop[2] if state == cop[1] else None
+
+    def requires(self, cop: Cop) -> Any:
+        return cop[1] if cop[0] in ("r", "c") else ANY_STATE
+
+    def produces(self, cop: Cop) -> Any:
+        k = cop[0]
+        if k == "a":
+            return KEEPS if cop[1] == "" else DEPENDS
+        return cop[1] if k == "w" else cop[2] if k == "c" else KEEPS
 
     def precheck(self, items: Sequence[Item], ops: Sequence[Op]) -> tuple[int, str] | None:
         if any(cop[0] == "a" for _i, cop in items):
@@ -423,6 +465,12 @@ class WriteOnceModel(Model):
                 return cop[1]
             return None
         return state if state == cop[1] else None
+
+    def requires(self, cop: Cop) -> Any:
+        return cop[1] if cop[0] == "r" else ANY_STATE
+
+    def produces(self, cop: Cop) -> Any:
+        return cop[1] if cop[0] == "w" else KEEPS
 
     def partition(self, ops: Sequence[Op]) -> dict[Any, list[Item]]:
         parts = {

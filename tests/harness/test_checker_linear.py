@@ -243,10 +243,10 @@ def test_witness_names_the_op_and_the_longest_prefix() -> None:
 
 
 def test_pathological_history_is_unknown_within_its_time_limit() -> None:
-    """Many concurrent crashed writes: the verdict is unknown, reached within the time limit."""
+    """Many concurrent crashed appends: the verdict is unknown, reached within the time limit."""
     ops = pair_ops(pathological(40))
     t0 = time.monotonic()
-    res = check_history(ops, "register", time_limit_s=1.0)
+    res = check_history(ops, "kv", time_limit_s=1.0)
     elapsed_s = time.monotonic() - t0
     assert res.valid == "unknown"
     assert res.witness is not None and res.witness["reason"] == "time limit"
@@ -257,8 +257,8 @@ def test_pathological_history_is_unknown_within_its_time_limit() -> None:
 def test_step_budget_gives_unknown_deterministically() -> None:
     """A step budget (no clock at all) stops the pure search with the same answer every time."""
     ops = pair_ops(pathological(30))
-    a = check_linearizable(ops, get_model("register"), Budget(max_steps=10_000))
-    b = check_linearizable(ops, get_model("register"), Budget(max_steps=10_000))
+    a = check_linearizable(ops, get_model("kv"), Budget(max_steps=10_000))
+    b = check_linearizable(ops, get_model("kv"), Budget(max_steps=10_000))
     assert a.valid == b.valid == "unknown"
     assert a.witness is not None and a.witness["reason"] == "step limit"
     assert a.stats == b.stats
@@ -291,7 +291,7 @@ def test_pathological_history_stays_under_its_memory_limit(tmp_path: Path) -> No
             script,
             "check",
             "--model",
-            "register",
+            "kv",
             "--json",
             "--memory-limit",
             str(limit_mb),
