@@ -26,6 +26,13 @@ import click
 from harness.hosts import netns
 from harness.hosts.base import HostError, MultiHostError
 from harness.hosts.providers import PROVIDERS, open_hosts
+from harness.hosts.ssh import HostsFileError
+from harness.hosts.vagrant import VagrantError
+from harness.nemesis.partition import PartitionError
+
+# Failures the user can act on: reported as one line (exit 1), never as a traceback.
+_EXPECTED = (HostError, MultiHostError, PartitionError, HostsFileError, VagrantError,
+             netns.NetnsError, ValueError, KeyError, OSError, subprocess.SubprocessError)
 
 _provider = click.option(
     "--provider", type=click.Choice(PROVIDERS), default="netns", show_default=True,
@@ -84,7 +91,7 @@ def up(nodes: int, provider: str, state_dir: str | None, no_install: bool) -> No
         report = netns.call_in_control_ns(
             "harness.cli_cluster:_netns_check", {"state_dir": str(sd)}
         )
-    except (netns.NetnsError, OSError, subprocess.SubprocessError) as e:
+    except _EXPECTED as e:
         raise _fail(e) from e
     for name, line in report["hosts"].items():
         click.echo(f"{name}  {line}")
@@ -110,7 +117,7 @@ def down(provider: str, hosts_file: str | None, state_dir: str | None) -> None:
     if provider == "netns":
         try:
             removed = netns.cluster_down(state_dir=_sd(state_dir))
-        except (netns.NetnsError, OSError) as e:
+        except _EXPECTED as e:
             raise _fail(e) from e
         for r in removed:
             click.echo(f"removed {r}")
@@ -121,7 +128,7 @@ def down(provider: str, hosts_file: str | None, state_dir: str | None) -> None:
     try:
         with open_hosts(provider, hosts_file=hosts_file) as hosts:
             IptablesNet(hosts).teardown()
-    except (HostError, MultiHostError, ValueError, OSError) as e:
+    except _EXPECTED as e:
         raise _fail(e) from e
     click.echo("nemesis rules removed")
 
@@ -162,7 +169,7 @@ def _ssh_status(provider: str, hosts_file: str | None, state_dir: str | None) ->
     try:
         hosts = open_hosts(provider, hosts_file=hosts_file,
                            state_dir=Path(state_dir) if state_dir else None)
-    except (HostError, ValueError, OSError, netns.NetnsError) as e:
+    except _EXPECTED as e:
         return {"error": str(e)}
     with hosts:
         res = hosts.map(lambda h: h.run("hostname", timeout_s=10).stdout.strip(), check=False)
@@ -180,13 +187,13 @@ def _ssh_status_json(payload: dict[str, Any]) -> dict[str, str]:
 def heal(provider: str, hosts_file: str | None, state_dir: str | None) -> None:
     """Flush every nemesis rule on every host, then prove all pairs connect."""
     _enter_control_ns(provider, state_dir, ["heal"])
-    from harness.nemesis.partition import IptablesNet, PartitionError
+    from harness.nemesis.partition import IptablesNet
 
     try:
         with open_hosts(provider, hosts_file=hosts_file,
                         state_dir=Path(state_dir) if state_dir else None) as hosts:
             report = IptablesNet(hosts).heal_and_check()
-    except (HostError, MultiHostError, PartitionError, ValueError, netns.NetnsError) as e:
+    except _EXPECTED as e:
         raise _fail(e) from e
     click.echo(f"healed: {len(report.ok)} host pairs connect")
 
@@ -210,7 +217,7 @@ def exec_(node: str, command: tuple[str, ...], provider: str, hosts_file: str | 
         with open_hosts(provider, hosts_file=hosts_file,
                         state_dir=Path(state_dir) if state_dir else None) as hosts:
             res = hosts[node].run(text, sudo=sudo, timeout_s=timeout_s, check=False)
-    except (HostError, KeyError, ValueError, netns.NetnsError) as e:
+    except _EXPECTED as e:
         raise _fail(e) from e
     sys.stdout.write(res.stdout)
     sys.stderr.write(res.stderr)
