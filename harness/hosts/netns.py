@@ -310,6 +310,7 @@ def _build(nodes: int, state_dir: Path) -> None:
     (state_dir / "authorized_keys").chmod(0o600)
 
     _ip("netns", "add", bridge_ns())
+    _no_ipv6(bridge_ns())
     _ip("-n", bridge_ns(), "link", "set", "lo", "up")
     _ip("-n", bridge_ns(), "link", "add", "br0", "type", "bridge")
     _ip("-n", bridge_ns(), "link", "set", "br0", "up")
@@ -317,6 +318,7 @@ def _build(nodes: int, state_dir: Path) -> None:
         (s.netns, s.address, s.name) for s in node_states
     ]:
         _ip("netns", "add", ns)
+        _no_ipv6(ns)
         # The veth is born inside machi-br and its peer goes straight into the host:
         # the root namespace never holds either end.
         _ip("-n", bridge_ns(), "link", "add", f"veth-{tag}", "type", "veth",
@@ -347,6 +349,15 @@ def _build(nodes: int, state_dir: Path) -> None:
     (state_dir / "known_hosts").write_text("\n".join(known) + "\n")
     for s in node_states:
         _wait_port_from_control(s.address, 22, timeout_s=10.0)
+
+
+def _no_ipv6(ns: str) -> None:
+    # The nemesis filters IPv4 only; without IPv6 (link-local addresses appear on every
+    # veth otherwise) no packet between hosts can take a path the nemesis does not cut.
+    # Per-namespace sysctls: the root namespace is not affected.
+    _sh(["ip", "netns", "exec", ns, "sysctl", "-q", "-w",
+         "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"],
+        check=False)
 
 
 def _start_sshd(s: NodeState, hd: Path) -> tuple[int, str]:

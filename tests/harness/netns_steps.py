@@ -32,7 +32,7 @@ def commands(payload: dict[str, Any]) -> dict[str, Any]:
     with _hosts(payload) as hosts:
         res = hosts.run_all(
             "hostname; ip -4 -o addr show eth0 | awk '{print $4}'; "
-            "ip route show default | wc -l; id -u"
+            "ip route show default | wc -l; id -u; ip -6 -o addr show | wc -l"
         )
         out = {n: r.stdout.split() for n, r in res.items()}
         try:

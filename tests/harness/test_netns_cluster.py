@@ -55,9 +55,10 @@ def test_hosts_are_namespaces_with_their_own_sshd_and_no_way_out(cluster: Cluste
     """Commands reach every host through its sshd; no host and no root route leads out."""
     out = cluster.step("commands")
     assert out["hosts"] == {
-        "n1": ["n1", "10.77.0.11/24", "0", "0"],
-        "n2": ["n2", "10.77.0.12/24", "0", "0"],
-        "n3": ["n3", "10.77.0.13/24", "0", "0"],
+        # hostname, address, default routes, uid, IPv6 addresses (none: IPv4 only)
+        "n1": ["n1", "10.77.0.11/24", "0", "0", "0"],
+        "n2": ["n2", "10.77.0.12/24", "0", "0", "0"],
+        "n3": ["n3", "10.77.0.13/24", "0", "0", "0"],
     }
     assert out["error"]["node"] == "n1" and out["error"]["exit_code"] == 7
     assert out["error"]["stderr"].strip() == "to-stderr"
