@@ -118,11 +118,15 @@ class _Op:
         self, member: str, fn: Callable[[FluClient], Awaitable[T]], *, mutation: bool = False
     ) -> tuple[Status, T | None, str]:
         """One request to ``member``: (status, result or None, error message)."""
+        if self.remaining_s() * 1000 < self.cc.min_request_ms:
+            # too little time left to expect an answer: a request cut short by our own
+            # deadline would turn a clean failure into an unknown outcome
+            raise _GiveUp()
         try:
             c = await self.cc._flu(member)
         except KeyError:
             return Status.PARTITION, None, f"no address known for member {member!r}"
-        timeout_s = min(self.cc.request_timeout_ms / 1000, max(0.001, self.remaining_s()))
+        timeout_s = min(self.cc.request_timeout_ms / 1000, self.remaining_s())
         if mutation:
             self.mutations_in_flight += 1
         try:
@@ -215,7 +219,8 @@ class ChainClient:
     ``members`` seeds discovery; the ``members_dict`` of the adopted projection wins for
     later calls.  ``tls``: an ``ssl.SSLContext`` for every member.  Timeouts: each request
     ``request_timeout_ms``, each call ``op_timeout_ms`` overall, each projection read
-    ``discovery_timeout_ms``; retries at most ``max_retries`` per call.
+    ``discovery_timeout_ms``; retries at most ``max_retries`` per call; no request is
+    sent with less than ``min_request_ms`` left before the call's deadline.
     """
 
     def __init__(
@@ -228,6 +233,7 @@ class ChainClient:
         op_timeout_ms: int = 30_000,
         request_timeout_ms: int = 5_000,
         discovery_timeout_ms: int = 2_000,
+        min_request_ms: int = 200,
         max_retries: int = 40,
         backoff: cr_plan.Backoff | None = None,
         seed: int | None = None,
@@ -243,6 +249,7 @@ class ChainClient:
         self.op_timeout_ms = op_timeout_ms
         self.request_timeout_ms = request_timeout_ms
         self.discovery_timeout_ms = discovery_timeout_ms
+        self.min_request_ms = min(min_request_ms, request_timeout_ms)
         base = backoff or cr_plan.Backoff()
         self.backoff = cr_plan.Backoff(
             base.base_ms, base.factor, base.cap_ms, base.jitter_ms, max_retries + 1

@@ -294,3 +294,45 @@ def test_tail_killed_mid_load_then_readded_as_repairing(fresh_chain: Chain) -> N
     assert len(acked) > 20 and after_readd
     for status, oc in failures:
         assert status in {"PARTITION", "WEDGED", "BAD_EPOCH", "WRITTEN"}, (status, oc)
+
+
+def test_outcomes_when_the_chain_cannot_finish(fresh_chain: Chain) -> None:
+    """A dead tail nobody replaces: the append gives up as info (head and middle wrote);
+    an unconfirmed CP chain (wedged everywhere): the append gives up as a definite fail."""
+    ch = fresh_chain
+
+    async def go() -> None:
+        await ch.install(NAMES)
+        ch.nodes["c"].kill()
+        async with ChainClient(ch.seeds, op_timeout_ms=1_500, request_timeout_ms=500) as cc:
+            info = CallInfo()
+            with pytest.raises(MachiError) as ei:
+                await cc.append("out", b"half", info=info)
+            assert ei.value.status.name == "PARTITION"
+            assert outcome_of(ei.value, OpKind.APPEND) is Outcome.INFO
+            assert info.stage == "partial" and info.acked == ["a", "b"] and info.attempts > 0
+            info = CallInfo()
+            with pytest.raises(MachiError) as ei:
+                await cc.read("out^^00000000^x^1", 1024, 4, info=info)
+            assert outcome_of(ei.value, OpKind.READ) is Outcome.FAIL
+
+        ch.epoch += 1
+        p = make_projection(
+            epoch_number=ch.epoch, author_server="a", chain_name="c1", all_members=NAMES,
+            mode="cp", upi=("a", "b"), down=("c",),
+            members_dict={n: MemberSpec(n, x.host, x.port) for n, x in ch.nodes.items()},
+        )
+        for name in ("a", "b"):
+            async with ch.client(name) as c:
+                await c.projection_write("public", p)
+                await c.projection_write("private", p)
+                assert (await c.wedge_status()).wedged  # CP waits for confirmation
+        async with ChainClient(ch.seeds, op_timeout_ms=1_000) as cc:
+            info = CallInfo()
+            with pytest.raises(MachiError) as ei:
+                await cc.append("out", b"never", info=info)
+            assert outcome_of(ei.value, OpKind.APPEND) is Outcome.FAIL
+            assert info.stage == "not_sent" and info.acked == [] and info.attempts > 0
+            assert cc.last_epoch_id == p.epoch_id
+
+    anyio.run(go)
