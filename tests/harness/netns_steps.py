@@ -43,13 +43,18 @@ def commands(payload: dict[str, Any]) -> dict[str, Any]:
                    "command": e.command}
         hosts["n2"].close()
         again = hosts["n2"].run("hostname").stdout.strip()
+        transport = hosts["n2"].client().get_transport()
+        assert transport is not None
+        transport.sock.close()  # the connection breaks under the pool's feet
+        broken = hosts["n2"].run("hostname").stdout.strip()
 
         async def from_async() -> dict[str, str]:
             one = await hosts.arun("n3", "hostname")
             many = await hosts.amap(lambda h: h.run("hostname").stdout.strip())
             return {"one": one.stdout.strip(), **many}
 
-        return {"hosts": out, "error": err, "reconnect": again, "connects": hosts["n2"].connects,
+        return {"hosts": out, "error": err, "reconnect": again, "after_break": broken,
+                "connects": hosts["n2"].connects,
                 "async": anyio.run(from_async)}
 
 

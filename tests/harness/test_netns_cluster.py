@@ -62,7 +62,7 @@ def test_hosts_are_namespaces_with_their_own_sshd_and_no_way_out(cluster: Cluste
     }
     assert out["error"]["node"] == "n1" and out["error"]["exit_code"] == 7
     assert out["error"]["stderr"].strip() == "to-stderr"
-    assert out["reconnect"] == "n2" and out["connects"] == 2
+    assert out["reconnect"] == "n2" and out["after_break"] == "n2" and out["connects"] == 3
     assert out["async"] == {"one": "n3", "n1": "n1", "n2": "n2", "n3": "n3"}
     root_routes = subprocess.run(["ip", "-4", "route", "show"], capture_output=True, text=True)
     assert "10.77." not in root_routes.stdout
