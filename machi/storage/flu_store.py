@@ -644,7 +644,7 @@ class FluStore:
 
     async def projection_list(self, kind: Kind) -> list[int]:
         self._check_open()
-        return self._projections.list(check_kind(kind))
+        return self._projections.epochs(check_kind(kind))
 
     async def projection_get_all(self, kind: Kind) -> list[Projection]:
         self._check_open()

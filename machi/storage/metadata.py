@@ -235,7 +235,7 @@ class MetadataDb:
         tf = {r[0] for r in (await c.execute(select(trimmed_files_t))).all()}
         projs = [tuple(r) for r in (await c.execute(select(projections_t))).all()]
         await c.commit()
-        return Loaded(files, chunks, trims, seqs, tf, projs)  # type: ignore[arg-type]
+        return Loaded(files, chunks, trims, seqs, tf, projs)
 
     async def apply(self, batch: Batch, *, durable: bool = False) -> None:
         """Apply ``batch`` in one transaction and commit.

@@ -75,7 +75,7 @@ class ProjectionCache:
         half = self._halves[kind]
         return half[max(half)].epoch_id if half else DUMMY_EPOCH_ID
 
-    def list(self, kind: Kind) -> list[int]:
+    def epochs(self, kind: Kind) -> list[int]:
         return sorted(self._halves[kind])
 
     def get_all(self, kind: Kind) -> list[Projection]:
