@@ -472,7 +472,7 @@ def _basis(
 ) -> tuple[Projection | None, bool]:
     """(basis, is_zerf).  CP: don't trust a local current that is not P_latest (A29)."""
     cur = st.current
-    if cur.mode == "ap" or (latest is not None and latest == cur):
+    if cur.mode == "ap" or (latest is not None and latest == cur and cur.upi_non_witnesses):
         return cur, False
     members = cur.all_members
     if len(up) < majority(len(members)):

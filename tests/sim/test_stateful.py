@@ -1,0 +1,103 @@
+"""Hypothesis stateful tests over the simulator: any interleaving of ticks, cut links,
+heals, crashes, restarts, appends and reads keeps every invariant, and after healing and
+restarting everything the chain converges with no acknowledged write lost."""
+
+from __future__ import annotations
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from machi.sim.cluster import Cluster
+
+NODES = ["a", "b", "c"]
+node = st.sampled_from(NODES)
+HEAL_TICKS_MAX = 20_000
+
+
+class _SimMachine(RuleBasedStateMachine):
+    mode = "ap"
+    witnesses: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cluster: Cluster | None = None
+
+    @initialize(seed=st.integers(0, 2**16))
+    def boot(self, seed: int) -> None:
+        self.seed = seed
+        self.cluster = Cluster(NODES, mode=self.mode,  # type: ignore[arg-type]
+                               seed=seed, witnesses=self.witnesses)
+        self.cluster.bootstrap()
+        self.cluster.run_until(1000)
+
+    @property
+    def c(self) -> Cluster:
+        assert self.cluster is not None
+        return self.cluster
+
+    @rule(ticks=st.integers(1, 800))
+    def tick(self, ticks: int) -> None:
+        self.c.run_until(self.c.now + ticks)
+
+    @rule(src=node, dst=node)
+    def cut_link(self, src: str, dst: str) -> None:
+        if src != dst:
+            self.c.set_partitions(self.c.cut | {(src, dst)})
+
+    @rule()
+    def heal(self) -> None:
+        self.c.set_partitions(set())
+
+    @rule(n=node)
+    def crash(self, n: str) -> None:
+        self.c.crash(n)
+
+    @rule(n=node)
+    def restart(self, n: str) -> None:
+        self.c.restart(n)
+
+    @rule(loc=node)
+    def append(self, loc: str) -> None:
+        if self.c.alive(loc) and loc not in self.witnesses:
+            self.c.client_append(loc)
+
+    @rule(loc=node)
+    def read(self, loc: str) -> None:
+        if self.c.alive(loc) and self.c.acked and loc not in self.witnesses:
+            self.c.client_read(loc)
+
+    @invariant()
+    def no_violations(self) -> None:
+        if self.cluster is not None:
+            assert not self.c.violations, (self.seed, self.c.violations)
+
+    def teardown(self) -> None:
+        if self.cluster is None:
+            return
+        c = self.c
+        c.set_partitions(set())
+        for n in NODES:
+            c.restart(n)
+        deadline = c.now + HEAL_TICKS_MAX
+        while c.now < deadline and not c.converged():
+            c.run_until(c.now + 20)
+        assert c.converged(), f"seed {self.seed}: no convergence after healing"
+        assert not c.violations, c.violations
+        assert c.lost_acked_writes() == 0, f"seed {self.seed}: acknowledged writes lost"
+
+
+class APMachine(_SimMachine):
+    mode = "ap"
+
+
+class CPMachine(_SimMachine):
+    mode = "cp"
+    witnesses = ("a",)
+
+
+_settings = settings(max_examples=40, stateful_step_count=30, deadline=None)
+APMachine.TestCase.settings = _settings
+CPMachine.TestCase.settings = _settings
+TestAPSimulator = APMachine.TestCase
+TestCPSimulator = CPMachine.TestCase
