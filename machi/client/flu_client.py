@@ -186,6 +186,9 @@ class FluClient:
     async def _connection(self) -> _Conn:
         if self._tg is None:
             raise RuntimeError("use `async with FluClient(...)`")
+        conn = self._conn
+        if conn is not None and conn.broken is None:
+            return conn
         async with self._connect_lock:
             conn = self._conn
             if conn is not None and conn.broken is None:
@@ -279,9 +282,11 @@ class FluClient:
                 if f.final:
                     send = conn.pending.pop(f.request_id, None)
                     if send is not None:
-                        with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError):
-                            send.send_nowait(f)
-                        send.close()
+                        with send, contextlib.suppress(anyio.BrokenResourceError):
+                            try:
+                                send.send_nowait(f)
+                            except anyio.WouldBlock:  # a stream consumer is behind
+                                await send.send(f)
                 else:
                     send = conn.pending.get(f.request_id)
                     if send is not None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from machi.core import wire
 from machi.core.checksum import TaggedCsum
@@ -229,20 +230,19 @@ class FluNode:
             return
         except _Gone:
             return
-        limiter = anyio.Semaphore(self.max_in_flight, fast_acquire=True)
+        pool = _Workers(self, peer)
         async with anyio.create_task_group() as tg:
             peer.request_scope = tg.cancel_scope
-            with peer.read_scope:
+            with pool.send, pool.recv, peer.read_scope:
                 try:
-                    await self._read_loop(peer, tg, limiter)
+                    await self._read_loop(peer, tg, pool)
                 except RemoteProtocolError as e:
                     await self._protocol_error(peer, e)
                 except _Gone:
                     pass
+            # closing pool.send lets the workers finish what they hold, then exit
 
-    async def _read_loop(
-        self, peer: _Peer, tg: anyio.abc.TaskGroup, limiter: anyio.Semaphore
-    ) -> None:
+    async def _read_loop(self, peer: _Peer, tg: anyio.abc.TaskGroup, pool: _Workers) -> None:
         while True:
             ev = await self._next_event(peer)
             if isinstance(ev, wire.Closed):
@@ -253,8 +253,9 @@ class FluNode:
                                        ev.message)
                 continue
             assert isinstance(ev, wire.Request)
-            await limiter.acquire()  # backpressure: no more reading while the window is full
-            tg.start_soon(self._serve_request, peer, ev.frame, limiter)
+            # Backpressure: with every worker busy and the pool at its bound, this waits
+            # (and the connection is not read) until a worker is free.
+            await pool.submit(tg, ev.frame)
 
     async def _next_event(self, peer: _Peer) -> wire.Event:
         while True:
@@ -350,9 +351,7 @@ class FluNode:
             await self._raw_send(peer, [head, *reply.payload])
 
     # ---- requests ------------------------------------------------------------------------
-    async def _serve_request(
-        self, peer: _Peer, f: wire.Frame, limiter: anyio.Semaphore
-    ) -> None:
+    async def _serve_request(self, peer: _Peer, f: wire.Frame) -> None:
         t0 = time.perf_counter()
         op_name = _op_name(f.op)
         status = Status.OK
@@ -375,7 +374,6 @@ class FluNode:
                 await self._send_error(peer, f.request_id, f.op, status,
                                        f"internal error: {type(e).__name__}")
         finally:
-            limiter.release()
             self.metrics.observe(op_name, status.name, time.perf_counter() - t0)
 
     async def _dispatch(self, f: wire.Frame, peer: _Peer) -> Reply | None:
@@ -485,6 +483,42 @@ class FluNode:
     async def _proj_get_all(self, f: wire.Frame, peer: _Peer) -> Reply:
         ps = await self.store.projection_get_all(f.meta["kind"])
         return Reply({"projections": [p.to_json() for p in ps]})
+
+
+class _Workers:
+    """Per-connection request workers, started on demand up to the in-flight bound.
+
+    Handing a request to an idle worker (a rendezvous on a zero-buffer stream) is much
+    cheaper than spawning a task per request; workers live as long as the connection.
+    """
+
+    def __init__(self, node: FluNode, peer: _Peer) -> None:
+        self.node = node
+        self.peer = peer
+        self.send, self.recv = anyio.create_memory_object_stream[wire.Frame](0)
+        self.workers = 0
+        self.idle = 0
+
+    async def submit(self, tg: anyio.abc.TaskGroup, frame: wire.Frame) -> None:
+        if self.idle == 0 and self.workers < self.node.max_in_flight:
+            self.workers += 1
+            self.idle += 1  # counted idle from now, so a burst does not over-spawn
+            tg.start_soon(self._work, self.recv.clone())
+        await self.send.send(frame)
+
+    async def _work(self, recv: MemoryObjectReceiveStream[wire.Frame]) -> None:
+        with recv:
+            while True:
+                try:
+                    frame = await recv.receive()
+                except anyio.EndOfStream:
+                    self.idle -= 1
+                    return
+                self.idle -= 1
+                try:
+                    await self.node._serve_request(self.peer, frame)
+                finally:
+                    self.idle += 1
 
 
 class _Gone(Exception):

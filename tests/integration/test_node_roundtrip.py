@@ -235,3 +235,25 @@ def test_graceful_sigterm(tmp_path: Path) -> None:
         anyio.run(check)
     finally:
         n.kill()
+
+
+def test_streamed_checksum_list_with_a_slow_consumer(node: NodeProcess) -> None:
+    """A checksum_list of many small batches arrives complete and in order even when the
+    consumer is slower than the stream (bounded client buffer, no lost final frame)."""
+
+    async def go() -> None:
+        async with node.client() as c:
+            eid = (await c.wedge_status()).epoch_id
+            offsets = [(await c.append("stream", bytes([i]) * 10, epoch_id=eid))
+                       for i in range(60)]
+            file = offsets[0].file
+            got: list[int] = []
+            async for batch in c.checksum_list_batches(file, batch_size=1):
+                assert len(batch) <= 1
+                got += [e.offset for e in batch if e.offset >= 1024]
+                await anyio.sleep(0.002)
+            assert [p.offset for p in offsets if p.file == file] == [
+                o for o in got if o in {p.offset for p in offsets}]
+            assert await c.echo(b"after") == b"after"  # the connection is still in sync
+
+    anyio.run(go)
