@@ -215,9 +215,10 @@ def test_deadline_gives_unknown() -> None:
     assert r.valid == "unknown"
 
 
-def test_ops_events_and_lines_agree() -> None:
+@pytest.mark.parametrize("anomaly", [None, *WRITE_ONCE_ANOMALIES])
+def test_ops_events_and_lines_agree(anomaly: str | None) -> None:
     """Raw dicts, Event objects, paired Ops and JSONL lines give the same verdict."""
-    events = list(write_once_history(seed=5, ops=600, crash_p=0.1, fail_p=0.05))
+    events = list(write_once_history(seed=5, ops=600, crash_p=0.1, fail_p=0.05, anomaly=anomaly))
     events += list(H().read(999, ["ghost", 1024, 1], "nope").events)
     for i, e in enumerate(events):
         e["index"] = i
@@ -290,8 +291,7 @@ def test_jsonl_decoding_paths_and_errors(monkeypatch: pytest.MonkeyPatch) -> Non
         json.dumps({k: v for k, v in e.items() if k != "index"}).encode() + b"\n" for e in events
     ]
     fast = check_write_once_lines(lines)
-    monkeypatch.setattr(wo, "_fast_lines_decoder", lambda: None)
-    monkeypatch.setattr(wo, "_fast_decoder", lambda: json.loads)
+    monkeypatch.setattr(wo, "msgspec", None)  # as without the "fast" extra: stdlib json
     slow = check_write_once_lines(lines)
     assert fast.to_json() == slow.to_json()
     assert fast.valid is True
