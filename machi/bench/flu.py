@@ -102,11 +102,20 @@ def _server_cpu_s(pid: int | None) -> float | None:
     return (int(fields_[11]) + int(fields_[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _cpu_fields(pid: int | None, server0: float | None, client0: float) -> dict[str, Any]:
-    out: dict[str, Any] = {"client_cpu_s": round(time.process_time() - client0, 3)}
+def _cpu_fields(
+    pid: int | None, server0: float | None, client0: float, ops: int
+) -> dict[str, Any]:
+    """CPU seconds spent by the client and the daemon during a cell, and per op: on a
+    shared machine CPU per op is steadier than wall-clock throughput."""
+    client_s = time.process_time() - client0
+    out: dict[str, Any] = {"client_cpu_s": round(client_s, 3)}
+    if ops:
+        out["client_cpu_us_per_op"] = round(client_s / ops * 1e6, 1)
     server1 = _server_cpu_s(pid)
     if server0 is not None and server1 is not None:
         out["server_cpu_s"] = round(server1 - server0, 3)
+        if ops:
+            out["server_cpu_us_per_op"] = round((server1 - server0) / ops * 1e6, 1)
     return out
 
 
@@ -132,7 +141,7 @@ async def append_cell(
         for _ in range(concurrency):
             tg.start_soon(worker)
     result = summarize(cell.latencies_s, time.perf_counter() - start, size)
-    result.update(_cpu_fields(pid, server0, client0))
+    result.update(_cpu_fields(pid, server0, client0, result["ops"]))
     return result, cell.positions
 
 
@@ -163,7 +172,7 @@ async def read_cell(
         for _ in range(concurrency):
             tg.start_soon(worker)
     result = summarize(cell.latencies_s, time.perf_counter() - start, size)
-    result.update(_cpu_fields(pid, server0, client0))
+    result.update(_cpu_fields(pid, server0, client0, result["ops"]))
     return result
 
 
@@ -346,15 +355,17 @@ def format_table(result: dict[str, Any]) -> str:
     """A short human-readable table of a result object."""
     lines = [
         f"{'sync':<7}{'size':>7}{'conc':>5} | {'append op/s':>11}{'MB/s':>9}{'p50 ms':>8}"
-        f"{'p99 ms':>8} | {'read op/s':>10}{'GB/s':>8}{'p50 ms':>8}{'p99 ms':>8}",
+        f"{'p99 ms':>8}{'srv us/op':>10} | {'read op/s':>10}{'GB/s':>8}{'p50 ms':>8}"
+        f"{'p99 ms':>8}{'srv us/op':>10}",
     ]
     for c in result["cells"]:
         a, r = c["append"], c["read"]
         lines.append(
             f"{c['sync']:<7}{c['size_label']:>7}{c['concurrency']:>5} | "
             f"{a['ops_per_s']:>11.1f}{a['mb_per_s']:>9.1f}{a['latency_ms_p50']:>8.2f}"
-            f"{a['latency_ms_p99']:>8.2f} | {r['ops_per_s']:>10.1f}{r['gb_per_s']:>8.3f}"
-            f"{r['latency_ms_p50']:>8.2f}{r['latency_ms_p99']:>8.2f}"
+            f"{a['latency_ms_p99']:>8.2f}{a.get('server_cpu_us_per_op', '-'):>10} | "
+            f"{r['ops_per_s']:>10.1f}{r['gb_per_s']:>8.3f}{r['latency_ms_p50']:>8.2f}"
+            f"{r['latency_ms_p99']:>8.2f}{r.get('server_cpu_us_per_op', '-'):>10}"
         )
     b = result["baseline"]
     lines.append(

@@ -18,13 +18,14 @@ def main() -> None:
 
 
 def _register() -> None:
-    from machi.cli import bench, chain_io, flu, node, projection, sim
+    from machi.cli import bench, chain_io, demo, flu, node, projection, sim
 
     main.add_command(node.node)
     main.add_command(flu.flu)
     main.add_command(projection.projection)
     main.add_command(bench.bench)
     main.add_command(sim.sim)
+    main.add_command(demo.demo)
     main.add_command(chain_io.append)
     main.add_command(chain_io.read)
 
