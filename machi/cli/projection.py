@@ -91,7 +91,8 @@ def make(epoch_number: int, author: str, chain_name: str, members: str, upi: str
     upi_list = all_members if upi is None else [m for m in upi.split(",") if m]
     try:
         p = make_projection(epoch_number=epoch_number, author_server=author,
-                            chain_name=chain_name, all_members=all_members, mode=mode,
+                            chain_name=chain_name, all_members=all_members,
+                            mode="cp" if mode == "cp" else "ap",
                             upi=upi_list, down=[m for m in all_members if m not in upi_list])
     except ValueError as e:
         click.echo(f"BAD_ARG: {e}", err=True)

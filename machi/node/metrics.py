@@ -86,8 +86,8 @@ class Metrics:
             ("machi_protocol_errors_total", self.protocol_errors, "counter"),
         ):
             lines += [f"# TYPE {name} {typ}", f"{name}{{{n}}} {value}"]
-        for key, value in sorted(self.gauges().items()):
-            lines += [f"# TYPE machi_{key} gauge", f"machi_{key}{{{n}}} {value}"]
+        for key, gauge in sorted(self.gauges().items()):
+            lines += [f"# TYPE machi_{key} gauge", f"machi_{key}{{{n}}} {gauge}"]
         if self.store_stats is not None:
             for key, value in sorted(self.store_stats().items()):
                 if isinstance(value, (int, float)) and not isinstance(value, bool):

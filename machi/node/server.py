@@ -290,8 +290,11 @@ class FluNode:
         if isinstance(req, wire.Closed):
             return False
         if not isinstance(req, wire.Request) or req.frame.op != Op.AUTH:
-            rid = req.request_id if isinstance(req, wire.BadRequest) else req.frame.request_id
-            op = req.op if isinstance(req, wire.BadRequest) else req.frame.op
+            rid, op = 0, 0
+            if isinstance(req, wire.BadRequest):
+                rid, op = req.request_id, req.op
+            elif isinstance(req, wire.Request):
+                rid, op = req.frame.request_id, req.frame.op
             await self._send_error(peer, rid, op, Status.AUTH_REQUIRED,
                                    "this node requires authentication")
             self.log.warning("unauthenticated request refused", peer=peer.address)
