@@ -264,9 +264,13 @@ def _search(items: Sequence[Item], ops: Sequence[Op], model: Model, budget: Budg
     s = intern(model.init())
     zh = 0
     e = nxt[head]
+    # The longest prefix: once the search first backtracks from a record depth, the record
+    # stack is kept as stack_e[:best_common] (never touched again) + reversed(best_tail)
+    # (what was popped below it since), so preserving it costs O(1) per pop, not a copy.
     best_depth = 0
     best_saved = True
-    best: list[int] = []
+    best_common = 0
+    best_tail: list[int] = []
     best_state = s
     backtracks = 0
     countdown = CHECK_EVERY
@@ -341,9 +345,13 @@ def _search(items: Sequence[Item], ops: Sequence[Op], model: Model, budget: Budg
                     verdict = False
                     break
                 if not best_saved and len(stack_e) == best_depth:
-                    best = stack_e[:]
-                    best_state = s
                     best_saved = True
+                    best_common = best_depth
+                    best_tail = []
+                    best_state = s
+                if best_saved and len(stack_e) == best_common:
+                    best_tail.append(stack_e[-1])
+                    best_common -= 1
                 backtracks += 1
                 ce = pop_e()
                 s = pop_s()
@@ -427,9 +435,11 @@ def _search(items: Sequence[Item], ops: Sequence[Op], model: Model, budget: Budg
         verdict = UNKNOWN
     if max_steps is not None and verdict == UNKNOWN and not reason:
         reason = "step limit"
-    if not best_saved or len(stack_e) >= len(best):
+    if not best_saved or len(stack_e) >= best_depth:
         best = stack_e[:]
         best_state = s
+    else:
+        best = stack_e[:best_common] + best_tail[::-1]
     stats = {
         "steps": len(memo),
         "memo_entries": len(memo),

@@ -179,9 +179,24 @@ def test_injected_anomaly_is_invalid(
     """One stale read, lost write or value from nowhere makes a generated history invalid."""
     evs = generate(model_name, seed=seed, ops=n, processes=processes, crash_p=crash_p, keys=2)
     bad = inject(evs, anomaly, seed=seed, model=model_name)
-    res = check_history(pair_ops(bad), model_name, time_limit_s=30)
+    ops = pair_ops(bad)
+    res = check_history(ops, model_name, time_limit_s=30)
     assert res.valid is False, (anomaly, res.witness)
     assert res.witness is not None and res.witness["explanation"]
+    assert_prefix_is_a_linearization(ops, get_model(model_name), res.witness)
+
+
+def assert_prefix_is_a_linearization(ops: Sequence[Op], model: Model, w: dict[str, Any]) -> None:
+    """The witness prefix replays legally through the model and respects real time."""
+    cops = dict(model.partition(ops)[w["key"]])
+    state = model.init()
+    prefix = w["prefix_indices"]
+    for n, i in enumerate(prefix):
+        state = model.step(state, cops[i])
+        assert state is not None, ("prefix op illegal", n, ops[i])
+        for j in prefix[n + 1 :]:
+            done = ops[j].complete_index
+            assert done is None or ops[j].type != "ok" or done > ops[i].invoke_index
 
 
 def test_write_once_model_agrees_with_the_write_once_checker() -> None:
