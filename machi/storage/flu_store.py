@@ -342,7 +342,10 @@ class FluStore:
             self._file_record(batch, f)
             self._committer.in_flight -= 1
             try:
-                await self._committer.submit(batch)
+                # Shielded (bounded by one commit): a cancelled caller must not drop the
+                # pending mark, and so expose the chunk to readers, before it is durable.
+                with anyio.CancelScope(shield=True):
+                    await self._committer.submit(batch)
             finally:
                 self._committer.in_flight += 1
         finally:
@@ -572,8 +575,9 @@ class FluStore:
                 assert e.csum is not None
                 batch.chunk_put(file, e.offset, e.size, e.csum.to_bytes())
         self._file_record(batch, f)
-        await self._committer.submit(batch)
-        await self._maybe_delete(f)
+        with anyio.CancelScope(shield=True):  # the index already changed: finish the job
+            await self._committer.submit(batch)
+            await self._maybe_delete(f)
 
     def _is_target(self, name: str) -> bool:
         return any(t.name == name for t in self._targets.values())

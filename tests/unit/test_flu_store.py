@@ -302,3 +302,24 @@ async def test_data_dir_lock_and_bad_config(tmp_path: Path) -> None:
                {"namespace": "a/b"}]:
         with pytest.raises(ConfigError):
             StoreConfig(**kw)  # type: ignore[arg-type]
+
+
+async def test_cancelled_append_is_not_visible_before_durable(tmp_path: Path) -> None:
+    """A chunk of an append cancelled mid-commit reads the same before and after a
+    restart (never visible first and lost later)."""
+    d = tmp_path / "flu"
+
+    async def visible(s: FluStore, file: str) -> bytes | None:
+        try:
+            return b"".join(c.data for c in (await s.read(file, B + 5, 9)).chunks)
+        except NotWritten:
+            return None
+
+    async with await FluStore.open(d, StoreConfig(sync="always")) as s:
+        pos, _ = await s.append("p", b"first", NO_CSUM, epoch_id=E0)
+        with anyio.move_on_after(0):
+            await s.append("p", b"cancel-me", NO_CSUM, epoch_id=E0)
+        before = await visible(s, pos.file)
+        assert s.stats()["pending_chunks"] == 0
+    async with await FluStore.open(d) as s:
+        assert await visible(s, pos.file) == before
