@@ -21,6 +21,7 @@ import re
 import select
 import shlex
 import signal as signal_mod
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -221,10 +222,13 @@ class Host:
             client.set_missing_host_key_policy(paramiko.RejectPolicy())
         last: Exception | None = None
         for attempt in range(CONNECT_ATTEMPTS_MAX):
+            sock: socket.socket | None = None
             try:
+                sock = _socket(spec)
                 client.connect(
                     spec.address,
                     port=spec.port,
+                    sock=sock,
                     username=spec.user,
                     key_filename=os.path.expanduser(spec.key_path) if spec.key_path else None,
                     timeout=spec.connect_timeout_s,
@@ -239,11 +243,15 @@ class Host:
                 self.connects += 1
                 return client
             except paramiko.BadHostKeyException as e:
+                client.close()
                 raise HostUnreachableError(spec.name, f"host key mismatch: {e}") from e
             except paramiko.AuthenticationException as e:
+                client.close()
                 raise HostUnreachableError(spec.name, f"authentication failed: {e}") from e
             except (OSError, paramiko.SSHException) as e:
                 last = e
+                if sock is not None:
+                    sock.close()
                 time.sleep(0.2 * (attempt + 1))
         client.close()
         raise HostUnreachableError(
@@ -566,6 +574,23 @@ alive() {
   [ "$cur" = "$st" ]
 }
 """
+
+
+TCP_USER_TIMEOUT_MS = 30_000
+
+
+def _socket(spec: HostSpec) -> socket.socket:
+    """A TCP connection whose death is noticed: paramiko waits for some replies without a
+    timeout, so the kernel must give up on an unresponsive peer (unacknowledged data for
+    30 s, or 3 lost keepalive probes after 10 s idle) and close the transport."""
+    sock = socket.create_connection((spec.address, spec.port), timeout=spec.connect_timeout_s)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    if hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, TCP_USER_TIMEOUT_MS)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 5)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+    return sock
 
 
 def _signame(sig: int | str) -> str:
