@@ -120,6 +120,7 @@ def _child_write_once(path: Path, memory_limit_mb: float, time_limit_s: float) -
     from harness.checker.write_once import check_write_once_lines
 
     t0 = time.perf_counter()
+    cpu0 = time.process_time()
     with path.open("rb", buffering=1 << 20) as fh:
         r = check_write_once_lines(
             fh,
@@ -129,6 +130,7 @@ def _child_write_once(path: Path, memory_limit_mb: float, time_limit_s: float) -
         )
     elapsed = time.perf_counter() - t0
     return {
+        "cpu_s": round(time.process_time() - cpu0, 3),
         "valid": r.valid,
         "checked_ops": r.ops,
         "positions": r.keys,
@@ -153,9 +155,11 @@ def _child_general(
     )
     crashed = sum(1 for op in ops if op.type == "info")
     t0 = time.perf_counter()
+    cpu0 = time.process_time()
     r = check_history(ops, point.model, time_limit_s, memory_limit_mb)
     elapsed = time.perf_counter() - t0
     return {
+        "cpu_s": round(time.process_time() - cpu0, 3),
         "valid": r.valid,
         "checked_ops": len(ops),
         "keys_checked": r.keys,
@@ -165,14 +169,28 @@ def _child_general(
     }
 
 
+def _calibrate_s() -> float:
+    """CPU seconds for 10^6 additions in a Python loop: this machine's speed right now
+    (about 0.03-0.04 s on an idle desktop core), to read the other numbers against."""
+    t0 = time.process_time()
+    x = 0
+    for i in range(1_000_000):
+        x += i
+    return time.process_time() - t0
+
+
 def child_main(argv: list[str]) -> None:
     """Entry of the measuring subprocess: one point, one JSON line on stdout."""
     spec = json.loads(argv[0])
     point = Point(**spec["point"])
+    calib_s = _calibrate_s()
+    load = os.getloadavg()[0]
     if point.model == "write-once":
         out = _child_write_once(Path(spec["path"]), spec["memory_limit_mb"], spec["time_limit_s"])
     else:
         out = _child_general(point, spec["seed"], spec["memory_limit_mb"], spec["time_limit_s"])
+    out["calib_s"] = round(calib_s, 3)
+    out["loadavg_1m"] = round(load, 2)
     out["peak_rss_mb"] = round(_peak_rss_mb(), 1)
     sys.stdout.write(json.dumps(out) + "\n")
 
