@@ -1,0 +1,142 @@
+"""Step-level tests of the chain manager decision core (machi.core.chain_manager)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+from machi.core import chain_manager as cm
+from machi.core.fitness import Report
+from machi.core.projection import Projection, make_projection
+from machi.core.status import Status
+
+RNG = random.Random(0)
+
+
+def _cfg(name: str, mode: str = "ap") -> cm.Config:
+    return cm.Config(name=name, chain_name="c1", mode=mode,  # type: ignore[arg-type]
+                     stability_time_ms=100)
+
+
+def _p(upi: str, repairing: str = "", *, epoch: int = 5, author: str = "a",
+       mode: str = "ap", members: str = "abc", witnesses: str = "") -> Projection:
+    return make_projection(
+        epoch_number=epoch, author_server=author, chain_name="c1", all_members=list(members),
+        mode=mode,  # type: ignore[arg-type]
+        upi=list(upi), repairing=list(repairing), witnesses=list(witnesses),
+        down=[m for m in members if m not in upi and m not in repairing],
+    )
+
+
+def _of(effects: list[cm.Effect], kind: type) -> list:  # type: ignore[type-arg]
+    return [e for e in effects if isinstance(e, kind)]
+
+
+def _round(st: cm.ManagerState, now: int,
+           views: dict[str, cm.MemberView | Status]) -> tuple[cm.ManagerState, list[cm.Effect]]:
+    st, eff = cm.step(st, cm.Tick(), now_ms=now, rng=RNG)
+    reads = _of(eff, cm.ReadMembers)
+    assert reads, eff
+    return cm.step(st, cm.MembersRead(reads[0].round_id, views), now_ms=now + 1, rng=RNG)
+
+
+def _views(pub: Projection | None, priv: Projection | None, names: str = "abc",
+           **fitness: Report) -> dict[str, cm.MemberView | Status]:
+    return {n: cm.MemberView(pub, priv, None, dict(fitness)) for n in names}
+
+
+def test_bootstrap_adopt_then_confirm_and_unwedge() -> None:
+    """Bootstrap writes the all-members projection everywhere; a unanimous read adopts
+    it; a read showing every UPI member using it confirms and unwedges."""
+    st, _ = cm.initial_state(_cfg("a"), None, now_ms=0)
+    st, eff = cm.step(st, cm.AdminBootstrap(("a", "b", "c")), now_ms=0, rng=RNG)
+    (w,) = _of(eff, cm.WritePublic)
+    p = w.projection
+    assert w.members == ("a", "b", "c") and p.upi == ("a", "b", "c")
+    st, eff = _round(st, 10, _views(p, None))
+    assert _of(eff, cm.WritePrivate)[0].projection == p
+    st, eff = _round(st, 20, _views(p, p))
+    (wedge,) = _of(eff, cm.SetWedge)
+    assert not wedge.wedged and wedge.epoch_id == p.epoch_id
+    assert _of(eff, cm.WritePrivate)[0].projection.dbg2["confirmed"] is True
+    assert st.confirmed
+
+
+def test_stale_round_results_are_ignored() -> None:
+    """A read answer for an older round changes nothing."""
+    p = _p("abc", epoch=1)
+    st, _ = cm.initial_state(_cfg("a"), p, now_ms=0)
+    st, _ = cm.step(st, cm.Tick(), now_ms=0, rng=RNG)
+    st2, eff = cm.step(st, cm.MembersRead(st.round_id - 1, _views(p, p)), now_ms=1, rng=RNG)
+    assert st2 == st and not _of(eff, cm.WritePrivate)
+
+
+def test_unsafe_unanimous_candidate_is_not_adopted() -> None:
+    """A unanimous projection that re-orders my UPI is refused (and counted)."""
+    cur = _p("abc", epoch=1)
+    st, _ = cm.initial_state(_cfg("b"), cur, now_ms=0)
+    bad = _p("cba", epoch=2, author="c")
+    st, eff = _round(st, 10, _views(bad, cur))
+    assert all(w.projection.epoch_id == cur.epoch_id for w in _of(eff, cm.WritePrivate))
+    assert st.not_sane == 1
+    assert any(t.fields["event"] == "insane" for t in _of(eff, cm.Trace))
+
+
+def test_ap_hosed_node_suggests_itself_on_its_own_store() -> None:
+    """AP: when the shared reports exclude me I write a chain of just me to my own
+    public store only."""
+    cur = _p("abc", epoch=1)
+    st, _ = cm.initial_state(_cfg("b"), cur, now_ms=0)
+    views = _views(cur, cur, "bc", a=Report("a", 5, frozenset("b")))
+    views["a"] = Status.PARTITION
+    st, eff = _round(st, 10, views)
+    (w,) = _of(eff, cm.WritePublic)
+    assert w.members == ("b",) and w.projection.upi == ("b",)
+
+
+def test_cp_minority_proposes_none() -> None:
+    """CP: alone, I cannot form a majority and propose the none projection."""
+    cur = _p("abc", epoch=1, mode="cp")
+    st, _ = cm.initial_state(_cfg("a", "cp"), cur, now_ms=0)
+    views = _views(cur, cur, "a")
+    views.update(b=Status.PARTITION, c=Status.PARTITION)
+    st, eff = _round(st, 10, views)
+    (w,) = _of(eff, cm.WritePublic)
+    assert w.projection.is_none()
+
+
+def test_removed_member_wedges_itself() -> None:
+    """A newer projection that no longer lists me: wedge and adopt the none projection."""
+    cur = _p("abc", epoch=1)
+    st, _ = cm.initial_state(_cfg("c"), cur, now_ms=0)
+    new = _p("ab", epoch=1112, members="ab")
+    st, eff = _round(st, 10, _views(new, cur, "abc"))
+    assert _of(eff, cm.SetWedge)[0].wedged
+    assert _of(eff, cm.WritePrivate)[0].projection.is_none()
+    assert st.removed
+
+
+def test_loop_breaker_after_identical_adoptions() -> None:
+    """The eighth identical (UPI, repairing) adoption in a row adopts nothing more and
+    declares me down for a while (C103)."""
+    cur = _p("abc", epoch=1)
+    st, _ = cm.initial_state(_cfg("a"), cur, now_ms=0)
+    st = replace(st, history=((("a", "b", "c"), ()),) * 7)
+    nxt = _p("abc", epoch=2, author="b")
+    st, eff = _round(st, 10, _views(nxt, cur))
+    assert any(t.fields["event"] == "loop_breaker" for t in _of(eff, cm.Trace))
+    assert st.loop_hold_until_ms > 10
+
+
+def test_tail_repairs_then_promotes() -> None:
+    """The UPI tail starts repair once the confirmed projection is stable, and a
+    successful repair lets it propose the promotion."""
+    cur = _p("ac", "b", epoch=3).with_dbg2({"confirmed": True})
+    st, _ = cm.initial_state(_cfg("c"), cur, now_ms=0)
+    st = replace(st, confirmed=True)
+    st, eff = _round(st, 500, _views(cur, cur))
+    (rep,) = _of(eff, cm.StartRepair)
+    st, eff = cm.step(st, cm.RepairDone(rep.projection.epoch_id, True), now_ms=600, rng=RNG)
+    st, eff = _round(st, 700, _views(cur, cur))
+    (w,) = _of(eff, cm.WritePublic)
+    assert w.projection.upi == ("a", "c", "b") and w.projection.author_server == "c"

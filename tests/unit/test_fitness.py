@@ -1,0 +1,46 @@
+"""Tests of the fitness reports and the shared up set (machi.core.fitness)."""
+
+from __future__ import annotations
+
+from machi.core.fitness import Report, choose_up, merge
+
+
+def _r(obs: str, t: int, *unreach: str, down_until: int = 0) -> Report:
+    return Report(obs, t, frozenset(unreach), down_until)
+
+
+def test_merge_keeps_newest_per_observer_and_commutes() -> None:
+    """Last writer wins per observer, whatever the merge order."""
+    m1 = {"a": _r("a", 1, "b"), "b": _r("b", 5)}
+    m2 = {"a": _r("a", 3), "c": _r("c", 2, "a")}
+    assert merge(m1, m2) == merge(m2, m1)
+    assert merge(m1, m2)["a"].unreachable == frozenset()
+
+
+def test_one_way_cut_excludes_one_side_deterministically() -> None:
+    """a cannot reach b (and so b cannot read a): the largest conflict-free set wins,
+    ties broken by names, so everyone with the same reports picks the same chain."""
+    reports = {"a": _r("a", 10, "b"), "b": _r("b", 10, "a"), "c": _r("c", 10)}
+    assert choose_up("abc", reports, now_ms=20, stale_ms=100) == frozenset("ac")
+    assert choose_up("abc", {"a": reports["a"]}, now_ms=20, stale_ms=100) == frozenset("ac")
+
+
+def test_isolated_node_and_stale_reports() -> None:
+    """A node everyone reports unreachable is out; reports older than stale_ms are
+    ignored; admin-down members are out until their time passes."""
+    reports = {"a": _r("a", 10, "c"), "b": _r("b", 10, "c")}
+    assert choose_up("abc", reports, now_ms=20, stale_ms=100) == frozenset("ab")
+    assert choose_up("abc", reports, now_ms=500, stale_ms=100) == frozenset("abc")
+    held = {"b": _r("b", 10, down_until=300)}
+    assert choose_up("abc", held, now_ms=200, stale_ms=1000) == frozenset("ac")
+    assert choose_up("abc", held, now_ms=400, stale_ms=1000) == frozenset("abc")
+
+
+def test_greedy_beyond_exact_limit_is_conflict_free() -> None:
+    """More than EXACT_MAX members: the greedy choice still has no conflict inside."""
+    names = [f"n{i:02d}" for i in range(16)]
+    reports = {n: _r(n, 1, names[(i + 1) % 16]) for i, n in enumerate(names)}
+    up = choose_up(names, reports, now_ms=2, stale_ms=100)
+    assert len(up) == 8
+    for n in up:
+        assert not reports[n].unreachable & up
