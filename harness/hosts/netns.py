@@ -271,6 +271,9 @@ def cluster_up(nodes: int, *, state_dir: Path | None = None, install: bool = Tru
         raise NetnsError(why)
     if (state_dir / STATE_FILE).exists():
         raise NetnsError(f"a netns cluster is already up ({state_dir}); run `cluster down`")
+    if state_dir.exists() and any(state_dir.iterdir()) and not (state_dir / MARKER_FILE).exists():
+        # `down` deletes the state directory: never adopt one that holds other files.
+        raise NetnsError(f"state directory {state_dir} exists and is not empty; pick another")
     leftovers = our_namespaces()
     if leftovers:
         raise NetnsError(f"namespaces {leftovers} exist without state; run `cluster down`")
