@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 import pytest
 
 from machi.client.chain_client import CallInfo, ChainClient, outcome_of
@@ -195,6 +196,26 @@ def test_cli_append_and_read(chain: Chain, tmp_path: Path) -> None:
     """`machi append` prints the position; `machi read` (via --members or --cluster)
     writes the verified bytes; an unwritten read exits 2 with its outcome."""
     members = ",".join(f"{n}={h}:{p}" for n, (h, p) in chain.seeds.items())
+    datas = [bytes([i]) * 1000 * (i + 1) for i in range(3)]
+    procs = [subprocess.Popen(  # three CLI appends at once
+        [sys.executable, "-m", "machi.cli", "append", "--members", members, "--prefix", "cli",
+         "-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in datas]
+    positions = []
+    for proc, d in zip(procs, datas, strict=True):
+        out, err = proc.communicate(d, timeout=60)
+        assert proc.returncode == 0, err
+        positions.append(json.loads(out))
+    assert len({(q["file"], q["offset"]) for q in positions}) == 3
+
+    async def everywhere() -> None:
+        async with ChainClient(chain.seeds) as cc:
+            p = await cc.refresh()
+        await check_everywhere(chain, p, [
+            (ChunkPos(q["file"], q["offset"], q["size"], None), d)  # type: ignore[arg-type]
+            for q, d in zip(positions, datas, strict=True)])
+
+    anyio.run(everywhere)
     data = bytes(range(256)) * 100
     r = cli("append", "--members", members, "--prefix", "cli", "-", stdin=data)
     assert r.returncode == 0, r.stderr
@@ -241,6 +262,9 @@ def test_tail_killed_mid_load_then_readded_as_repairing(fresh_chain: Chain) -> N
             async def writer(w: int) -> None:
                 i = 0
                 while not stop.is_set():
+                    if acked_in_phase[phase["n"]] >= 60:  # bound the read-back work
+                        await anyio.sleep(0.01)
+                        continue
                     data = payload(w, i)
                     i += 1
                     try:
@@ -263,7 +287,7 @@ def test_tail_killed_mid_load_then_readded_as_repairing(fresh_chain: Chain) -> N
                 phase["n"] = 1
                 p2 = await ch.install(("a", "b"))
                 await anyio.sleep(0.8)
-                ch.nodes["c"].start()
+                await anyio.to_thread.run_sync(ch.nodes["c"].start)  # appends go on
                 await ch.install(("a", "b"), ("c",))
                 phase["n"] = 2
                 await anyio.sleep(0.6)
