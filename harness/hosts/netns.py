@@ -439,6 +439,9 @@ def cluster_down(*, state_dir: Path | None = None) -> list[str]:
     state_dir = state_dir or state_dir_default()
     if in_control_namespace():
         raise NetnsError(f"run `cluster down` outside {control_ns()} (it would kill itself)")
+    foreign = state_dir.exists() and any(state_dir.iterdir())
+    if foreign and not (state_dir / MARKER_FILE).exists():
+        raise NetnsError(f"{state_dir} is not a machi-netns state dir; not touching anything")
     removed: list[str] = []
     state = load_state(state_dir) or {}
     # The state's own prefix wins: `down` must not depend on the caller's environment.
@@ -468,11 +471,8 @@ def cluster_down(*, state_dir: Path | None = None) -> list[str]:
     if left:
         raise NetnsError(f"could not delete namespaces {left}")
     if state_dir.exists():
-        if (state_dir / MARKER_FILE).exists() or not any(state_dir.iterdir()):
-            shutil.rmtree(state_dir)
-            removed.append(f"state {state_dir}")
-        else:
-            raise NetnsError(f"{state_dir} is not a machi-netns state dir; not removing it")
+        shutil.rmtree(state_dir)  # checked above: ours (marker) or empty
+        removed.append(f"state {state_dir}")
     return removed
 
 

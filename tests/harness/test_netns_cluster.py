@@ -234,14 +234,17 @@ def test_failed_cluster_up_removes_what_it_built(monkeypatch: pytest.MonkeyPatch
         netns.cluster_down(state_dir=state_dir)  # a no-op unless the assertions failed
 
 
-def test_cluster_up_never_adopts_a_foreign_state_dir(tmp_path: Path) -> None:
+def test_cluster_up_never_adopts_a_foreign_state_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A non-empty directory that is not a netns state dir is refused (down would delete it)."""
     why = netns.preflight()
     if why:
         pytest.skip(f"netns cluster tests need root and `ip netns`: {why}")
+    monkeypatch.setenv("MACHI_NETNS_PREFIX", f"machi-g{os.getpid() % 100000}-")
     (tmp_path / "precious").write_text("keep me")
     with pytest.raises(netns.NetnsError, match="not empty"):
         netns.cluster_up(1, state_dir=tmp_path, install=False)
-    with pytest.raises(netns.NetnsError, match="not a machi-netns state dir"):
+    with pytest.raises(netns.NetnsError, match="not touching anything"):
         netns.cluster_down(state_dir=tmp_path)
     assert (tmp_path / "precious").read_text() == "keep me"
