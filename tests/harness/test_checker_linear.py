@@ -3,7 +3,6 @@ rejects injected anomalies, and answers "unknown" within its budgets."""
 
 from __future__ import annotations
 
-import itertools
 import subprocess
 import sys
 import time
@@ -25,17 +24,16 @@ from harness.history import Event, Op, events_from_dicts, pair_ops, write_histor
 
 
 def brute_force(ops: Sequence[Op], model: Model) -> bool:
-    """Try every real-time-respecting order of the ok ops and every subset of crashed ops."""
+    """Exhaustive search without memo or tricks: extend the order with any op whose
+    real-time predecessors are all placed and that is legal; crashed ops are optional."""
     items: list[Item] = [
         (i, cop)
         for i, op in enumerate(ops)
         if op.type != "fail"
         for _k, cop in model.compile_op(op)
     ]
-    ok = [it for it in items if ops[it[0]].type == "ok"]
-    crashed = [it for it in items if ops[it[0]].type != "ok"]
 
-    def before(a: Item, b: Item) -> bool:
+    def must_precede(a: Item, b: Item) -> bool:
         oa, ob = ops[a[0]], ops[b[0]]
         return (
             oa.type == "ok"
@@ -43,23 +41,18 @@ def brute_force(ops: Sequence[Op], model: Model) -> bool:
             and oa.complete_index < ob.invoke_index
         )
 
-    for r in range(len(crashed) + 1):
-        for sub in itertools.combinations(crashed, r):
-            for perm in itertools.permutations(ok + list(sub)):
-                if any(
-                    before(perm[y], perm[x])
-                    for x in range(len(perm))
-                    for y in range(x + 1, len(perm))
-                ):
-                    continue
-                s = model.init()
-                for _i, cop in perm:
-                    s = model.step(s, cop)
-                    if s is None:
-                        break
-                if s is not None:
-                    return True
-    return False
+    def extend(state: Any, left: list[Item]) -> bool:
+        if all(ops[i].type != "ok" for i, _c in left):
+            return True
+        for n, it in enumerate(left):
+            if any(must_precede(other, it) for other in left if other is not it):
+                continue
+            nxt = model.step(state, it[1])
+            if nxt is not None and extend(nxt, left[:n] + left[n + 1 :]):
+                return True
+        return False
+
+    return extend(model.init(), items)
 
 
 def _op_spec(model: str) -> st.SearchStrategy[tuple[str, Any, Any]]:
