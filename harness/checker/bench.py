@@ -10,7 +10,9 @@ subprocesses, clocks) on purpose.  The checkers it times stay pure.  It asserts 
 about speed: it prints numbers (the goals -- write-once 1 M ops <= 3 s, 10 M <= 60 s in
 4 GiB -- are printed next to them, not enforced).
 
-Write-once histories are generated streaming into a JSON Lines file (not timed), then a
+Write-once histories (``gen.write_once_bench_lines``: appends, reads, probes of unwritten
+positions, crashed appends, final reads) are generated streaming into a JSON Lines file
+(not timed; in a subprocess, bounded memory apart from the final-read list), then a
 child process times ``check_write_once_lines`` over the file: decoding + checking, the
 path ``machi-harness check --model write-once`` takes.  Register/kv histories are
 generated in the child's memory (not timed) and ``check_history`` is timed.
@@ -84,32 +86,17 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _encoder() -> Any:
-    try:
-        import msgspec
-    except ImportError:
-        return lambda d: json.dumps(d, separators=(",", ":")).encode()
-    return msgspec.json.Encoder().encode
-
-
 def write_write_once_history(path: Path, point: Point, seed: int) -> int:
-    """Generate a write-once history into ``path`` (JSON Lines), streaming; returns events."""
-    from harness.checker.gen import write_once_history
+    """Generate a write-once history into ``path`` (JSON Lines), streaming; returns lines."""
+    from harness.checker.gen import write_once_bench_lines
 
-    encode = _encoder()
     n = 0
     part = path.with_name(path.name + ".part")
     with part.open("wb", buffering=1 << 20) as fh:
-        for ev in write_once_history(
-            seed=seed,
-            ops=point.ops,
-            processes=point.processes,
-            crash_p=point.crash_p,
-            fail_p=0.01,
-            nodes=("a",),
-            final_reads=True,
+        for line in write_once_bench_lines(
+            seed=seed, ops=point.ops, processes=point.processes, crash_p=point.crash_p
         ):
-            fh.write(encode(ev) + b"\n")
+            fh.write(line)
             n += 1
     os.replace(part, path)  # a reused (--keep) history is never a half-written one
     return n

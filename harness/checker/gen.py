@@ -353,3 +353,144 @@ def _done(index: int, p: _Proc, typ: str, value: Any, error: str | None) -> dict
         ev["error"] = error
     p.op = None
     return ev
+
+
+def write_once_bench_lines(
+    *,
+    seed: int,
+    ops: int,
+    processes: int = 10,
+    crash_p: float = 0.01,
+    read_p: float = 0.5,
+    probe_p: float = 0.02,
+    rollover: int = 100_000,
+    final_reads: bool = True,
+    window: int = 4096,
+) -> Iterator[bytes]:
+    """A valid write-once history as JSON Lines, fast enough for 10 M-op benchmarks.
+
+    Simpler than :func:`write_once_history` (appends and reads only, no failures): each
+    append takes effect at its completion, reads return what was applied before their
+    invocation (a recent chunk, or null for a probe of a never-written position); a
+    crashed append (``crash_p``) ends ``info`` and landed or not. Then, with
+    ``final_reads``, every chunk that landed is read once (node ``a``). Lines are
+    formatted directly (no dicts), so generation costs about as much as decoding.
+    """
+    rng = random.Random(seed)
+    rand = rng.random
+    randrange = rng.randrange
+    tag = f"{seed:x}"
+    fname = f"pre^^00000000^{tag}^0"
+    file_no = 0
+    eof = 1024
+    in_file = 0
+    busy: list[Any] = [None] * processes
+    pid = list(range(processes))
+    next_pid = processes
+    ring: list[tuple[str, str]] = []  # (pos as JSON, value) of recent landed chunks
+    fin_file = array("q")
+    fin_off = array("q")
+    fin_size = array("q")
+    fin_pid = array("q")
+    fin_seq = array("q")
+    index = 0
+    invoked = 0
+    n_busy = 0
+    seq = 0
+    while invoked < ops or n_busy:
+        s = randrange(processes)
+        b = busy[s]
+        p = pid[s]
+        t = index * _TIME_STEP_NS
+        if b is None:
+            if invoked >= ops:
+                continue
+            invoked += 1
+            n_busy += 1
+            seq += 1
+            r = rand()
+            if r < probe_p:
+                pos = f'["probe^{tag}",{seq},1]'
+                busy[s] = ("read", pos, "null")
+                yield (
+                    f'{{"index":{index},"time":{t},"process":{p},"type":"invoke","f":"read",'
+                    f'"value":{{"pos":{pos}}}}}\n'
+                ).encode()
+            elif r < read_p and ring:
+                pos, v = ring[randrange(len(ring))]
+                busy[s] = ("read", pos, f'"{v}"')
+                yield (
+                    f'{{"index":{index},"time":{t},"process":{p},"type":"invoke","f":"read",'
+                    f'"value":{{"pos":{pos}}}}}\n'
+                ).encode()
+            else:
+                v = f"{p}-{seq}"
+                busy[s] = ("append", v, seq)
+                yield (
+                    f'{{"index":{index},"time":{t},"process":{p},"type":"invoke","f":"append",'
+                    f'"value":{{"v":"{v}","prefix":"pre"}}}}\n'
+                ).encode()
+            index += 1
+            continue
+        busy[s] = None
+        n_busy -= 1
+        if b[0] == "read":
+            yield (
+                f'{{"index":{index},"time":{t},"process":{p},"type":"ok","f":"read",'
+                f'"value":{{"pos":{b[1]},"v":{b[2]}}}}}\n'
+            ).encode()
+            index += 1
+            continue
+        _, v, op_seq = b
+        crashed = rand() < crash_p
+        if not crashed or rand() < 0.5:  # the chunk lands
+            if in_file >= rollover:
+                file_no += 1
+                fname = f"pre^^00000000^{tag}^{file_no}"
+                eof = 1024
+                in_file = 0
+            size = 1 + randrange(4096)
+            offset = eof
+            eof += size
+            in_file += 1
+            pos = f'["{fname}",{offset},{size}]'
+            if len(ring) < window:
+                ring.append((pos, v))
+            else:
+                ring[randrange(window)] = (pos, v)
+            fin_file.append(file_no)
+            fin_off.append(offset)
+            fin_size.append(size)
+            fin_pid.append(p)
+            fin_seq.append(op_seq)
+        if crashed:
+            pid[s] = next_pid
+            next_pid += 1
+            yield (
+                f'{{"index":{index},"time":{t},"process":{p},"type":"info","f":"append",'
+                f'"value":{{"v":"{v}","prefix":"pre"}},"error":"timeout"}}\n'
+            ).encode()
+        else:
+            yield (
+                f'{{"index":{index},"time":{t},"process":{p},"type":"ok","f":"append",'
+                f'"value":{{"v":"{v}","pos":{pos}}}}}\n'
+            ).encode()
+        index += 1
+    if not final_reads:
+        return
+    p = next_pid
+    for i in range(len(fin_off)):
+        pos = f'["pre^^00000000^{tag}^{fin_file[i]}",{fin_off[i]},{fin_size[i]}]'
+        v = f"{fin_pid[i]}-{fin_seq[i]}"
+        t = index * _TIME_STEP_NS
+        yield (
+            f'{{"index":{index},"time":{t},"process":{p},"type":"invoke","f":"read",'
+            f'"value":{{"pos":{pos}}},"final":true,"node":"a"}}\n'
+        ).encode()
+        index += 1
+        t = index * _TIME_STEP_NS
+        yield (
+            f'{{"index":{index},"time":{t},"process":{p},"type":"ok","f":"read",'
+            f'"value":{{"pos":{pos},"v":"{v}"}},"final":true,"node":"a"}}\n'
+        ).encode()
+        index += 1

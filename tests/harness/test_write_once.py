@@ -12,7 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.checker.gen import EXPECTED_KINDS, WRITE_ONCE_ANOMALIES, write_once_history
+from harness.checker.gen import (
+    EXPECTED_KINDS,
+    WRITE_ONCE_ANOMALIES,
+    write_once_bench_lines,
+    write_once_history,
+)
 from harness.checker.write_once import (
     WriteOnceChecker,
     check_write_once,
@@ -303,3 +308,16 @@ def test_jsonl_decoding_paths_and_errors(monkeypatch: pytest.MonkeyPatch) -> Non
         check_write_once_lines([lines[0], b"[1, 2]\n"])
     blank = [lines[0], b"\n", *lines[1:]]
     assert check_write_once_lines(blank).to_json() == fast.to_json()
+
+
+def test_bench_generator_histories_are_valid_and_sensitive() -> None:
+    """The fast benchmark generator writes valid histories; one changed value is caught."""
+    lines = list(write_once_bench_lines(seed=4, ops=3000, processes=20, crash_p=0.1))
+    r = check_write_once_lines(lines)
+    assert r.valid is True, r.witness
+    assert r.witness["unknown_appends"]["count"] > 0  # type: ignore[index]
+    i = next(
+        i for i, ln in enumerate(lines) if b'"f":"read"' in ln and b'"ok"' in ln and b'"v":"' in ln
+    )
+    bad = [*lines[:i], lines[i].replace(b'"v":"', b'"v":"x'), *lines[i + 1 :]]
+    assert check_write_once_lines(bad).valid is False
