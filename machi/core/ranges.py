@@ -112,6 +112,22 @@ class FileIndex:
         self._entries: list[Entry] = []
         self.eof = eof
 
+    @classmethod
+    def from_entries(cls, eof: int, entries: list[Entry]) -> FileIndex:
+        """Bulk load (start-up): sorts once and checks in one pass; raises ``ValueError``
+        on entries that overlap, sit below MIN_OFFSET or are empty."""
+        ix = cls(max(eof, MIN_OFFSET))
+        ordered = sorted(entries, key=lambda e: e.offset)
+        prev_end = MIN_OFFSET
+        for e in ordered:
+            if e.size <= 0 or e.offset < prev_end:
+                raise ValueError(f"entry [{e.offset}, +{e.size}) overlaps or is misplaced")
+            prev_end = e.end
+        ix._entries = ordered
+        ix._starts = [e.offset for e in ordered]
+        ix.eof = max(ix.eof, prev_end)
+        return ix
+
     def __len__(self) -> int:
         return len(self._entries)
 

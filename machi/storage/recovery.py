@@ -19,9 +19,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from machi.core.checksum import TaggedCsum
+from machi.core.checksum import CsumTag, TaggedCsum
 from machi.core.filename import FileName, parse_filename
-from machi.core.ranges import FileIndex
+from machi.core.ranges import Entry, FileIndex
 
 from .data_file import DataFiles
 from .errors import REPAIR_HINT, StorageCorrupt
@@ -95,6 +95,8 @@ def build_indexes(loaded: Loaded, data: DataFiles, data_dir: Path) -> BuiltState
     if problems:
         raise StorageCorrupt(describe(problems, data_dir))
     state = BuiltState()
+    entries: dict[str, list[Entry]] = {}
+    eofs: dict[str, tuple[FileName, int]] = {}
     for name, prefix, ns, locator, seq, eof in loaded.files:
         try:
             fn = parse_filename(name)
@@ -102,19 +104,30 @@ def build_indexes(loaded: Loaded, data: DataFiles, data_dir: Path) -> BuiltState
             raise StorageCorrupt(f"{data_dir}: bad file name in metadata: {exc}") from None
         if (fn.prefix, fn.namespace, fn.locator, fn.seq) != (prefix, ns, locator, seq):
             raise StorageCorrupt(f"{data_dir}: files row of {name} disagrees with its name")
-        state.files[name] = (fn, FileIndex(max(eof, 1024)))
+        entries[name] = []
+        eofs[name] = (fn, eof)
         if not data.exists(name):
             state.recreate.append(name)  # no chunks (else find_problems): safe to recreate
+    tags = {int(t): t for t in CsumTag}
     for file, offset, size, csum in loaded.chunks:
-        entry = state.files.get(file)
-        if entry is None:
+        lst = entries.get(file)
+        if lst is None:
             raise StorageCorrupt(f"{data_dir}: chunk rows for unknown file {file}")
-        entry[1].add_written(offset, size, TaggedCsum.from_bytes(csum))
+        try:
+            tc = TaggedCsum(tags[csum[0]], bytes(csum[1:]))
+        except (KeyError, IndexError, ValueError):
+            raise StorageCorrupt(f"{data_dir}: bad checksum of {file} at {offset}") from None
+        lst.append(Entry(offset, size, tc))
     for file, offset, size in loaded.trims:
-        entry = state.files.get(file)
-        if entry is None:
+        lst = entries.get(file)
+        if lst is None:
             raise StorageCorrupt(f"{data_dir}: trim rows for unknown file {file}")
-        entry[1].add_trimmed_raw(offset, size)
+        lst.append(Entry(offset, size, None))
+    for name, (fn, eof) in eofs.items():
+        try:
+            state.files[name] = (fn, FileIndex.from_entries(eof, entries[name]))
+        except ValueError as exc:
+            raise StorageCorrupt(f"{data_dir}: metadata of {name}: {exc}") from None
     for name in loaded.trimmed_files:
         if data.exists(name):
             log.warning("finishing the deletion of fully trimmed file %s", name)
