@@ -89,8 +89,12 @@ class Cluster:
         on_adopt: Callable[[dict[str, Any]], None] | None = None,
         on_change: Callable[[str], None] | None = None,
         on_trace: Callable[[Any], None] | None = None,
+        loss_ppm: int = 0,
     ) -> None:
         self.on_trace = on_trace
+        #: fault point: each message (request or reply) is lost with this probability
+        #: (parts per million), and each repair fails with it too
+        self.loss_ppm = loss_ppm
         self.names = list(names)
         self.mode: Mode = mode
         self.witnesses = tuple(witnesses)
@@ -132,6 +136,15 @@ class Cluster:
 
     def _delay(self) -> int:
         return self.rng.randint(1, self.delay_ms_max)
+
+    def _fault(self) -> bool:
+        """A fault point: fires with probability ``loss_ppm`` / 10^6 (seeded)."""
+        return self.loss_ppm > 0 and self.rng.randrange(1_000_000) < self.loss_ppm
+
+    def _send(self, src: str, dst: str, at: int, kind: str, payload: tuple[Any, ...]) -> None:
+        """One message over the directed link src -> dst: lost if cut or a fault fires."""
+        if dst in self.flus and self.link_ok(src, dst) and not self._fault():
+            self._push(at, kind, payload)
 
     def run_until(self, t_end: int) -> None:
         while self._queue and self._queue[0][0] <= t_end:
@@ -208,8 +221,8 @@ class Cluster:
             for m in e.members:
                 if m == n:
                     flu.write_projection("public", e.projection)
-                elif m in self.flus and self.link_ok(n, m):
-                    self._push(self.now + self._delay(), "write_req", (m, e.projection))
+                else:
+                    self._send(n, m, self.now + self._delay(), "write_req", (m, e.projection))
         elif isinstance(e, cm.WritePrivate):
             self._adopt(n, e.projection)
         elif isinstance(e, cm.SetWedge):
@@ -219,8 +232,7 @@ class Cluster:
         elif isinstance(e, cm.StartRepair):
             self._push(self.now + self.repair_ms, "repair", (n, inc, e.projection))
         elif isinstance(e, cm.KickPeer):
-            if e.name in self.flus and self.link_ok(n, e.name):
-                self._push(self.now + self._delay(), "kick", (e.name, n))
+            self._send(n, e.name, self.now + self._delay(), "kick", (e.name, n))
         elif isinstance(e, cm.PublishFitness):
             flu.fitness = dict(e.reports)
         elif isinstance(e, cm.Trace):
@@ -236,8 +248,8 @@ class Cluster:
         for m in e.members:
             if m == n:
                 batch.views[m] = self.flus[m].view(want_confirmed=e.want_confirmed)
-            elif m in self.flus and self.link_ok(n, m):
-                self._push(self.now + self._delay(), "read_req", (key, m, e.want_confirmed))
+            else:
+                self._send(n, m, self.now + self._delay(), "read_req", (key, m, e.want_confirmed))
         self._push(self.now + self.read_timeout_ms, "read_done", (key,))
         self._maybe_finish(key)
 
@@ -245,8 +257,7 @@ class Cluster:
         if not self.alive(m):
             return
         view = self.flus[m].view(want_confirmed=want)
-        if self.link_ok(m, key[0]):
-            self._push(self.now + self._delay(), "read_reply", (key, m, view))
+        self._send(m, key[0], self.now + self._delay(), "read_reply", (key, m, view))
 
     def _ev_read_reply(self, key: tuple[str, int, int], m: str, view: MemberView) -> None:
         batch = self.batches.get(key)
@@ -346,6 +357,8 @@ class Cluster:
         cur = self.flus[n].latest("private")
         if cur is None or cur.epoch_id != p.epoch_id:
             return False, "tail moved to another epoch"
+        if self._fault():
+            return False, "fault point: repair failed"
         parts = [m for m in p.upi + p.repairing if m not in p.witnesses]
         for m in parts:
             if m == n:

@@ -1,6 +1,7 @@
 """Hypothesis stateful tests over the simulator: any interleaving of ticks, cut links,
-heals, crashes, restarts, appends and reads keeps every invariant, and after healing and
-restarting everything the chain converges with no acknowledged write lost."""
+heals, random message loss, crashes, restarts, appends and reads keeps every invariant,
+and after healing and restarting everything the chain converges with no acknowledged
+write lost."""
 
 from __future__ import annotations
 
@@ -45,6 +46,10 @@ class _SimMachine(RuleBasedStateMachine):
         if src != dst:
             self.c.set_partitions(self.c.cut | {(src, dst)})
 
+    @rule(ppm=st.sampled_from([0, 0, 20_000, 100_000]))
+    def message_loss(self, ppm: int) -> None:
+        self.c.loss_ppm = ppm
+
     @rule()
     def heal(self) -> None:
         self.c.set_partitions(set())
@@ -77,6 +82,7 @@ class _SimMachine(RuleBasedStateMachine):
             return
         c = self.c
         c.set_partitions(set())
+        c.loss_ppm = 0
         for n in NODES:
             c.restart(n)
         deadline = c.now + HEAL_TICKS_MAX
