@@ -106,12 +106,15 @@ def daemon(payload: dict[str, Any]) -> dict[str, Any]:
                 break
             time.sleep(0.1)
         ppid = n1.run(f"ps -o ppid= -p {pid}").stdout.strip()
+        parent = n1.run(f"ps -o comm= -p {ppid} || true").stdout.strip()
+        session = n1.run(f"ps -o sid= -p {pid}").stdout.strip()
         try:
             _web(n1)
             dup = "started twice"
         except RemoteCommandError as e:
             dup = f"refused: exit {e.exit_code}"
-        return {"pid": pid, "alive": alive, "http": answer, "ppid": ppid, "dup": dup,
+        return {"pid": pid, "alive": alive, "http": answer, "parent": parent,
+                "session": session, "dup": dup,
                 "log": n1.read_log(f"{n1.spec.work_dir}/web.log", 4000)}
 
 
@@ -120,11 +123,23 @@ def _udp_sink(h: Host) -> None:
         "import socket,sys\n"
         "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
         f"s.bind(('{h.spec.address}',{UDP_PORT}))\n"
+        "print('ready', flush=True)\n"
         "while True:\n"
         "    d,a=s.recvfrom(100)\n"
         "    print(a[0], d.decode(), flush=True)\n"
     )
     h.start_daemon("udp", ["python3", "-c", code], log_path=f"{h.spec.work_dir}/udp.log")
+    _wait_for(h, "ready")
+
+
+def _wait_for(h: Host, token: str, timeout_s: float = 10.0) -> str:
+    """The sink's log once it contains `token` (or as it is after `timeout_s`)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = _received(h)
+        if token in got or time.monotonic() > deadline:
+            return got
+        time.sleep(0.05)
 
 
 def _udp_send(src: Host, dst: Host, token: str) -> None:
@@ -156,22 +171,21 @@ def partition(payload: dict[str, Any]) -> dict[str, Any]:
 def _partition(hosts: HostSet, net: p.IptablesNet) -> dict[str, Any]:
     n1, n2, n3 = hosts["n1"], hosts["n2"], hosts["n3"]
     hosts.map(_udp_sink, ["n1", "n2"])
-    time.sleep(0.5)
     net.apply(p.one_way("n1", "n2"))  # n2 must not hear n1
     rules = net.rule_counts()
     _udp_send(n1, n2, "cut-1to2")
     _udp_send(n2, n1, "open-2to1")
+    _udp_send(n3, n2, "marker-3to2")  # sent after n1's: once it is in, n1's would be too
+    got_n1 = _wait_for(n1, "open-2to1")
+    got_n2 = _wait_for(n2, "marker-3to2")
     during = {
         "tcp_n1_n2": _tcp(n1, n2), "tcp_n3_n2": _tcp(n3, n2), "tcp_n2_n3": _tcp(n2, n3),
         "probe_failed": [list(x) for x in net.probe().failed],
     }
-    time.sleep(0.3)
-    got_n2, got_n1 = _received(n2), _received(n1)
     report = net.heal_and_check()
     _udp_send(n1, n2, "healed-1to2")
-    time.sleep(0.3)
     after = {"rules": net.rule_counts(), "ok_pairs": len(report.ok),
-             "tcp_n1_n2": _tcp(n1, n2), "n2_got": _received(n2)}
+             "tcp_n1_n2": _tcp(n1, n2), "n2_got": _wait_for(n2, "healed-1to2")}
     hosts.map(lambda h: h.stop_daemon("udp"), ["n1", "n2"])
     # Packet loss: every node drops half of what the others send it.
     net.apply(p.complete_grudge([["n1"], ["n2"], ["n3"]]), probability=0.5)
