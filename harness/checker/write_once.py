@@ -52,7 +52,7 @@ if msgspec is not None:
         node: Any = None
 
 else:
-    _Val = _Ev = None  # type: ignore[misc,assignment]
+    _Val = _Ev = None  # type: ignore[misc]
 
 
 def _plain(val: Any) -> Any:
@@ -845,7 +845,7 @@ def _stdlib_decoder() -> Callable[[bytes | str], Any]:
 def _fast_decoder() -> Callable[[bytes | str], Any]:
     if msgspec is None:
         return _stdlib_decoder()
-    return msgspec.json.Decoder().decode  # type: ignore[no-any-return]
+    return msgspec.json.Decoder().decode
 
 
 def iter_jsonl_events(lines: Iterable[bytes | str], *, name: str = "history") -> Iterator[Any]:
@@ -881,7 +881,7 @@ def iter_jsonl_batches(
         out: list[Any] | None = None
         if decode_lines is not None and type(chunk[0]) is bytes:
             try:
-                out = decode_lines(b"".join(chunk))
+                out = decode_lines(b"".join(chunk))  # type: ignore[arg-type]
             except Exception:  # a bad or torn line somewhere: the slow path says which
                 out = None
             if out is not None and (
@@ -926,8 +926,8 @@ def _fast_lines_decoder(typ: Any = None) -> Callable[[bytes], list[Any]] | None:
     if msgspec is None:
         return None
     if typ is None:
-        return msgspec.json.Decoder().decode_lines  # type: ignore[no-any-return]
-    return msgspec.json.Decoder(typ).decode_lines  # type: ignore[no-any-return]
+        return msgspec.json.Decoder().decode_lines
+    return msgspec.json.Decoder(typ).decode_lines
 
 
 def _to_struct(d: dict[str, Any], name: str) -> Any:
