@@ -22,7 +22,7 @@ from harness.checker.result import CheckResult, Verdict, combine_verdicts, exit_
 from harness.history import HistoryError, pair_ops, read_history
 
 USAGE_EXIT = 254
-WITNESS_LINE_CHARS = 400
+WITNESS_LINE_CHARS = 700
 
 
 class _UsageExit254(click.Command):

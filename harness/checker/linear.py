@@ -23,6 +23,7 @@ from a seeded ``random.Random`` instance).
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -456,7 +457,9 @@ def _search(items: Sequence[Item], ops: Sequence[Op], model: Model, budget: Budg
     failing_j = _first_unlinearized_ok(items, ops, ret, in_prefix)
     failing = None if failing_j is None else items[failing_j][0]
     if verdict is False:
-        explanation = _explain(model, items, ops, failing_j, states[best_state], len(best))
+        explanation = _explain(
+            model, items, ops, failing_j, states[best_state], len(best), stats["memo_entries"]
+        )
         return KeyResult(False, prefix, failing, explanation, "", stats)
     explanation = (
         f"search stopped at the {reason} after {stats['memo_entries']} "
@@ -506,26 +509,38 @@ def _explain(
     failing_j: int | None,
     state: Any,
     depth: int,
+    configurations: int,
 ) -> str:
     if failing_j is None:
-        return "no linearization exists (no ok op left unlinearized in the best prefix)"
+        return "No linearization exists (no ok op is left outside the longest prefix found)."
     i, cop = items[failing_j]
     op = ops[i]
     after = model.step(state, cop)
     what = (
         "is illegal in that state"
         if after is None
-        else f"would be legal there (-> {model.describe(after)}) but then the rest cannot be "
-        "ordered"
+        else f"is legal there (leaving {model.describe(after)}), but nothing can follow it"
     )
     return (
-        f"After the longest linearizable prefix found ({depth} ops), the model state is "
-        f"{model.describe(state)}. Operation {op.f} by process {op.process!r} "
-        f"(value {op.value!r}, result {op.result!r}, invoked at event {op.invoke_index}, "
-        f"completed at event {op.complete_index}) must take effect before it completed, "
-        f"but no order of the ops concurrent with it makes it legal: {model.describe_cop(cop)} "
-        f"{what}. Every other choice of linearization order was explored and also fails."
+        f"No linearization exists. The longest linearizable prefix the search found has "
+        f"{depth} operations, after which the model state is {model.describe(state)}. "
+        f"The next operation that must take effect, {format_op(op)} by process "
+        f"{json.dumps(op.process)} (invoked at event {op.invoke_index}, completed at event "
+        f"{op.complete_index}), {what}; every other order of the operations concurrent with "
+        f"it was tried and fails too ({configurations} configurations searched)."
     )
 
 
-__all__ = ["Budget", "KeyResult", "check_linearizable", "unwrap"]
+def format_op(op: Op) -> str:
+    """Short human form of an op: ``read -> 3``, ``write 1``, ``cas [1, 2]``."""
+    text = op.f
+    if op.value is not None:
+        text += " " + json.dumps(op.value, default=repr)
+    if op.type == "ok" and op.result is not None and op.result != op.value:
+        text += " -> " + json.dumps(op.result, default=repr)
+    elif op.type != "ok":
+        text += f" ({op.type})"
+    return text
+
+
+__all__ = ["Budget", "KeyResult", "check_linearizable", "format_op", "unwrap"]

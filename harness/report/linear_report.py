@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from harness.checker.linear import format_op
 from harness.checker.models import get_model
 from harness.checker.result import CheckResult
 from harness.history import Op
@@ -115,10 +116,7 @@ def _window(key_idx: list[int], ops: Sequence[Op], failing: int | None) -> list[
 
 
 def _fmt_op(op: Op) -> str:
-    s = f"{op.f} {json.dumps(op.value, default=str)}"
-    if op.type == "ok" and op.result is not None and op.result != op.value:
-        s += f" -> {json.dumps(op.result, default=str)}"
-    return s
+    return format_op(op)
 
 
 def _timeline(window: list[int], ops: Sequence[Op], order: dict[int, int], failing: Any) -> str:
