@@ -211,8 +211,11 @@ def signals(payload: dict[str, Any]) -> dict[str, Any]:
         out["resume"] = nem.resume(["n1"])
         out["resumed_http"] = _http_get(n2, n1)
         out["kill"] = nem.kill(["n1"])
-        time.sleep(0.2)
-        out["killed_alive"] = nem.alive(["n1"])
+        for _ in range(100):  # SIGKILL is asynchronous: wait (bounded) until it is gone
+            out["killed_alive"] = nem.alive(["n1"])
+            if not out["killed_alive"]["n1"]:
+                break
+            time.sleep(0.05)
         out["killed_http"] = _http_get(n2, n1, timeout_s=1.0)
         out["kill_again"] = nem.kill(["n1"])
         new_pid = nem.restart(["n1"])["n1"]
