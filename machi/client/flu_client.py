@@ -233,7 +233,7 @@ class FluClient:
             if not isinstance(ev, wire.NeedData):
                 return ev
             try:
-                data = await conn.stream.receive(RECEIVE_SIZE)
+                data = await conn.stream.receive(conn.proto.receive_size_hint(RECEIVE_SIZE))
             except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
                 data = b""
             conn.proto.receive_data(data)

@@ -54,6 +54,8 @@ MAX_PAYLOAD_SIZE_DEFAULT: Final = 64 * 1024 * 1024
 MAX_FRAME_SIZE_DEFAULT: Final = MAX_PAYLOAD_SIZE_DEFAULT + 1024 * 1024
 NONCE_SIZE: Final = 32
 FLAG_FINAL: Final = 0x01
+#: Frames with at least this many bytes still missing are read to their exact end.
+BIG_FRAME: Final = 64 * 1024
 
 _HEAD = struct.Struct(">IBBBBQQ32sI")
 assert _HEAD.size == HEADER_SIZE
@@ -296,9 +298,28 @@ class FrameDecoder:
         total = PREFIX_SIZE + frame_len
         if len(buf) < total:
             return self._short()
-        raw = bytes(buf[:total])
-        del buf[:total]
+        raw: bytes | bytearray
+        if total == len(buf):
+            # The frame is the whole buffer (the usual case for big frames, see
+            # receive_size_hint): take the buffer itself, no copy.
+            raw, self._buf = buf, bytearray()
+        else:
+            raw = bytes(buf[:total])
+            del buf[:total]
         return decode_frame(raw)
+
+    def receive_size_hint(self, default: int) -> int:
+        """How many bytes to ask the transport for next.  Inside a big frame: exactly the
+        rest of it, so that the frame ends at the end of the buffer and ``next_frame``
+        takes it without copying; otherwise ``default``."""
+        buf = self._buf
+        if len(buf) < PREFIX_SIZE:
+            return default
+        frame_len: int = _PREFIX.unpack_from(buf, 0)[0]
+        missing = PREFIX_SIZE + frame_len - len(buf)
+        if BIG_FRAME <= missing and frame_len <= self.max_frame_size:
+            return missing
+        return default
 
     def _short(self) -> NeedData | Closed:
         if not self._eof:
@@ -316,8 +337,9 @@ def _remote(cls: type[Exception], message: str) -> RemoteProtocolError:
     return err
 
 
-def decode_frame(raw: bytes) -> Frame | BadRequest:
-    """Decode one complete frame (prefix included)."""
+def decode_frame(raw: bytes | bytearray) -> Frame | BadRequest:
+    """Decode one complete frame (prefix included).  The payload is a view into ``raw``,
+    which must not be modified afterwards."""
     if len(raw) < HEADER_SIZE:
         raise RemoteProtocolError("truncated frame header")
     frame_len, kind, op, status, flags, request_id, e_num, e_csum, meta_len = (
@@ -425,6 +447,10 @@ class Connection:
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Feed bytes; ``b""`` means the peer closed its side."""
         self._decoder.receive_data(data)
+
+    def receive_size_hint(self, default: int) -> int:
+        """See ``FrameDecoder.receive_size_hint``."""
+        return self._decoder.receive_size_hint(default)
 
     def next_event(self) -> Event:
         try:

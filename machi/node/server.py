@@ -263,7 +263,7 @@ class FluNode:
             if not isinstance(ev, wire.NeedData):
                 return ev
             try:
-                data = await peer.stream.receive(RECEIVE_SIZE)
+                data = await peer.stream.receive(peer.proto.receive_size_hint(RECEIVE_SIZE))
             except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
                 data = b""
             except anyio.ClosedResourceError:

@@ -3,6 +3,7 @@ and never fails on hostile bytes with anything but a ProtocolError."""
 
 from __future__ import annotations
 
+import os
 import struct
 
 import pytest
@@ -230,3 +231,23 @@ def test_fuzz_mutated_valid_frames(mutations: list[tuple[int, int, bytes]]) -> N
             pass
     except ProtocolError:
         pass
+
+
+def test_big_frame_read_to_its_end_is_taken_without_copy() -> None:
+    """Reading exactly the size hint makes a big frame end at the buffer end; its payload
+    is then a view of the received buffer (no copy), and decoding still round-trips."""
+    c, s = pair()
+    payload = os.urandom(300_000)
+    data = c.send_request(1, Op.WRITE, meta={"file": "f", "offset": 1024, "csum": "00"},
+                          payload_size=len(payload)) + payload
+    pos = 0
+    while pos < len(data):
+        want = s.receive_size_hint(65536)
+        s.receive_data(data[pos:pos + want])
+        pos += want
+        if pos < len(data):
+            assert s.next_event() is wire.NEED_DATA
+    assert want > 65536  # the last read asked for the rest of the big frame
+    ev = s.next_event()
+    assert isinstance(ev, wire.Request) and ev.frame.payload == payload
+    assert isinstance(ev.frame.payload.obj, bytearray)  # the buffer itself, not a copy
