@@ -198,11 +198,19 @@ def pair_ops(events: Iterable[Event], *, include_nemesis: bool = False) -> list[
     invocation of the same ``f`` by the same process; an invocation that never completes
     becomes an ``info`` op (outcome unknown). Events of the ``"nemesis"`` process are
     dropped unless ``include_nemesis`` (then an ``info`` with nothing pending opens an op,
-    as Jepsen's nemesis writes info/info pairs). Raises ``HistoryError`` when malformed.
+    as Jepsen's nemesis writes info/info pairs). Event indexes must strictly increase (they
+    define real-time order). Raises ``HistoryError`` when malformed.
     """
     ops: list[Op] = []
     pending: dict[int | str, int] = {}  # process -> index into ops
+    last_index = -1
     for ev in events:
+        if ev.index <= last_index:
+            # Real-time order is index order; a history whose lines disagree is ambiguous.
+            raise HistoryError(
+                f"event index {ev.index} follows index {last_index}: indexes must increase"
+            )
+        last_index = ev.index
         proc = ev.process
         if proc == NEMESIS and not include_nemesis:
             continue

@@ -114,10 +114,11 @@ def test_pair_ops_pairs_and_marks_missing_completions_info() -> None:
         ([_ev(0, 0, "invoke", "read"), _ev(1, 0, "invoke", "read")], "still pending"),
         ([_ev(0, 0, "ok", "read", 1)], "without a pending"),
         ([_ev(0, 0, "invoke", "read"), _ev(1, 0, "ok", "write", 1)], "completes"),
+        ([_ev(1, 0, "invoke", "read"), _ev(1, 0, "ok", "read", 1)], "indexes must increase"),
     ],
 )
 def test_pair_ops_rejects_malformed_histories(evs: list[Event], match: str) -> None:
-    """Double invocations, orphan completions and mismatched f raise HistoryError."""
+    """Double invocations, orphan completions, mismatched f and unordered indexes raise."""
     with pytest.raises(HistoryError, match=match):
         pair_ops(evs)
 
