@@ -16,7 +16,7 @@ import anyio
 import pytest
 
 from machi.core.checksum import verify
-from machi.core.errors import BadEpoch, NotWritten, Trimmed
+from machi.core.errors import BadArg, BadEpoch, NoSuchFile, NotWritten, Trimmed, Written
 from machi.core.projection import make_projection
 from machi.node.process import NodeProcess, bootstrap, free_port
 
@@ -255,5 +255,28 @@ def test_streamed_checksum_list_with_a_slow_consumer(node: NodeProcess) -> None:
             assert [p.offset for p in offsets if p.file == file] == [
                 o for o in got if o in {p.offset for p in offsets}]
             assert await c.echo(b"after") == b"after"  # the connection is still in sync
+
+    anyio.run(go)
+
+
+def test_write_once_over_the_wire(node: NodeProcess) -> None:
+    """Explicit writes: exact replay is OK, different bytes are WRITTEN, the header is
+    BAD_ARG, a missing file's checksum list is NO_SUCH_FILE."""
+
+    async def go() -> None:
+        async with node.client() as c:
+            eid = (await c.wedge_status()).epoch_id
+            p = await c.append("wo", b"abc", chunk_extra=100, epoch_id=eid)
+            await c.write(p.file, p.offset + 3, b"reserved", epoch_id=eid)  # fill the extra
+            await c.write(p.file, p.offset + 3, b"reserved", epoch_id=eid)  # exact replay
+            with pytest.raises(Written):
+                await c.write(p.file, p.offset, b"abd", epoch_id=eid)
+            with pytest.raises(BadArg):
+                await c.write(p.file, 0, b"x", epoch_id=eid)
+            r = await c.read(p.file, p.offset, 11, epoch_id=eid)
+            assert r.data() == b"abcreserved"
+            missing = p.file.rsplit("^", 1)[0] + "^999"
+            with pytest.raises(NoSuchFile):
+                await c.checksum_list(missing)
 
     anyio.run(go)
