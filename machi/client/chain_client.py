@@ -37,7 +37,15 @@ from machi.client.flu_client import ChecksumEntry, ChunkPos, FluClient, ReadRepl
 from machi.core import cr_plan
 from machi.core.checksum import TaggedCsum, client_csum
 from machi.core.epoch import EpochId
-from machi.core.errors import MachiError, NotWritten, Partition, Written, error_for_status
+from machi.core.errors import (
+    AuthFailed,
+    AuthRequired,
+    MachiError,
+    NotWritten,
+    Partition,
+    Written,
+    error_for_status,
+)
 from machi.core.outcome import (
     MUTATIONS,
     OpKind,
@@ -46,6 +54,7 @@ from machi.core.outcome import (
     Reaction,
     Role,
     classify,
+    classify_gave_up,
     reaction,
 )
 from machi.core.projection import Projection
@@ -181,9 +190,7 @@ class _Op:
         if self.mutations_in_flight:
             self.progress = self.progress.after(Status.PARTITION)
         status = self.last_status if self.last_status is not Status.OK else Status.PARTITION
-        oc = classify(self.kind, status, self.progress)
-        if self.kind is OpKind.READ and oc is Outcome.OK:
-            oc = Outcome.FAIL  # an unanswered read is no answer
+        oc = classify_gave_up(self.kind, self.progress)
         err = Partition(
             f"{self.kind.value}: gave up after {self.attempt} retries; last: "
             f"{self.last_msg or status.name}"
@@ -370,19 +377,27 @@ class ChainClient:
             self._refresh_lock.release()
 
     async def _discover(self) -> Projection | None:
+        """The largest private projection any known member reports (None: nobody answered
+        with one).  When nobody answered and some member refused our credentials, that
+        refusal is raised: retrying cannot help."""
         results: list[Projection] = []
+        refusals: list[MachiError] = []
 
         async def one(member: str) -> None:
             try:
                 with anyio.fail_after(self.discovery_timeout_ms / 1000):
                     c = await self._flu(member)
                     results.append(await c.projection_read_latest("private"))
+            except (AuthFailed, AuthRequired) as e:
+                refusals.append(e)
             except (MachiError, TimeoutError, KeyError):
                 pass
 
         async with anyio.create_task_group() as tg:
             for m in sorted(self._addrs):
                 tg.start_soon(one, m)
+        if not results and refusals:
+            raise refusals[0]
         return cr_plan.pick_latest(results)
 
     def _adopt(self, p: Projection) -> None:

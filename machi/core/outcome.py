@@ -174,6 +174,15 @@ def classify(op: OpKind, status: Status, progress: Progress = Progress()) -> Out
     return Outcome.FAIL
 
 
+def classify_gave_up(op: OpKind, progress: Progress) -> Outcome:
+    """The outcome of an operation the client gave up on (retries or deadline exhausted;
+    raised as PARTITION): decided by its progress alone, since every request's answer is
+    already recorded there.  Reads are ``fail`` (no answer)."""
+    if op not in MUTATIONS:
+        return Outcome.FAIL
+    return Outcome.INFO if progress.acked or progress.maybe_written else Outcome.FAIL
+
+
 # ---- documentation ------------------------------------------------------------------------
 _SHOWN = (Status.OK, Status.PARTITION, Status.WEDGED, Status.BAD_EPOCH, Status.WRITTEN,
           Status.NOT_WRITTEN, Status.TRIMMED, Status.BAD_CHECKSUM, Status.BAD_ARG)
@@ -207,4 +216,10 @@ def render_markdown() -> str:
                      f"| {stage} | {oc} |")
     oc = classify(OpKind.APPEND, Status.PARTITION, Progress()).value
     lines.append(f"| append, write, trim | PARTITION, BAD_JOSS, PROTOCOL_ERROR | any | {oc} |")
+    for stage, prog in (("not_sent", Progress()), ("sent", Progress(maybe_written=True)),
+                        ("partial", Progress(frozenset({"a"})))):
+        oc = classify_gave_up(OpKind.APPEND, prog).value
+        lines.append(f"| append, write, trim | gave up (PARTITION) | {stage} | {oc} |")
+    oc = classify_gave_up(OpKind.READ, Progress()).value
+    lines.append(f"| read, checksum_list, list_files | gave up (PARTITION) | — | {oc} |")
     return "\n".join(lines) + "\n"

@@ -360,3 +360,74 @@ def test_outcomes_when_the_chain_cannot_finish(fresh_chain: Chain) -> None:
             assert cc.last_epoch_id == p.epoch_id
 
     anyio.run(go)
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for "localhost" (cert.pem, key.pem)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]),
+                       critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_cli_cluster_file_with_secret_and_tls(tmp_path: Path) -> None:
+    """A cluster file's secret_file and [tls] reach every member: append and read work on
+    a one-member chain that requires both; a wrong secret is a clean, definite failure."""
+    cert, key = _self_signed(tmp_path)
+    (tmp_path / "secret").write_bytes(b"cluster secret 0123456789\n")
+    n = NodeProcess("s", tmp_path / "s", extra_args=[
+        "--secret-file", str(tmp_path / "secret"), "--tls-cert", str(cert),
+        "--tls-key", str(key)])
+    try:
+        n.start()
+        import ssl
+
+        ctx = ssl.create_default_context(cafile=str(cert))
+
+        async def boot() -> None:
+            p = make_projection(
+                epoch_number=1, author_server="s", chain_name="c1", all_members=["s"],
+                upi=["s"], members_dict={"s": MemberSpec("s", n.host, n.port)})
+            async with n.client(secret=b"cluster secret 0123456789", ssl_context=ctx,
+                                tls_hostname="localhost") as c:
+                await c.projection_write("public", p)
+                await c.projection_write("private", p)
+
+        anyio.run(boot)
+        cluster = tmp_path / "cluster.toml"
+        cluster.write_text(f'secret_file = "secret"\n[members]\ns = "{n.address}"\n'
+                           f'[tls]\nca = "{cert.name}"\nserver_hostname = "localhost"\n')
+        r = cli("append", "--cluster", str(cluster), "--prefix", "sec", "-", stdin=b"sealed")
+        assert r.returncode == 0, r.stderr
+        pos = json.loads(r.stdout)
+        r = cli("read", "--cluster", str(cluster), "--file", pos["file"], "--offset",
+                str(pos["offset"]), "--size", str(pos["size"]), "--checksum", pos["checksum"])
+        assert r.returncode == 0 and r.stdout == b"sealed", r.stderr
+        (tmp_path / "wrong").write_bytes(b"wrong secret 0123456789")
+        r = cli("append", "--cluster", str(cluster), "--secret-file", str(tmp_path / "wrong"),
+                "--op-timeout-ms", "1000", "--prefix", "sec", "-", stdin=b"x")
+        assert r.returncode == 1 and r.stderr.startswith(b"AUTH_FAILED (fail)"), r.stderr
+    finally:
+        n.kill()

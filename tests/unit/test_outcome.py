@@ -17,6 +17,7 @@ from machi.core.outcome import (
     Reaction,
     Role,
     classify,
+    classify_gave_up,
     may_have_effect,
     reaction,
     render_markdown,
@@ -129,3 +130,14 @@ def test_stages() -> None:
 def test_docs_carry_the_current_table() -> None:
     """docs/client.md embeds render_markdown() verbatim, so docs and code agree."""
     assert render_markdown() in DOCS.read_text()
+
+
+@given(st.sampled_from(list(OpKind)), PROGRESSES)
+def test_giving_up_is_decided_by_progress(op: OpKind, progress: Progress) -> None:
+    """A call given up on is info only when some mutation request may have written."""
+    oc = classify_gave_up(op, progress)
+    if op not in MUTATIONS:
+        assert oc is Outcome.FAIL
+    else:
+        assert (oc is Outcome.INFO) == (bool(progress.acked) or progress.maybe_written)
+    assert classify_gave_up(OpKind.APPEND, Progress()) is Outcome.FAIL
