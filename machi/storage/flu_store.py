@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 import anyio
+import anyio.lowlevel
 
 from machi.core.checksum import (
     CsumTag,
@@ -509,7 +510,9 @@ class FluStore:
                 return ReadResult([], list(plan.trimmed), True)
             raise NotWritten(f"{file} [{offset}, +{size}): no written bytes")
         chunks: list[ReadChunk] = []
-        for p in pieces:
+        for i, p in enumerate(pieces):
+            if i % 64 == 63:
+                await anyio.lowlevel.checkpoint()  # a long read must not hog the loop
             e = p.entry
             assert e.csum is not None
             try:

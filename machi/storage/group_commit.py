@@ -24,6 +24,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import anyio
+import anyio.lowlevel
 
 from .metadata import Batch, SyncMode
 
@@ -87,6 +88,10 @@ class GroupCommitter:
                 and not self._lock.locked()
             ):
                 await self.flush()
+            else:
+                # nothing above awaited: yield once, or a tight loop of appends starves
+                # every other task (including the commit this mode relies on)
+                await anyio.lowlevel.checkpoint()
             return
         if self.sync == "always":
             async with self._lock:
