@@ -383,7 +383,8 @@ def _search(items: Sequence[Item], ops: Sequence[Op], model: Model, budget: Budg
                 e = tail if forced else nxt[ce]
                 continue
             g = group[e]
-            if g >= 0 and grank[e] != gcount[g]:
+            if ro[e] or (g >= 0 and grank[e] != gcount[g]):
+                # A read-only candidate here is illegal: a legal one would have been forced.
                 e = nxt[e]
                 continue
             t = trans[kind[e]]
