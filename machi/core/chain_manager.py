@@ -468,13 +468,14 @@ def _maybe_confirm(
 
 def _basis(
     st: ManagerState, views: Mapping[str, MemberView], latest: Projection | None,
-    up: frozenset[str],
+    up: frozenset[str], frame: Projection,
 ) -> tuple[Projection | None, bool]:
-    """(basis, is_zerf).  CP: don't trust a local current that is not P_latest (A29)."""
+    """(basis, is_zerf).  CP: don't trust a local current that is not P_latest (A29).
+    ``frame`` gives the members and witnesses (current, or a newer set_members)."""
     cur = st.current
     if cur.mode == "ap" or (latest is not None and latest == cur and cur.upi_non_witnesses):
         return cur, False
-    members = cur.all_members
+    members = frame.all_members
     if len(up) < majority(len(members)):
         return None, True
     cands = [v.private_confirmed for n, v in views.items()
@@ -488,21 +489,31 @@ def _basis(
     ]
     if good:
         best = max(good, key=best_key)
-        if best.all_members != members:
-            best = best.evolve(all_members=members, witnesses=cur.witnesses,
-                               upi=[m for m in best.upi if m in members],
-                               repairing=[m for m in best.repairing if m in members],
-                               down=[m for m in best.down if m in members],
-                               members_dict=cur.members_dict)
+        if best.all_members != members or best.witnesses != frame.witnesses:
+            best = _reframe(best, frame)
         return best, True
     # Nobody in an up majority ever confirmed anything: no data can exist (CP writes
     # need a confirmed epoch), so every real server may form the chain.
     return make_projection(
         epoch_number=cur.epoch_number, author_server=st.config.name,
-        chain_name=cur.chain_name, all_members=members, witnesses=cur.witnesses,
-        mode="cp", upi=[m for m in members if m not in cur.witnesses], repairing=(),
-        members_dict=cur.members_dict, dbg={"all_projection": True},
+        chain_name=cur.chain_name, all_members=members, witnesses=frame.witnesses,
+        mode="cp", upi=[m for m in members if m not in frame.witnesses], repairing=(),
+        members_dict=frame.members_dict, dbg={"all_projection": True},
     ), True
+
+
+def _reframe(p: Projection, frame: Projection) -> Projection:
+    """``p``'s chain restricted to ``frame``'s members; newcomers join repairing."""
+    members, wit = frame.all_members, frame.witnesses
+    upi = [m for m in p.upi if m in members]
+    rep = [m for m in p.repairing if m in members and m not in wit]
+    rep += [m for m in frame.repairing if m not in upi and m not in rep]
+    return p.evolve(
+        all_members=members, witnesses=wit, upi=upi, repairing=rep,
+        down=[m for m in members if m not in upi and m not in rep],
+        members_dict=frame.members_dict,
+        author_server=p.author_server if p.author_server in members else frame.author_server,
+    )
 
 
 def _decide(
@@ -519,7 +530,13 @@ def _decide(
             return st, [ScheduleTick(now + _interval(st, rng))]
         lacking = _lacking(latest, views)
         return st, [WritePublic(st.round_id, latest, lacking), ScheduleTick(now + c.reread_ms)]
-    up = choose_up(cur.all_members, st.fitness, now_ms=now, stale_ms=c.fitness_stale_ms)
+    # An admin membership change (set_members) that lists me is the basis for members.
+    moved = (
+        latest is not None and latest.epoch_number > cur.epoch_number
+        and me in latest.all_members and latest.all_members != cur.all_members
+    )
+    frame = latest if moved and latest is not None else cur
+    up = choose_up(frame.all_members, st.fitness, now_ms=now, stale_ms=c.fitness_stale_ms)
     holding = now < st.loop_hold_until_ms
     hosed = me not in up or holding
     unsafe = False
@@ -548,7 +565,8 @@ def _decide(
         ):
             return st, [*effects, ScheduleTick(now + _interval(st, rng))]
     else:
-        basis, zerf = _basis(st, views, latest, up)
+        basis, zerf = (frame, False) if moved and frame.mode == "ap" else _basis(
+            st, views, latest, up, frame)
         if basis is None:
             newprop = none_projection(
                 epoch_number=epoch, author=me, chain_name=cur.chain_name,
