@@ -401,12 +401,7 @@ class WriteOnceChecker:
                     self._check_budget()
                 extra = op.extra
                 if op.complete_index is None or op.type == "info":
-                    self._ops += 1
-                    self._ops_by_type["info"] += 1
-                    if op.f in ("append", "write"):
-                        self._record_unacked(op.f, "info", op.invoke_index, op.value)
-                    elif op.f != "read":
-                        self._ignored_ops += 1
+                    complete(op.f, "info", op.invoke_index, -1, op.value, None, None, None)
                     continue
                 complete(
                     op.f,
@@ -460,14 +455,14 @@ class WriteOnceChecker:
         final: Any,
         node: Any,
     ) -> None:
+        if f != "read" and f != "append" and f != "write":
+            self._ignored_ops += 1  # nemesis and other ops: not chunk ops, not counted
+            return
         self._ops += 1
         self._ops_by_type[typ] = self._ops_by_type.get(typ, 0) + 1
         if f == "read":
             if typ == "ok":
                 self._read(inv_index, comp_index, inv_value, comp_value, final, node)
-            return
-        if f != "append" and f != "write":
-            self._ignored_ops += 1
             return
         if typ != "ok":
             self._record_unacked(f, typ, inv_index, inv_value)
@@ -574,10 +569,8 @@ class WriteOnceChecker:
         for inv in self._pending.values():
             if type(inv) is not dict:
                 inv = {"f": inv.f, "index": inv.index, "value": _plain(inv.value)}
-            self._ops += 1
-            self._ops_by_type["info"] += 1
-            if inv["f"] in ("append", "write"):
-                self._record_unacked(inv["f"], "info", inv["index"], inv.get("value"))
+            # Never completed: unknown, like info.
+            self._complete(inv["f"], "info", inv["index"], -1, inv.get("value"), None, None, None)
         self._pending.clear()
         landed: dict[Any, tuple[str, int, int]] = {}
         unresolved: dict[Any, list[tuple[str, int, int]]] = {}

@@ -321,3 +321,19 @@ def test_bench_generator_histories_are_valid_and_sensitive() -> None:
     )
     bad = [*lines[:i], lines[i].replace(b'"v":"', b'"v":"x'), *lines[i + 1 :]]
     assert check_write_once_lines(bad).valid is False
+
+
+def test_nemesis_and_other_ops_are_ignored() -> None:
+    """Nemesis events and unknown op kinds neither count as chunk ops nor break pairing."""
+    h = H().append(0, "a", P1)
+    h._ev("nemesis", "invoke", "start-partition", None)
+    h._ev("nemesis", "info", "start-partition", {"grudge": {"a": ["b"]}})
+    h.inv(1, "trim", {"pos": P1}).ok(1, "trim", {"pos": P1})
+    h._ev("nemesis", "info", "stop-partition", "healed")
+    h.read(2, P1, "a")
+    events = h.events
+    lines = [json.dumps(e).encode() + b"\n" for e in events]
+    for r in (check_write_once(events), check_write_once_lines(lines)):
+        assert r.valid is True
+        assert r.ops == 2
+        assert r.stats["ignored_ops"] == 2
