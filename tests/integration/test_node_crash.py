@@ -51,6 +51,9 @@ async def load_then_kill(n: NodeProcess, seed: int) -> list[tuple[str, int, int,
         async with anyio.create_task_group() as tg:
             for w in range(WRITERS):
                 tg.start_soon(writer, c1 if w % 2 else c2, w)
+            with anyio.fail_after(30):  # real load first, however slow the machine
+                while len(acked) < 50:
+                    await anyio.sleep(0.02)
             await anyio.sleep(LOAD_S)
             n.kill()  # SIGKILL while appends are in flight
     return acked

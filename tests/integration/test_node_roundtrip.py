@@ -216,7 +216,9 @@ def test_graceful_sigterm(tmp_path: Path) -> None:
                 async with anyio.create_task_group() as tg:
                     for w in range(4):
                         tg.start_soon(writer, w)
-                    await anyio.sleep(0.5)
+                    with anyio.fail_after(30):  # real load first, however slow the machine
+                        while len(acked) < 20:
+                            await anyio.sleep(0.02)
                     assert n.proc is not None
                     n.proc.send_signal(signal.SIGTERM)
 
