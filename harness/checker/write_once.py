@@ -583,7 +583,13 @@ class WriteOnceChecker:
                 continue
             if st[_ACK] is not None:
                 acked_keys.append(key)
-                self._check_realtime(key, st, st[_W_INV], st[_W_RESP])
+                # null_inv > w_resp, val_resp < w_inv, null_inv > val_resp: see _check_realtime
+                if (
+                    st[_NULL_INV] > st[_W_RESP]
+                    or st[_VAL_RESP] < st[_W_INV]
+                    or (st[_NULL_INV] > st[_VAL_RESP])
+                ):
+                    self._check_realtime(key, st, st[_W_INV], st[_W_RESP])
                 if any_final and (st[_FINAL] != _FINAL_GOOD):
                     self._lost(key, st)
                 continue
@@ -699,19 +705,24 @@ class WriteOnceChecker:
                 self._from_nowhere(other, v, "no write or append attempted this value")
 
     def _check_overlaps(self, acked_keys: list[tuple[str, int, int]]) -> None:
-        for key in acked_keys:  # keys made on the fast path were not type-checked yet
-            file, offset, size = key
-            if type(file) is not str or type(offset) is not int or type(size) is not int:
-                raise _bad_pos(list(key), -1)
-            if offset < 0 or size <= 0:
-                raise _bad_pos(list(key), -1)
-        acked_keys.sort()  # nearly sorted already (appends arrive in offset order): ~linear
+        try:
+            acked_keys.sort()  # nearly sorted already (appends arrive in offset order)
+        except TypeError:  # mixed types in some position: find it for the message
+            for key in acked_keys:
+                if type(key[0]) is not str or type(key[1]) is not int:
+                    raise _bad_pos(list(key), -1) from None
+            raise
         prev_file = None
         prev_end = 0
         prev_key: tuple[str, int, int] | None = None
         for key in acked_keys:
             file, offset, size = key
+            # Keys made on the fast path are type-checked here, once.
+            if type(offset) is not int or type(size) is not int or offset < 0 or size <= 0:
+                raise _bad_pos(list(key), -1)
             if file != prev_file:
+                if type(file) is not str:
+                    raise _bad_pos(list(key), -1)
                 prev_file, prev_end, prev_key = file, offset + size, key
                 continue
             if offset < prev_end:
