@@ -323,3 +323,48 @@ async def test_cancelled_append_is_not_visible_before_durable(tmp_path: Path) ->
         assert s.stats()["pending_chunks"] == 0
     async with await FluStore.open(d) as s:
         assert await visible(s, pos.file) == before
+
+
+async def test_fd_cache_eviction_keeps_every_file_usable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a tiny descriptor cache, writes and reads over many files still work and the
+    number of open descriptors stays bounded."""
+    import machi.storage.data_file as data_file
+
+    monkeypatch.setattr(data_file, "FD_CACHE_MAX", 3)
+    async with await FluStore.open(tmp_path / "flu") as s:
+        names = [f"f{i}^^00000000^{UUID}^1" for i in range(10)]
+        for i, name in enumerate(names):
+            await s.write(name, B, bytes([i]) * 10, NO_CSUM)
+            assert len(s._data._fds) <= 3 + 1
+        for i, name in enumerate(names):
+            assert (await s.read(name, B, 10)).chunks[0].data == bytes([i]) * 10
+
+
+async def test_failed_fsync_fails_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If making data durable fails, the operation fails and the store refuses all later
+    work (its index would be ahead of the disk), and closing still works."""
+    from machi.storage.data_file import DataFiles
+    from machi.storage.errors import StoreFailed
+
+    async with await FluStore.open(tmp_path / "flu") as s:
+        pos, _ = await s.append("p", b"ok", NO_CSUM, epoch_id=E0)
+
+        async def broken_sync(self: DataFiles) -> None:
+            raise OSError(5, "Input/output error")
+
+        monkeypatch.setattr(DataFiles, "sync_dirty", broken_sync)
+        with pytest.raises(StoreFailed):
+            await s.append("p", b"lost", NO_CSUM, epoch_id=E0)
+        with pytest.raises(StoreFailed):
+            await s.read(pos.file, B, 2)
+        with pytest.raises(StoreFailed):
+            await s.projection_list("public")
+    monkeypatch.undo()
+    async with await FluStore.open(tmp_path / "flu") as s:
+        assert (await s.read(pos.file, B, 2)).chunks[0].data == b"ok"
+        with pytest.raises(NotWritten):
+            await s.read(pos.file, B + 2, 4)
