@@ -404,12 +404,12 @@ class FluStore:
             f = self._fitting_target(key, epoch_id, total)
             if f is not None:
                 return f, f.index.reserve(total)
+            # One lock per key, kept (like the key's target): dropping idle locks would let
+            # two tasks hold different locks for one key and mint two files at once.
             lock = self._key_locks.setdefault(key, anyio.Lock())
             async with lock:
                 if self._fitting_target(key, epoch_id, total) is None:
                     await self._mint(key, epoch_id)
-            if not lock.locked() and lock.statistics().tasks_waiting == 0:
-                self._key_locks.pop(key, None)
         raise AssertionError("could not reserve space after 1000 new files")
 
     def _fitting_target(self, key: _Key, epoch_id: EpochId, total: int) -> DataFile | None:
