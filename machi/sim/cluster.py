@@ -90,11 +90,15 @@ class Cluster:
         on_change: Callable[[str], None] | None = None,
         on_trace: Callable[[Any], None] | None = None,
         loss_ppm: int = 0,
+        slow_ppm: int = 0,
     ) -> None:
         self.on_trace = on_trace
         #: fault point: each message (request or reply) is lost with this probability
         #: (parts per million), and each repair fails with it too
         self.loss_ppm = loss_ppm
+        #: fault point: each message is delayed by 30-300 ms (past the read timeout, so
+        #: it arrives after newer messages) with this probability (parts per million)
+        self.slow_ppm = slow_ppm
         self.names = list(names)
         self.mode: Mode = mode
         self.witnesses = tuple(witnesses)
@@ -144,6 +148,8 @@ class Cluster:
     def _send(self, src: str, dst: str, at: int, kind: str, payload: tuple[Any, ...]) -> None:
         """One message over the directed link src -> dst: lost if cut or a fault fires."""
         if dst in self.flus and self.link_ok(src, dst) and not self._fault():
+            if self.slow_ppm and self.rng.randrange(1_000_000) < self.slow_ppm:
+                at += self.rng.randint(30, 300)  # fault point: a slow message, reordered
             self._push(at, kind, payload)
 
     def run_until(self, t_end: int) -> None:

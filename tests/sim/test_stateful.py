@@ -1,7 +1,7 @@
 """Hypothesis stateful tests over the simulator: any interleaving of ticks, cut links,
-heals, random message loss, crashes, restarts, appends and reads keeps every invariant,
-and after healing and restarting everything the chain converges with no acknowledged
-write lost."""
+heals, message loss, slow (reordered) messages, crashes, restarts, appends and reads
+keeps every invariant, and after healing and restarting everything the chain converges
+with no acknowledged write lost."""
 
 from __future__ import annotations
 
@@ -50,6 +50,10 @@ class _SimMachine(RuleBasedStateMachine):
     def message_loss(self, ppm: int) -> None:
         self.c.loss_ppm = ppm
 
+    @rule(ppm=st.sampled_from([0, 0, 50_000, 200_000]))
+    def slow_messages(self, ppm: int) -> None:
+        self.c.slow_ppm = ppm
+
     @rule()
     def heal(self) -> None:
         self.c.set_partitions(set())
@@ -82,7 +86,7 @@ class _SimMachine(RuleBasedStateMachine):
             return
         c = self.c
         c.set_partitions(set())
-        c.loss_ppm = 0
+        c.loss_ppm = c.slow_ppm = 0
         for n in NODES:
             c.restart(n)
         deadline = c.now + HEAL_TICKS_MAX
