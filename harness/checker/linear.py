@@ -23,6 +23,7 @@ from a seeded ``random.Random`` instance).
 
 from __future__ import annotations
 
+import bisect
 import json
 import random
 from collections.abc import Callable, Sequence
@@ -38,6 +39,7 @@ MEMO_ENTRY_BYTES = 110
 STATE_BYTES = 250  # interned state + its id + transition cache entries (rough)
 CHECK_EVERY = 1 << 12  # budget checks every this many memo insertions
 PREFIX_TAIL = 20  # ops of the longest prefix shown in a short witness
+WITNESS_SEARCH_STEPS = 200_000  # search for a prefix after a precheck refutation
 _ZOBRIST_SEED = 0x5EED_11EA
 
 
@@ -86,9 +88,9 @@ def check_linearizable(
     steps_used = 0
     for key in keys:
         items = parts[key]
-        pre = model.precheck(items, ops)
+        pre = model.precheck(items, ops) or stale_precheck(items, ops, model)
         if pre is not None:
-            kr = KeyResult(False, [], pre[0], pre[1], "", {})
+            kr = _witness_search(items, ops, model, budget, steps_used, pre)
         else:
             sub = Budget(
                 budget.deadline,
@@ -110,6 +112,30 @@ def check_linearizable(
     if verdict == UNKNOWN and first_unknown is not None:
         return _result(model, ops, nops, len(parts), first_unknown[0], first_unknown[1], totals)
     return CheckResult(True, model.name, nops, len(parts), None, totals)
+
+
+def _witness_search(
+    items: Sequence[Item],
+    ops: Sequence[Op],
+    model: Model,
+    budget: Budget,
+    steps_used: int,
+    pre: tuple[int, str],
+) -> KeyResult:
+    """A key refuted by a precheck still gets a longest linearizable prefix for its witness,
+    from a search capped at ``WITNESS_SEARCH_STEPS`` (the verdict stays False)."""
+    cap = WITNESS_SEARCH_STEPS
+    if budget.max_steps is not None:
+        cap = max(0, min(cap, budget.max_steps - steps_used))
+    sub = Budget(budget.deadline, budget.memory_limit_bytes, budget.memory_probe, cap)
+    kr = _search(items, ops, model, sub)
+    # A sound precheck and an exhaustive search cannot disagree: that would be a bug here.
+    assert kr.verdict is not True, f"precheck refuted a linearizable key: {pre[1]}"
+    explanation = (
+        f"{pre[1]}. No linearization exists; the longest linearizable prefix the search "
+        f"found has {len(kr.prefix)} operations."
+    )
+    return KeyResult(False, kr.prefix, pre[0], explanation, "", kr.stats)
 
 
 def _result(
@@ -467,6 +493,85 @@ def _search(items: Sequence[Item], ops: Sequence[Op], model: Model, budget: Budg
         f"configurations; the longest linearizable prefix found has {len(best)} of {m} ops"
     )
     return KeyResult(UNKNOWN, prefix, failing, explanation, reason, stats)
+
+
+def stale_precheck(
+    items: Sequence[Item], ops: Sequence[Op], model: Model
+) -> tuple[int, str] | None:
+    """A sound O(n log n) refutation of stale reads, before any search.
+
+    For an ok op R that needs state u (a read of u, a cas from u): take W, the ok op that
+    sets a fixed state v != u, completed before R began, and began last among such ops. W
+    precedes R, so some op producing u must be able to come after W and before R: one
+    that is crashed or completed after W began, and began before R completed. If none
+    exists R can never be legal. Only for models whose ops all have a fixed effect
+    (``Model.produces`` never ``DEPENDS``)."""
+    producers: dict[Any, list[tuple[int, float]]] = {}  # u -> [(invoke, complete or inf)]
+    setters: list[tuple[int, int, Any]] = []  # ok fixed-state ops: (complete, invoke, v)
+    needs: list[tuple[int, int, Any]] = []  # ok ops needing a state: (invoke, item, u)
+    inf = float("inf")
+    for j, (i, cop) in enumerate(items):
+        p = model.produces(cop)
+        if p is DEPENDS:
+            return None
+        op = ops[i]
+        ok = op.type == "ok" and op.complete_index is not None
+        if p is not KEEPS and not model.read_only(cop):
+            done = op.complete_index if ok else None
+            producers.setdefault(p, []).append((op.invoke_index, inf if done is None else done))
+            if done is not None:
+                setters.append((done, op.invoke_index, p))
+        if ok:
+            u = model.requires(cop)
+            if u is not ANY_STATE:
+                needs.append((op.invoke_index, j, u))
+    if not needs or not setters:
+        return None
+    # Per state u: producers sorted by invoke, with the running max of their completion.
+    reach: dict[Any, tuple[list[int], list[float]]] = {}
+    for u, ps in producers.items():
+        ps.sort()
+        run: list[float] = []
+        top = -inf
+        for _inv, done in ps:
+            top = max(top, done)
+            run.append(top)
+        reach[u] = ([inv for inv, _d in ps], run)
+    setters.sort()
+    needs.sort()
+    k = 0
+    best1: tuple[int, Any] | None = None  # (invoke, v): latest-invoked setter so far
+    best2: tuple[int, Any] | None = None  # latest-invoked setter of a value != best1's
+    for inv_r, j, u in needs:
+        while k < len(setters) and setters[k][0] < inv_r:
+            _done, inv_w, v = setters[k]
+            k += 1
+            if best1 is None:
+                best1 = (inv_w, v)
+            elif v == best1[1]:
+                if inv_w > best1[0]:
+                    best1 = (inv_w, v)
+            elif inv_w > best1[0]:
+                best1, best2 = (inv_w, v), best1
+            elif best2 is None or inv_w > best2[0]:
+                best2 = (inv_w, v)
+        w = best1 if best1 is not None and best1[1] != u else best2
+        if w is None:
+            continue
+        i = items[j][0]
+        done_r = ops[i].complete_index
+        invs, run = reach.get(u, ([], []))
+        n = bisect.bisect_left(invs, done_r if done_r is not None else inv_r)
+        if n and run[n - 1] > w[0]:
+            continue
+        return i, (
+            f"{format_op(ops[i])} by process {json.dumps(ops[i].process)} (events "
+            f"{ops[i].invoke_index}..{done_r}) needs the state {model.describe(u)}, but an "
+            f"operation setting {model.describe(w[1])} began at event {w[0]} and completed "
+            f"before it, and every operation that could produce {model.describe(u)} had "
+            "completed before that one began: a stale read"
+        )
+    return None
 
 
 def _over_budget(budget: Budget, memo_entries: int, nstates: int = 0) -> str:
