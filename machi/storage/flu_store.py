@@ -191,8 +191,12 @@ class FluStore:
         """
         config = config or StoreConfig()
         data_dir = Path(data_dir)
-        (data_dir / DATA_SUBDIR).mkdir(parents=True, exist_ok=True)
-        lock_fd = os.open(data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            (data_dir / DATA_SUBDIR).mkdir(parents=True, exist_ok=True)
+            lock_fd = os.open(data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                              0o644)
+        except OSError as exc:
+            raise ConfigError(f"data dir {data_dir}: {exc.strerror or exc}") from None
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

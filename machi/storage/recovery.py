@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from machi.core.checksum import CsumTag, TaggedCsum
+from machi.core.errors import ConfigError
 from machi.core.filename import FileName, parse_filename
 from machi.core.ranges import Entry, FileIndex
 
 from .data_file import DataFiles
 from .errors import REPAIR_HINT, StorageCorrupt
-from .metadata import Loaded, MetadataDb
+from .metadata import DB_NAME, Loaded, MetadataDb
 
 log = logging.getLogger("machi.storage")
 
@@ -149,6 +150,8 @@ async def repair_metadata(data_dir: Path) -> RepairReport:
     unwritten, so chain repair can copy them back from another replica.
     """
     data_dir = Path(data_dir)
+    if not (data_dir / DB_NAME).is_file():
+        raise ConfigError(f"{data_dir} holds no Machi metadata database ({DB_NAME})")
     lock_fd = os.open(data_dir / "LOCK", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -192,3 +192,16 @@ async def test_none_mode_recovers_to_a_consistent_prefix(tmp_path: Path) -> None
     print(f"sync=none: {kept} of {len(acked)} acknowledged chunks survived SIGKILL")
     # metadata is committed at least every NONE_FLUSH_INTERVAL_MS: most acks survive
     assert kept > 0
+
+
+async def test_repair_and_open_refuse_bad_directories(tmp_path: Path) -> None:
+    """repair_metadata on a directory without a database, and open on a path that is a
+    file, are ConfigError (nothing is created)."""
+    from machi.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no Machi metadata"):
+        await repair_metadata(tmp_path / "nothing-here")
+    assert not (tmp_path / "nothing-here").exists()
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(ConfigError):
+        await FluStore.open(tmp_path / "a-file")
