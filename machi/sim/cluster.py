@@ -171,9 +171,9 @@ class Cluster:
         self.cut = set(pairs)
         self._change(f"partitions {sorted(self.cut)}")
 
-    def _change(self, what: str) -> None:
+    def _change(self, what: str, node: str = "-") -> None:
         if self.on_change is not None:
-            self.on_change(f"{self.now:>8} {'-':<6} {what}")
+            self.on_change(f"{self.now:>8} {node:<6} {what}")
 
     # ---- node lifecycle ---------------------------------------------------------------
     def _start(self, n: str) -> None:
@@ -189,12 +189,12 @@ class Cluster:
     def crash(self, n: str) -> None:
         if self.mgr[n] is not None:
             self.mgr[n] = None
-            self._change(f"crash {n}")
+            self._change("crash", n)
 
     def restart(self, n: str) -> None:
         if self.mgr[n] is None:
             self._start(n)
-            self._change(f"restart {n}")
+            self._change("restart", n)
 
     def admin(self, n: str, event: Event) -> None:
         self._feed(n, event)
@@ -341,12 +341,15 @@ class Cluster:
     def _check_confirmed(self, n: str, epoch_id: EpochId) -> None:
         flu = self.flus[n]
         p = flu.private.get(epoch_id.number)
-        if p is None or flu.state.wedged or self.mode != "cp" or not p.upi:
+        if p is None or flu.state.wedged or not p.upi:
+            return
+        self._change(f"confirm epoch={epoch_id.number:<6} {epoch_id.csum[:4].hex()} "
+                     f"upi={list(p.upi)}", n)
+        if self.mode != "cp":
             return
         seen = self._confirmed.setdefault(epoch_id.number, epoch_id)
         if seen != epoch_id:
             self._violation(f"two confirmed projections at epoch {epoch_id.number}")
-        self._change(f"confirm {n} epoch {epoch_id.short()} upi={list(p.upi)}")
 
     # ---- repair -----------------------------------------------------------------------
     def _ev_repair(self, n: str, inc: int, p: Projection) -> None:
