@@ -93,13 +93,31 @@ class WedgeStatus:
     public_epoch_number: int
 
 
+class _Waiter:
+    """The slot of a single-response request (lighter than a memory stream)."""
+
+    __slots__ = ("event", "item")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.item: wire.Frame | MachiError | None = None
+
+    def deliver(self, item: wire.Frame | MachiError) -> None:
+        if self.item is None:
+            self.item = item
+            self.event.set()
+
+
+_Target = _Waiter | MemoryObjectSendStream[wire.Frame | MachiError]
+
+
 class _Conn:
     """One open connection: the stream, the codec and the table of in-flight requests."""
 
     def __init__(self, stream: anyio.abc.ByteStream, proto: wire.Connection) -> None:
         self.stream = stream
         self.proto = proto
-        self.pending: dict[int, MemoryObjectSendStream[wire.Frame | MachiError]] = {}
+        self.pending: dict[int, _Target] = {}
         self.send_lock = anyio.Lock(fast_acquire=True)
         self.next_id = 1
         self.broken: MachiError | None = None
@@ -115,10 +133,13 @@ class _Conn:
         if self.broken is None:
             self.broken = err
         pending, self.pending = self.pending, {}
-        for send in pending.values():
+        for target in pending.values():
+            if isinstance(target, _Waiter):
+                target.deliver(err)
+                continue
             with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError):
-                send.send_nowait(err)
-            send.close()
+                target.send_nowait(err)
+            target.close()
         with anyio.CancelScope(shield=True):
             await self.stream.aclose()
 
@@ -279,21 +300,26 @@ class FluClient:
                 if not isinstance(ev, wire.Response):
                     raise RemoteProtocolError(f"unexpected event {ev!r}")
                 f = ev.frame
-                if f.final:
-                    send = conn.pending.pop(f.request_id, None)
-                    if send is not None:
-                        with send, contextlib.suppress(anyio.BrokenResourceError):
-                            try:
-                                send.send_nowait(f)
-                            except anyio.WouldBlock:  # a stream consumer is behind
-                                await send.send(f)
-                else:
-                    send = conn.pending.get(f.request_id)
-                    if send is not None:
+                target = conn.pending.get(f.request_id)
+                if target is None:
+                    continue  # answered after its caller gave up (timeout, cancel)
+                if isinstance(target, _Waiter):
+                    if not f.final:
+                        raise RemoteProtocolError(f"op {f.op} answered with a stream")
+                    del conn.pending[f.request_id]
+                    target.deliver(f)
+                elif f.final:
+                    del conn.pending[f.request_id]
+                    with target, contextlib.suppress(anyio.BrokenResourceError):
                         try:
-                            await send.send(f)
-                        except anyio.BrokenResourceError:
-                            conn.pending.pop(f.request_id, None)
+                            target.send_nowait(f)
+                        except anyio.WouldBlock:  # a stream consumer is behind
+                            await target.send(f)
+                else:
+                    try:
+                        await target.send(f)
+                    except anyio.BrokenResourceError:
+                        conn.pending.pop(f.request_id, None)
         except MachiError as err:
             await conn.fail(err if isinstance(err, Partition) else Partition(str(err)))
         except Exception as err:  # the reader must never take the client's task group down
@@ -307,35 +333,30 @@ class FluClient:
         epoch_id: EpochId,
         meta: dict[str, Any] | None,
         payload: bytes | bytearray | memoryview,
-        buffer_frames: int,
-    ) -> tuple[int, MemoryObjectReceiveStream[wire.Frame | MachiError]]:
-        send, recv = anyio.create_memory_object_stream[wire.Frame | MachiError](buffer_frames)
-        try:
-            async with conn.send_lock:
-                if conn.broken is not None:
-                    raise Partition(f"connection broken: {conn.broken}")
-                rid = conn.new_id()
-                head = conn.proto.send_request(
-                    rid, op, epoch_id=epoch_id, meta=meta, payload_size=len(payload)
-                )
-                conn.pending[rid] = send
-                try:
-                    if len(payload) <= JOIN_LIMIT:
-                        await conn.stream.send(head + bytes(payload) if payload else head)
-                    else:
-                        await conn.stream.send(head)
-                        await conn.stream.send(payload)  # type: ignore[arg-type]
-                except BaseException as exc:
-                    # A half-sent frame poisons the stream: break the connection.
-                    await conn.fail(Partition(f"send failed: {exc!r}"))
-                    if isinstance(exc, (OSError, anyio.BrokenResourceError)):
-                        raise Partition(f"send to {self.host}:{self.port}: {exc}") from None
-                    raise
-        except BaseException:
-            send.close()
-            recv.close()
-            raise
-        return rid, recv
+        target: _Target,
+    ) -> int:
+        """Send one request whose response(s) go to ``target``; returns its request id."""
+        async with conn.send_lock:
+            if conn.broken is not None:
+                raise Partition(f"connection broken: {conn.broken}")
+            rid = conn.new_id()
+            head = conn.proto.send_request(
+                rid, op, epoch_id=epoch_id, meta=meta, payload_size=len(payload)
+            )
+            conn.pending[rid] = target
+            try:
+                if len(payload) <= JOIN_LIMIT:
+                    await conn.stream.send(head + bytes(payload) if payload else head)
+                else:
+                    await conn.stream.send(head)
+                    await conn.stream.send(payload)  # type: ignore[arg-type]
+            except BaseException as exc:
+                # A half-sent frame poisons the stream: break the connection.
+                await conn.fail(Partition(f"send failed: {exc!r}"))
+                if isinstance(exc, (OSError, anyio.BrokenResourceError)):
+                    raise Partition(f"send to {self.host}:{self.port}: {exc}") from None
+                raise
+        return rid
 
     async def _call(
         self,
@@ -351,12 +372,14 @@ class FluClient:
             try:
                 with anyio.fail_after(timeout_s):
                     conn = await self._connection()
-                    rid, recv = await self._send(conn, op, epoch_id, meta, payload, 1)
+                    waiter = _Waiter()
+                    rid = await self._send(conn, op, epoch_id, meta, payload, waiter)
                     try:
-                        with recv:
-                            item = await _receive(recv)
+                        await waiter.event.wait()
                     finally:
                         _forget(conn, rid)
+                    item = waiter.item
+                    assert item is not None
             except TimeoutError:
                 raise Partition(f"{op.name.lower()} to {self.host}:{self.port} timed out") from None
         return _check(item)
@@ -375,9 +398,15 @@ class FluClient:
             try:
                 with anyio.fail_after(timeout_s):
                     conn = await self._connection()
-                    rid, recv = await self._send(
-                        conn, op, epoch_id, meta, b"", STREAM_BUFFER_FRAMES
+                    send, recv = anyio.create_memory_object_stream[wire.Frame | MachiError](
+                        STREAM_BUFFER_FRAMES
                     )
+                    try:
+                        rid = await self._send(conn, op, epoch_id, meta, b"", send)
+                    except BaseException:
+                        send.close()
+                        recv.close()
+                        raise
             except TimeoutError:
                 raise Partition(f"{op.name.lower()} to {self.host}:{self.port} timed out") from None
             with recv:
@@ -530,9 +559,9 @@ class FluClient:
 # ---- helpers ----------------------------------------------------------------------------
 def _forget(conn: _Conn, rid: int) -> None:
     """Drop a request from the in-flight table (answered, timed out or abandoned)."""
-    send = conn.pending.pop(rid, None)
-    if send is not None:
-        send.close()
+    target = conn.pending.pop(rid, None)
+    if target is not None and not isinstance(target, _Waiter):
+        target.close()
 
 
 async def _receive(recv: MemoryObjectReceiveStream[wire.Frame | MachiError]) -> Any:
