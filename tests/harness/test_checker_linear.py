@@ -332,3 +332,16 @@ def test_pathological_history_stays_under_its_memory_limit(tmp_path: Path) -> No
     assert '"reason": "memory limit"' in proc.stdout
     peak_kb = int(proc.stderr.split("PEAK_RSS_KB")[1].split()[0])
     assert peak_kb * 1024 <= limit_mb * 1024 * 1024, peak_kb
+
+
+@pytest.mark.parametrize("anomaly", ["stale-read", "lost-write"])
+def test_search_alone_refutes_what_the_prechecks_catch(anomaly: str) -> None:
+    """Without the prechecks the search reaches the same verdict on injected anomalies."""
+    from harness.checker.linear import _search
+
+    model = get_model("cas-register")
+    for seed in range(4):
+        evs = generate("cas-register", seed=seed, ops=150, processes=4, crash_p=0.05)
+        ops = pair_ops(inject(evs, anomaly, seed=seed, model="cas-register"))
+        (items,) = model.partition(ops).values()
+        assert _search(items, ops, model, Budget()).verdict is False, (anomaly, seed)
