@@ -228,6 +228,8 @@ class ChainClient:
     ``request_timeout_ms``, each call ``op_timeout_ms`` overall, each projection read
     ``discovery_timeout_ms``; retries at most ``max_retries`` per call; no request is
     sent with less than ``min_request_ms`` left before the call's deadline.
+    ``flu_factory`` builds the per-member clients (a ``FluClient`` subclass can add fault
+    points in tests or metrics in a harness); it gets ``FluClient``'s arguments.
     """
 
     def __init__(
@@ -245,6 +247,7 @@ class ChainClient:
         backoff: cr_plan.Backoff | None = None,
         seed: int | None = None,
         name: str = "chain-client",
+        flu_factory: Callable[..., FluClient] = FluClient,
     ) -> None:
         if not members:
             raise ValueError("ChainClient needs at least one member")
@@ -262,6 +265,7 @@ class ChainClient:
             base.base_ms, base.factor, base.cap_ms, base.jitter_ms, max_retries + 1
         )
         self.name = name
+        self._flu_factory = flu_factory
         self._rng = random.Random(seed)
         self._proj: Projection | None = None
         self._pool: dict[tuple[str, str, int], tuple[FluClient, anyio.Event, anyio.Event]] = {}
@@ -301,7 +305,7 @@ class ChainClient:
         entry = self._pool.get(key)
         if entry is None:
             self._trim_pool(member)
-            c = FluClient(
+            c = self._flu_factory(
                 host, port, secret=self.secret, ssl_context=self.tls,
                 tls_hostname=self.tls_hostname, timeout_ms=self.request_timeout_ms,
                 connect_timeout_ms=min(self.request_timeout_ms, 5_000), name=self.name,

@@ -9,85 +9,40 @@ real-daemon test once the manager lands.
 
 from __future__ import annotations
 
-import io
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
-import anyio.abc
 import pytest
 
 from machi.client.chain_client import CallInfo, ChainClient, outcome_of
 from machi.client.flu_client import FluClient
 from machi.core.errors import BadArg, MachiError, NotWritten
 from machi.core.outcome import OpKind, Outcome
-from machi.core.projection import MemberSpec, Projection, make_projection
+from machi.core.projection import Projection
 from machi.core.wedge import after_confirm, wedge
-from machi.node.log import JsonLog
-from machi.node.server import FluNode
-from machi.storage.flu_store import FluStore, StoreConfig
+from tests.integration.inproc_flu import Nodes, inproc_chain, install, seeds
 
 pytestmark = pytest.mark.timeout(60)
 NAMES = ("w", "a", "b")  # w is the witness
 
 
-@asynccontextmanager
-async def cp_chain(base: Path) -> AsyncIterator[dict[str, tuple[FluNode, int]]]:
-    """Three FluNodes (w a witness) serving FluStores on 127.0.0.1; stopped on exit."""
-    nodes: dict[str, tuple[FluNode, int]] = {}
-    stores: list[FluStore] = []
-    async with anyio.create_task_group() as tg:
-        try:
-            for n in NAMES:
-                store = await FluStore.open(base / n, StoreConfig(sync="none"))
-                stores.append(store)
-                node = FluNode(n, store, log=JsonLog(n, "warning", stream=io.StringIO()),
-                               witness=n == "w")
-                await node.load_state()
-                listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-                port = listener.extra(anyio.abc.SocketAttribute.local_port)
-                tg.start_soon(node.serve, listener)
-                nodes[n] = (node, port)
-            yield nodes
-        finally:
-            with anyio.CancelScope(shield=True):
-                for node, _ in nodes.values():
-                    await node.stop()
-                for s in stores:
-                    await s.close()
-
-
 async def install_cp(
-    nodes: dict[str, tuple[FluNode, int]], epoch: int, *, on: tuple[str, ...] = NAMES,
-    confirm: bool = True,
+    nodes: Nodes, epoch: int, *, on: tuple[str, ...] = NAMES, confirm: bool = True,
 ) -> Projection:
-    """Write a CP projection (UPI = w, a, b) and, like the chain manager after seeing the
-    UPI unanimous, confirm it (unwedge) on every node it was written to."""
-    p = make_projection(
-        epoch_number=epoch, author_server="a", chain_name="c1", all_members=NAMES,
-        mode="cp", witnesses=("w",), upi=NAMES,
-        members_dict={n: MemberSpec(n, "127.0.0.1", port) for n, (_, port) in nodes.items()},
-    )
+    """A CP projection (UPI = w, a, b; w the witness), confirmed on ``on``."""
+    p = await install(nodes, epoch, NAMES, mode="cp", witnesses=("w",), on=on,
+                      confirm=confirm)
     for n in on:
         async with FluClient("127.0.0.1", nodes[n][1]) as c:
-            await c.projection_write("public", p)
-            await c.projection_write("private", p)
-            assert (await c.wedge_status()).wedged
-        if confirm:
-            node = nodes[n][0]
-            node._set_state(after_confirm(node.state, p.epoch_id), "test confirms")
+            assert (await c.wedge_status()).wedged != confirm
     return p
 
 
-def seeds(nodes: dict[str, tuple[FluNode, int]]) -> dict[str, tuple[str, int]]:
-    return {n: ("127.0.0.1", port) for n, (_, port) in nodes.items()}
-
-
-def run(tmp_path: Path, body: Callable[[dict[str, tuple[FluNode, int]]], Any]) -> None:
+def run(tmp_path: Path, body: Callable[[Nodes], Any]) -> None:
     async def go() -> None:
-        async with cp_chain(tmp_path) as nodes:
+        async with inproc_chain(tmp_path, NAMES, ("w",)) as nodes:
             await body(nodes)
 
     anyio.run(go)
@@ -97,7 +52,7 @@ def test_cp_append_skips_the_witness_and_waits_for_its_epoch(tmp_path: Path) -> 
     """Appends reach a and b only (the witness answers BAD_ARG to data, so any data sent
     to it would fail the call); a wedged witness holds the ack back until it recovers."""
 
-    async def body(nodes: dict[str, tuple[FluNode, int]]) -> None:
+    async def body(nodes: Nodes) -> None:
         p = await install_cp(nodes, 1)
         async with ChainClient(seeds(nodes)) as cc:
             info = CallInfo()
@@ -128,7 +83,7 @@ def test_cp_witness_at_another_epoch_blocks_acks(tmp_path: Path) -> None:
     """A chain whose witness never reached our epoch acknowledges nothing: reads fail,
     appends end as info (the data members wrote, the quorum was not proven)."""
 
-    async def body(nodes: dict[str, tuple[FluNode, int]]) -> None:
+    async def body(nodes: Nodes) -> None:
         await install_cp(nodes, 1)
         await install_cp(nodes, 2, on=("a", "b"))  # the witness stays at epoch 1
         async with ChainClient(seeds(nodes), op_timeout_ms=1_000) as cc:
@@ -148,7 +103,7 @@ def test_cp_read_repair_uses_only_the_upi_tail(tmp_path: Path) -> None:
     """Bytes only the head has (an unacknowledged write) are not served in CP: the read is
     an ok NOT_WRITTEN and nothing is copied; bytes at the tail are served from it."""
 
-    async def body(nodes: dict[str, tuple[FluNode, int]]) -> None:
+    async def body(nodes: Nodes) -> None:
         p = await install_cp(nodes, 1)
         async with ChainClient(seeds(nodes)) as cc, \
                 FluClient("127.0.0.1", nodes["a"][1]) as head, \
