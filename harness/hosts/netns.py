@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -622,3 +623,75 @@ def call_in_control_ns(
             f"{p.stdout[-4000:]}\n{p.stderr[-8000:]}"
         )
     return json.loads(p.stdout.rsplit("@@RESULT@@", 1)[1])
+
+
+_WORKER_CODE = r"""
+import importlib, json, os, sys, traceback
+out = os.fdopen(os.dup(1), "w")  # replies only; the steps' own prints go to stderr
+os.dup2(2, 1)
+sys.stdout = sys.stderr
+for line in sys.stdin:
+    req = json.loads(line)
+    try:
+        mod, fn = req["target"].split(":")
+        res = {"ok": True, "result": getattr(importlib.import_module(mod), fn)(req["payload"])}
+    except BaseException:
+        res = {"ok": False, "error": traceback.format_exc()}
+    out.write(json.dumps(res) + "\n")
+    out.flush()
+"""
+
+
+class ControlNamespaceWorker:
+    """One Python process inside the control namespace that runs many `module:function`
+    calls (JSON in, JSON out): `call_in_control_ns` without a fresh interpreter and fresh
+    imports per call.  Use as a context manager; the process ends with the block."""
+
+    def __init__(self, *, extra_sys_path: list[str] | None = None) -> None:
+        self.extra_sys_path = extra_sys_path or []
+        self._proc: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> ControlNamespaceWorker:
+        if control_ns() not in netns_list():
+            raise NetnsError(f"no {control_ns()} namespace: bring the cluster up first")
+        env = dict(os.environ)
+        paths = [*self.extra_sys_path, str(REPO_ROOT), env.get("PYTHONPATH", "")]
+        env["PYTHONPATH"] = os.pathsep.join(paths).rstrip(os.pathsep)
+        self._proc = subprocess.Popen(
+            control_ns_argv([sys.executable, "-c", _WORKER_CODE]), stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=None, text=True, env=env,
+        )
+        return self
+
+    def call(self, target: str, payload: Any = None, *, timeout_s: float = 120.0) -> Any:
+        proc = self._proc
+        if proc is None or proc.stdin is None or proc.stdout is None:
+            raise NetnsError("the control namespace worker is not running")
+        proc.stdin.write(json.dumps({"target": target, "payload": payload}) + "\n")
+        proc.stdin.flush()
+        ready, _, _ = select.select([proc.stdout], [], [], timeout_s)
+        if not ready:
+            self.__exit__(None, None, None)
+            raise NetnsError(f"{target} did not answer within {timeout_s} s (worker stopped)")
+        line = proc.stdout.readline()
+        if not line:
+            raise NetnsError(f"{target}: the worker died (exit {proc.wait()})")
+        res = json.loads(line)
+        if not res["ok"]:
+            raise NetnsError(f"{target} failed in {control_ns()}:\n{res['error']}")
+        return res["result"]
+
+    def __exit__(self, *exc: object) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -1,9 +1,10 @@
 """A 3-node netns cluster through real sshd, paramiko and iptables, torn down to nothing.
 
 The cluster uses its own namespace prefix (machi-t<pid>-) and state directory, so it never
-meets a cluster someone else brought up.  Each step runs inside the control namespace
-(`call_in_control_ns` of a function in `netns_steps.py`) and returns observations that the
-tests assert on.  Tests run in file order and share one cluster; the last one takes it down.
+meets a cluster someone else brought up.  Each step runs inside the control namespace (a
+function of `netns_steps.py`, called through one `ControlNamespaceWorker`) and returns
+observations that the tests assert on.  Tests run in file order and share one cluster; the
+last one takes it down.
 """
 
 from __future__ import annotations
@@ -32,11 +33,11 @@ class Cluster:
     prefix: str
     namespaces_before: set[str]
     facts: dict[str, Any]
+    worker: netns.ControlNamespaceWorker
 
     def step(self, name: str, **payload: Any) -> Any:
-        return netns.call_in_control_ns(
-            f"netns_steps:{name}", {"state_dir": str(self.state_dir), **payload},
-            extra_sys_path=[STEPS_DIR], timeout_s=60,
+        return self.worker.call(
+            f"netns_steps:{name}", {"state_dir": str(self.state_dir), **payload}, timeout_s=60
         )
 
 
@@ -47,8 +48,11 @@ def cluster() -> Iterator[Cluster]:
         pytest.skip(f"netns cluster tests need root and `ip netns`: {why}")
     prefix = f"machi-t{os.getpid() % 100000}-"
     before = set(netns.netns_list())
-    with netns.temporary_cluster(3, prefix=prefix) as state_dir:
-        yield Cluster(state_dir, prefix, before, {})
+    with (
+        netns.temporary_cluster(3, prefix=prefix) as state_dir,
+        netns.ControlNamespaceWorker(extra_sys_path=[STEPS_DIR]) as worker,
+    ):
+        yield Cluster(state_dir, prefix, before, {}, worker)
 
 
 def test_hosts_are_namespaces_with_their_own_sshd_and_no_way_out(cluster: Cluster) -> None:
