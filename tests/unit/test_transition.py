@@ -13,6 +13,8 @@ from machi.core.transition import (
     is_subsequence,
     majority,
     transition_problem,
+    zerf_basis_of,
+    zerf_basis_record,
 )
 
 SERVERS = ("a", "b", "c", "d")
@@ -157,3 +159,19 @@ def test_structure_mismatch() -> None:
         upi=["a", "b"], down=["c"],
     )
     assert transition_problem(_p(3, "ab"), other, relative_to="a")
+
+
+def test_cp_zerf_basis_replaces_an_unconfirmed_current() -> None:
+    """CP: a proposal built from a zerf basis is checked against the basis when my
+    current is unconfirmed (no data there) or older; a newer confirmed current wins."""
+    basis = _p(5, "abc", mode="cp")
+    mine = _p(8, "ab", author="b", mode="cp")  # unconfirmed: c dropped, never served
+    p2 = _p(9, "abc", author="a", mode="cp", dbg={"zerf_basis": zerf_basis_record(basis)})
+    rebuilt = zerf_basis_of(p2)
+    assert rebuilt is not None and rebuilt.upi == basis.upi
+    assert transition_problem(mine, p2, relative_to="c") is None
+    confirmed = mine.with_dbg2({"confirmed": True})
+    assert transition_problem(confirmed, p2, relative_to="c") is not None
+    late = _p(9, "abc", author="a", mode="cp",
+              dbg={"zerf_basis": zerf_basis_record(_p(9, "abc", mode="cp"))})
+    assert transition_problem(mine, late, relative_to="c") is not None
