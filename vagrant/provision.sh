@@ -11,7 +11,7 @@ prefix=${3:?net prefix}
 
 export DEBIAN_FRONTEND=noninteractive
 need=()
-for pkg in python3 python3-venv iptables iproute2 procps psmisc coreutils; do
+for pkg in python3 python3-venv iptables iproute2 procps coreutils; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
