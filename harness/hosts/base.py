@@ -728,3 +728,6 @@ class HostSet:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+Cluster = HostSet  # the name for the same thing
