@@ -275,6 +275,7 @@ class FluStore:
             "trimmed_files": len(self._trimmed_files),
             "commits": self._committer.commits,
             "records_committed": self._committer.records,
+            "max_batch_ops": self._committer.max_batch_ops,
             "pending_chunks": len(self._pending),
         }
 

@@ -71,6 +71,7 @@ class GroupCommitter:
         # counters for metrics and the benchmark
         self.commits = 0
         self.records = 0
+        self.max_batch_ops = 0
 
     def check(self) -> None:
         if self.failed is not None:
@@ -99,16 +100,21 @@ class GroupCommitter:
                 await self._run(batch)
             return
         pending = self._open
+        if pending.full.is_set():
+            # bounded batch: the full one waits for the lock; start the next one.  The lock
+            # is FIFO and its waiters queue in submission order, so batches commit in order.
+            pending = self._open = _Pending()
         pending.batch.merge(batch)
         if pending.batch.n_ops >= self.max_chunks:
             pending.full.set()
         async with self._lock:
             if not pending.done.is_set():
-                assert pending is self._open
-                if self.in_flight > 0 and not pending.full.is_set() and self.max_delay_ms:
+                if (pending is self._open and self.in_flight > 0 and not pending.full.is_set()
+                        and self.max_delay_ms):
                     with anyio.move_on_after(self.max_delay_ms / 1000):
                         await pending.full.wait()
-                self._open = _Pending()
+                if pending is self._open:
+                    self._open = _Pending()
                 await self._finish(pending)
         if pending.error is not None:
             raise StoreFailed(f"metadata commit failed: {pending.error!r}") from pending.error
@@ -152,6 +158,7 @@ class GroupCommitter:
                 raise
         self.commits += 1
         self.records += len(batch.ops)
+        self.max_batch_ops = max(self.max_batch_ops, batch.n_ops)
 
     async def background(self, interval_ms: int = 50) -> None:
         """For sync "none": flush every ``interval_ms`` (run in the node's task group)."""

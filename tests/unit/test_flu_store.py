@@ -368,3 +368,23 @@ async def test_failed_fsync_fails_the_store(
         assert (await s.read(pos.file, B, 2)).chunks[0].data == b"ok"
         with pytest.raises(NotWritten):
             await s.read(pos.file, B + 2, 4)
+
+
+async def test_group_commit_batches_are_bounded(tmp_path: Path) -> None:
+    """With group_commit_max_chunks=4, 40 concurrent appends commit in batches of at most 4
+    operations, and all of them read back."""
+    cfg = StoreConfig(group_commit_max_chunks=4)
+    async with await FluStore.open(tmp_path / "flu", cfg) as s:
+        out = []
+
+        async def one(i: int) -> None:
+            out.append((await s.append("p", bytes([i]) * 8, NO_CSUM, epoch_id=E0))[0])
+
+        async with anyio.create_task_group() as tg:
+            for i in range(40):
+                tg.start_soon(one, i)
+        stats = s.stats()
+        assert 1 < stats["max_batch_ops"] <= 4
+        assert stats["commits"] >= 10
+        for pos in out:
+            assert len((await s.read(pos.file, pos.offset, 8)).chunks) == 1
