@@ -1,4 +1,4 @@
-"""The linear-time write-once checker agrees with an exhaustive linearizability search
+"""The write-once checkers agree with an exhaustive linearizability search
 (per position, a write-once register with unique values) on small random histories,
 valid or not, with failed and unknown operations."""
 
@@ -10,6 +10,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from harness.checker.run import check_history
 from harness.checker.write_once import check_write_once
 from harness.history import events_from_dicts, pair_ops
 
@@ -109,7 +110,11 @@ def _brute_force_valid(events: list[dict[str, Any]]) -> bool:
 @settings(max_examples=200, deadline=None)
 @given(histories())
 def test_agrees_with_exhaustive_search(events: list[dict[str, Any]]) -> None:
-    """Verdict of the linear-time checker == verdict of brute-force linearization."""
+    """Both checkers (linear-time, and the general search with the write-once model) give
+    the verdict of brute-force linearization."""
     expected = _brute_force_valid(events)
     got = check_write_once([dict(e) for e in events])
     assert got.valid is expected, (events, got.witness)
+    ops = pair_ops(events_from_dicts([dict(e) for e in events]))
+    general = check_history(ops, "write-once", time_limit_s=20, memory_limit_mb=1024, general=True)
+    assert general.valid is expected, (events, general.witness)
