@@ -59,7 +59,7 @@ class Model:
     def step(self, state: Any, cop: Cop) -> Any:
         """The state after ``cop``, or None when ``cop`` is illegal in ``state``.
 
-        Models whose legal states include None wrap states (see ``_NIL``)."""
+        Models whose legal states include None wrap them (see ``NIL``)."""
         raise NotImplementedError
 
     def partition(self, ops: Sequence[Op]) -> dict[Any, list[Item]]:
@@ -93,8 +93,9 @@ class Model:
     def produces(self, cop: Cop) -> Any:
         """The state ``cop`` leaves behind whatever the state before (``KEEPS`` for a read,
         ``DEPENDS`` when the result depends on the prior state). The search uses
-        ``requires``/``produces`` to drop a configuration as soon as an invoked ok op needs
-        a state that no remaining op can produce; a single ``DEPENDS`` op disables that."""
+        ``requires``/``produces`` to drop a configuration as soon as some unlinearized ok op
+        needs a state that is not current and that no remaining op can produce; a single
+        ``DEPENDS`` op in a key disables that (and the stale-read precheck)."""
         return DEPENDS
 
     def describe(self, state: Any) -> str:
@@ -349,6 +350,12 @@ class MutexModel(Model):
 
     def read_only(self, cop: Cop) -> bool:
         return False
+
+    def requires(self, cop: Cop) -> Any:
+        return cop[0] == "release"  # acquire needs free (False), release needs held (True)
+
+    def produces(self, cop: Cop) -> Any:
+        return cop[0] == "acquire"
 
     def describe(self, state: Any) -> str:
         return "held" if state else "free"

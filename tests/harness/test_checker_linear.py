@@ -250,16 +250,16 @@ def test_witness_names_the_op_and_the_longest_prefix() -> None:
 def test_witness_of_a_search_refutation_names_the_state() -> None:
     """When only the search refutes a history the explanation gives the state it ended in."""
     evs = [
-        Event(0, 0, 0, "invoke", "acquire", None),
-        Event(1, 0, 0, "ok", "acquire", None),
-        Event(2, 0, 1, "invoke", "acquire", None),
-        Event(3, 0, 1, "ok", "acquire", None),
+        Event(0, 0, 0, "invoke", "append", "a", "k"),
+        Event(1, 0, 0, "ok", "append", "a", "k"),
+        Event(2, 0, 1, "invoke", "read", None, "k"),
+        Event(3, 0, 1, "ok", "read", "b", "k"),
     ]
-    res = check_linearizable(pair_ops(evs), get_model("mutex"))
+    res = check_linearizable(pair_ops(evs), get_model("kv"))
     assert res.valid is False
     w = res.witness
     assert w is not None and w["op"]["process"] == 1 and w["prefix_len"] == 1
-    assert "the model state is held" in w["explanation"]
+    assert "the model state is 'a'" in w["explanation"]
 
 
 # --- budgets -----------------------------------------------------------------------------
