@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import signal
 import ssl
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -48,8 +49,18 @@ def server_ssl_context(cfg: NodeConfig) -> ssl.SSLContext | None:
     return ctx
 
 
-async def run_node(cfg: NodeConfig, log: JsonLog | None = None) -> None:
-    """Serve until SIGTERM/SIGINT; return after a graceful stop."""
+Attach = Callable[[FluNode, anyio.abc.TaskGroup], Awaitable[None]]
+
+
+async def run_node(
+    cfg: NodeConfig, log: JsonLog | None = None, *, attach: Attach | None = None
+) -> None:
+    """Serve until SIGTERM/SIGINT; return after a graceful stop.
+
+    ``attach(node, task_group)``, if given, runs once before the node listens: the place
+    to set ``node.on_kick`` and start helpers (e.g. the chain manager) in the node's own
+    task group, so they are cancelled when the node stops.
+    """
     from machi.storage.flu_store import FluStore
 
     log = log or JsonLog(cfg.name, cfg.log_level)
@@ -81,6 +92,8 @@ async def run_node(cfg: NodeConfig, log: JsonLog | None = None) -> None:
                     mlistener = await anyio.create_tcp_listener(
                         local_host=metrics_addr[0], local_port=metrics_addr[1])
                     tg.start_soon(serve_metrics, metrics, mlistener)
+                if attach is not None:
+                    await attach(node, tg)
                 tg.start_soon(node.serve, listener)
                 if cfg.sync == "none":
                     # sync=none acknowledges before anything is on disk; commit metadata
