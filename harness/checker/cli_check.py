@@ -128,10 +128,13 @@ def check(
         elapsed_s = time.monotonic() - t0
         verdicts.append(result.valid)
         report_path = None
-        if report_dir is not None and result.valid is False and ops is not None:
-            from harness.report.linear_report import write_report
+        if report_dir is not None and result.valid is False:
+            from harness.report.linear_report import write_report, write_witness_report
 
-            report_path = write_report(report_dir, path, result, ops)
+            if ops is not None:
+                report_path = write_report(report_dir, path, result, ops)
+            else:
+                report_path = write_witness_report(report_dir, path, result)
         _emit(path, result, elapsed_s, as_json, report_path)
     if errors:
         sys.exit(USAGE_EXIT)

@@ -54,6 +54,33 @@ def write_report(
     return out
 
 
+def write_witness_report(report_dir: Path, history_path: Path, result: CheckResult) -> Path:
+    """A page for a failing check that has no linearization to draw (e.g. write-once):
+    the verdict, the explanation if any, and the witness as formatted JSON."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", history_path.name)
+    out = report_dir / f"{stem}.html"
+    w = result.witness or {}
+    esc = html.escape
+    body = json.dumps(w, indent=2, default=str, sort_keys=True)
+    page = "\n".join(
+        [
+            "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+            f"<title>{esc(str(history_path))}: {esc(_label(result.valid))}</title>",
+            f"<style>{_CSS} pre{{background:#f5f5f5;padding:12px;overflow-x:auto}}</style>",
+            f"</head><body><h1>{esc(str(history_path))}</h1>",
+            f"<div class='meta'><span class='verdict'>{esc(_label(result.valid))}</span> "
+            f"model <b>{esc(result.model)}</b> · {result.ops} ops · {result.keys} keys</div>",
+            f"<p class='expl'>{esc(str(w.get('explanation', '')))}</p>"
+            if "explanation" in w
+            else "",
+            f"<h2>Witness</h2><pre>{esc(body)}</pre></body></html>",
+        ]
+    )
+    out.write_text(page, encoding="utf-8")
+    return out
+
+
 def _key_ops(result: CheckResult, ops: Sequence[Op]) -> list[int]:
     w = result.witness or {}
     try:
@@ -104,7 +131,7 @@ def render_report(name: str, result: CheckResult, ops: Sequence[Op]) -> str:
 
 
 def _label(v: Any) -> str:
-    return "valid" if v is True else "not linearizable" if v is False else "unknown"
+    return "valid" if v is True else "invalid" if v is False else "unknown"
 
 
 def _window(key_idx: list[int], ops: Sequence[Op], failing: int | None) -> list[int]:

@@ -168,3 +168,20 @@ def test_console_script_runs(tmp_path: Path) -> None:
     )
     assert proc.returncode == 1, proc.stderr
     assert json.loads(proc.stdout)["valid"] is False
+
+
+def test_write_once_report_shows_the_witness(tmp_path: Path) -> None:
+    """An invalid write-once history gets a self-contained page with the checker's witness."""
+    pos = ["f", 0, 4]
+    evs = [
+        Event(0, 0, 1, "invoke", "read", {"pos": pos}),
+        Event(1, 1, 1, "ok", "read", {"pos": pos, "v": "ghost"}),
+    ]
+    path = _write(tmp_path, "wo.jsonl", evs)
+    rep = tmp_path / "rep"
+    code, out, _ = _run("check", "--model", "write-once", "--report", str(rep), str(path))
+    assert code == 1, out
+    (page,) = rep.iterdir()
+    html = page.read_text()
+    assert "ghost" in html and "write-once" in html
+    assert not re.search(r"https?:", html)
