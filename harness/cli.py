@@ -21,6 +21,7 @@ def _register() -> None:
 _COMMANDS: list[tuple[str, str]] = [
     ("harness.checker.cli_check", "check"),
     ("harness.checker.bench", "bench_check"),
+    ("harness.checker.cli_projections", "check_projections"),
     ("harness.cli_cluster", "cluster"),
 ]
 

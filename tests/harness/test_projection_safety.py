@@ -228,3 +228,32 @@ def test_simulator_logs_pass(mode: str, witnesses: tuple[str, ...], seed: int) -
     assert r.stats["records"] == result.adoptions
     conv = convergence(normalise(records, mode=mode, all_members=["a", "b", "c"]), heal_time=0)
     assert conv["converged"] == result.converged, conv
+
+
+def test_check_projections_cli(tmp_path: Any) -> None:
+    """The CLI reads per-node logs, prints the verdict, and exits 0 / 1 / 254."""
+    import json
+
+    from click.testing import CliRunner
+
+    from harness.cli import main
+
+    good = tmp_path / "a.jsonl"
+    good.write_text("".join(json.dumps(r) + "\n" for r in sane_run()))
+    res = CliRunner().invoke(main, ["check-projections", "--heal-time", "250", "--json", str(good)])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["valid"] is True and out["witness"]["convergence"]["converged"] is True
+    bad = tmp_path / "b.jsonl"
+    bad.write_text(
+        json.dumps(rec("a", 1, ["a", "b"]))
+        + "\n"
+        + json.dumps(rec("a", 2, ["b", "a"], author="b"))
+        + "\n"
+    )
+    res = CliRunner().invoke(main, ["check-projections", str(bad)])
+    assert res.exit_code == 1
+    assert "unsafe-transition" in res.output
+    junk = tmp_path / "c.jsonl"
+    junk.write_text("{not json\n")
+    assert CliRunner().invoke(main, ["check-projections", str(junk)]).exit_code == 254
