@@ -159,8 +159,10 @@ def status(provider: str, hosts_file: str | None, state_dir: str | None, as_json
         click.echo(json.dumps(out, indent=1))
         return
     for n in out.get("nodes", []):
+        daemons = " ".join(f"{k}={v or 'down'}" for k, v in n["daemons"].items())
         click.echo(f"{n['name']}  {n['address']}  netns={'yes' if n['netns_present'] else 'NO'}"
-                   f"  sshd={'up' if n['sshd_alive'] else 'DOWN'}  rules={n['nemesis_rules']}")
+                   f"  sshd={'up' if n['sshd_alive'] else 'DOWN'}  rules={n['nemesis_rules']}"
+                   + (f"  daemons: {daemons}" if daemons else ""))
     for name, line in out["ssh"].items():
         click.echo(f"{name}  ssh: {line}")
 
@@ -204,7 +206,7 @@ def heal(provider: str, hosts_file: str | None, state_dir: str | None) -> None:
 @_provider
 @_hosts_file
 @_state_dir
-@click.option("--sudo", is_flag=True)
+@click.option("--sudo", is_flag=True, help="Run under sudo -n (no-op when the user is root).")
 @click.option("--timeout-s", type=float, default=60.0, show_default=True)
 def exec_(node: str, command: tuple[str, ...], provider: str, hosts_file: str | None,
           state_dir: str | None, sudo: bool, timeout_s: float) -> None:

@@ -533,8 +533,21 @@ def cluster_status(*, state_dir: Path | None = None) -> dict[str, Any]:
         out["nodes"].append(
             {"name": n["name"], "address": n["address"], "netns": n["netns"],
              "netns_present": n["netns"] in present, "sshd_pid": n.get("sshd_pid"),
-             "sshd_alive": alive, "nemesis_rules": rules}
+             "sshd_alive": alive, "nemesis_rules": rules,
+             "daemons": _daemons(Path(n["host_dir"]))}
         )
+    return out
+
+
+def _daemons(host_dir: Path) -> dict[str, int | None]:
+    """Daemons started on a host: name -> pid when running, None when not."""
+    out: dict[str, int | None] = {}
+    for pf in sorted(host_dir.glob("work/daemons/*.pid")):
+        pid: int | None = None
+        with contextlib.suppress(OSError, ValueError):
+            pid_text, st = pf.read_text().split()[:2]
+            pid = int(pid_text) if _proc_starttime(int(pid_text)) == st else None
+        out[pf.stem] = pid
     return out
 
 

@@ -206,6 +206,7 @@ def test_cluster_down_after_a_crash_leaves_nothing(cluster: Cluster) -> None:
     status = netns.cluster_status(state_dir=cluster.state_dir)
     sshd = [n["sshd_pid"] for n in status["nodes"]]
     assert [n["nemesis_rules"] for n in status["nodes"]] == [1, 1, 2]
+    assert status["nodes"][1]["daemons"]["sleeper"] == mess["sleeper_pid"]
     pids = [*sshd, mess["sleeper_pid"], cluster.facts.get("paused_pid", 0)]
     pids = [p for p in pids if p]
     assert all(netns._proc_starttime(p) for p in pids)
