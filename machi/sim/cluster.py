@@ -123,6 +123,10 @@ class Cluster:
         self.cut: set[tuple[str, str]] = set()
         self.violations: list[str] = []
         self.acked: dict[tuple[str, int], bytes] = {}
+        #: appends with an unknown outcome (info) whose place the client learnt
+        self.maybe: dict[tuple[str, int], bytes] = {}
+        #: places a client has read as written (must never read unwritten again, CP)
+        self.observed: set[tuple[str, int]] = set()
         self.stats = Stats()
         self.adoptions: list[dict[str, Any]] = []
         self._by_epoch_upi: dict[tuple[int, str], EpochId] = {}
@@ -415,7 +419,7 @@ class Cluster:
         live = [n for n in self.names if self.alive(n) and n not in self.witnesses]
         if live:
             loc = self.rng.choice(live)
-            if self.acked and self.rng.random() < 0.3:
+            if (self.acked or self.maybe) and self.rng.random() < 0.3:
                 self.client_read(loc)
             else:
                 self.client_append(loc)
@@ -467,9 +471,12 @@ class Cluster:
                 continue
             if self._propagate(loc, p, chain[1:], fname, off, data):
                 self.acked[(fname, off)] = data
+                self.maybe.pop((fname, off), None)
                 self.stats.appends_ok += 1
                 return "ok"
             outcome = "info"
+            if len(self.maybe) < 10_000:
+                self.maybe[(fname, off)] = data
         if outcome == "fail":
             self.stats.appends_fail += 1
         else:
@@ -494,9 +501,15 @@ class Cluster:
         return True
 
     def client_read(self, loc: str) -> str:
-        """Read one acknowledged chunk from the UPI tail; checks it in CP mode."""
-        key = self.rng.choice(sorted(self.acked))
-        data = self.acked[key]
+        """Read one acknowledged (or unknown-outcome) chunk from the UPI tail.
+
+        Checks: an acknowledged chunk never reads different bytes, and in CP mode never
+        reads unwritten at a serving tail; in CP mode a chunk once read as written never
+        reads unwritten later (write-once linearizability)."""
+        pool = sorted(self.acked) + (sorted(self.maybe) if self.maybe else [])
+        key = self.rng.choice(pool)
+        data = self.acked.get(key, self.maybe.get(key, b""))
+        acked = key in self.acked
         for _attempt in range(3):
             p = self._discover(loc)
             if p is None or p.tail is None or not self._witnesses_ok(loc, p):
@@ -507,12 +520,14 @@ class Cluster:
             st, got = self.flus[tail].read(p.epoch_id, key[0], key[1])
             if st == Status.OK:
                 if got != data:
-                    self._violation(f"acked chunk {key} changed at {tail}")
+                    self._violation(f"chunk {key} holds other bytes at {tail}")
+                self.observed.add(key)
                 self.stats.reads_ok += 1
                 return "ok"
             if st == Status.NOT_WRITTEN:
-                if self.mode == "cp":
-                    self._violation(f"acked chunk {key} unwritten at serving tail {tail} "
+                if self.mode == "cp" and (acked or key in self.observed):
+                    what = "acked" if acked else "once-read"
+                    self._violation(f"{what} chunk {key} unwritten at serving tail {tail} "
                                     f"epoch {p.epoch_number}")
                 self.stats.reads_fail += 1
                 return "fail"

@@ -73,7 +73,7 @@ class _SimMachine(RuleBasedStateMachine):
 
     @rule(loc=node)
     def read(self, loc: str) -> None:
-        if self.c.alive(loc) and self.c.acked and loc not in self.witnesses:
+        if self.c.alive(loc) and (self.c.acked or self.c.maybe) and loc not in self.witnesses:
             self.c.client_read(loc)
 
     @invariant()
