@@ -20,6 +20,7 @@ def _register() -> None:
 
 _COMMANDS: list[tuple[str, str]] = [
     ("harness.checker.cli_check", "check"),
+    ("harness.checker.cli_check", "convert"),
     ("harness.checker.bench", "bench_check"),
     ("harness.checker.cli_projections", "check_projections"),
     ("harness.cli_cluster", "cluster"),

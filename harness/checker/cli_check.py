@@ -222,3 +222,35 @@ def _json_default(obj: object) -> Any:
     if isinstance(obj, tuple | set | frozenset):
         return list(obj)
     return repr(obj)
+
+
+@click.command("convert", cls=_UsageExit254)
+@click.option(
+    "--from",
+    "src_fmt",
+    type=click.Choice(["auto", "jsonl", "edn"]),
+    default="auto",
+    show_default=True,
+    help="Input format (auto: .edn is EDN, anything else JSON Lines).",
+)
+@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("dest", type=click.Path(dir_okay=False, path_type=Path))
+def convert(src_fmt: str, source: Path, dest: Path) -> None:
+    """Convert a history between JSON Lines and Jepsen EDN (DEST's suffix picks: .edn or not).
+
+    Refuses to overwrite DEST."""
+    from harness.edn import write_edn_history
+    from harness.history import write_history
+
+    if dest.exists():
+        raise _usage(f"{dest} exists; refusing to overwrite it")
+    try:
+        events = list(read_history(source, src_fmt))
+        if dest.suffix.lower() == ".edn":
+            write_edn_history(dest, events)
+        else:
+            write_history(dest, events)
+    except (HistoryError, OSError, UnicodeDecodeError) as exc:
+        click.echo(f"{source}: error: {exc}", err=True)
+        sys.exit(USAGE_EXIT)
+    click.echo(f"{dest}: {len(events)} events")

@@ -185,3 +185,18 @@ def test_write_once_report_shows_the_witness(tmp_path: Path) -> None:
     html = page.read_text()
     assert "ghost" in html and "write-once" in html
     assert not re.search(r"https?:", html)
+
+
+def test_convert_roundtrips_between_jsonl_and_edn(tmp_path: Path) -> None:
+    """convert writes EDN from JSON Lines and back, with the same events; never overwrites."""
+    evs = _bad_register()
+    src = _write(tmp_path, "h.jsonl", evs)
+    edn = tmp_path / "h.edn"
+    back = tmp_path / "back.jsonl"
+    assert _run("convert", str(src), str(edn))[0] == 0
+    assert ":type :invoke" in edn.read_text()
+    assert _run("convert", str(edn), str(back))[0] == 0
+    from harness.history import read_history
+
+    assert [e.to_json() for e in read_history(back)] == [e.to_json() for e in evs]
+    assert _run("convert", str(src), str(edn))[0] == 254
