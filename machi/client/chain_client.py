@@ -118,7 +118,6 @@ class _Op:
         self.progress = Progress()
         self.last_status = Status.OK
         self.last_msg = ""
-        self.mutations_in_flight = 0
 
     def remaining_s(self) -> float:
         return self.deadline - time.monotonic()
@@ -136,8 +135,6 @@ class _Op:
         except KeyError:
             return Status.PARTITION, None, f"no address known for member {member!r}"
         timeout_s = min(self.cc.request_timeout_ms / 1000, self.remaining_s())
-        if mutation:
-            self.mutations_in_flight += 1
         try:
             with anyio.fail_after(timeout_s):
                 res = await fn(c)
@@ -146,9 +143,10 @@ class _Op:
             res, st, msg = None, Status.PARTITION, f"{member}: request timed out"
         except MachiError as e:
             res, st, msg = None, e.status, f"{member}: {e}"
-        finally:
-            if mutation:
-                self.mutations_in_flight -= 1
+        except BaseException:
+            if mutation:  # cancelled with the request in flight: its effect is unknown
+                self.progress = self.progress.after(Status.PARTITION)
+            raise
         if mutation:
             self.progress = self.progress.after(st)
         if st is not Status.OK:
@@ -187,8 +185,6 @@ class _Op:
         return err
 
     def gave_up(self) -> MachiError:
-        if self.mutations_in_flight:
-            self.progress = self.progress.after(Status.PARTITION)
         status = self.last_status if self.last_status is not Status.OK else Status.PARTITION
         oc = classify_gave_up(self.kind, self.progress)
         err = Partition(
