@@ -118,3 +118,28 @@ async def test_tampered_stored_projection_refuses_start(tmp_path: Path) -> None:
         await s._db.conn.commit()
     with pytest.raises(StorageCorrupt, match="epoch 1"):
         await FluStore.open(tmp_path)
+
+
+async def test_concurrent_public_writes_one_winner(tmp_path: Path) -> None:
+    """Of several concurrent different public writes at one epoch exactly one succeeds, and
+    the stored projection (also after reopen) is the winner's."""
+    import anyio
+
+    candidates = [proj(9, upi=upi) for upi in (("a",), ("b",), ("a", "b"), ("c",))]
+    won: list[Projection] = []
+    async with await FluStore.open(tmp_path) as s:
+
+        async def write(p: Projection) -> None:
+            try:
+                await s.projection_write("public", p)
+                won.append(p)
+            except Written:
+                pass
+
+        async with anyio.create_task_group() as tg:
+            for p in candidates:
+                tg.start_soon(write, p)
+        assert len(won) == 1
+        assert (await s.projection_read("public", 9)).epoch_id == won[0].epoch_id
+    async with await FluStore.open(tmp_path) as s:
+        assert (await s.projection_read("public", 9)).epoch_id == won[0].epoch_id
