@@ -91,31 +91,42 @@ class _Cell:
     bytes_read: int = 0
 
 
-def _server_cpu_s(pid: int | None) -> float | None:
-    """utime + stime of ``pid`` from /proc (None when unknown)."""
+@dataclass(frozen=True, slots=True)
+class _ProcSample:
+    """CPU seconds (user + system, all threads) and minor page faults of a process."""
+
+    cpu_s: float
+    minflt: int
+
+
+def _proc_sample(pid: int | None) -> _ProcSample | None:
+    """From /proc/PID/stat (None when unknown or gone)."""
     if pid is None:
         return None
     try:
-        fields_ = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return _ProcSample((int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK"), int(f[7]))
+    except (OSError, IndexError, ValueError):
         return None
-    return (int(fields_[11]) + int(fields_[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _cpu_fields(
-    pid: int | None, server0: float | None, client0: float, ops: int
+    pid: int | None, server0: _ProcSample | None, client0: float, ops: int
 ) -> dict[str, Any]:
-    """CPU seconds spent by the client and the daemon during a cell, and per op: on a
-    shared machine CPU per op is steadier than wall-clock throughput."""
+    """CPU seconds spent by the client and the daemon during a cell, and per op (on a
+    shared machine CPU per op is steadier than wall-clock throughput); the daemon's minor
+    page faults per op show allocator churn on big chunks."""
     client_s = time.process_time() - client0
     out: dict[str, Any] = {"client_cpu_s": round(client_s, 3)}
     if ops:
         out["client_cpu_us_per_op"] = round(client_s / ops * 1e6, 1)
-    server1 = _server_cpu_s(pid)
+    server1 = _proc_sample(pid)
     if server0 is not None and server1 is not None:
-        out["server_cpu_s"] = round(server1 - server0, 3)
+        cpu_s = server1.cpu_s - server0.cpu_s
+        out["server_cpu_s"] = round(cpu_s, 3)
         if ops:
-            out["server_cpu_us_per_op"] = round((server1 - server0) / ops * 1e6, 1)
+            out["server_cpu_us_per_op"] = round(cpu_s / ops * 1e6, 1)
+            out["server_minflt_per_op"] = round((server1.minflt - server0.minflt) / ops, 1)
     return out
 
 
@@ -135,7 +146,7 @@ async def append_cell(
             cell.latencies_s.append(time.perf_counter() - t0)
             cell.positions.append((pos.file, pos.offset, pos.size))
 
-    server0, client0 = _server_cpu_s(pid), time.process_time()
+    server0, client0 = _proc_sample(pid), time.process_time()
     start = time.perf_counter()
     async with anyio.create_task_group() as tg:
         for _ in range(concurrency):
@@ -166,7 +177,7 @@ async def read_cell(
                 raise BenchError(f"read of {file}@{offset} returned {got} of {n} bytes")
             cell.bytes_read += got
 
-    server0, client0 = _server_cpu_s(pid), time.process_time()
+    server0, client0 = _proc_sample(pid), time.process_time()
     start = time.perf_counter()
     async with anyio.create_task_group() as tg:
         for _ in range(concurrency):
