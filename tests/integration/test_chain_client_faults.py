@@ -125,3 +125,55 @@ def test_outcomes_are_sound_under_faults(
         assert counts[Outcome.OK] > 0
 
     anyio.run(go)
+
+
+class ReconfigureOnWrite(FluClient):
+    """A real FluClient whose first downstream write to member "b" first runs a hook (the
+    test installs a new projection there: a reconfiguration mid-append)."""
+
+    hook: Any = None
+
+    async def write(self, file: str, offset: int, chunk: Any, **kw: Any) -> Any:
+        hook, cls = ReconfigureOnWrite.hook, ReconfigureOnWrite
+        if hook is not None and self.port == cls.port_b:
+            cls.hook = None
+            await hook()
+        return await super().write(file, offset, chunk, **kw)
+
+    port_b = 0
+
+
+@pytest.mark.parametrize("kind", [OpKind.APPEND, OpKind.WRITE])
+def test_reconfiguration_mid_mutation(tmp_path: Path, kind: OpKind) -> None:
+    """The chain changes to [c] after the head wrote and before b did: an append restarts
+    at a new place on c (the old place is abandoned); a write continues on c."""
+
+    async def go() -> None:
+        async with inproc_chain(tmp_path, NAMES) as nodes:
+            await install(nodes, 1, NAMES)
+            ReconfigureOnWrite.port_b = nodes["b"][1]
+            async with ChainClient(seeds(nodes), flu_factory=ReconfigureOnWrite) as cc:
+                base = await cc.append("base", b"first")
+
+                async def shrink() -> None:
+                    await install(nodes, 2, ("c",))
+
+                ReconfigureOnWrite.hook = shrink
+                info = CallInfo()
+                if kind is OpKind.APPEND:
+                    pos = await cc.append("re", b"moved", info=info)
+                else:
+                    pos = await cc.write(base.file, base.offset + 4096, b"moved", info=info)
+                want = ["c"] if kind is OpKind.APPEND else ["a", "c"]
+                assert info.outcome == "ok" and info.acked == want and info.attempts > 0
+                assert cc.last_epoch_id is not None and cc.last_epoch_id.number == 2
+                assert await cc.read(pos.file, pos.offset, pos.size) == b"moved"
+            have = await stored_digests(nodes)
+            # a wrote first (abandoned by the append, left behind by the write); b never
+            assert digest(b"moved") in have["a"] and digest(b"moved") not in have["b"]
+            if kind is OpKind.APPEND:
+                async with FluClient("127.0.0.1", nodes["a"][1]) as a:
+                    files = dict(await a.list_files())
+                assert pos.file not in files  # the new place is on c only
+
+    anyio.run(go)
