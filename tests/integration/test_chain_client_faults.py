@@ -2,7 +2,8 @@
 FLU servers: a request lost before it reaches the node, a reply lost after the node
 applied it, and nodes wedged for a while.  Every call that says ``ok`` left its bytes on
 every member of the chain; every call that says ``fail`` left them nowhere; only
-``info`` may be either.  A failing run prints its seed."""
+``info`` may be either.  A failing run prints its seed.  Also: a reconfiguration in the
+middle of a mutation (append restarts at a new place; write continues)."""
 
 from __future__ import annotations
 
