@@ -82,6 +82,7 @@ class Demo:
         for name in NAMES:
             self.nodes[name] = NodeProcess(name, root / name, sync=self.opts.sync,
                                            log_path=root / f"{name}.log")
+        self.say(f"starting {len(NAMES)} FLU daemons (machi node run) on 127.0.0.1 in {root}")
         for n in self.nodes.values():
             n.start(wait=False)
         for n in self.nodes.values():
