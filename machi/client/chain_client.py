@@ -62,6 +62,8 @@ from machi.core.status import Status
 
 T = TypeVar("T")
 
+#: Read repair asks every candidate at once only for ranges up to this size.
+REPAIR_PARALLEL_MAX_BYTES = 4 * 1024 * 1024
 #: Bound on pooled FluClients (members x address changes); older unused ones are closed.
 MAX_POOL = 256
 
@@ -628,9 +630,15 @@ class ChainClient:
             if r is Reaction.DONE and rep is not None and not rep.partial:
                 replies[member] = rep
 
-        async with anyio.create_task_group() as tg:
+        if size <= REPAIR_PARALLEL_MAX_BYTES:
+            async with anyio.create_task_group() as tg:
+                for m in sources:
+                    tg.start_soon(one, m)
+        else:  # large ranges: one candidate at a time, so memory stays one range
             for m in sources:
-                tg.start_soon(one, m)
+                await one(m)
+                if m in replies:
+                    break
         source = next((m for m in sources if m in replies), None)
         if source is None:
             return None
