@@ -107,7 +107,7 @@ def _brute_force_valid(events: list[dict[str, Any]]) -> bool:
     return all(_linearizable(ops_at) for ops_at in by_pos.values())
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(histories())
 def test_agrees_with_exhaustive_search(events: list[dict[str, Any]]) -> None:
     """Both checkers (linear-time, and the general search with the write-once model) give
