@@ -178,3 +178,27 @@ def test_reconfiguration_mid_mutation(tmp_path: Path, kind: OpKind) -> None:
                 assert pos.file not in files  # the new place is on c only
 
     anyio.run(go)
+
+
+def test_sequential_read_repair_of_large_ranges(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above the parallel-repair size the candidates are asked one at a time, with the
+    same result: the head's bytes are served and written to the middle and the tail."""
+    import machi.client.chain_client as chain_client
+
+    monkeypatch.setattr(chain_client, "REPAIR_PARALLEL_MAX_BYTES", 0)
+
+    async def go() -> None:
+        async with inproc_chain(tmp_path, NAMES) as nodes:
+            p = await install(nodes, 1, NAMES)
+            async with ChainClient(seeds(nodes)) as cc, \
+                    FluClient("127.0.0.1", nodes["a"][1]) as head:
+                pos = await head.append("big", b"y" * 3000, epoch_id=p.epoch_id)
+                info = CallInfo()
+                assert await cc.read(pos.file, pos.offset, pos.size, info=info) == b"y" * 3000
+                assert info.node == "a" and info.repaired == ["b", "c"]
+            have = await stored_digests(nodes)
+            assert all(digest(b"y" * 3000) in have[n] for n in NAMES)
+
+    anyio.run(go)
