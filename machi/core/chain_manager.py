@@ -540,6 +540,11 @@ def _decide(
     holding = now < st.loop_hold_until_ms
     hosed = me not in up or holding
     unsafe = False
+    if not hosed:
+        # P_latest among the stores of the shared up set: a hosed member's own-store
+        # epochs must not hide the chain's proposals (it is outside the chain anyway).
+        ups = [v.public for n, v in views.items() if n in up and v.public is not None]
+        latest = max(ups, key=best_key) if ups else latest
     # ---- adopt
     if (
         latest is not None and latest != cur and latest.epoch_number >= cur.epoch_number
@@ -612,13 +617,24 @@ def _decide(
             _trace(st, "wait", now, author=latest.author_server, latest=latest.epoch_number),
             ScheduleTick(now + c.kick_wait_ms),
         ]
-    targets = (me,) if hosed else tuple(newprop.all_members)
+    targets = _targets(newprop, me, hosed)
     st = replace(st, waits=0, latest_epoch_seen=newprop.epoch_number)
     return st, [
         *effects, WritePublic(st.round_id, newprop, targets),
         _trace(st, "propose", now, **_proj_fields(newprop)),
         ScheduleTick(now + c.reread_ms),
     ]
+
+
+def _targets(p: Projection, me: str, hosed: bool) -> tuple[str, ...]:
+    """Whose public stores get my proposal.  Hosed: only mine.  CP: every member (a
+    public write wedges a FLU, fencing stale readers).  AP: the new chain (plus me), so
+    that excluded members are not wedged and do not have to re-assert their own chain."""
+    if hosed:
+        return (me,)
+    if p.mode == "cp":
+        return p.all_members
+    return tuple(m for m in p.all_members if m in p.upi or m in p.repairing or m == me)
 
 
 def _adopt(
