@@ -41,9 +41,7 @@ from machi.core.errors import (
     AuthFailed,
     AuthRequired,
     MachiError,
-    NotWritten,
     Partition,
-    Written,
     error_for_status,
 )
 from machi.core.outcome import (
@@ -697,9 +695,4 @@ class ChainClient:
         return await op.run(body)
 
 
-def not_written(exc: BaseException) -> bool:
-    """True for the 'unwritten' answer of a read (an ok read of nothing)."""
-    return isinstance(exc, NotWritten)
-
-
-__all__ = ["CallInfo", "ChainClient", "ChunkPos", "Written", "not_written", "outcome_of"]
+__all__ = ["REPAIR_PARALLEL_MAX_BYTES", "CallInfo", "ChainClient", "ChunkPos", "outcome_of"]
