@@ -278,8 +278,7 @@ def _search(items: Sequence[Item], ops: Sequence[Op], model: Model, budget: Budg
             ngroups += 1
     gcount = [0] * ngroups
 
-    rng = random.Random(_ZOBRIST_SEED)
-    zob = [rng.getrandbits(128) for _ in range(m)]
+    zob = _zobrist_words(m)
 
     step = model.step
     memo: set[int] = set()
@@ -572,6 +571,19 @@ def stale_precheck(
             "completed before that one began: a stale read"
         )
     return None
+
+
+_ZOBRIST_WORDS: list[int] = []
+_ZOBRIST_RNG = random.Random(_ZOBRIST_SEED)
+
+
+def _zobrist_words(m: int) -> list[int]:
+    """The first m words of one fixed seeded sequence (a deterministic constant table,
+    grown on demand, so every search uses the same words for the same positions)."""
+    words = _ZOBRIST_WORDS
+    while len(words) < m:
+        words.append(_ZOBRIST_RNG.getrandbits(128))
+    return words
 
 
 def _over_budget(budget: Budget, memo_entries: int, nstates: int = 0) -> str:

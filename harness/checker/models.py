@@ -28,12 +28,21 @@ Item = tuple[int, Cop]
 SINGLE_KEY = None
 
 
+_CONTAINERS = (list, tuple, dict)
+
+
 def freeze(v: Any) -> Any:
     """A hashable copy of a JSON value (lists -> tuples, dicts -> sorted item tuples)."""
-    if isinstance(v, list | tuple):
-        return tuple(freeze(x) for x in v)
-    if isinstance(v, dict):
+    t = type(v)
+    if t is list or t is tuple:
+        for x in v:
+            if type(x) in _CONTAINERS:
+                return tuple(freeze(y) for y in v)
+        return tuple(v)  # flat (the common case: a position, a cas pair)
+    if t is dict:
         return tuple(sorted(((k, freeze(x)) for k, x in v.items()), key=repr))
+    if isinstance(v, list | tuple):  # subclasses
+        return tuple(freeze(x) for x in v)
     return v
 
 
