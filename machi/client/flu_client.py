@@ -487,6 +487,17 @@ class FluClient:
             Op.TRIM, {"file": file, "offset": offset, "size": size}, epoch_id=epoch_id
         )
 
+    async def repair_reset(
+        self, file: str, offset: int, size: int, *, epoch_id: EpochId
+    ) -> int:
+        """CP repair: forget the written chunks inside the extent on a repairing FLU
+        (docs/repair.md); returns how many chunks were forgotten."""
+        f = await self._call(
+            Op.REPAIR_RESET, {"file": file, "offset": offset, "size": size},
+            epoch_id=epoch_id,
+        )
+        return int(_field(f, "chunks", int))
+
     async def checksum_list_batches(
         self, file: str, *, batch_size: int = 4096
     ) -> AsyncIterator[list[ChecksumEntry]]:

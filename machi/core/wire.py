@@ -87,10 +87,13 @@ class Op(enum.IntEnum):
     PROJ_LIST = 14
     PROJ_GET_ALL = 15
     KICK = 16
+    REPAIR_RESET = 17
 
 
 #: Data ops: epoch-checked (unless in SKIP_WEDGE_OPS) and refused by witnesses.
-DATA_OPS: Final = frozenset({Op.APPEND, Op.WRITE, Op.READ, Op.TRIM, Op.CHECKSUM_LIST})
+DATA_OPS: Final = frozenset(
+    {Op.APPEND, Op.WRITE, Op.READ, Op.TRIM, Op.CHECKSUM_LIST, Op.REPAIR_RESET}
+)
 #: Ops that skip the epoch/wedge check (reference 2.3).
 SKIP_WEDGE_OPS: Final = frozenset(
     {Op.AUTH, Op.ECHO, Op.WEDGE_STATUS, Op.LIST_FILES, Op.CHECKSUM_LIST}
@@ -130,6 +133,7 @@ REQUEST_FIELDS: Final[Mapping[Op, Mapping[str, tuple[type, str]]]] = {
     Op.PROJ_LIST: {"kind": (str, _REQ)},
     Op.PROJ_GET_ALL: {"kind": (str, _REQ)},
     Op.KICK: {},
+    Op.REPAIR_RESET: {"file": (str, _REQ), "offset": (int, _REQ), "size": (int, _REQ)},
 }
 PROJECTION_KINDS: Final = ("public", "private")
 

@@ -118,7 +118,7 @@ class FluNode:
             Op.PROJ_READ_LATEST: self._proj_read_latest,
             Op.PROJ_LATEST_EPOCH_ID: self._proj_latest_epoch_id,
             Op.PROJ_LIST: self._proj_list, Op.PROJ_GET_ALL: self._proj_get_all,
-            Op.KICK: self._kick,
+            Op.KICK: self._kick, Op.REPAIR_RESET: self._repair_reset,
         }
 
     # ---- state ---------------------------------------------------------------------------
@@ -434,6 +434,21 @@ class FluNode:
         m = f.meta
         await self.store.trim(m["file"], m["offset"], m["size"])
         return Reply()
+
+    async def _repair_reset(self, f: wire.Frame, peer: _Peer) -> Reply:
+        """CP repair only (docs/repair.md): allowed when this FLU is repairing in its
+        current projection (the epoch check already matched the request's epoch)."""
+        try:
+            p = await self.store.projection_read_latest("private")
+        except NotWritten:
+            p = None
+        if p is None or p.epoch_id != self.state.epoch_id or self.name not in p.repairing:
+            raise BadArg(f"repair_reset: {self.name} is not repairing in its current projection")
+        m = f.meta
+        n = await self.store.repair_reset(m["file"], m["offset"], m["size"])
+        self.log.warning("repair reset", file=m["file"], offset=m["offset"], size=m["size"],
+                         chunks=n, epoch=p.epoch_id.short())
+        return Reply({"chunks": n})
 
     async def _checksum_list(self, f: wire.Frame, peer: _Peer) -> Reply:
         """Streamed: one frame per batch (not final), then an empty final frame."""

@@ -587,6 +587,53 @@ class FluStore:
             await self._committer.submit(batch)
             await self._maybe_delete(f)
 
+    # ---- repair reset (CP repair only) -------------------------------------------------
+    async def repair_reset(self, file: str, offset: int, size: int) -> int:
+        """Forget the written chunks inside ``[offset, offset+size)``: CP repair undoing
+        bytes a failed write left on a repairing replica that the UPI tail never wrote.
+
+        Narrow on purpose (docs/storage.md): only whole written chunks inside the extent
+        lose their metadata; trimmed ranges stay trimmed; a chunk crossing the extent's
+        edges is refused (``BadArg``).  The data bytes stay on disk but become unreadable
+        and overwritable, exactly like bytes without committed metadata after a crash.
+        The node allows it only on a FLU listed as repairing.  Returns the chunks removed.
+        """
+        self._check_open()
+        self._parse(file)
+        err = check_range(offset, size)
+        if err:
+            raise BadArg(err)
+        f = self._files.get(file)
+        if f is None:
+            return 0
+        end = offset + size
+        for _ in range(100):
+            waits = [
+                self._pending[(file, e.offset)]
+                for e in f.index.overlapping(offset, size)
+                if (file, e.offset) in self._pending
+            ]
+            if not waits:
+                break
+            await waits[0].wait()
+        victims = [e for e in f.index.overlapping(offset, size) if not e.trimmed]
+        for e in victims:
+            if e.offset < offset or e.end > end:
+                raise BadArg(f"{file} [{e.offset}, +{e.size}) crosses the edge of the reset "
+                             f"range [{offset}, +{size}); nothing reset")
+        if not victims:
+            return 0
+        batch = Batch()
+        for e in victims:
+            f.index.remove(e)
+            batch.chunk_del(file, e.offset)
+        self._file_record(batch, f)
+        with anyio.CancelScope(shield=True):  # the index already changed: finish the job
+            await self._committer.submit(batch)
+        log.warning("repair reset %s [%d, +%d): %d chunks forgotten", file, offset, size,
+                    len(victims))
+        return len(victims)
+
     def _is_target(self, name: str) -> bool:
         return any(t.name == name for t in self._targets.values())
 
