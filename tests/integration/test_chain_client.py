@@ -21,7 +21,7 @@ import pytest
 from machi.client.chain_client import CallInfo, ChainClient, outcome_of
 from machi.client.flu_client import ChunkPos, FluClient
 from machi.core.checksum import verify
-from machi.core.errors import MachiError, NotWritten
+from machi.core.errors import MachiError, NotWritten, Trimmed, Written
 from machi.core.outcome import OpKind, Outcome
 from machi.core.projection import MemberSpec, Projection, make_projection
 from machi.node.process import NodeProcess
@@ -188,6 +188,39 @@ def test_read_repair_fills_the_tail(chain: Chain) -> None:
                 await cc.read(pos.file, pos.offset + 4096, 10, info=info)
             assert outcome_of(ei.value, OpKind.READ) is Outcome.OK
             assert info.outcome == "ok" and info.error == "NOT_WRITTEN"
+
+    anyio.run(go)
+
+
+def test_trim_and_explicit_write_reach_every_member(chain: Chain) -> None:
+    """trim goes head first to every member (a repeated trim is fine); an explicit write
+    lands on every member, and a second write of other bytes there is a definite fail."""
+
+    async def go() -> None:
+        async with ChainClient(chain.seeds) as cc:
+            p = await cc.refresh()
+            pos = await cc.append("tr", b"to be trimmed")
+            info = CallInfo()
+            await cc.trim(pos.file, pos.offset, pos.size, info=info)
+            assert info.acked == list(NAMES)
+            await cc.trim(pos.file, pos.offset, pos.size)  # TRIMMED everywhere: done
+            for name in NAMES:
+                async with chain.client(name) as c:
+                    with pytest.raises(Trimmed):
+                        await c.read(pos.file, pos.offset, pos.size, epoch_id=p.epoch_id)
+            with pytest.raises(Trimmed) as ei:
+                await cc.read(pos.file, pos.offset, pos.size)
+            assert outcome_of(ei.value, OpKind.READ) is Outcome.FAIL
+            # (a wholly trimmed file is deleted on b and c but kept open on the head a:
+            # explicit writes go to a file that still has data)
+            other = await cc.append("wr", b"keeps the file")
+            wpos = await cc.write(other.file, other.offset + 8192, b"explicit")
+            await check_everywhere(chain, p, [(wpos, b"explicit")])
+            info = CallInfo()
+            with pytest.raises(Written) as ei:
+                await cc.write(other.file, other.offset + 8192, b"EXPLICIT", info=info)
+            assert outcome_of(ei.value, OpKind.WRITE) is Outcome.FAIL
+            assert info.stage == "not_sent" and info.acked == []
 
     anyio.run(go)
 
