@@ -72,6 +72,11 @@ def flu(server: str | None, sync_modes: str, sizes: str, concurrency: str,
     except BenchError as e:
         click.echo(f"bench error: {e}", err=True)
         sys.exit(2)
+    except Exception as e:  # e.g. a MachiError from a worker, inside an ExceptionGroup
+        while isinstance(e, ExceptionGroup) and e.exceptions:
+            e = e.exceptions[0]
+        click.echo(f"bench failed: {type(e).__name__}: {e}", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         click.echo("interrupted; daemons stopped", err=True)
         sys.exit(130)

@@ -10,7 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import anyio
 import pytest
+
+from machi.node.process import NodeProcess, bootstrap
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -74,3 +77,33 @@ def test_bench_flu_rejects_bad_plan(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "--sync" in proc.stderr and "sometimes" in proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_flu_against_a_running_server(tmp_path: Path) -> None:
+    """--server: a wedged FLU is refused with a clear message; an unwedged one is measured
+    and left running (the bench stops only daemons it started)."""
+    node = NodeProcess("target", tmp_path / "target")
+    try:
+        node.start()
+        args = [sys.executable, "-m", "machi.cli", "bench", "flu", "--server", node.address,
+                "--json", "--sizes", "4KiB", "--concurrency", "2", "--duration-s", "0.1",
+                "--data-dir", str(tmp_path / "bench")]
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+        assert proc.returncode == 2 and "wedged" in proc.stderr, proc.stderr
+
+        async def boot() -> None:
+            async with node.client() as c:
+                await bootstrap(c, "target")
+
+        anyio.run(boot)
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+        assert proc.returncode == 0, proc.stderr
+        result = json.loads(proc.stdout)
+        assert result["daemons"] == [] and result["plan"]["sync_modes"] == ["server"]
+        assert [(c["sync"], c["concurrency"]) for c in result["cells"]] == [("server", 2)]
+        assert result["cells"][0]["append"]["ops"] > 0
+        assert "server_cpu_s" not in result["cells"][0]["append"]  # not our process
+        assert node.running()
+        assert list((tmp_path / "bench").iterdir()) == []
+    finally:
+        node.kill()
