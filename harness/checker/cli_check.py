@@ -32,13 +32,13 @@ class _UsageExit254(click.Command):
         try:
             return super().parse_args(ctx, args)
         except click.UsageError as exc:
-            exc.exit_code = USAGE_EXIT
+            exc.exit_code = USAGE_EXIT  # type: ignore[misc]
             raise
 
 
 def _usage(msg: str) -> click.UsageError:
     exc = click.UsageError(msg)
-    exc.exit_code = USAGE_EXIT
+    exc.exit_code = USAGE_EXIT  # type: ignore[misc]
     return exc
 
 

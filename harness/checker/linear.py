@@ -532,8 +532,8 @@ def stale_precheck(
         ps.sort()
         run: list[float] = []
         top = -inf
-        for _inv, done in ps:
-            top = max(top, done)
+        for _inv, fin in ps:
+            top = max(top, fin)
             run.append(top)
         reach[u] = ([inv for inv, _d in ps], run)
     setters.sort()

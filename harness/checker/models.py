@@ -240,15 +240,15 @@ def _value_from_nowhere(
         v = cop[1]
         if v == initial:
             continue
-        inv = first_invoke.get(v)
+        first = first_invoke.get(v)
         op = ops[i]
         done = op.complete_index if op.complete_index is not None else op.invoke_index
-        if inv is None:
+        if first is None:
             return i, f"read returned {unwrap(v)!r}, a value no operation ever wrote"
-        if inv > done:
+        if first > done:
             return i, (
                 f"read returned {unwrap(v)!r}, but the first write of that value was invoked "
-                f"(event {inv}) after the read completed (event {done})"
+                f"(event {first}) after the read completed (event {done})"
             )
     return None
 
@@ -554,7 +554,7 @@ def get_model(name: str, initial: Any = None) -> Model:
     if initial is None:
         return cls()
     if cls in (RegisterModel, CasRegisterModel):
-        return cls(initial)  # type: ignore[call-arg]
+        return cls(initial)
     if cls is MultiRegisterModel:
         if not isinstance(initial, dict):
             raise ValueError("multi-register initial value must be a JSON object")

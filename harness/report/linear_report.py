@@ -146,6 +146,10 @@ def _fmt_op(op: Op) -> str:
     return format_op(op)
 
 
+def _end(op: Op) -> int:
+    return op.complete_index if op.complete_index is not None else op.invoke_index
+
+
 def _timeline(window: list[int], ops: Sequence[Op], order: dict[int, int], failing: Any) -> str:
     if not window:
         return "<svg width='10' height='10'></svg>"
@@ -158,11 +162,8 @@ def _timeline(window: list[int], ops: Sequence[Op], order: dict[int, int], faili
             procs.append(p)
     row = {p: n for n, p in enumerate(procs)}
     lo = min(ops[i].invoke_index for i in window)
-    hi = max(
-        (ops[i].complete_index if ops[i].complete_index is not None else ops[i].invoke_index)
-        for i in window
-    )
-    hi = max(hi, lo + 1) + 1
+    last_event = max(_end(ops[i]) for i in window)
+    hi = max(last_event, lo + 1) + 1
     label_px = 90
     span = WIDTH_PX - label_px - 10
 
