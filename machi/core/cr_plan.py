@@ -14,7 +14,7 @@ Data never goes to a witness: every member list this module returns excludes the
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .epoch import EpochId
@@ -146,8 +146,3 @@ class Backoff:
             return None
         return delay
 
-
-def order_members(names: Sequence[str], chain: Sequence[str]) -> tuple[str, ...]:
-    """``names`` in chain order (members not in the chain last, in their given order)."""
-    pos = {m: i for i, m in enumerate(chain)}
-    return tuple(sorted(names, key=lambda m: pos.get(m, len(chain))))
