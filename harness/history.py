@@ -157,19 +157,20 @@ def read_history(path: str | Path, format: str = "auto") -> Iterator[Event]:
         return
     if fmt != "jsonl":
         raise HistoryError(f"unknown history format {format!r} (jsonl, edn or auto)")
-    with p.open("r", encoding="utf-8") as fh:
+    with p.open("rb") as fh:
         yield from _read_jsonl(fh, str(p))
 
 
-def _read_jsonl(fh: IO[str], name: str) -> Iterator[Event]:
+def _read_jsonl(fh: IO[bytes], name: str) -> Iterator[Event]:
+    # Bytes, not text: a torn tail may end inside a multi-byte UTF-8 character.
     position = 0
     for lineno, line in enumerate(fh, start=1):
         if not line.strip():
             continue
         try:
             d = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if not line.endswith("\n"):
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            if not line.endswith(b"\n"):
                 return  # only the last line can lack a newline: a crashed writer's torn tail
             raise HistoryError(f"{name}:{lineno}: invalid JSON: {exc}") from None
         try:

@@ -6,8 +6,11 @@ import contextlib
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from harness.edn import dumps_edn_history, parse_edn_history, read_edn_history, write_edn_history
 from harness.history import (
@@ -207,3 +210,26 @@ def test_fast_edn_reader_matches_edn_format_on_knossos_histories() -> None:
     for f in picks:
         text = f.read_text()
         assert _fast_forms(text) == [from_edn(x) for x in edn_format.loads_all(text)], f
+
+
+@settings(max_examples=60)
+@given(data=st.data())
+def test_a_history_cut_anywhere_reads_back_as_a_prefix(tmp_path_factory: Any, data: Any) -> None:
+    """Cutting a written history at any byte (a crash) reads back as a prefix of its events."""
+    values = st.one_of(
+        st.none(), st.integers(), st.text(max_size=8), st.lists(st.integers(), max_size=3)
+    )
+    n = data.draw(st.integers(1, 8))
+    evs = [
+        _ev(i, i % 3, "invoke" if i % 2 == 0 else "ok", "write", data.draw(values))
+        for i in range(n)
+    ]
+    path = tmp_path_factory.mktemp("cut") / "h.jsonl"
+    # Raw UTF-8 (not \u escapes, as other writers may produce): cuts can split a character.
+    text = "".join(json.dumps(e.to_json(), ensure_ascii=False) + "\n" for e in evs)
+    raw = text.encode("utf-8")
+    cut = data.draw(st.integers(0, len(raw)))
+    path.write_bytes(raw[:cut])
+    back = list(read_history(path))
+    assert [e.to_json() for e in back] == [e.to_json() for e in evs[: len(back)]]
+    assert len(back) == raw[:cut].count(b"\n")
