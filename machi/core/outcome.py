@@ -60,7 +60,6 @@ class Reaction(enum.Enum):
     RESTART = "restart"  # append: the sequencer slot was lost; ask the head again
     VERIFY = "verify"  # WRITTEN downstream: read there; identical bytes = done, else conflict
     REPAIR = "repair"  # read: not written at the tail; try read repair
-    ANSWER = "answer"  # the status is the answer (an unwritten read is an ok read)
     SKIP = "skip"  # read repair: this member cannot help (or needs no help); go on
     RETURN = "return"  # give up and raise this status
 
