@@ -1,0 +1,307 @@
+"""Repair planning (reference section 6.2, plus CP repair as the design paper asks):
+from every participant's checksum list of one file, the directives that make the
+replicas agree, and the problems that must stop the repair.
+
+Owns: who takes part (``repair_roles``), the merge-walk over per-member entry streams
+sorted by offset, the AP union rule, the CP "match the UPI tail" rule (including the reset
+of bytes a failed write left on a repairing replica that the tail never wrote), and the
+conflict policy: conflicting checksums at one place, chunks of different extents that
+overlap, trimmed bytes the tail does not have trimmed (CP), and chunks partly trimmed
+elsewhere are *problems*, never silently resolved.  Must not: do I/O, read clocks or
+randomness, or hold more than one overlap cluster of one file at a time (the input
+streams are consumed lazily; ``max_cluster_entries`` bounds a cluster).
+
+Directives, applied in the order given (within a file):
+- ``Trim``: trim the range on ``members`` (trimmed bytes win over written ones; AP merges
+  trims like everything else, CP copies the tail's trims).
+- ``Reset``: CP only; forget the written chunk on ``members`` (``repair_reset``).
+- ``Copy``: read the chunk from ``source``, write it with ``csum`` to ``destinations``.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from .checksum import TaggedCsum
+from .projection import Projection
+
+Mode = Literal["ap", "cp"]
+MAX_CLUSTER_ENTRIES = 10_000
+
+
+class EntryLike(Protocol):
+    """One checksum-list entry (``csum`` None = trimmed), as storage and client give."""
+
+    @property
+    def offset(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def csum(self) -> TaggedCsum | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Roles:
+    """Who takes part: the source (UPI tail, runs the repair), the repairing members and
+    the other UPI members (witnesses never appear here)."""
+
+    mode: Mode
+    source: str
+    repairing: tuple[str, ...]
+    upi_others: tuple[str, ...] = ()
+
+    @property
+    def participants(self) -> tuple[str, ...]:
+        """AP: everyone (source first).  CP: the source and the repairing members; other
+        UPI members already match the tail (they acknowledged every write)."""
+        if self.mode == "cp":
+            return (self.source, *self.repairing)
+        return (self.source, *self.upi_others, *self.repairing)
+
+
+def repair_roles(p: Projection) -> Roles | None:
+    """The roles for ``p``, or None when there is nothing to repair (no tail, or no
+    repairing member)."""
+    tail = p.tail
+    repairing = tuple(m for m in p.repairing if m not in p.witnesses)
+    if tail is None or not repairing:
+        return None
+    others = tuple(m for m in p.upi_non_witnesses if m != tail)
+    return Roles(p.mode, tail, repairing, others)
+
+
+@dataclass(frozen=True, slots=True)
+class Copy:
+    file: str
+    offset: int
+    size: int
+    csum: TaggedCsum
+    source: str
+    destinations: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    file: str
+    offset: int
+    size: int
+    members: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Trim:
+    file: str
+    offset: int
+    size: int
+    members: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    file: str
+    offset: int
+    size: int
+    members: tuple[str, ...]
+    reason: str
+
+    def __str__(self) -> str:
+        return (f"{self.reason}: {self.file} @{self.offset}+{self.size} "
+                f"on {','.join(self.members)}")
+
+
+Directive = Copy | Reset | Trim
+
+
+@dataclass(frozen=True, slots=True)
+class _E:
+    member: str
+    offset: int
+    size: int
+    csum: TaggedCsum | None
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.size
+
+
+def _stream(member: str, rank: int, entries: Iterable[EntryLike],
+            bad: list[str]) -> Iterator[tuple[int, int, int, _E]]:
+    """Entries of one member as sortable tuples; a stream that is not sorted and
+    non-overlapping stops and names the member in ``bad``."""
+    prev_end = 0
+    for e in entries:
+        if e.size <= 0 or e.offset < prev_end:
+            bad.append(member)
+            return
+        prev_end = e.offset + e.size
+        yield e.offset, e.size, rank, _E(member, e.offset, e.size, e.csum)
+
+
+def plan_file(
+    file: str,
+    roles: Roles,
+    entries: Mapping[str, Iterable[EntryLike]],
+    *,
+    max_cluster_entries: int = MAX_CLUSTER_ENTRIES,
+) -> Iterator[Directive | Problem]:
+    """Directives and problems for one file.  ``entries[m]``: member m's checksum list in
+    offset order (a missing member or file = no entries)."""
+    parts = roles.participants
+    bad: list[str] = []
+    streams = [_stream(m, i, entries.get(m, ()), bad) for i, m in enumerate(parts)]
+    cluster: list[_E] = []
+    cluster_end = 0
+    overflow = False
+    for _, _, _, e in heapq.merge(*streams):
+        if cluster and e.offset >= cluster_end:
+            yield from _close(file, roles, cluster, overflow)
+            cluster, overflow = [], False
+        cluster_end = max(cluster_end, e.end) if cluster else e.end
+        if len(cluster) < max_cluster_entries:
+            cluster.append(e)
+        else:
+            overflow = True
+    if cluster:
+        yield from _close(file, roles, cluster, overflow)
+    for m in bad:
+        yield Problem(file, 0, 0, (m,), "checksum list not sorted or overlapping")
+
+
+def _close(file: str, roles: Roles, cluster: list[_E],
+           overflow: bool) -> Iterator[Directive | Problem]:
+    if overflow:
+        lo = cluster[0].offset
+        yield Problem(file, lo, max(e.end for e in cluster) - lo, _members(cluster),
+                      "too many overlapping entries to plan")
+        return
+    if roles.mode == "cp":
+        yield from _close_cp(file, roles, cluster)
+    else:
+        yield from _close_ap(file, roles, cluster)
+
+
+def _members(es: Iterable[_E]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(e.member for e in es))
+
+
+def _union(es: Iterable[_E]) -> list[tuple[int, int]]:
+    """Merged [start, end) intervals covered by ``es``."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted((e.offset, e.end) for e in es):
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _covered(ivs: Sequence[tuple[int, int]], lo: int, hi: int) -> bool:
+    return any(a <= lo and hi <= b for a, b in ivs)
+
+
+def _touches(ivs: Sequence[tuple[int, int]], lo: int, hi: int) -> bool:
+    return any(a < hi and lo < b for a, b in ivs)
+
+
+def _close_ap(file: str, roles: Roles, cluster: list[_E]) -> Iterator[Directive | Problem]:
+    parts = roles.participants
+    trims = _union(e for e in cluster if e.csum is None)
+    live: list[_E] = []
+    for e in cluster:
+        if e.csum is None or _covered(trims, e.offset, e.end):
+            continue
+        if _touches(trims, e.offset, e.end):
+            yield Problem(file, e.offset, e.size, (e.member,),
+                          "written chunk partly trimmed elsewhere")
+            continue
+        live.append(e)
+    mine = {m: _union(e for e in cluster if e.member == m and e.csum is None) for m in parts}
+    for lo, hi in trims:
+        targets = tuple(m for m in parts if not _covered(mine[m], lo, hi))
+        if targets:
+            yield Trim(file, lo, hi - lo, targets)
+    if not live:
+        return
+    extents = {(e.offset, e.size) for e in live}
+    if len(extents) > 1:
+        lo = min(e.offset for e in live)
+        yield Problem(file, lo, max(e.end for e in live) - lo, _members(live),
+                      "overlapping chunks of different extents")
+        return
+    yield from _group(file, parts, roles.source, live)
+
+
+def _group(file: str, parts: tuple[str, ...], source: str,
+           group: list[_E]) -> Iterator[Copy | Problem]:
+    """One place, written on the members of ``group``: copy it to the other ``parts``."""
+    first = group[0]
+    assert first.csum is not None
+    if len({e.csum.digest for e in group if e.csum is not None}) > 1:
+        yield Problem(file, first.offset, first.size, _members(group),
+                      "conflicting checksums at one place")
+        return
+    holders = {e.member: e for e in group}
+    missing = tuple(m for m in parts if m not in holders)
+    if not missing:
+        return
+    src = holders.get(source) or min(group, key=lambda e: parts.index(e.member))
+    assert src.csum is not None
+    yield Copy(file, src.offset, src.size, src.csum, src.member, missing)
+
+
+def _close_cp(file: str, roles: Roles, cluster: list[_E]) -> Iterator[Directive | Problem]:
+    tail = roles.source
+    t_trims = _union(e for e in cluster if e.member == tail and e.csum is None)
+    t_written = {(e.offset, e.size): e for e in cluster if e.member == tail and e.csum}
+    resets: dict[tuple[int, int], list[str]] = {}
+    copies: dict[tuple[int, int], list[str]] = {}
+    problems: list[Problem] = []
+    trims: list[Trim] = []
+    for r in roles.repairing:
+        mine = [e for e in cluster if e.member == r]
+        r_trims = _union(e for e in mine if e.csum is None)
+        for e in mine:
+            if e.csum is None:
+                if not _covered(t_trims, e.offset, e.end):
+                    problems.append(Problem(file, e.offset, e.size, (r, tail),
+                                            "trimmed on a repairing member, not at the tail"))
+                continue
+            if _covered(t_trims, e.offset, e.end):
+                continue  # the tail's trim below covers it
+            if _touches(t_trims, e.offset, e.end):
+                problems.append(Problem(file, e.offset, e.size, (r, tail),
+                                        "written chunk partly trimmed at the tail"))
+                continue
+            same = t_written.get((e.offset, e.size))
+            if same is not None:
+                assert same.csum is not None
+                if same.csum.digest != e.csum.digest:
+                    problems.append(Problem(file, e.offset, e.size, (tail, r),
+                                            "conflicting checksums at one place"))
+            elif any(t.offset < e.end and e.offset < t.end for t in t_written.values()):
+                problems.append(Problem(file, e.offset, e.size, (tail, r),
+                                        "overlapping chunks of different extents"))
+            else:
+                resets.setdefault((e.offset, e.size), []).append(r)  # never acknowledged
+        for lo, hi in t_trims:
+            if not _covered(r_trims, lo, hi):
+                trims.append(Trim(file, lo, hi - lo, (r,)))
+        for key, t in t_written.items():
+            if _touches(r_trims, t.offset, t.end):
+                continue  # reported above (trimmed on r, not at the tail)
+            if not any(e.csum is not None and e.offset < t.end and t.offset < e.end
+                       for e in mine):
+                copies.setdefault(key, []).append(r)
+    if problems:
+        yield from problems
+        return
+    yield from trims
+    for (off, size), ms in sorted(resets.items()):
+        yield Reset(file, off, size, tuple(ms))
+    for (off, size), ms in sorted(copies.items()):
+        t = t_written[(off, size)]
+        assert t.csum is not None
+        yield Copy(file, off, size, t.csum, tail, tuple(ms))

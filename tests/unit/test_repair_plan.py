@@ -1,0 +1,275 @@
+"""Tests of the pure repair planner: applied to a model of the replicas, AP plans give
+every participant the union, CP plans make every repairing replica equal the tail, and
+conflicts are always reported (never resolved)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from machi.core.checksum import CsumTag, TaggedCsum, digest
+from machi.core.projection import make_projection
+from machi.core.repair_plan import (
+    Copy,
+    Problem,
+    Reset,
+    Roles,
+    Trim,
+    plan_file,
+    repair_roles,
+)
+
+B = 1024
+SLOT = 100
+NAMES = ("a", "b", "c", "d")
+
+
+@dataclass(frozen=True)
+class Ent:
+    offset: int
+    size: int
+    csum: TaggedCsum | None
+
+
+def csum(*key: object) -> TaggedCsum:
+    return TaggedCsum(CsumTag.SERVER, digest(repr(key).encode()))
+
+
+@dataclass
+class Replica:
+    """A model replica of one file: written chunks and trimmed intervals."""
+
+    written: dict[int, tuple[int, bytes]] = field(default_factory=dict)
+    trimmed: list[tuple[int, int]] = field(default_factory=list)
+
+    def entries(self, merge_trims: bool) -> list[Ent]:
+        out = [Ent(o, s, TaggedCsum(CsumTag.SERVER, d)) for o, (s, d) in self.written.items()]
+        trims = union(self.trimmed) if merge_trims else self.trimmed
+        out += [Ent(lo, hi - lo, None) for lo, hi in trims]
+        return sorted(out, key=lambda e: e.offset)
+
+    def norm(self) -> tuple[dict[int, tuple[int, bytes]], list[tuple[int, int]]]:
+        return dict(self.written), union(self.trimmed)
+
+
+def union(ivs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(ivs):
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+# slot state: None absent, "t" trimmed, 0 canonical, 1 other bytes, 2 other extent
+SlotState = str | int | None
+
+
+def build(states: dict[str, list[SlotState]]) -> dict[str, Replica]:
+    reps: dict[str, Replica] = {}
+    for m, slots in states.items():
+        r = Replica()
+        for i, s in enumerate(slots):
+            off = B + SLOT * i
+            if s == "t":
+                r.trimmed.append((off, off + SLOT))
+            elif s is not None:
+                size = SLOT // 2 if s == 2 else SLOT
+                r.written[off] = (size, csum(i, s).digest)
+        reps[m] = r
+    return reps
+
+
+def expected_problem_slots(roles: Roles, states: dict[str, list[SlotState]]) -> set[int]:
+    n = len(states[roles.source])
+    bad: set[int] = set()
+    for i in range(n):
+        if roles.mode == "ap":
+            col = [states[m][i] for m in roles.participants]
+            if "t" not in col and len({s for s in col if s is not None}) > 1:
+                bad.add(i)
+            continue
+        t = states[roles.source][i]
+        for r in roles.repairing:
+            s = states[r][i]
+            if s == "t" and t != "t":
+                bad.add(i)
+            if t not in ("t", None) and s not in ("t", None) and s != t:
+                bad.add(i)
+    return bad
+
+
+def apply(roles: Roles, reps: dict[str, Replica], plan: list[Copy | Reset | Trim]) -> None:
+    """Apply a plan to the model, asserting every step is legal write-once behaviour."""
+    for d in plan:
+        if isinstance(d, Trim):
+            lo, hi = d.offset, d.offset + d.size
+            for m in d.members:
+                r = reps[m]
+                for o, (s, _) in list(r.written.items()):
+                    if lo < o + s and o < hi:
+                        assert lo <= o and o + s <= hi, "a trim may not split a chunk here"
+                        del r.written[o]
+                r.trimmed = union([*r.trimmed, (lo, hi)])
+        elif isinstance(d, Reset):
+            assert roles.mode == "cp"
+            for m in d.members:
+                assert m in roles.repairing
+                assert reps[m].written.pop(d.offset)[0] == d.size
+        else:
+            src = reps[d.source].written[d.offset]
+            assert src == (d.size, d.csum.digest)
+            assert d.source not in d.destinations
+            for m in d.destinations:
+                r = reps[m]
+                lo, hi = d.offset, d.offset + d.size
+                assert not any(lo < o + s and o < hi for o, (s, _) in r.written.items())
+                assert not any(lo < b and a < hi for a, b in r.trimmed)
+                r.written[d.offset] = (d.size, d.csum.digest)
+
+
+slot_state = st.sampled_from([None, None, 0, 0, 0, 1, 2, "t"])
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> tuple[Roles, dict[str, list[SlotState]], bool]:
+    mode = draw(st.sampled_from(["ap", "cp"]))
+    n = draw(st.integers(2, 4))
+    names = NAMES[:n]
+    k = draw(st.integers(1, n - 1))  # members repairing (the last k)
+    upi, repairing = names[: n - k], names[n - k:]
+    roles = Roles(mode, upi[-1], repairing, upi[:-1])
+    slots = draw(st.integers(1, 6))
+    clean = draw(st.booleans())
+    states: dict[str, list[SlotState]] = {}
+    for m in names:
+        if clean:  # no conflicts possible: canonical, absent or trimmed (AP) only
+            choices: list[SlotState] = [None, 0, 0] + (["t"] if mode == "ap" else [])
+            states[m] = draw(st.lists(st.sampled_from(choices), min_size=slots,
+                                      max_size=slots))
+        else:
+            states[m] = draw(st.lists(slot_state, min_size=slots, max_size=slots))
+    return roles, states, draw(st.booleans())
+
+
+@settings(max_examples=400)
+@given(scenarios())
+def test_plan_applied_to_a_model_converges_or_reports(
+    sc: tuple[Roles, dict[str, list[SlotState]], bool],
+) -> None:
+    """AP: every participant ends with the union; CP: every repairing replica equals the
+    tail; any conflicting slot is reported as a problem covering it and nothing runs."""
+    roles, states, merge_trims = sc
+    reps = build(states)
+    before_tail = reps[roles.source].norm()
+    out = list(plan_file("f", roles, {m: r.entries(merge_trims) for m, r in reps.items()}))
+    problems = [x for x in out if isinstance(x, Problem)]
+    want_bad = expected_problem_slots(roles, states)
+    if want_bad:
+        for i in want_bad:
+            lo = B + SLOT * i
+            assert any(p.offset <= lo < p.offset + max(p.size, 1) for p in problems), (i, out)
+        return
+    assert not problems, out
+    plan = [x for x in out if not isinstance(x, Problem)]
+    apply(roles, reps, plan)
+    if roles.mode == "cp":
+        assert reps[roles.source].norm() == before_tail
+        for r in roles.repairing:
+            assert reps[r].norm() == before_tail
+    else:
+        first = reps[roles.source].norm()
+        for m in roles.participants:
+            assert reps[m].norm() == first
+        written, trimmed = first
+        for slots in states.values():
+            for i, s in enumerate(slots):
+                off = B + SLOT * i
+                if s == "t":
+                    assert any(a <= off and off + SLOT <= b for a, b in trimmed)
+                elif s is not None and not any(a <= off < b for a, b in trimmed):
+                    assert off in written
+
+
+@settings(max_examples=200)
+@given(scenarios())
+def test_plan_is_deterministic_and_idempotent(
+    sc: tuple[Roles, dict[str, list[SlotState]], bool],
+) -> None:
+    """The same input gives the same plan, and planning again after applying a clean plan
+    gives nothing to do."""
+    roles, states, merge_trims = sc
+    reps = build(states)
+    inputs = {m: r.entries(merge_trims) for m, r in reps.items()}
+    out = list(plan_file("f", roles, inputs))
+    assert out == list(plan_file("f", roles, inputs))
+    if any(isinstance(x, Problem) for x in out):
+        return
+    apply(roles, reps, [x for x in out if not isinstance(x, Problem)])
+    again = list(plan_file("f", roles, {m: r.entries(True) for m, r in reps.items()}))
+    assert again == []
+
+
+def test_ap_source_is_the_tail_when_it_has_the_chunk_else_the_first_owner() -> None:
+    """AP copies come from the tail when it holds the chunk, else from the first owner in
+    participant order (UPI before repairing)."""
+    roles = Roles("ap", "b", ("c",), ("a",))
+    x, y = Ent(B, 10, csum(1)), Ent(B + 10, 10, csum(2))
+    out = list(plan_file("f", roles, {"a": [x, y], "b": [x], "c": [y]}))
+    assert out == [Copy("f", B, 10, x.csum, "b", ("c",)),  # type: ignore[arg-type]
+                   Copy("f", B + 10, 10, y.csum, "a", ("b",))]  # type: ignore[arg-type]
+
+
+def test_cp_resets_unacknowledged_bytes_and_copies_the_tails() -> None:
+    """CP: a chunk only on the repairing replica is reset; the tail's chunks are copied;
+    other UPI members are not touched (they already match the tail)."""
+    roles = Roles("cp", "b", ("c",), ("a",))
+    x, y = Ent(B, 10, csum(1)), Ent(B + 10, 5, csum(2))
+    out = list(plan_file("f", roles, {"a": [], "b": [x], "c": [y]}))
+    assert out == [Copy("f", B, 10, x.csum, "b", ("c",)),  # type: ignore[arg-type]
+                   Reset("f", B + 10, 5, ("c",))]
+
+
+def test_conflicts_name_file_offset_and_members() -> None:
+    """Different checksums at one place and overlapping extents are problems whose text
+    names the file, the offset and the members."""
+    roles = Roles("ap", "a", ("b",))
+    out = list(plan_file("f1", roles, {"a": [Ent(B, 10, csum(1))],
+                                       "b": [Ent(B, 10, csum(2))]}))
+    assert [str(p) for p in out] == [f"conflicting checksums at one place: f1 @{B}+10 on a,b"]
+    out = list(plan_file("f1", roles, {"a": [Ent(B, 10, csum(1))],
+                                       "b": [Ent(B + 5, 10, csum(2))]}))
+    assert len(out) == 1 and isinstance(out[0], Problem)
+    assert out[0].reason == "overlapping chunks of different extents"
+
+
+def test_partial_trim_bad_stream_and_cluster_bound_are_problems() -> None:
+    """A chunk partly trimmed elsewhere, an unsorted checksum list and an overlap cluster
+    over the bound are reported, not planned around."""
+    roles = Roles("ap", "a", ("b",))
+    out = list(plan_file("f", roles, {"a": [Ent(B, 10, csum(1))], "b": [Ent(B + 5, 20, None)]}))
+    assert any(isinstance(p, Problem) and "partly trimmed" in p.reason for p in out)
+    out = list(plan_file("f", roles, {"a": [Ent(B + 10, 1, csum(1)), Ent(B, 1, csum(2))],
+                                      "b": []}))
+    assert any(isinstance(p, Problem) and p.members == ("a",) and "sorted" in p.reason
+               for p in out)
+    big = [Ent(B + i, 1, csum(i)) for i in range(5)]
+    out = list(plan_file("f", roles, {"a": [Ent(B, 5, csum(9))], "b": big},
+                         max_cluster_entries=3))
+    assert [p.reason for p in out if isinstance(p, Problem)] == [
+        "too many overlapping entries to plan"]
+
+
+def test_roles_from_a_projection_leave_out_witnesses() -> None:
+    """The source is the UPI tail; witnesses never take part; nothing repairing -> None."""
+    p = make_projection(epoch_number=3, author_server="b", chain_name="c",
+                        all_members=("w", "a", "b", "c"), mode="cp", witnesses=("w",),
+                        upi=("w", "a", "b"), repairing=("c",))
+    roles = repair_roles(p)
+    assert roles == Roles("cp", "b", ("c",), ("a",))
+    assert roles.participants == ("b", "c")
+    p2 = p.evolve(repairing=(), down=("c",))
+    assert repair_roles(p2) is None
