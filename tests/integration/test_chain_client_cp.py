@@ -86,7 +86,7 @@ def test_cp_witness_at_another_epoch_blocks_acks(tmp_path: Path) -> None:
     async def body(nodes: Nodes) -> None:
         await install_cp(nodes, 1)
         await install_cp(nodes, 2, on=("a", "b"))  # the witness stays at epoch 1
-        async with ChainClient(seeds(nodes), op_timeout_ms=1_000) as cc:
+        async with ChainClient(seeds(nodes), op_timeout_ms=2_000) as cc:
             info = CallInfo()
             with pytest.raises(MachiError) as ei:
                 await cc.append("cp", b"no quorum", info=info)
