@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 
 from machi.client.chain_client import CallInfo, ChainClient, outcome_of
@@ -200,5 +201,27 @@ def test_sequential_read_repair_of_large_ranges(
                 assert info.node == "a" and info.repaired == ["b", "c"]
             have = await stored_digests(nodes)
             assert all(digest(b"y" * 3000) in have[n] for n in NAMES)
+
+    anyio.run(go)
+
+
+def test_projection_addresses_win_over_seeds(tmp_path: Path) -> None:
+    """A seed list with a wrong address for c (and none for b) still works: discovery
+    through a adopts the projection's members_dict, and every call uses its addresses."""
+
+    async def go() -> None:
+        async with inproc_chain(tmp_path, NAMES) as nodes:
+            await install(nodes, 1, NAMES)
+            dead = await anyio.create_tcp_listener(local_host="127.0.0.1")
+            dead_port = dead.extra(anyio.abc.SocketAttribute.local_port)
+            await dead.aclose()  # a port nobody listens on
+            seeds_ = {"a": ("127.0.0.1", nodes["a"][1]), "c": ("127.0.0.1", dead_port)}
+            async with ChainClient(seeds_) as cc:
+                info = CallInfo()
+                pos = await cc.append("addr", b"via members_dict", info=info)
+                assert info.acked == list(NAMES) and info.attempts == 0
+                assert await cc.read(pos.file, pos.offset, pos.size) == b"via members_dict"
+            have = await stored_digests(nodes)
+            assert all(digest(b"via members_dict") in have[n] for n in NAMES)
 
     anyio.run(go)
