@@ -1,0 +1,356 @@
+"""Chain repair, run by the UPI tail (reference section 6; docs/repair.md).
+
+Owns: the I/O around the pure planner ``machi.core.repair_plan``: the same-epoch check,
+file inventories, streaming checksum lists, executing directives (copy with checksum
+verification, CP reset, trim) with bounded concurrency and an overall deadline, progress
+as JSON log lines and a ``RepairStats`` object the daemon's metrics can export.  Must not:
+decide *when* to repair or promote anyone (the chain manager does, from ``RepairDone``),
+overwrite written bytes, or run any directive of a file whose plan has a problem.
+
+Memory: one file's checksum lists at a time (entries, not data) and at most
+``max_in_flight`` chunks of data.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from machi.client.flu_client import FluClient
+from machi.core.checksum import TaggedCsum, digest
+from machi.core.errors import BadChecksum, MachiError, NoSuchFile, Written
+from machi.core.projection import Projection
+from machi.core.repair_plan import (
+    Copy,
+    Directive,
+    EntryLike,
+    Problem,
+    Reset,
+    Roles,
+    Trim,
+    plan_file,
+    repair_roles,
+)
+
+from .log import JsonLog
+
+PROBLEMS_IN_DETAIL = 3
+PROBLEMS_LOGGED_MAX = 100
+
+
+@dataclass(slots=True)
+class RepairStats:
+    """Counters of one repair (the original's: files/chunks/bytes per destination, bad
+    chunks, conflicts), updated while it runs."""
+
+    files: int = 0
+    files_done: int = 0
+    files_skipped: int = 0  # plans with problems: nothing executed for them
+    chunks_copied: int = 0  # chunk writes (one per destination)
+    bytes_in: int = 0  # read from sources
+    bytes_out: int = 0  # written to destinations
+    chunks_reset: int = 0
+    ranges_trimmed: int = 0
+    bad_chunks: int = 0
+    conflicts: int = 0  # problems found by planning or by a WRITTEN answer
+    errors: int = 0
+    seconds: float = 0.0
+    per_destination: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def copied_to(self, member: str, size: int) -> None:
+        d = self.per_destination.setdefault(member, {"chunks": 0, "bytes": 0})
+        d["chunks"] += 1
+        d["bytes"] += size
+        self.chunks_copied += 1
+        self.bytes_out += size
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "files": self.files, "files_done": self.files_done,
+            "files_skipped": self.files_skipped, "chunks_copied": self.chunks_copied,
+            "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
+            "chunks_reset": self.chunks_reset, "ranges_trimmed": self.ranges_trimmed,
+            "bad_chunks": self.bad_chunks, "conflicts": self.conflicts,
+            "errors": self.errors, "seconds": round(self.seconds, 3),
+            "per_destination": {m: dict(d) for m, d in sorted(self.per_destination.items())},
+        }
+
+    def gauges(self) -> dict[str, float]:
+        """Flat numbers for the metrics endpoint (``repair_<name>``)."""
+        return {f"repair_{k}": float(v) for k, v in self.to_json().items()
+                if isinstance(v, (int, float))}
+
+
+@dataclass(frozen=True, slots=True)
+class RepairResult:
+    ok: bool
+    detail: str
+    stats: RepairStats
+
+
+class _Abort(Exception):
+    """Stop the repair: ``detail`` says why."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class _Member:
+    """One participant, reached through its FluClient, or through the local store when
+    the caller gave no client for the local node."""
+
+    def __init__(self, name: str, client: FluClient | None, store: Any) -> None:
+        self.name = name
+        self.client = client
+        self.store = store
+
+    async def epoch_id(self) -> Any:
+        if self.client is not None:
+            return (await self.client.wedge_status()).epoch_id
+        return await self.store.projection_latest_epoch_id("private")
+
+    async def list_files(self) -> list[tuple[str, int]]:
+        if self.client is not None:
+            return await self.client.list_files()
+        return list(await self.store.list_files())
+
+    async def checksum_list(self, file: str) -> list[EntryLike]:
+        out: list[EntryLike] = []
+        batches: AsyncIterator[list[Any]]
+        if self.client is not None:
+            batches = self.client.checksum_list_batches(file)
+        else:
+            batches = self.store.checksum_list(file)
+        try:
+            async for batch in batches:
+                out.extend(batch)
+        except NoSuchFile:
+            return []
+        return out
+
+    async def read(self, file: str, offset: int, size: int, epoch: Any) -> tuple[bytes, Any]:
+        if self.client is not None:
+            r = await self.client.read(file, offset, size, epoch_id=epoch)
+        else:
+            r = await self.store.read(file, offset, size)
+        if len(r.chunks) != 1 or r.chunks[0].offset != offset or len(r.chunks[0].data) != size:
+            raise BadChecksum(f"{file} @{offset}+{size} on {self.name}: not one whole chunk")
+        c = r.chunks[0]
+        return bytes(c.data), c.csum
+
+    async def write(self, file: str, offset: int, data: bytes, csum: TaggedCsum,
+                    epoch: Any) -> None:
+        if self.client is not None:
+            await self.client.write(file, offset, data, epoch_id=epoch, csum=csum)
+        else:
+            await self.store.write(file, offset, data, csum)
+
+    async def trim(self, file: str, offset: int, size: int, epoch: Any) -> None:
+        if self.client is not None:
+            await self.client.trim(file, offset, size, epoch_id=epoch)
+        else:
+            await self.store.trim(file, offset, size)
+
+    async def repair_reset(self, file: str, offset: int, size: int, epoch: Any) -> int:
+        if self.client is None:
+            raise _Abort(f"reset on {self.name}: the repair source is never reset")
+        return await self.client.repair_reset(file, offset, size, epoch_id=epoch)
+
+
+class _Run:
+    def __init__(self, p: Projection, roles: Roles, members: dict[str, _Member],
+                 log: JsonLog, stats: RepairStats, max_in_flight: int,
+                 max_bad_chunks: int) -> None:
+        self.p = p
+        self.roles = roles
+        self.members = members
+        self.log = log
+        self.stats = stats
+        self.max_in_flight = max_in_flight
+        self.max_bad_chunks = max_bad_chunks
+        self.problems: list[str] = []
+
+    def problem(self, text: str) -> None:
+        self.stats.conflicts += 1
+        if len(self.problems) < PROBLEMS_LOGGED_MAX:
+            self.problems.append(text)
+            self.log.error("repair problem", problem=text, epoch=self.p.epoch_id.short())
+
+    async def check_epochs(self) -> None:
+        for name, m in self.members.items():
+            try:
+                eid = await m.epoch_id()
+            except MachiError as e:
+                raise _Abort(f"not all in same epoch: {name} unreachable ({e})") from None
+            if eid != self.p.epoch_id:
+                raise _Abort(f"not all in same epoch: {name} at {eid.short()}, "
+                             f"repair at {self.p.epoch_id.short()}")
+
+    async def inventory(self) -> list[str]:
+        names: set[str] = set()
+        for m in self.members.values():
+            names.update(n for n, _ in await m.list_files())
+        return sorted(names)
+
+    async def repair_file(self, file: str) -> None:
+        entries = {name: await m.checksum_list(file) for name, m in self.members.items()}
+        plan: list[Directive] = []
+        bad = False
+        for x in plan_file(file, self.roles, entries):
+            if isinstance(x, Problem):
+                bad = True
+                self.problem(str(x))
+            else:
+                plan.append(x)
+        del entries
+        if bad:
+            self.stats.files_skipped += 1
+            return
+        send, recv = anyio.create_memory_object_stream[Directive](0)
+        async with anyio.create_task_group() as tg:
+            for _ in range(self.max_in_flight):
+                tg.start_soon(self._worker, recv.clone())
+            recv.close()
+            async with send:
+                for d in plan:
+                    await send.send(d)
+        self.stats.files_done += 1
+
+    async def _worker(self, recv: anyio.abc.ObjectReceiveStream[Directive]) -> None:
+        async with recv:
+            async for d in recv:
+                await self._execute(d)
+
+    async def _execute(self, d: Directive) -> None:
+        epoch = self.p.epoch_id
+        try:
+            if isinstance(d, Trim):
+                for name in d.members:
+                    await self.members[name].trim(d.file, d.offset, d.size, epoch)
+                    self.stats.ranges_trimmed += 1
+            elif isinstance(d, Reset):
+                for name in d.members:
+                    self.stats.chunks_reset += await self.members[name].repair_reset(
+                        d.file, d.offset, d.size, epoch)
+            else:
+                await self._copy(d)
+        except _Abort:
+            raise
+        except MachiError as e:
+            self.stats.errors += 1
+            raise _Abort(f"{type(d).__name__.lower()} {d.file} @{d.offset}+{d.size}: "
+                         f"{type(e).__name__}: {e}") from None
+
+    async def _copy(self, d: Copy) -> None:
+        try:
+            data, _ = await self.members[d.source].read(d.file, d.offset, d.size, self.p.epoch_id)
+            if digest(data) != d.csum.digest:
+                raise BadChecksum("bytes do not match the checksum list")
+        except BadChecksum as e:
+            self.stats.bad_chunks += 1
+            self.problem(f"bad chunk: {d.file} @{d.offset}+{d.size} on {d.source}: {e}")
+            if self.stats.bad_chunks > self.max_bad_chunks:
+                raise _Abort(f"more than {self.max_bad_chunks} bad chunks") from None
+            return
+        self.stats.bytes_in += len(data)
+        for name in d.destinations:
+            try:
+                await self.members[name].write(d.file, d.offset, data, d.csum, self.p.epoch_id)
+            except Written:
+                # an exact replay is OK in the store: WRITTEN means other bytes are there
+                self.problem(f"written with other bytes: {d.file} @{d.offset}+{d.size} on "
+                             f"{name} (source {d.source})")
+                continue
+            self.stats.copied_to(name, len(data))
+
+
+def _leaves(eg: BaseExceptionGroup[Any]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for e in eg.exceptions:
+        out.extend(_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])
+    return out
+
+
+async def run_repair(
+    projection: Projection,
+    *,
+    local_name: str,
+    store: Any = None,
+    clients: Mapping[str, FluClient],
+    log: JsonLog,
+    progress_every_s: float = 5.0,
+    deadline_s: float = 600.0,
+    max_in_flight: int = 4,
+    max_bad_chunks: int = 100,
+    stats: RepairStats | None = None,
+) -> RepairResult:
+    """Repair the repairing members of ``projection`` (called on its UPI tail).
+
+    ``clients`` reach the participants (the local node may be reached through ``store``
+    instead).  Never raises for repair failures: they come back as ``ok=False`` with a
+    detail naming file, offset and members.  Pass ``stats`` to watch it while it runs.
+    """
+    stats = stats if stats is not None else RepairStats()
+    t0 = time.monotonic()
+    fields = {"epoch": projection.epoch_id.short(), "upi": list(projection.upi),
+              "repairing": list(projection.repairing), "mode": projection.mode}
+    roles = repair_roles(projection)
+    if roles is None:
+        return RepairResult(True, "nothing to repair", stats)
+    if roles.source != local_name:
+        return RepairResult(False, f"{local_name} is not the UPI tail ({roles.source})", stats)
+    members: dict[str, _Member] = {}
+    for name in roles.participants:
+        client = clients.get(name)
+        if client is None and (name != local_name or store is None):
+            return RepairResult(False, f"no client for {name}", stats)
+        members[name] = _Member(name, client, store)
+    run = _Run(projection, roles, members, log, stats, max(1, max_in_flight), max_bad_chunks)
+    log.info("repair started", **fields)
+
+    async def progress() -> None:
+        while True:
+            await anyio.sleep(progress_every_s)
+            stats.seconds = time.monotonic() - t0
+            log.info("repair progress", **fields, **stats.to_json())
+
+    abort: str | None = None
+    with anyio.move_on_after(deadline_s) as deadline:
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(progress)
+                try:
+                    await run.check_epochs()
+                    files = await run.inventory()
+                    stats.files = len(files)
+                    for file in files:
+                        await run.repair_file(file)
+                finally:
+                    tg.cancel_scope.cancel()
+        except* _Abort as eg:
+            abort = "; ".join(e.detail for e in _leaves(eg) if isinstance(e, _Abort))
+        except* MachiError as eg:
+            stats.errors += 1
+            abort = "; ".join(f"{type(e).__name__}: {e}" for e in _leaves(eg))
+    stats.seconds = time.monotonic() - t0
+    if deadline.cancelled_caught:
+        abort = f"deadline of {deadline_s} s passed"
+    if abort is None and run.problems:
+        shown = "; ".join(run.problems[:PROBLEMS_IN_DETAIL])
+        more = len(run.problems) - PROBLEMS_IN_DETAIL
+        abort = f"{stats.conflicts} problems (repair refused): {shown}" + (
+            f"; and {more} more" if more > 0 else "")
+    ok = abort is None
+    detail = abort or (
+        f"repaired {stats.files} files: {stats.chunks_copied} chunk copies "
+        f"({stats.bytes_out} bytes), {stats.chunks_reset} reset, "
+        f"{stats.ranges_trimmed} trimmed")
+    (log.info if ok else log.error)("repair finished", ok=ok, detail=detail, **fields,
+                                    **stats.to_json())
+    return RepairResult(ok, detail, stats)

@@ -1,0 +1,232 @@
+"""Goal: ``run_repair`` against real FLU servers on loopback: AP repair (three ``machi
+node run`` daemons) copies everything any replica has to every participant so that all
+checksum lists end equal; CP repair (in-process servers, because CP epochs need a
+confirmation that only the test can give until the chain-manager driver lands) resets a
+never-acknowledged chunk on the repairing replica and copies the tail's; a conflict fails
+the repair loudly and overwrites nothing; REPAIR_RESET is refused off the repairing list.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import anyio
+import pytest
+
+from machi.client.flu_client import ChecksumEntry, FluClient
+from machi.core.epoch import EpochId
+from machi.core.errors import BadArg, NotWritten
+from machi.core.projection import MemberSpec, Projection, make_projection
+from machi.node.log import JsonLog
+from machi.node.process import NodeProcess
+from machi.node.repair import RepairResult, run_repair
+from tests.integration.inproc_flu import Nodes, inproc_chain, install
+
+pytestmark = pytest.mark.timeout(90)
+NAMES = ("a", "b", "c")
+B = 1024
+
+
+class Daemons:
+    """Three ``machi node run`` processes; every one is killed in teardown."""
+
+    def __init__(self, base: Path) -> None:
+        self.nodes = {n: NodeProcess(n, base / n, sync="none") for n in NAMES}
+        self.epoch = 0
+
+    def start(self) -> Daemons:
+        for n in self.nodes.values():
+            n.start(wait=False)
+        for n in self.nodes.values():
+            n.wait_ready()
+        return self
+
+    def kill_all(self) -> None:
+        for n in self.nodes.values():
+            n.kill()
+
+    async def install(self, clients: Mapping[str, FluClient], upi: tuple[str, ...],
+                      repairing: tuple[str, ...] = ()) -> Projection:
+        """The next AP projection, public then private, on the UPI and repairing members."""
+        self.epoch += 1
+        p = make_projection(
+            epoch_number=self.epoch, author_server=upi[-1], chain_name="c1",
+            all_members=NAMES, upi=upi, repairing=repairing,
+            down=tuple(m for m in NAMES if m not in upi + repairing),
+            members_dict={n: MemberSpec(n, x.host, x.port) for n, x in self.nodes.items()},
+        )
+        for name in upi + repairing:
+            await clients[name].projection_write("public", p)
+            await clients[name].projection_write("private", p)
+        return p
+
+
+@pytest.fixture
+def daemons(tmp_path: Path) -> Iterator[Daemons]:
+    d = Daemons(tmp_path)
+    try:
+        yield d.start()
+    finally:
+        d.kill_all()
+
+
+async def chain_append(chain: Sequence[FluClient], prefix: str, data: bytes,
+                       epoch: EpochId) -> tuple[str, int]:
+    """Chain Replication by hand: append at the head, write the same place down the chain."""
+    pos = await chain[0].append(prefix, data, epoch_id=epoch)
+    for c in chain[1:]:
+        await c.write(pos.file, pos.offset, data, epoch_id=epoch, csum=pos.csum)
+    return pos.file, pos.offset
+
+
+async def everything(c: FluClient) -> dict[str, list[ChecksumEntry]]:
+    return {name: await c.checksum_list(name) for name, _ in await c.list_files()}
+
+
+def quiet_log(buf: io.StringIO) -> JsonLog:
+    return JsonLog("b", "info", stream=buf)
+
+
+def test_ap_repair_copies_the_union_to_every_member(daemons: Daemons) -> None:
+    """Data appended while c was out of the chain, a chunk only the head got and a chunk
+    only c holds all end on every member; afterwards every checksum list is equal."""
+    buf = io.StringIO()
+
+    async def go() -> RepairResult:
+        async with AsyncExitStack() as stack:
+            cl = {n: await stack.enter_async_context(x.client(timeout_ms=5_000))
+                  for n, x in daemons.nodes.items()}
+            p1 = await daemons.install(cl, NAMES)
+            f1, _ = await chain_append([cl[n] for n in NAMES], "r", b"all three", p1.epoch_id)
+            only_c = b"c kept this"
+            await cl["c"].write(f1, 5 * B, only_c, epoch_id=p1.epoch_id)
+            p2 = await daemons.install(cl, ("a", "b"))
+            placed = []
+            for i in range(40):
+                data = bytes([i]) * (1 + 997 * i)
+                placed.append((await chain_append([cl["a"], cl["b"]], f"r{i % 3}", data,
+                                                  p2.epoch_id), data))
+            head_only = await cl["a"].append("h", b"only the head got it", epoch_id=p2.epoch_id)
+            p3 = await daemons.install(cl, ("a", "b"), ("c",))
+            res = await run_repair(p3, local_name="b", clients=cl, log=quiet_log(buf),
+                                   progress_every_s=0.05)
+            lists = {n: await everything(c) for n, c in cl.items()}
+            assert lists["a"] == lists["b"] == lists["c"]
+            for (file, off), data in placed:
+                r = await cl["c"].read(file, off, len(data), epoch_id=p3.epoch_id)
+                assert r.data() == data
+            r = await cl["b"].read(head_only.file, head_only.offset, head_only.size,
+                                   epoch_id=p3.epoch_id)
+            assert r.data() == b"only the head got it"
+            r = await cl["a"].read(f1, 5 * B, len(only_c), epoch_id=p3.epoch_id)
+            assert r.data() == only_c
+            again = await run_repair(p3, local_name="b", clients=cl, log=quiet_log(buf))
+            assert again.ok and again.stats.chunks_copied == 0, again.detail
+            return res
+
+    res = anyio.run(go)
+    assert res.ok, res.detail
+    s = res.stats
+    assert s.per_destination["c"]["chunks"] == 41  # 40 + the head-only chunk
+    assert s.per_destination["b"]["chunks"] == 2  # the head-only and the c-only chunks
+    assert s.per_destination["a"]["chunks"] == 1
+    assert s.conflicts == s.bad_chunks == s.errors == 0
+    lines = [json.loads(x) for x in buf.getvalue().splitlines()]
+    final = [x for x in lines if x.get("msg") == "repair finished"]
+    assert final and final[0]["fields"]["chunks_copied"] == 44
+    assert final[0]["fields"]["bytes_out"] == s.bytes_out
+
+
+async def inproc_clients(stack: AsyncExitStack, nodes: Nodes) -> dict[str, FluClient]:
+    return {n: await stack.enter_async_context(FluClient("127.0.0.1", port))
+            for n, (_, port) in nodes.items()}
+
+
+def test_cp_repair_resets_unacknowledged_bytes_and_matches_the_tail(tmp_path: Path) -> None:
+    """A chunk a failed write left only on c (never acknowledged, absent at the tail) is
+    reset on c, the tail's chunks are copied, and c's lists then equal the tail's; the
+    reset op is refused on a FLU that is not repairing."""
+    buf = io.StringIO()
+
+    async def go() -> None:
+        async with inproc_chain(tmp_path, NAMES) as nodes, AsyncExitStack() as stack:
+            cl = await inproc_clients(stack, nodes)
+            p1 = await install(nodes, 1, ("c", "a", "b"), mode="cp")
+            f, off = await chain_append([cl["c"], cl["a"], cl["b"]], "cp", b"acked", p1.epoch_id)
+            partial = await cl["c"].append("cp", b"head only, never acked",
+                                           epoch_id=p1.epoch_id)
+            p2 = await install(nodes, 2, ("a", "b"), mode="cp", repairing=("c",))
+            acked2 = await chain_append([cl["a"], cl["b"], cl["c"]], "cp", b"new", p2.epoch_id)
+            missed = await cl["a"].append("cp", b"c missed this", epoch_id=p2.epoch_id)
+            await cl["b"].write(missed.file, missed.offset, b"c missed this",
+                                epoch_id=p2.epoch_id)
+            with pytest.raises(BadArg, match="not repairing"):
+                await cl["a"].repair_reset(partial.file, partial.offset, partial.size,
+                                           epoch_id=p2.epoch_id)
+            res = await run_repair(p2, local_name="b", clients=cl, log=quiet_log(buf))
+            assert res.ok, res.detail
+            assert res.stats.chunks_reset == 1 and res.stats.per_destination == {
+                "c": {"chunks": 1, "bytes": len(b"c missed this")}}
+            assert await everything(cl["c"]) == await everything(cl["b"])
+            with pytest.raises(NotWritten):
+                await cl["c"].read(partial.file, partial.offset, partial.size,
+                                   epoch_id=p2.epoch_id)
+            for file, o, data in ((f, off, b"acked"), (*acked2, b"new"),
+                                  (missed.file, missed.offset, b"c missed this")):
+                assert (await cl["c"].read(file, o, len(data), epoch_id=p2.epoch_id)
+                        ).data() == data
+
+    anyio.run(go)
+
+
+def test_conflict_fails_loudly_and_overwrites_nothing(tmp_path: Path) -> None:
+    """Two replicas holding different bytes at one place: ok=False, the detail names the
+    file, the offset and both members, an error line is logged, both copies survive, and
+    nothing of that file is copied."""
+    buf = io.StringIO()
+
+    async def go() -> tuple[RepairResult, str]:
+        async with inproc_chain(tmp_path, NAMES) as nodes, AsyncExitStack() as stack:
+            cl = await inproc_clients(stack, nodes)
+            p1 = await install(nodes, 1, NAMES)
+            pos = await cl["a"].append("x", b"fine", epoch_id=p1.epoch_id)
+            await cl["b"].write(pos.file, 2 * B, b"BBBB", epoch_id=p1.epoch_id)
+            await cl["c"].write(pos.file, 2 * B, b"CCCC", epoch_id=p1.epoch_id)
+            p2 = await install(nodes, 2, ("a", "b"), repairing=("c",))
+            res = await run_repair(p2, local_name="b", clients=cl, log=quiet_log(buf))
+            for n, want in (("b", b"BBBB"), ("c", b"CCCC")):
+                r = await cl[n].read(pos.file, 2 * B, 4, epoch_id=p2.epoch_id)
+                assert r.data() == want
+            with pytest.raises(NotWritten):  # the file's good chunk was not copied either
+                await cl["c"].read(pos.file, pos.offset, pos.size, epoch_id=p2.epoch_id)
+            return res, pos.file
+
+    res, file = anyio.run(go)
+    assert not res.ok
+    assert "conflicting checksums at one place" in res.detail
+    assert f"{file} @{2 * B}+4 on b,c" in res.detail
+    assert res.stats.conflicts == 1 and res.stats.files_skipped == 1
+    assert res.stats.chunks_copied == 0
+    lines = [json.loads(x) for x in buf.getvalue().splitlines()]
+    assert any(x["level"] == "error" and file in x["fields"].get("problem", "")
+               for x in lines)
+
+
+def test_not_all_in_same_epoch_refuses_to_start(tmp_path: Path) -> None:
+    """A repairing member at another epoch: the repair does nothing and says so."""
+
+    async def go() -> RepairResult:
+        async with inproc_chain(tmp_path, NAMES) as nodes, AsyncExitStack() as stack:
+            cl = await inproc_clients(stack, nodes)
+            await install(nodes, 1, NAMES)
+            p2 = await install(nodes, 2, ("a", "b"), repairing=("c",), on=("a", "b"))
+            return await run_repair(p2, local_name="b", clients=cl,
+                                    log=quiet_log(io.StringIO()))
+
+    res = anyio.run(go)
+    assert not res.ok and res.detail.startswith("not all in same epoch: c")
+    assert res.stats.chunks_copied == 0
