@@ -255,7 +255,8 @@ class FluClient:
                 return ev
             try:
                 data = await conn.stream.receive(conn.proto.receive_size_hint(RECEIVE_SIZE))
-            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError,
+                    OSError):
                 data = b""
             conn.proto.receive_data(data)
 
@@ -353,7 +354,7 @@ class FluClient:
             except BaseException as exc:
                 # A half-sent frame poisons the stream: break the connection.
                 await conn.fail(Partition(f"send failed: {exc!r}"))
-                if isinstance(exc, (OSError, anyio.BrokenResourceError)):
+                if isinstance(exc, (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError)):
                     raise Partition(f"send to {self.host}:{self.port}: {exc}") from None
                 raise
         return rid

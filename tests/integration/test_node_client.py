@@ -152,3 +152,42 @@ def test_reconnect_after_node_restart(tmp_path: Path) -> None:
         anyio.run(go)
     finally:
         n.kill()
+
+
+def test_node_killed_under_big_concurrent_sends(tmp_path: Path) -> None:
+    """Killing the node while many 1 MiB requests are being sent fails each of them with
+    PARTITION and nothing else (no stray transport exceptions)."""
+    n = NodeProcess("k2", tmp_path / "k2", sync="none")
+    try:
+        n.start()
+        errors: list[BaseException] = []
+
+        async def go() -> None:
+            async with n.client(timeout_ms=10_000) as c:
+                eid = await bootstrap(c, "k2")
+                data = b"\xab" * (1 << 20)
+                sent = 0
+
+                async def writer() -> None:
+                    nonlocal sent
+                    while True:
+                        try:
+                            await c.append("big", data, epoch_id=eid)
+                        except Exception as e:
+                            errors.append(e)
+                            return
+                        sent += 1
+
+                async with anyio.create_task_group() as tg:
+                    for _ in range(8):
+                        tg.start_soon(writer)
+                    with anyio.fail_after(30):
+                        while sent < 8:
+                            await anyio.sleep(0.01)
+                    n.kill()
+
+        anyio.run(go)
+        assert len(errors) == 8
+        assert all(isinstance(e, Partition) for e in errors), [repr(e) for e in errors]
+    finally:
+        n.kill()
