@@ -230,3 +230,38 @@ def test_not_all_in_same_epoch_refuses_to_start(tmp_path: Path) -> None:
     res = anyio.run(go)
     assert not res.ok and res.detail.startswith("not all in same epoch: c")
     assert res.stats.chunks_copied == 0
+
+
+def test_bad_source_chunk_is_counted_and_the_local_store_path_works(tmp_path: Path) -> None:
+    """The tail reached through its own store (no client for it): a chunk whose bytes on
+    the tail's disk are corrupt is counted as bad and not copied, the good one is copied,
+    and the repair reports failure; a zero deadline stops a repair before it does anything.
+    """
+
+    async def go() -> tuple[RepairResult, RepairResult]:
+        async with inproc_chain(tmp_path, NAMES) as nodes, AsyncExitStack() as stack:
+            cl = await inproc_clients(stack, nodes)
+            await install(nodes, 1, NAMES)
+            p2 = await install(nodes, 2, ("a", "b"), on=("a", "b"))
+            good = await chain_append([cl["a"], cl["b"]], "g", b"good chunk", p2.epoch_id)
+            bad = await chain_append([cl["a"], cl["b"]], "k", b"soon corrupt", p2.epoch_id)
+            store = nodes["b"][0].store
+            with open(store.data_dir / "data" / bad[0], "r+b") as fh:
+                fh.seek(bad[1])
+                fh.write(b"X")
+            p3 = await install(nodes, 3, ("a", "b"), repairing=("c",))
+            others = {n: cl[n] for n in ("a", "c")}
+            late = await run_repair(p3, local_name="b", store=store, clients=others,
+                                    log=quiet_log(io.StringIO()), deadline_s=0)
+            res = await run_repair(p3, local_name="b", store=store, clients=others,
+                                   log=quiet_log(io.StringIO()))
+            r = await cl["c"].read(*good, len(b"good chunk"), epoch_id=p3.epoch_id)
+            assert r.data() == b"good chunk"
+            with pytest.raises(NotWritten):
+                await cl["c"].read(*bad, len(b"soon corrupt"), epoch_id=p3.epoch_id)
+            return late, res
+
+    late, res = anyio.run(go)
+    assert not late.ok and "deadline" in late.detail and late.stats.chunks_copied == 0
+    assert not res.ok and res.stats.bad_chunks == 1 and "bad chunk" in res.detail
+    assert res.stats.per_destination == {"c": {"chunks": 1, "bytes": len(b"good chunk")}}
