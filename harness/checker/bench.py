@@ -283,7 +283,7 @@ def run_plan(
     "--time-limit",
     "time_limit_s",
     type=float,
-    default=120,
+    default=600,
     show_default=True,
     help="Checker time budget per history (s).",
 )
