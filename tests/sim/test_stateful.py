@@ -13,12 +13,15 @@ from machi.sim.cluster import Cluster
 
 NODES = ["a", "b", "c"]
 node = st.sampled_from(NODES)
+NODES5 = ["a", "b", "c", "d", "e"]
+node5 = st.sampled_from(NODES5)
 HEAL_TICKS_MAX = 20_000
 
 
 class _SimMachine(RuleBasedStateMachine):
     mode = "ap"
     witnesses: tuple[str, ...] = ()
+    nodes = NODES
 
     def __init__(self) -> None:
         super().__init__()
@@ -27,7 +30,7 @@ class _SimMachine(RuleBasedStateMachine):
     @initialize(seed=st.integers(0, 2**16))
     def boot(self, seed: int) -> None:
         self.seed = seed
-        self.cluster = Cluster(NODES, mode=self.mode,  # type: ignore[arg-type]
+        self.cluster = Cluster(self.nodes, mode=self.mode,  # type: ignore[arg-type]
                                seed=seed, witnesses=self.witnesses)
         self.cluster.bootstrap()
         self.cluster.run_until(1000)
@@ -87,7 +90,7 @@ class _SimMachine(RuleBasedStateMachine):
         c = self.c
         c.set_partitions(set())
         c.loss_ppm = c.slow_ppm = 0
-        for n in NODES:
+        for n in self.nodes:
             c.restart(n)
         deadline = c.now + HEAL_TICKS_MAX
         while c.now < deadline and not c.converged():
@@ -106,8 +109,36 @@ class CPMachine(_SimMachine):
     witnesses = ("a",)
 
 
+class CP5Machine(_SimMachine):
+    """Five nodes, two witnesses; rules pick any of the five."""
+
+    mode = "cp"
+    witnesses = ("a", "b")
+    nodes = NODES5
+
+    @rule(n=node5)
+    def crash5(self, n: str) -> None:
+        self.c.crash(n)
+
+    @rule(n=node5)
+    def restart5(self, n: str) -> None:
+        self.c.restart(n)
+
+    @rule(src=node5, dst=node5)
+    def cut_link5(self, src: str, dst: str) -> None:
+        if src != dst:
+            self.c.set_partitions(self.c.cut | {(src, dst)})
+
+    @rule(loc=node5)
+    def append5(self, loc: str) -> None:
+        self.append(loc)
+
+
 _settings = settings(max_examples=40, stateful_step_count=30, deadline=None)
 APMachine.TestCase.settings = _settings
 CPMachine.TestCase.settings = _settings
+CP5Machine.TestCase.settings = settings(max_examples=15, stateful_step_count=30,
+                                        deadline=None)
 TestAPSimulator = APMachine.TestCase
 TestCPSimulator = CPMachine.TestCase
+TestCP5Simulator = CP5Machine.TestCase
