@@ -12,8 +12,11 @@ what the verdict needs: a position costs one dict entry and one small list, an
 unacknowledged attempt one tuple.  Past its memory budget (estimated from entry counts,
 so deterministic) the verdict is ``"unknown"``.
 
-Input: raw event dicts as decoded from JSON Lines (fastest), ``Event`` or ``Op`` objects
-from ``harness.history``, or JSONL lines via :func:`check_write_once_lines`.
+Input: JSONL lines via :func:`check_write_once_lines` (fastest: decoded by msgspec into
+typed records when the "fast" extra is installed), raw event dicts, or ``Event`` / ``Op``
+objects from ``harness.history`` via :func:`check_write_once`.  While it runs, Python's
+cyclic GC is paused (and restored after): the state holds no cycles and gen-2 passes
+over millions of small lists would cost more than the check.
 """
 
 from __future__ import annotations
