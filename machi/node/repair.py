@@ -199,7 +199,12 @@ class _Run:
         return sorted(names)
 
     async def repair_file(self, file: str) -> None:
-        entries = {name: await m.checksum_list(file) for name, m in self.members.items()}
+        # The source's list is fetched last: new writes go down UPI ++ repairing, so a
+        # chunk a repairing member holds was visible at the tail before it got there.
+        # Fetching the tail first could miss a just-acknowledged chunk that a repairing
+        # member then shows, and CP would reset it (losing an acknowledged write there).
+        order = [*(n for n in self.members if n != self.roles.source), self.roles.source]
+        entries = {name: await self.members[name].checksum_list(file) for name in order}
         plan: list[Directive] = []
         bad = False
         for x in plan_file(file, self.roles, entries):
