@@ -21,6 +21,7 @@ from machi.client.flu_client import ChecksumEntry, FluClient
 from machi.core.epoch import EpochId
 from machi.core.errors import BadArg, NotWritten
 from machi.core.projection import MemberSpec, Projection, make_projection
+from machi.node.config import KNOWN_KEYS
 from machi.node.log import JsonLog
 from machi.node.process import NodeProcess
 from machi.node.repair import RepairResult, run_repair
@@ -35,7 +36,13 @@ class Daemons:
     """Three ``machi node run`` processes; every one is killed in teardown."""
 
     def __init__(self, base: Path) -> None:
-        self.nodes = {n: NodeProcess(n, base / n, sync="none") for n in NAMES}
+        extra: list[str] = []
+        if "chain_manager" in KNOWN_KEYS:  # the test installs projections itself
+            cfg = base / "no-chain-manager.toml"
+            cfg.write_text("chain_manager = false\n")
+            extra = ["--config", str(cfg)]
+        self.nodes = {n: NodeProcess(n, base / n, sync="none", extra_args=extra)
+                      for n in NAMES}
         self.epoch = 0
 
     def start(self) -> Daemons:
