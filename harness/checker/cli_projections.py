@@ -75,7 +75,7 @@ def check_projections(
     if as_json:
         click.echo(json.dumps({"files": [str(p) for p in logs], **result.to_json()}))
     else:
-        verdict = {True: "safe", False: "UNSAFE"}.get(result.valid, "unknown")  # type: ignore[call-overload]
+        verdict = "safe" if result.valid is True else "UNSAFE" if result.valid is False else "?"
         click.echo(
             f"{verdict}: {result.ops} records, {result.keys} nodes, "
             f"{result.stats['transitions_checked']} transitions checked"

@@ -196,14 +196,14 @@ def write_once_history(
             continue
         if not p.applied:
             if not p.forced and rand() < fail_p:
-                if p.op == "read":
+                if p.op == "read" and p.inv is not None:
                     unpin(_tpos(p.inv["pos"]))
                 yield _done(index, p, "fail", p.inv, "refused")
                 index += 1
                 busy -= 1
                 continue
             if not p.forced and rand() < crash_p / 2:
-                if p.op == "read":
+                if p.op == "read" and p.inv is not None:
                     unpin(_tpos(p.inv["pos"]))
                 yield _done(index, p, "info", p.inv, "timeout")
                 index += 1

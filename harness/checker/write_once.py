@@ -31,32 +31,35 @@ from typing import Any
 from harness.checker.result import UNKNOWN, CheckResult
 from harness.history import Event, HistoryError, Op
 
+msgspec: Any
 try:  # optional (the "fast" extra): typed JSON decoding, 2-3x faster than dicts
     import msgspec
 except ImportError:  # pragma: no cover - exercised where msgspec is not installed
     msgspec = None
 
+_Val: Any = None
+_Ev: Any = None
 if msgspec is not None:
 
-    class _Val(msgspec.Struct, gc=False):
+    class _ValRecord(msgspec.Struct, gc=False):  # type: ignore[misc,call-arg]
         """The value of a chunk op (other fields, e.g. ``prefix``, are ignored)."""
 
         v: Any = None
         pos: tuple[Any, ...] | None = None
 
-    class _Ev(msgspec.Struct, gc=False):
+    class _EvRecord(msgspec.Struct, gc=False):  # type: ignore[misc,call-arg]
         """One history line, as much of it as the write-once checker reads."""
 
         index: int
         process: int | str
         type: str
         f: str
-        value: _Val | str | int | float | bool | list[Any] | None = None
+        value: _ValRecord | str | int | float | bool | list[Any] | None = None
         final: Any = None
         node: Any = None
 
-else:
-    _Val = _Ev = None  # type: ignore[misc]
+    _Val = _ValRecord
+    _Ev = _EvRecord
 
 
 def _plain(val: Any) -> Any:
@@ -95,6 +98,7 @@ _NEVER = 1 << 62  # "no such index": larger than any event index
 _VAL, _ACK, _W_INV, _W_RESP, _NULL_INV, _VAL_RESP, _FINAL, _FINAL_BAD = range(8)
 _FINAL_GOOD = 1
 _FINAL_WRONG = 2
+_CONFLICT: list[Any] = []  # marker: a read value conflicting with the position's value
 
 
 class _BudgetExceeded(Exception):
@@ -230,8 +234,8 @@ class WriteOnceChecker:
                                     if i < st[5]:  # _VAL_RESP
                                         st[5] = i
                                 else:
-                                    st = None  # a conflict: the slow path reports it
-                                if st is not None:
+                                    st = _CONFLICT  # the slow path reports it
+                                if st is not _CONFLICT:
                                     fast_ops += 1
                                     if ev.get("final") or inv.get("final"):
                                         any_final = True
@@ -346,8 +350,8 @@ class WriteOnceChecker:
                                         if i < st[5]:  # _VAL_RESP
                                             st[5] = i
                                     else:
-                                        st = None  # a conflict: the slow path reports it
-                                    if st is not None:
+                                        st = _CONFLICT  # the slow path reports it
+                                    if st is not _CONFLICT:
                                         fast_ops += 1
                                         if ev.final or inv.final:
                                             any_final = True
@@ -855,7 +859,7 @@ def _stdlib_decoder() -> Callable[[bytes | str], Any]:
 def _fast_decoder() -> Callable[[bytes | str], Any]:
     if msgspec is None:
         return _stdlib_decoder()
-    return msgspec.json.Decoder().decode
+    return msgspec.json.Decoder().decode  # type: ignore[no-any-return]
 
 
 def iter_jsonl_events(lines: Iterable[bytes | str], *, name: str = "history") -> Iterator[Any]:
@@ -936,8 +940,8 @@ def _fast_lines_decoder(typ: Any = None) -> Callable[[bytes], list[Any]] | None:
     if msgspec is None:
         return None
     if typ is None:
-        return msgspec.json.Decoder().decode_lines
-    return msgspec.json.Decoder(typ).decode_lines
+        return msgspec.json.Decoder().decode_lines  # type: ignore[no-any-return]
+    return msgspec.json.Decoder(typ).decode_lines  # type: ignore[no-any-return]
 
 
 def _to_struct(d: dict[str, Any], name: str) -> Any:
