@@ -29,6 +29,8 @@ from machi.core.errors import BadArg, BadEpoch, MachiError, Trimmed, Wedged
 from machi.core.projection import MemberSpec, Projection, make_projection
 from machi.node.process import NodeProcess
 
+from .daemon import node_args
+
 NAMES = ("n1", "n2", "n3")
 PREFIXES = ("photos", "logs")
 CHUNK_BYTES_MAX = 64 * 1024
@@ -81,7 +83,8 @@ class Demo:
     def start(self, root: Path) -> None:
         for name in NAMES:
             self.nodes[name] = NodeProcess(name, root / name, sync=self.opts.sync,
-                                           log_path=root / f"{name}.log")
+                                           log_path=root / f"{name}.log",
+                                           extra_args=node_args(root, name))
         self.say(f"starting {len(NAMES)} FLU daemons (machi node run) on 127.0.0.1 in {root}")
         for n in self.nodes.values():
             n.start(wait=False)

@@ -35,6 +35,7 @@ from machi.node.process import NodeProcess, bootstrap
 from machi.node.run import uvloop_available
 
 from . import raw_disk
+from .daemon import node_args
 from .stats import size_label, summarize
 
 SYNC_MODES = ("always", "batch", "none")
@@ -233,7 +234,8 @@ def _run_async(fn: Callable[..., Any], *args: Any, use_uvloop: bool, **kw: Any) 
 def _own_daemon(plan: BenchPlan, mode: str, root: Path, progress: Progress) -> dict[str, Any]:
     """Start a daemon with ``mode`` in a fresh dir under ``root``, measure, stop it."""
     work = Path(tempfile.mkdtemp(prefix=f"flu-{mode}-", dir=root))
-    node = NodeProcess(f"bench-{mode}", work / "data", sync=mode, log_path=work / "node.log")
+    node = NodeProcess(f"bench-{mode}", work / "data", sync=mode, log_path=work / "node.log",
+                       extra_args=node_args(work, f"bench-{mode}"))
     info: dict[str, Any] = {"sync": mode, "data_dir": str(work / "data")}
     try:
         node.start()
