@@ -9,7 +9,8 @@ conflict policy: conflicting checksums at one place, chunks of different extents
 overlap, trimmed bytes the tail does not have trimmed (CP), and chunks partly trimmed
 elsewhere are *problems*, never silently resolved.  Must not: do I/O, read clocks or
 randomness, or hold more than one overlap cluster of one file at a time (the input
-streams are consumed lazily; ``max_cluster_entries`` bounds a cluster).
+streams are consumed lazily, see ``FilePlanner``; ``max_cluster_entries`` bounds a
+cluster).
 
 Directives, applied in the order given (within a file):
 - ``Trim``: trim the range on ``members`` (trimmed bytes win over written ones; AP merges
@@ -20,7 +21,7 @@ Directives, applied in the order given (within a file):
 
 from __future__ import annotations
 
-import heapq
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -127,17 +128,88 @@ class _E:
         return self.offset + self.size
 
 
-def _stream(member: str, rank: int, entries: Iterable[EntryLike],
-            bad: list[str]) -> Iterator[tuple[int, int, int, _E]]:
-    """Entries of one member as sortable tuples; a stream that is not sorted and
-    non-overlapping stops and names the member in ``bad``."""
-    prev_end = 0
-    for e in entries:
-        if e.size <= 0 or e.offset < prev_end:
-            bad.append(member)
+class FilePlanner:
+    """Push-style planner for one file, for callers that stream checksum lists in
+    batches (bounded memory: at most one pending batch per member plus one cluster).
+
+    Loop: ``m = needs()``; if ``m`` is None the plan is complete, else ``feed(m, batch)``
+    (or ``end(m)`` when m's list is exhausted) and collect ``take()``.
+    """
+
+    def __init__(self, file: str, roles: Roles, *,
+                 max_cluster_entries: int = MAX_CLUSTER_ENTRIES) -> None:
+        self.file = file
+        self.roles = roles
+        self.max_cluster_entries = max_cluster_entries
+        self._parts = roles.participants
+        self._buf: dict[str, deque[_E]] = {m: deque() for m in self._parts}
+        self._open = set(self._parts)
+        self._prev_end = dict.fromkeys(self._parts, 0)
+        self._bad: list[str] = []
+        self._out: list[Directive | Problem] = []
+        self._cluster: list[_E] = []
+        self._cluster_end = 0
+        self._overflow = False
+        self._finished = False
+
+    def needs(self) -> str | None:
+        """The member whose next entries are needed to go on, or None once complete."""
+        for m in self._parts:
+            if m in self._open and not self._buf[m]:
+                return m
+        return None
+
+    def feed(self, member: str, entries: Iterable[EntryLike]) -> None:
+        """The next entries of ``member``'s list (sorted by offset, non-overlapping; a
+        list that breaks this is a problem and is not read further)."""
+        if member not in self._open:
+            raise ValueError(f"{member} is not an open participant")
+        buf = self._buf[member]
+        for e in entries:
+            if e.size <= 0 or e.offset < self._prev_end[member]:
+                self._bad.append(member)
+                self._open.discard(member)
+                break
+            self._prev_end[member] = e.offset + e.size
+            buf.append(_E(member, e.offset, e.size, e.csum))
+        self._advance()
+
+    def end(self, member: str) -> None:
+        """``member``'s list has no more entries."""
+        self._open.discard(member)
+        self._advance()
+
+    def take(self) -> list[Directive | Problem]:
+        out, self._out = self._out, []
+        return out
+
+    def _advance(self) -> None:
+        while self.needs() is None:
+            heads = [(b[0].offset, b[0].size, i, m)
+                     for i, (m, b) in enumerate(self._buf.items()) if b]
+            if not heads:
+                self._finish()
+                return
+            e = self._buf[min(heads)[3]].popleft()
+            if self._cluster and e.offset >= self._cluster_end:
+                self._out.extend(_close(self.file, self.roles, self._cluster, self._overflow))
+                self._cluster, self._overflow = [], False
+            self._cluster_end = max(self._cluster_end, e.end) if self._cluster else e.end
+            if len(self._cluster) < self.max_cluster_entries:
+                self._cluster.append(e)
+            else:
+                self._overflow = True
+
+    def _finish(self) -> None:
+        if self._finished:
             return
-        prev_end = e.offset + e.size
-        yield e.offset, e.size, rank, _E(member, e.offset, e.size, e.csum)
+        self._finished = True
+        if self._cluster:
+            self._out.extend(_close(self.file, self.roles, self._cluster, self._overflow))
+            self._cluster = []
+        for m in self._bad:
+            self._out.append(Problem(self.file, 0, 0, (m,),
+                                     "checksum list not sorted or overlapping"))
 
 
 def plan_file(
@@ -148,26 +220,17 @@ def plan_file(
     max_cluster_entries: int = MAX_CLUSTER_ENTRIES,
 ) -> Iterator[Directive | Problem]:
     """Directives and problems for one file.  ``entries[m]``: member m's checksum list in
-    offset order (a missing member or file = no entries)."""
-    parts = roles.participants
-    bad: list[str] = []
-    streams = [_stream(m, i, entries.get(m, ()), bad) for i, m in enumerate(parts)]
-    cluster: list[_E] = []
-    cluster_end = 0
-    overflow = False
-    for _, _, _, e in heapq.merge(*streams):
-        if cluster and e.offset >= cluster_end:
-            yield from _close(file, roles, cluster, overflow)
-            cluster, overflow = [], False
-        cluster_end = max(cluster_end, e.end) if cluster else e.end
-        if len(cluster) < max_cluster_entries:
-            cluster.append(e)
+    offset order (a missing member or file = no entries); consumed lazily."""
+    planner = FilePlanner(file, roles, max_cluster_entries=max_cluster_entries)
+    its = {m: iter(entries.get(m, ())) for m in roles.participants}
+    while (m := planner.needs()) is not None:
+        e = next(its[m], None)
+        if e is None:
+            planner.end(m)
         else:
-            overflow = True
-    if cluster:
-        yield from _close(file, roles, cluster, overflow)
-    for m in bad:
-        yield Problem(file, 0, 0, (m,), "checksum list not sorted or overlapping")
+            planner.feed(m, (e,))
+        yield from planner.take()
+    yield from planner.take()
 
 
 def _close(file: str, roles: Roles, cluster: list[_E],

@@ -5,6 +5,7 @@ conflicts are always reported (never resolved)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from random import Random
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,6 +14,7 @@ from machi.core.checksum import CsumTag, TaggedCsum, digest
 from machi.core.projection import make_projection
 from machi.core.repair_plan import (
     Copy,
+    FilePlanner,
     Problem,
     Reset,
     Roles,
@@ -211,6 +213,32 @@ def test_plan_is_deterministic_and_idempotent(
     apply(roles, reps, [x for x in out if not isinstance(x, Problem)])
     again = list(plan_file("f", roles, {m: r.entries(True) for m, r in reps.items()}))
     assert again == []
+
+
+@settings(max_examples=200)
+@given(scenarios(), st.lists(st.integers(1, 4), min_size=1, max_size=8), st.randoms())
+def test_push_planner_in_any_batches_equals_plan_file(
+    sc: tuple[Roles, dict[str, list[SlotState]], bool], sizes: list[int], rnd: Random,
+) -> None:
+    """Feeding checksum lists in batches of any size, in the order the planner asks for
+    them, gives exactly the plan of the one-entry-at-a-time ``plan_file``."""
+    roles, states, merge_trims = sc
+    inputs = {m: r.entries(merge_trims) for m, r in build(states).items()}
+    want = list(plan_file("f", roles, inputs))
+    planner = FilePlanner("f", roles)
+    pos = dict.fromkeys(inputs, 0)
+    got = []
+    while (m := planner.needs()) is not None:
+        n = rnd.choice(sizes)
+        batch = inputs[m][pos[m]:pos[m] + n]
+        pos[m] += n
+        if batch:
+            planner.feed(m, batch)
+        else:
+            planner.end(m)
+        got += planner.take()
+    got += planner.take()
+    assert got == want
 
 
 def test_ap_source_is_the_tail_when_it_has_the_chunk_else_the_first_owner() -> None:
