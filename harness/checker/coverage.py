@@ -145,3 +145,52 @@ def guard(result: CheckResult, coverage: Coverage) -> CheckResult:
     )
     witness["uncovered"] = uncovered
     return replace(result, valid=UNKNOWN, witness=witness, stats=stats)
+
+
+def measure_events(events: Iterable[Mapping[str, Any]], *, unit: str = "time") -> Coverage:
+    """``measure(pair_ops(events), faults_from_events(events))`` in one streaming pass.
+
+    Memory is O(processes + open faults): an op completing at ``hi`` can only overlap
+    faults that started before its completion event, i.e. faults already seen; it overlaps
+    one iff a fault is still open, or some closed fault ended at or after its invocation.
+    For histories too large to pair in memory (the write-once runs).
+    """
+    pending: dict[Any, tuple[str, int]] = {}
+    open_: dict[str, list[int]] = {}
+    n_open = 0
+    n_faults = 0
+    max_closed_end = -_INF
+    cov = Coverage(faults=0)
+    for ev in events:
+        proc = ev.get("process")
+        typ = ev.get("type")
+        f = str(ev.get("f", ""))
+        t = ev.get(unit)
+        if not isinstance(t, int):
+            raise ValueError(f"event without an integer {unit!r}: {dict(ev)!r}")
+        if proc == NEMESIS:
+            if f.startswith("start") and typ in ("info", "ok"):
+                open_.setdefault(f[len("start") :].lstrip("-_"), []).append(t)
+                n_open += 1
+                n_faults += 1
+            elif f.startswith("stop") and typ == "invoke":
+                kind = f[len("stop") :].lstrip("-_")
+                starts = open_.get(kind) if kind else None
+                if not starts:
+                    starts = min((s for s in open_.values() if s), key=lambda s: s[0], default=None)
+                if starts:
+                    starts.pop(0)
+                    n_open -= 1
+                    max_closed_end = max(max_closed_end, t)
+            continue
+        if typ == "invoke":
+            pending[proc] = (f, t)
+            continue
+        inv = pending.pop(proc, None)
+        if typ != "ok" or inv is None:
+            continue
+        cov.ok[f] = cov.ok.get(f, 0) + 1
+        if n_open > 0 or max_closed_end >= inv[1]:
+            cov.ok_during_fault[f] = cov.ok_during_fault.get(f, 0) + 1
+    cov.faults = n_faults
+    return cov

@@ -111,3 +111,39 @@ def test_measure_matches_pairwise_overlap(
         )
     )
     assert measure(ops, fs).ok_during_fault.get("x", 0) == want
+
+
+@st.composite
+def histories_with_nemesis(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """Random interleavings of client ops and nemesis start/stop events."""
+    events: list[dict[str, Any]] = []
+    busy: set[int] = set()
+    for t in range(draw(st.integers(1, 40))):
+        kind = draw(st.sampled_from(["op", "op", "op", "start", "stop"]))
+        if kind == "op":
+            proc = draw(st.integers(0, 3))
+            if proc in busy:
+                typ = draw(st.sampled_from(["ok", "ok", "fail", "info"]))
+                events.append({"process": proc, "type": typ, "f": f"f{proc % 2}", "time": t})
+                busy.discard(proc)
+            else:
+                events.append({"process": proc, "type": "invoke", "f": f"f{proc % 2}", "time": t})
+                busy.add(proc)
+        else:
+            name = draw(st.sampled_from(["", "-partition", "-kill"]))
+            typ = "info" if kind == "start" else "invoke"
+            events.append({"process": "nemesis", "type": typ, "f": kind + name, "time": t})
+    return events
+
+
+@given(histories_with_nemesis())
+def test_streaming_measure_equals_paired_measure(events: list[dict[str, Any]]) -> None:
+    """measure_events (one pass) == measure(pair_ops(...), faults_from_events(...))."""
+    from harness.checker.coverage import measure_events
+    from harness.history import events_from_dicts, pair_ops
+
+    for i, e in enumerate(events):
+        e["index"] = i
+    want = measure(pair_ops(events_from_dicts(events)), faults_from_events(events))
+    got = measure_events(events)
+    assert got.to_json() == want.to_json()
