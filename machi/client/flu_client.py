@@ -27,6 +27,7 @@ import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from machi.core import wire
+from machi.core.chain_manager import MemberView
 from machi.core.checksum import TaggedCsum, client_csum, verify
 from machi.core.epoch import DUMMY_EPOCH_ID, EpochId
 from machi.core.errors import (
@@ -40,6 +41,7 @@ from machi.core.errors import (
     RemoteProtocolError,
     error_for_status,
 )
+from machi.core.fitness import Report
 from machi.core.projection import Projection, projection_from_json
 from machi.core.status import Status
 from machi.core.wire import Op
@@ -566,6 +568,34 @@ class FluClient:
         if not isinstance(ps, list):
             raise RemoteProtocolError("proj_get_all: malformed reply")
         return [_projection(p) for p in ps]
+
+    # ---- chain manager -------------------------------------------------------------------
+    async def chain_view(
+        self, *, want_confirmed: bool = False, timeout_ms: int | None = None
+    ) -> MemberView:
+        """One chain-manager read of this member: latest public and private projections,
+        newest confirmed private one (with ``want_confirmed``), fitness reports."""
+        f = await self._call(Op.CHAIN_VIEW, {"want_confirmed": want_confirmed},
+                             timeout_ms=timeout_ms)
+        m = f.meta
+
+        def opt(key: str) -> Projection | None:
+            v = m.get(key)
+            return None if v is None else _projection(v)
+
+        raw = m.get("fitness", [])
+        try:
+            reports = [Report.from_json(r) for r in raw]
+        except (TypeError, KeyError, ValueError):
+            raise RemoteProtocolError("chain_view: malformed fitness reports") from None
+        return MemberView(opt("public"), opt("private"), opt("private_confirmed"),
+                          {r.observer: r for r in reports})
+
+    async def chain_admin(self, op: Op, meta: dict[str, Any]) -> dict[str, Any]:
+        """CHAIN_BOOTSTRAP / CHAIN_SET_MEMBERS / CHAIN_STATUS: the node's chain status."""
+        if op not in (Op.CHAIN_BOOTSTRAP, Op.CHAIN_SET_MEMBERS, Op.CHAIN_STATUS):
+            raise ValueError(f"not a chain admin op: {op!r}")
+        return dict((await self._call(op, meta)).meta)
 
 
 # ---- helpers ----------------------------------------------------------------------------

@@ -88,6 +88,10 @@ class Op(enum.IntEnum):
     PROJ_GET_ALL = 15
     KICK = 16
     REPAIR_RESET = 17
+    CHAIN_VIEW = 18
+    CHAIN_BOOTSTRAP = 19
+    CHAIN_SET_MEMBERS = 20
+    CHAIN_STATUS = 21
 
 
 #: Data ops: epoch-checked (unless in SKIP_WEDGE_OPS) and refused by witnesses.
@@ -134,6 +138,13 @@ REQUEST_FIELDS: Final[Mapping[Op, Mapping[str, tuple[type, str]]]] = {
     Op.PROJ_GET_ALL: {"kind": (str, _REQ)},
     Op.KICK: {},
     Op.REPAIR_RESET: {"file": (str, _REQ), "offset": (int, _REQ), "size": (int, _REQ)},
+    Op.CHAIN_VIEW: {"want_confirmed": (bool, _OPT)},
+    Op.CHAIN_BOOTSTRAP: {
+        "chain": (str, _REQ), "mode": (str, _REQ), "members": (dict, _REQ),
+        "witnesses": (list, _OPT), "propose": (bool, _OPT),
+    },
+    Op.CHAIN_SET_MEMBERS: {"members": (dict, _REQ), "witnesses": (list, _OPT)},
+    Op.CHAIN_STATUS: {},
 }
 PROJECTION_KINDS: Final = ("public", "private")
 

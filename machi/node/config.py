@@ -42,6 +42,20 @@ class NodeConfig:
     max_file_size: int | None = None
     log_level: str = "info"
     uvloop: bool = True
+    # chain manager (docs/chain-manager.md, "Running in the daemon")
+    chain_manager: bool = True
+    chain_auto_join: bool = False
+    chain_tick_base_ms: int = 400
+    chain_tick_spread_ms: int = 1100
+    chain_tick_jitter_ms: int = 100
+    chain_reread_ms: int = 50
+    chain_kick_wait_ms: int = 250
+    chain_read_timeout_ms: int = 1_000
+    chain_round_timeout_ms: int = 5_000
+    chain_stability_time_ms: int = 3_000
+    chain_loop_hold_ms: int = 5_000
+    chain_fitness_stale_ms: int = 60_000
+    projection_log_max_bytes: int = 16 * 1024 * 1024
 
     def secret(self) -> bytes | None:
         if self.secret_file is None:
@@ -71,6 +85,17 @@ _INT_KEYS = {
     "group_commit_max_delay_ms": (0, 60_000),
     "group_commit_max_chunks": (1, 1_000_000),
     "max_file_size": (4096, 2**63 - 1),
+    "chain_tick_base_ms": (1, 600_000),
+    "chain_tick_spread_ms": (0, 600_000),
+    "chain_tick_jitter_ms": (0, 600_000),
+    "chain_reread_ms": (1, 600_000),
+    "chain_kick_wait_ms": (1, 600_000),
+    "chain_read_timeout_ms": (1, 600_000),
+    "chain_round_timeout_ms": (2, 600_000),
+    "chain_stability_time_ms": (0, 3_600_000),
+    "chain_loop_hold_ms": (0, 3_600_000),
+    "chain_fitness_stale_ms": (1, 86_400_000),
+    "projection_log_max_bytes": (4096, 2**40),
 }
 KNOWN_KEYS = frozenset(f.name for f in fields(NodeConfig))
 
@@ -94,7 +119,7 @@ def _coerce(key: str, value: Any) -> Any:
         if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
             raise ConfigError(f"{key}: want an integer in [{lo}, {hi}], got {value!r}")
         return value
-    if key in ("witness", "uvloop"):
+    if key in ("witness", "uvloop", "chain_manager", "chain_auto_join"):
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: want true or false, got {value!r}")
         return value
@@ -148,3 +173,5 @@ def validate(cfg: NodeConfig) -> None:
         raise ConfigError("tls_cert and tls_key go together")
     cfg.listen_address()
     cfg.metrics_address()
+    if cfg.chain_read_timeout_ms >= cfg.chain_round_timeout_ms:
+        raise ConfigError("chain_read_timeout_ms must be below chain_round_timeout_ms")

@@ -7,6 +7,7 @@ Owns the process-level lifecycle of a node.  Must not hold protocol or storage l
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import signal
 import ssl
@@ -119,5 +120,10 @@ def uvloop_available() -> bool:
 
 def main(cfg: NodeConfig) -> None:
     use_uvloop = cfg.uvloop and uvloop_available()
-    anyio.run(run_node, cfg, backend="asyncio",
+    attach = None
+    if cfg.chain_manager:
+        from .chain_driver import attacher
+
+        attach = attacher(cfg)
+    anyio.run(functools.partial(run_node, cfg, attach=attach), backend="asyncio",
               backend_options={"use_uvloop": use_uvloop})

@@ -34,9 +34,15 @@ from machi.core.errors import (
     UnknownOp,
     error_for_status,
 )
-from machi.core.projection import projection_from_json
+from machi.core.projection import Projection, projection_from_json
 from machi.core.status import Status
-from machi.core.wedge import WedgeState, after_projection_write, check_epoch, initial_state
+from machi.core.wedge import (
+    Kind,
+    WedgeState,
+    after_projection_write,
+    check_epoch,
+    initial_state,
+)
 from machi.core.wire import Op
 
 from .log import JsonLog
@@ -103,6 +109,16 @@ class FluNode:
         #: called (synchronously) when someone asks the chain manager to run now: the KICK
         #: op, and a request that wedged the node with a newer epoch.
         self.on_kick: Callable[[], None] | None = None
+        #: called (synchronously) after a public projection was written over the wire: the
+        #: chain driver starts its manager when the projection names this node.
+        self.on_public_write: Callable[[Projection], None] | None = None
+        #: the chain driver's admin entry (CHAIN_BOOTSTRAP / CHAIN_SET_MEMBERS /
+        #: CHAIN_STATUS): ``await chain_admin(op, meta) -> reply meta``.
+        self.chain_admin: Callable[[Op, dict[str, Any]], Awaitable[dict[str, Any]]] | None = None
+        #: the fitness reports the chain manager last published (served by CHAIN_VIEW)
+        self.fitness: list[dict[str, Any]] = []
+        #: newest private projection annotated ``confirmed`` (CP zerf basis)
+        self.confirmed_private: Projection | None = None
         self._peers: set[_Peer] = set()
         self._stopping = False
         self._accept_scope = anyio.CancelScope()
@@ -119,6 +135,8 @@ class FluNode:
             Op.PROJ_LATEST_EPOCH_ID: self._proj_latest_epoch_id,
             Op.PROJ_LIST: self._proj_list, Op.PROJ_GET_ALL: self._proj_get_all,
             Op.KICK: self._kick, Op.REPAIR_RESET: self._repair_reset,
+            Op.CHAIN_VIEW: self._chain_view, Op.CHAIN_BOOTSTRAP: self._chain_admin,
+            Op.CHAIN_SET_MEMBERS: self._chain_admin, Op.CHAIN_STATUS: self._chain_admin,
         }
 
     # ---- state ---------------------------------------------------------------------------
@@ -130,6 +148,10 @@ class FluNode:
             latest_private = None
         public = await self.store.projection_latest_epoch_id("public")
         self.state = initial_state(latest_private, public.number)
+        for p in reversed(await self.store.projection_get_all("private")):
+            if p.dbg2.get("confirmed"):
+                self.confirmed_private = p
+                break
         self.log.info("wedge state loaded", **self._state_fields())
 
     def _state_fields(self) -> dict[str, Any]:
@@ -478,10 +500,46 @@ class FluNode:
             p = projection_from_json(f.meta["projection"])
         except ValueError as e:
             raise BadArg(f"bad projection: {e}") from None
+        await self.write_projection(kind, p)
+        if kind == "public" and self.on_public_write is not None:
+            try:
+                self.on_public_write(p)
+            except Exception as e:  # the hook belongs to someone else
+                self.log.error("on_public_write hook failed", error=repr(e))
+        return Reply()
+
+    async def write_projection(self, kind: Kind, p: Projection) -> None:
+        """Store ``p`` and apply the wedge rule (the wire op and the chain driver)."""
         await self.store.projection_write(kind, p)
         self._set_state(after_projection_write(self.state, kind, p),
                         f"{kind} projection {p.epoch_id.short()} written")
-        return Reply()
+        if kind == "private" and p.dbg2.get("confirmed") and (
+            self.confirmed_private is None
+            or p.epoch_number >= self.confirmed_private.epoch_number
+        ):
+            self.confirmed_private = p
+
+    def set_wedge_state(self, new: WedgeState, why: str) -> None:
+        """For the chain driver: a state computed with ``machi.core.wedge``."""
+        self._set_state(new, why)
+
+    async def _chain_view(self, f: wire.Frame, peer: _Peer) -> Reply:
+        out: dict[str, Any] = {"fitness": list(self.fitness)}
+        for kind in ("public", "private"):
+            try:
+                out[kind] = (await self.store.projection_read_latest(kind)).to_json()
+            except NotWritten:
+                out[kind] = None
+        conf = self.confirmed_private if f.meta.get("want_confirmed") else None
+        out["private_confirmed"] = None if conf is None else conf.to_json()
+        return Reply(out)
+
+    async def _chain_admin(self, f: wire.Frame, peer: _Peer) -> Reply:
+        if self.chain_admin is None:
+            raise BadArg("no chain manager runs on this node")
+        op = f.known_op()
+        assert op is not None
+        return Reply(await self.chain_admin(op, f.meta))
 
     async def _proj_read(self, f: wire.Frame, peer: _Peer) -> Reply:
         p = await self.store.projection_read(f.meta["kind"], f.meta["epoch_number"])
