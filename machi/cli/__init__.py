@@ -18,7 +18,7 @@ def main() -> None:
 
 
 def _register() -> None:
-    from machi.cli import bench, chain_io, demo, flu, node, projection, sim
+    from machi.cli import bench, chain, chain_io, demo, flu, node, projection, sim
 
     main.add_command(node.node)
     main.add_command(flu.flu)
@@ -28,6 +28,7 @@ def _register() -> None:
     main.add_command(demo.demo)
     main.add_command(chain_io.append)
     main.add_command(chain_io.read)
+    main.add_command(chain.chain)
 
 
 _register()

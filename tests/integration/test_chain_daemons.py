@@ -1,0 +1,283 @@
+"""Goal: three real daemons on loopback, bootstrapped with `machi chain bootstrap`, manage
+their chain themselves (AP, and CP with two full members + one witness): the chain
+converges, keeps taking concurrent appends through ChainClient while a node is SIGKILLed
+and restarted and while one is paused with SIGSTOP/SIGCONT, converges again afterwards
+(the returning node repaired back into the UPI), and every acknowledged chunk reads back
+identically from every UPI member."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import pytest
+
+from machi.client.chain_client import ChainClient
+from machi.client.flu_client import ChunkPos, FluClient
+from machi.core.epoch import EpochId
+from machi.core.errors import MachiError
+from machi.core.wire import Op
+from machi.node.process import NodeProcess
+
+pytestmark = pytest.mark.timeout(150)
+NAMES = ("a", "b", "c")
+CONVERGE_TIMEOUT_S = 30.0
+#: short manager timers (node config keys) so the file runs in well under 2 minutes
+CHAIN_TOML = """
+chain_tick_base_ms = 100
+chain_tick_spread_ms = 200
+chain_tick_jitter_ms = 20
+chain_reread_ms = 20
+chain_kick_wait_ms = 60
+chain_read_timeout_ms = 300
+chain_round_timeout_ms = 1000
+chain_stability_time_ms = 400
+chain_loop_hold_ms = 1500
+"""
+
+
+class Cluster:
+    """Three ``machi node run`` processes with their chain managers enabled by the CLI."""
+
+    def __init__(self, base: Path, witnesses: tuple[str, ...] = ()) -> None:
+        base.mkdir(parents=True, exist_ok=True)
+        cfg = base / "node.toml"
+        cfg.write_text(CHAIN_TOML)
+        self.witnesses = witnesses
+        self.nodes = {
+            n: NodeProcess(n, base / n, sync="none",
+                           extra_args=["--config", str(cfg),
+                                       *(["--witness"] if n in witnesses else [])])
+            for n in NAMES
+        }
+        self.paused: set[str] = set()
+
+    def start(self) -> Cluster:
+        for n in self.nodes.values():
+            n.start(wait=False)
+        for n in self.nodes.values():
+            n.wait_ready()
+        return self
+
+    def kill_all(self) -> None:
+        for name in list(self.paused):
+            self.resume(name)
+        for n in self.nodes.values():
+            n.kill()
+
+    def pause(self, name: str) -> None:
+        proc = self.nodes[name].proc
+        assert proc is not None
+        os.kill(proc.pid, signal.SIGSTOP)
+        self.paused.add(name)
+
+    def resume(self, name: str) -> None:
+        proc = self.nodes[name].proc
+        if proc is not None and proc.poll() is None:
+            os.kill(proc.pid, signal.SIGCONT)
+        self.paused.discard(name)
+
+    @property
+    def members(self) -> str:
+        return ",".join(f"{n}={x.address}" for n, x in self.nodes.items())
+
+    @property
+    def seeds(self) -> dict[str, tuple[str, int]]:
+        return {n: (x.host, x.port) for n, x in self.nodes.items()}
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "machi.cli", "chain", *args],
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {n}\n{x.log_tail(15)}" for n, x in self.nodes.items())
+
+    async def status(self, name: str) -> dict[str, Any] | None:
+        x = self.nodes[name]
+        try:
+            async with FluClient(x.host, x.port, timeout_ms=500, connect_timeout_ms=500) as c:
+                return await c.chain_admin(Op.CHAIN_STATUS, {})
+        except MachiError:
+            return None
+
+    async def converged(self, want_upi: set[str], up: tuple[str, ...]) -> dict[str, Any] | None:
+        """The shared status when every node in ``up`` sits at one confirmed epoch with
+        UPI (witnesses aside) == ``want_upi`` and nothing repairing; else None."""
+        sts = [await self.status(n) for n in up]
+        if any(s is None for s in sts):
+            return None
+        first = sts[0]
+        assert first is not None
+        for s in sts:
+            assert s is not None
+            if not s.get("confirmed") or s.get("repairing") or (
+                s.get("epoch"), s.get("epoch_csum")) != (first.get("epoch"),
+                                                         first.get("epoch_csum")):
+                return None
+            if {m for m in s.get("upi", []) if m not in self.witnesses} != want_upi:
+                return None
+        return first
+
+    async def wait_converged(self, want_upi: set[str], up: tuple[str, ...]) -> tuple[
+            dict[str, Any], float]:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < CONVERGE_TIMEOUT_S:
+            st = await self.converged(want_upi, up)
+            if st is not None:
+                return st, time.monotonic() - t0
+            await anyio.sleep(0.1)
+        sts = {n: await self.status(n) for n in up}
+        raise AssertionError(f"no convergence on UPI {sorted(want_upi)} within "
+                             f"{CONVERGE_TIMEOUT_S}s: {sts}\n{self.logs()}")
+
+
+@pytest.fixture
+def cluster_factory(tmp_path: Path) -> Iterator[Any]:
+    made: list[Cluster] = []
+
+    def make(witnesses: tuple[str, ...] = ()) -> Cluster:
+        c = Cluster(tmp_path / f"c{len(made)}", witnesses)
+        made.append(c)
+        return c.start()
+
+    try:
+        yield make
+    finally:
+        for c in made:
+            c.kill_all()
+
+
+class Writers:
+    """Concurrent appenders through one ChainClient; keeps every acknowledged chunk."""
+
+    def __init__(self, cluster: Cluster, n: int = 3) -> None:
+        self.cluster = cluster
+        self.n = n
+        self.acked: list[tuple[ChunkPos, bytes]] = []
+        self.failed = 0
+        self.stop = anyio.Event()
+
+    async def run(self) -> None:
+        async with ChainClient(self.cluster.seeds, op_timeout_ms=8_000,
+                               request_timeout_ms=600, discovery_timeout_ms=600,
+                               seed=1) as cc, anyio.create_task_group() as tg:
+            for w in range(self.n):
+                tg.start_soon(self._writer, cc, w)
+
+    async def _writer(self, cc: ChainClient, w: int) -> None:
+        i = 0
+        while not self.stop.is_set():
+            i += 1
+            data = f"w{w}-{i}|".encode() + bytes([w, i % 256]) * (50 + i % 700)
+            try:
+                pos = await cc.append("t", data)
+            except MachiError:
+                self.failed += 1
+                await anyio.sleep(0.05)
+                continue
+            self.acked.append((pos, data))
+            await anyio.sleep(0.005)
+
+
+async def check_everywhere(
+    cluster: Cluster, st: dict[str, Any], acked: list[tuple[ChunkPos, bytes]]
+) -> None:
+    """Every acknowledged chunk reads back identically from every UPI member."""
+    eid = EpochId(st["epoch"], bytes.fromhex(st["epoch_csum"]))
+    for name in st["upi"]:
+        if name in cluster.witnesses:
+            continue
+        x = cluster.nodes[name]
+        async with FluClient(x.host, x.port, timeout_ms=5_000) as c:
+            for pos, data in acked:
+                r = await c.read(pos.file, pos.offset, pos.size, epoch_id=eid)
+                assert not r.partial and r.data() == data, (name, pos)
+
+
+def bootstrap(cluster: Cluster, mode: str) -> None:
+    args = ["bootstrap", "--chain", "c1", "--mode", mode, "--members", cluster.members]
+    if cluster.witnesses:
+        args += ["--witnesses", ",".join(cluster.witnesses)]
+    r = cluster.cli(*args)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [d["node"] for d in lines] == list(NAMES)
+    assert sum(bool(d.get("proposed")) for d in lines) == 1
+
+
+def scenario(cluster: Cluster, mode: str, victim: str, paused: str) -> dict[str, float]:
+    """Bootstrap, converge, kill + restart ``victim`` and pause ``paused`` under load."""
+    full = {n for n in NAMES if n not in cluster.witnesses}
+    times: dict[str, float] = {}
+    bootstrap(cluster, mode)
+
+    async def go() -> None:
+        st, times["bootstrap_s"] = await cluster.wait_converged(full, NAMES)
+        w = Writers(cluster)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(w.run)
+            await anyio.sleep(0.5)
+            cluster.nodes[victim].kill()
+            rest = tuple(n for n in NAMES if n != victim)
+            st, times["after_kill_s"] = await cluster.wait_converged(full - {victim}, rest)
+            n_before = len(w.acked)
+            await anyio.sleep(0.5)
+            await anyio.to_thread.run_sync(cluster.nodes[victim].start)
+            st, times["after_restart_s"] = await cluster.wait_converged(full, NAMES)
+            cluster.pause(paused)
+            await anyio.sleep(1.5)
+            cluster.resume(paused)
+            st, times["after_pause_s"] = await cluster.wait_converged(full, NAMES)
+            await anyio.sleep(0.3)
+            w.stop.set()
+        assert len(w.acked) > n_before > 0, (n_before, len(w.acked), w.failed)
+        st, _ = await cluster.wait_converged(full, NAMES)
+        await check_everywhere(cluster, st, w.acked)
+        times["acked"] = len(w.acked)
+        times["failed"] = w.failed
+
+    anyio.run(go)
+    status = cluster.cli("status", "--members", cluster.members)
+    assert status.returncode == 0, status.stdout + status.stderr
+    sts = [json.loads(line) for line in status.stdout.splitlines()]
+    assert len({(s["epoch"], s["epoch_csum"]) for s in sts}) == 1
+    for n in NAMES:
+        log = (cluster.nodes[n].data_dir / "projection-log.jsonl").read_text().splitlines()
+        recs = [json.loads(line) for line in log]
+        assert recs and all(r["node"] == n for r in recs)
+        epochs = [r["epoch"] for r in recs if not r["confirmed"]]
+        assert epochs == sorted(set(epochs)), epochs  # strictly increasing adoptions
+    print(mode, {k: round(v, 2) for k, v in times.items()})
+    return times
+
+
+def test_ap_chain_kill_restart_pause(cluster_factory: Any) -> None:
+    """AP: converge, survive a SIGKILLed middle node and a paused tail, repair back."""
+    scenario(cluster_factory(), "ap", victim="b", paused="c")
+
+
+def test_cp_chain_with_witness_kill_restart_pause(cluster_factory: Any) -> None:
+    """CP (a, b full; c witness): converge, survive a SIGKILLed and a paused full member."""
+    scenario(cluster_factory(witnesses=("c",)), "cp", victim="b", paused="a")
+
+
+def test_admin_refusals(cluster_factory: Any) -> None:
+    """Bad admin requests are refused with a reason and change nothing."""
+    cluster = cluster_factory()
+    r = cluster.cli("set-members", "--members", cluster.members)
+    assert r.returncode == 1 and "no listed member" in r.stderr
+    r = cluster.cli("bootstrap", "--chain", "c1", "--mode", "ap", "--members", cluster.members,
+                    "--witnesses", "a,b,c")
+    assert r.returncode == 1 and "witness" in r.stdout
+    bootstrap(cluster, "ap")
+    r = cluster.cli("bootstrap", "--chain", "c2", "--mode", "ap", "--members", cluster.members)
+    assert r.returncode == 1 and "runs chain 'c1'" in r.stdout
