@@ -281,3 +281,34 @@ def test_admin_refusals(cluster_factory: Any) -> None:
     bootstrap(cluster, "ap")
     r = cluster.cli("bootstrap", "--chain", "c2", "--mode", "ap", "--members", cluster.members)
     assert r.returncode == 1 and "runs chain 'c1'" in r.stdout
+
+
+def test_ap_set_members_remove_and_readd(cluster_factory: Any) -> None:
+    """`machi chain set-members` removes a member and adds it back (repaired) under load."""
+    cluster = cluster_factory()
+    bootstrap(cluster, "ap")
+    ab = ",".join(f"{n}={cluster.nodes[n].address}" for n in ("a", "b"))
+
+    async def go() -> None:
+        await cluster.wait_converged(set(NAMES), NAMES)
+        w = Writers(cluster, n=2)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(w.run)
+            await anyio.sleep(0.3)
+            r = await anyio.to_thread.run_sync(cluster.cli, "set-members", "--members", ab)
+            assert r.returncode == 0, r.stdout + r.stderr
+            st, _ = await cluster.wait_converged({"a", "b"}, ("a", "b"))
+            assert st["all_members"] == ["a", "b"]
+            await anyio.sleep(0.3)
+            r = await anyio.to_thread.run_sync(cluster.cli, "set-members", "--members",
+                                               cluster.members)
+            assert r.returncode == 0, r.stdout + r.stderr
+            st, _ = await cluster.wait_converged(set(NAMES), NAMES)
+            assert st["all_members"] == list(NAMES) and st["epoch"] > 2000
+            await anyio.sleep(0.3)
+            w.stop.set()
+        st, _ = await cluster.wait_converged(set(NAMES), NAMES)
+        assert w.acked
+        await check_everywhere(cluster, st, w.acked)
+
+    anyio.run(go)
