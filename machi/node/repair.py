@@ -7,14 +7,15 @@ as JSON log lines and a ``RepairStats`` object the daemon's metrics can export. 
 decide *when* to repair or promote anyone (the chain manager does, from ``RepairDone``),
 overwrite written bytes, or run any directive of a file whose plan has a problem.
 
-Memory: one file's checksum lists at a time (entries, not data) and at most
-``max_in_flight`` chunks of data.
+Memory: per member one checksum-list batch (plus the client's bounded stream buffer),
+one overlap cluster, and at most ``max_in_flight`` chunks of data.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
+from contextlib import AsyncExitStack, aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,18 +23,18 @@ import anyio
 import anyio.abc
 
 from machi.client.flu_client import FluClient
-from machi.core.checksum import TaggedCsum, digest
-from machi.core.errors import BadChecksum, MachiError, NoSuchFile, Written
+from machi.core.checksum import CsumTag, TaggedCsum, digest
+from machi.core.errors import BadChecksum, MachiError, NoSuchFile, NotWritten, Trimmed, Written
 from machi.core.projection import Projection
 from machi.core.repair_plan import (
     Copy,
     Directive,
     EntryLike,
+    FilePlanner,
     Problem,
     Reset,
     Roles,
     Trim,
-    plan_file,
     repair_roles,
 )
 
@@ -105,10 +106,14 @@ class _Member:
     """One participant, reached through its FluClient, or through the local store when
     the caller gave no client for the local node."""
 
-    def __init__(self, name: str, client: FluClient | None, store: Any) -> None:
+    def __init__(self, name: str, client: FluClient | None, store: Any,
+                 lister: FluClient | None = None) -> None:
         self.name = name
         self.client = client
         self.store = store
+        #: checksum lists stream over their own connection: a paused stream fills the
+        #: client's buffer and would stall the data requests sharing its connection
+        self.lister = lister
 
     async def epoch_id(self) -> Any:
         if self.client is not None:
@@ -120,19 +125,41 @@ class _Member:
             return await self.client.list_files()
         return list(await self.store.list_files())
 
-    async def checksum_list(self, file: str) -> list[EntryLike]:
-        out: list[EntryLike] = []
-        batches: AsyncIterator[list[Any]]
+    async def checksum_batches(self, file: str, batch_size: int
+                               ) -> AsyncGenerator[list[EntryLike], None]:
+        """The file's checksum list in non-empty batches (a missing file has none)."""
+        batches: Any
         if self.client is not None:
-            batches = self.client.checksum_list_batches(file)
+            batches = (self.lister or self.client).checksum_list_batches(
+                file, batch_size=batch_size)
         else:
-            batches = self.store.checksum_list(file)
+            batches = self.store.checksum_list(file, batch_size=batch_size)
         try:
             async for batch in batches:
-                out.extend(batch)
+                if batch:
+                    yield batch
         except NoSuchFile:
-            return []
-        return out
+            return
+        finally:
+            aclose = getattr(batches, "aclose", None)
+            if aclose is not None:
+                with anyio.CancelScope(shield=True):
+                    await aclose()
+
+    async def contents(self, file: str, offset: int, size: int, epoch: Any
+                       ) -> tuple[list[Any], list[Any]]:
+        """(written chunks, trimmed ranges) inside the range here now."""
+        try:
+            if self.client is not None:
+                r: Any = await self.client.read(file, offset, size, epoch_id=epoch,
+                                                needs_trimmed=True)
+            else:
+                r = await self.store.read(file, offset, size, needs_trimmed=True)
+        except (NotWritten, NoSuchFile):
+            return [], []
+        except Trimmed:
+            return [], [(offset, size)]
+        return list(r.chunks), list(r.trimmed)
 
     async def read(self, file: str, offset: int, size: int, epoch: Any) -> tuple[bytes, Any]:
         if self.client is not None:
@@ -166,7 +193,7 @@ class _Member:
 class _Run:
     def __init__(self, p: Projection, roles: Roles, members: dict[str, _Member],
                  log: JsonLog, stats: RepairStats, max_in_flight: int,
-                 max_bad_chunks: int) -> None:
+                 max_bad_chunks: int, batch_size: int) -> None:
         self.p = p
         self.roles = roles
         self.members = members
@@ -174,6 +201,7 @@ class _Run:
         self.stats = stats
         self.max_in_flight = max_in_flight
         self.max_bad_chunks = max_bad_chunks
+        self.batch_size = batch_size
         self.problems: list[str] = []
 
     def problem(self, text: str) -> None:
@@ -198,22 +226,35 @@ class _Run:
             names.update(n for n, _ in await m.list_files())
         return sorted(names)
 
+    async def _plan(self, file: str) -> AsyncGenerator[Directive | Problem, None]:
+        """The file's plan, streamed: checksum-list batches are fetched on demand."""
+        planner = FilePlanner(file, self.roles)
+        iters = {n: m.checksum_batches(file, self.batch_size) for n, m in self.members.items()}
+        try:
+            while (name := planner.needs()) is not None:
+                try:
+                    planner.feed(name, await anext(iters[name]))
+                except StopAsyncIteration:
+                    planner.end(name)
+                for x in planner.take():
+                    yield x
+            for x in planner.take():
+                yield x
+        finally:
+            with anyio.CancelScope(shield=True):
+                for it in iters.values():
+                    await it.aclose()
+
     async def repair_file(self, file: str) -> None:
-        # The source's list is fetched last: new writes go down UPI ++ repairing, so a
-        # chunk a repairing member holds was visible at the tail before it got there.
-        # Fetching the tail first could miss a just-acknowledged chunk that a repairing
-        # member then shows, and CP would reset it (losing an acknowledged write there).
-        order = [*(n for n in self.members if n != self.roles.source), self.roles.source]
-        entries = {name: await self.members[name].checksum_list(file) for name in order}
-        plan: list[Directive] = []
+        """Pass 1 only checks the plan for problems (nothing kept); pass 2 plans again and
+        executes while streaming.  A file with a problem gets no directive at all, and
+        memory stays bounded by one batch per member and one overlap cluster."""
         bad = False
-        for x in plan_file(file, self.roles, entries):
-            if isinstance(x, Problem):
-                bad = True
-                self.problem(str(x))
-            else:
-                plan.append(x)
-        del entries
+        async with aclosing(self._plan(file)) as plan:
+            async for x in plan:
+                if isinstance(x, Problem):
+                    bad = True
+                    self.problem(str(x))
         if bad:
             self.stats.files_skipped += 1
             return
@@ -222,10 +263,17 @@ class _Run:
             for _ in range(self.max_in_flight):
                 tg.start_soon(self._worker, recv.clone())
             recv.close()
-            async with send:
-                for d in plan:
-                    await send.send(d)
-        self.stats.files_done += 1
+            async with send, aclosing(self._plan(file)) as plan:
+                async for x in plan:
+                    if isinstance(x, Problem):  # the lists changed since pass 1
+                        self.problem(str(x))
+                        bad = True
+                        break
+                    await send.send(x)
+        if bad:
+            self.stats.files_skipped += 1
+        else:
+            self.stats.files_done += 1
 
     async def _worker(self, recv: anyio.abc.ObjectReceiveStream[Directive]) -> None:
         async with recv:
@@ -240,9 +288,7 @@ class _Run:
                     await self.members[name].trim(d.file, d.offset, d.size, epoch)
                     self.stats.ranges_trimmed += 1
             elif isinstance(d, Reset):
-                for name in d.members:
-                    self.stats.chunks_reset += await self.members[name].repair_reset(
-                        d.file, d.offset, d.size, epoch)
+                await self._reset(d)
             else:
                 await self._copy(d)
         except _Abort:
@@ -251,6 +297,40 @@ class _Run:
             self.stats.errors += 1
             raise _Abort(f"{type(d).__name__.lower()} {d.file} @{d.offset}+{d.size}: "
                          f"{type(e).__name__}: {e}") from None
+
+    async def _reset(self, d: Reset) -> None:
+        """CP reset with a re-check at the source before and after.
+
+        A checksum list is a snapshot: the tail's may predate a write that then reached a
+        repairing member (writes go down UPI ++ repairing, tail first).  Before: the tail
+        must still have nothing there.  After: whatever the tail got in between (it may
+        have been acknowledged) is copied to the reset members, so nothing acknowledged is
+        lost; later writes find the place free.
+        """
+        src, epoch = self.members[self.roles.source], self.p.epoch_id
+        where = f"{d.file} @{d.offset}+{d.size} on {','.join(d.members)}"
+        chunks, trimmed = await src.contents(d.file, d.offset, d.size, epoch)
+        if chunks or trimmed:
+            self.problem(f"written at the source during repair, not reset: {where}")
+            return
+        for name in d.members:
+            self.stats.chunks_reset += await self.members[name].repair_reset(
+                d.file, d.offset, d.size, epoch)
+        chunks, trimmed = await src.contents(d.file, d.offset, d.size, epoch)
+        if trimmed:
+            self.problem(f"trimmed at the source during the reset: {where}")
+        for c in chunks:
+            if c.csum.tag is CsumTag.SERVER_REGEN:  # maybe a clipped piece: no guessing
+                self.problem(f"written at the source during the reset: {where}")
+                continue
+            data = bytes(c.data)
+            for name in d.members:
+                try:
+                    await self.members[name].write(d.file, c.offset, data, c.csum, epoch)
+                except Written:
+                    self.problem(f"written with other bytes after the reset: {where}")
+                    continue
+                self.stats.copied_to(name, len(data))
 
     async def _copy(self, d: Copy) -> None:
         try:
@@ -275,6 +355,16 @@ class _Run:
             self.stats.copied_to(name, len(data))
 
 
+def _sibling(c: FluClient) -> FluClient:
+    """Another client to the same FLU (own connection), for checksum-list streams."""
+    return FluClient(
+        c.host, c.port, secret=c.secret, ssl_context=c.ssl_context,
+        tls_hostname=c.tls_hostname, timeout_ms=c.timeout_ms,
+        connect_timeout_ms=c.connect_timeout_ms, max_frame_size=c.max_frame_size,
+        name=f"{c.name}-repair-lists",
+    )
+
+
 def _leaves(eg: BaseExceptionGroup[Any]) -> list[BaseException]:
     out: list[BaseException] = []
     for e in eg.exceptions:
@@ -293,6 +383,7 @@ async def run_repair(
     deadline_s: float = 600.0,
     max_in_flight: int = 4,
     max_bad_chunks: int = 100,
+    checksum_batch_size: int = 1024,
     stats: RepairStats | None = None,
 ) -> RepairResult:
     """Repair the repairing members of ``projection`` (called on its UPI tail).
@@ -316,7 +407,8 @@ async def run_repair(
         if client is None and (name != local_name or store is None):
             return RepairResult(False, f"no client for {name}", stats)
         members[name] = _Member(name, client, store)
-    run = _Run(projection, roles, members, log, stats, max(1, max_in_flight), max_bad_chunks)
+    run = _Run(projection, roles, members, log, stats, max(1, max_in_flight), max_bad_chunks,
+               max(1, checksum_batch_size))
     log.info("repair started", **fields)
 
     async def progress() -> None:
@@ -328,7 +420,11 @@ async def run_repair(
     abort: str | None = None
     with anyio.move_on_after(deadline_s) as deadline:
         try:
-            async with anyio.create_task_group() as tg:
+            async with AsyncExitStack() as stack:
+                for m in members.values():
+                    if m.client is not None:
+                        m.lister = await stack.enter_async_context(_sibling(m.client))
+                tg = await stack.enter_async_context(anyio.create_task_group())
                 tg.start_soon(progress)
                 try:
                     await run.check_epochs()

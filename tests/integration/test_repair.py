@@ -120,7 +120,8 @@ def test_ap_repair_copies_the_union_to_every_member(daemons: Daemons) -> None:
             head_only = await cl["a"].append("h", b"only the head got it", epoch_id=p2.epoch_id)
             p3 = await daemons.install(cl, ("a", "b"), ("c",))
             res = await run_repair(p3, local_name="b", clients=cl, log=quiet_log(buf),
-                                   progress_every_s=0.05)
+                                   progress_every_s=0.05, checksum_batch_size=3,
+                                   max_in_flight=2)
             lists = {n: await everything(c) for n, c in cl.items()}
             assert lists["a"] == lists["b"] == lists["c"]
             for (file, off), data in placed:
@@ -272,3 +273,55 @@ def test_bad_source_chunk_is_counted_and_the_local_store_path_works(tmp_path: Pa
     assert not late.ok and "deadline" in late.detail and late.stats.chunks_copied == 0
     assert not res.ok and res.stats.bad_chunks == 1 and "bad chunk" in res.detail
     assert res.stats.per_destination == {"c": {"chunks": 1, "bytes": len(b"good chunk")}}
+
+
+class RacingStore:
+    """The tail's real store, with one fault point: right after the first range check
+    that finds nothing, ``hook`` runs (a client write landing at that moment)."""
+
+    def __init__(self, inner: object, hook: object) -> None:
+        self._inner = inner
+        self._hook = hook
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    async def read(self, *args: object, **kw: object) -> object:
+        try:
+            return await self._inner.read(*args, **kw)  # type: ignore[attr-defined]
+        except NotWritten:
+            hook, self._hook = self._hook, None
+            if hook is not None and kw.get("needs_trimmed"):
+                await hook()  # type: ignore[operator]
+            raise
+
+
+def test_cp_reset_racing_a_new_write_keeps_the_acknowledged_chunk(tmp_path: Path) -> None:
+    """A write of the same place lands (tail, then the repairing member as a replay) just
+    after the pre-reset check: the reset removes it on c, the post-reset check finds it at
+    the tail and copies it back, so the acknowledged chunk is on c afterwards."""
+
+    async def go() -> RepairResult:
+        async with inproc_chain(tmp_path, NAMES) as nodes, AsyncExitStack() as stack:
+            cl = await inproc_clients(stack, nodes)
+            p1 = await install(nodes, 1, ("c", "a", "b"), mode="cp")
+            x = await cl["c"].append("cp", b"retried later", epoch_id=p1.epoch_id)
+            p2 = await install(nodes, 2, ("a", "b"), mode="cp", repairing=("c",))
+
+            async def client_retry() -> None:
+                for n in ("a", "b", "c"):  # chain order; c answers an exact replay with OK
+                    await cl[n].write(x.file, x.offset, b"retried later", epoch_id=p2.epoch_id)
+
+            tail = RacingStore(nodes["b"][0].store, client_retry)
+            res = await run_repair(p2, local_name="b", store=tail,
+                                   clients={n: cl[n] for n in ("a", "c")},
+                                   log=quiet_log(io.StringIO()))
+            r = await cl["c"].read(x.file, x.offset, x.size, epoch_id=p2.epoch_id)
+            assert r.data() == b"retried later"
+            assert await everything(cl["c"]) == await everything(cl["b"])
+            return res
+
+    res = anyio.run(go)
+    assert res.ok, res.detail
+    assert res.stats.chunks_reset == 1
+    assert res.stats.per_destination == {"c": {"chunks": 1, "bytes": len(b"retried later")}}
