@@ -234,29 +234,44 @@ def _search(items: Sequence[Item], ops: Sequence[Op], model: Model, budget: Budg
     # unlinearized ops could still produce state u, need[u] = how many unlinearized ok ops
     # require it; ``blocked`` counts states u with need[u] > 0 and avail[u] == 0. Unless
     # u is the current state, such an op can never be linearized: backtrack at once.
+    # An op whose result depends on the prior state (a kv append) may produce several
+    # needed states: multi[j] lists them (from ``Model.producible``).
     req = [-1] * m
     prod = [-1] * m
+    multi: list[tuple[int, ...] | None] = [None] * m
     prune = True
+    dep: list[int] = []
     for j, (_i, cop) in enumerate(items):
         p = model.produces(cop)
         if p is DEPENDS:
-            prune = False
-            break
-        if p is not KEEPS and not ro[j]:
+            if not ro[j]:
+                dep.append(j)
+        elif p is not KEEPS and not ro[j]:
             prod[j] = intern(p)
         if ret[j] >= 0:
             rq = model.requires(cop)
             if rq is not ANY_STATE:
                 req[j] = intern(rq)
+    if dep:
+        needed_ids = sorted({r for r in req if r >= 0})
+        reach = model.producible([states[u] for u in needed_ids], [items[j][1] for j in dep])
+        if reach is None:
+            prune = False
+        else:
+            for j, lst in zip(dep, reach, strict=True):
+                multi[j] = tuple(needed_ids[n] for n in lst)
     if not prune:
         req = [-1] * m
         prod = [-1] * m
+        multi = [None] * m
     nbase = len(states)
     avail = [0] * nbase
     need = [0] * nbase
     for j in range(m):
         if prod[j] >= 0:
             avail[prod[j]] += 1
+        for u in multi[j] or ():
+            avail[u] += 1
         if req[j] >= 0:
             need[req[j]] += 1
     blocked = sum(1 for u in range(nbase) if need[u] and not avail[u])
@@ -280,7 +295,16 @@ def _search(items: Sequence[Item], ops: Sequence[Op], model: Model, budget: Budg
 
     zob = _zobrist_words(m)
 
-    step = model.step
+    canon = model.canonicalizer(items)
+    if canon is None:
+        step = model.step
+    else:
+        base_step = model.step
+
+        def step(state: Any, cop: Any) -> Any:
+            after = base_step(state, cop)
+            return after if after is None else canon(after)
+
     memo: set[int] = set()
     memo_add = memo.add
     stack_e: list[int] = []
@@ -397,6 +421,12 @@ def _search(items: Sequence[Item], ops: Sequence[Op], model: Model, budget: Budg
                     avail[pj] += 1
                     if avail[pj] == 1 and need[pj]:
                         blocked -= 1
+                mp = multi[ce]
+                if mp is not None:
+                    for pj in mp:
+                        avail[pj] += 1
+                        if avail[pj] == 1 and need[pj]:
+                            blocked -= 1
                 qj = req[ce]
                 if qj >= 0:
                     need[qj] += 1
@@ -448,6 +478,12 @@ def _search(items: Sequence[Item], ops: Sequence[Op], model: Model, budget: Budg
                         avail[pj] -= 1
                         if not avail[pj] and need[pj]:
                             blocked += 1
+                    mp = multi[e]
+                    if mp is not None:
+                        for pj in mp:
+                            avail[pj] -= 1
+                            if not avail[pj] and need[pj]:
+                                blocked += 1
                     qj = req[e]
                     if qj >= 0:
                         need[qj] -= 1
@@ -503,19 +539,21 @@ def stale_precheck(
     sets a fixed state v != u, completed before R began, and began last among such ops. W
     precedes R, so some op producing u must be able to come after W and before R: one
     that is crashed or completed after W began, and began before R completed. If none
-    exists R can never be legal. Only for models whose ops all have a fixed effect
-    (``Model.produces`` never ``DEPENDS``)."""
+    exists R can never be legal. Ops whose effect depends on the prior state count as
+    producers of what ``Model.producible`` says they could leave (skipped if unknown)."""
     producers: dict[Any, list[tuple[int, float]]] = {}  # u -> [(invoke, complete or inf)]
     setters: list[tuple[int, int, Any]] = []  # ok fixed-state ops: (complete, invoke, v)
     needs: list[tuple[int, int, Any]] = []  # ok ops needing a state: (invoke, item, u)
     inf = float("inf")
+    dep: list[int] = []
     for j, (i, cop) in enumerate(items):
         p = model.produces(cop)
-        if p is DEPENDS:
-            return None
         op = ops[i]
         ok = op.type == "ok" and op.complete_index is not None
-        if p is not KEEPS and not model.read_only(cop):
+        if p is DEPENDS:
+            if not model.read_only(cop):
+                dep.append(j)
+        elif p is not KEEPS and not model.read_only(cop):
             done = op.complete_index if ok else None
             producers.setdefault(p, []).append((op.invoke_index, inf if done is None else done))
             if done is not None:
@@ -526,6 +564,18 @@ def stale_precheck(
                 needs.append((op.invoke_index, j, u))
     if not needs or not setters:
         return None
+    if dep:
+        needed = list({u for _inv, _j, u in needs})
+        reach_dep = model.producible(needed, [items[j][1] for j in dep])
+        if reach_dep is None:
+            return None
+        for j, lst in zip(dep, reach_dep, strict=True):
+            op = ops[items[j][0]]
+            end = op.complete_index if op.type == "ok" else None
+            for n in lst:
+                producers.setdefault(needed[n], []).append(
+                    (op.invoke_index, inf if end is None else end)
+                )
     # Per state u: producers sorted by invoke, with the running max of their completion.
     reach: dict[Any, tuple[list[int], list[float]]] = {}
     for u, ps in producers.items():

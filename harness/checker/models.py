@@ -16,6 +16,7 @@ position starts unwritten (None).
 
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
 from collections.abc import Hashable, Sequence
 from typing import Any
@@ -107,6 +108,17 @@ class Model:
         ``DEPENDS`` op in a key disables that (and the stale-read precheck)."""
         return DEPENDS
 
+    def canonicalizer(self, items: Sequence[Item]) -> Any:
+        """None, or a function mapping a state to an equivalent canonical one for this
+        key's ops (states that no op can tell apart may be merged so the memo sees it)."""
+        return None
+
+    def producible(self, needed: Sequence[Any], cops: Sequence[Cop]) -> list[list[int]] | None:
+        """For ``DEPENDS`` ops: per cop, the indexes into ``needed`` of the states it could
+        leave behind from some prior state (an over-approximation is fine); None when
+        unknown, which disables the pruning that needs it."""
+        return None
+
     def describe(self, state: Any) -> str:
         """Human-readable state for witnesses."""
         return repr(unwrap(state))
@@ -141,6 +153,7 @@ class _Sentinel:
 
 
 ANY_STATE: Any = _Sentinel("ANY_STATE")
+GARBAGE: Any = _Sentinel("GARBAGE")  # a kv value no read or cas can ever match again
 KEEPS: Any = _Sentinel("KEEPS")
 DEPENDS: Any = _Sentinel("DEPENDS")
 
@@ -310,7 +323,9 @@ class KVModel(Model):
         if k == "w":
             return cop[1]
         if k == "a":
-            return state + cop[1]
+            return GARBAGE if state is GARBAGE else state + cop[1]
+        if k == "a!":
+            return GARBAGE
         return cop[2] if state == cop[1] else None
 
     def requires(self, cop: Cop) -> Any:
@@ -320,12 +335,73 @@ class KVModel(Model):
         k = cop[0]
         if k == "a":
             return KEEPS if cop[1] == "" else DEPENDS
+        if k == "a!":
+            return GARBAGE
         return cop[1] if k == "w" else cop[2] if k == "c" else KEEPS
+
+    def partition(self, ops: Sequence[Op]) -> dict[Any, list[Item]]:
+        return {k: _poison_appends(v) for k, v in super().partition(ops).items()}
+
+    def canonicalizer(self, items: Sequence[Item]) -> Any:
+        """With appends: a value that is a prefix of no value a read or cas expects can never
+        become one (appends only extend it) and matches nothing: it is GARBAGE."""
+        if not any(cop[0] == "a" for _i, cop in items):
+            return None
+        expected = sorted({cop[1] for _i, cop in items if cop[0] in ("r", "c")})
+
+        def canon(state: Any) -> Any:
+            if state is GARBAGE:
+                return state
+            k = bisect.bisect_left(expected, state)
+            if k < len(expected) and expected[k].startswith(state):
+                return state
+            return GARBAGE
+
+        return canon
+
+    def producible(self, needed: Sequence[Any], cops: Sequence[Cop]) -> list[list[int]] | None:
+        # An append of x can leave exactly the strings that end with x.
+        lengths = {len(c[1]) for c in cops if c[0] == "a"}
+        index: dict[tuple[int, str], list[int]] = {}
+        for n, u in enumerate(needed):
+            if not isinstance(u, str):
+                continue
+            for length in lengths:
+                if len(u) >= length:
+                    index.setdefault((length, u[len(u) - length :]), []).append(n)
+        out: list[list[int]] = []
+        for c in cops:
+            if c[0] != "a":
+                return None
+            out.append(index.get((len(c[1]), c[1]), []))
+        return out
 
     def precheck(self, items: Sequence[Item], ops: Sequence[Op]) -> tuple[int, str] | None:
         if any(cop[0] == "a" for _i, cop in items):
             return None  # appends build values no single op wrote
         return _value_from_nowhere(items, ops, "", _register_producers)
+
+
+POISON_SCAN_CHARS_MAX = 200_000_000  # skip the poison analysis beyond this much scanning
+
+
+def _poison_appends(items: list[Item]) -> list[Item]:
+    """Appends whose suffix occurs in no value any read or cas expects become ("a!",).
+
+    After such an append the value contains that suffix until the next write or cas, so no
+    read or cas can be legal until then: every such value is equivalent to one GARBAGE
+    state. Merging them lets the memo and the symmetry reduction see that placing one
+    unobserved append or another makes no difference."""
+    appends = [cop[1] for _i, cop in items if cop[0] == "a" and cop[1]]
+    if not appends:
+        return items
+    expected = "\x00".join({cop[1] for _i, cop in items if cop[0] in ("r", "c")})
+    if len(expected) * len(appends) > POISON_SCAN_CHARS_MAX:
+        return items
+    poison = {x for x in set(appends) if "\x00" not in x and x not in expected}
+    if not poison:
+        return items
+    return [(i, ("a!",)) if cop[0] == "a" and cop[1] in poison else (i, cop) for i, cop in items]
 
 
 def _kv_str(v: Any, op: Op) -> str:
