@@ -1,0 +1,177 @@
+"""Goal: the daemon's chain driver performs the manager's effects on a real in-process
+FluNode (store writes, wedge, projection log, fitness served by CHAIN_VIEW, admin ops
+and their refusals), and its small helpers (projection log rotation, admin argument
+parsing) behave as documented."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import pytest
+
+from machi.client.flu_client import FluClient
+from machi.core import chain_manager as cm
+from machi.core.errors import BadArg
+from machi.core.fitness import Report
+from machi.core.projection import make_projection
+from machi.core.wire import Op
+from machi.node.chain_driver import (
+    ChainDriver,
+    DriverSettings,
+    ProjectionLog,
+    parse_members_meta,
+)
+from machi.node.log import JsonLog
+from machi.node.server import FluNode
+from machi.storage.flu_store import FluStore, StoreConfig
+
+pytestmark = pytest.mark.timeout(60)
+FAST = DriverSettings(tick_base_ms=30, tick_spread_ms=30, tick_jitter_ms=5, reread_ms=5,
+                      kick_wait_ms=20, read_timeout_ms=200, round_timeout_ms=500,
+                      stability_time_ms=100, loop_hold_ms=500)
+
+
+@asynccontextmanager
+async def one_node(
+    base: Path, settings: DriverSettings = FAST
+) -> AsyncIterator[tuple[FluNode, ChainDriver, FluClient]]:
+    """One FluNode named ``a`` on 127.0.0.1 with a running chain driver and a client."""
+    store = await FluStore.open(base / "a", StoreConfig(sync="none"))
+    log = JsonLog("a", "debug", stream=io.StringIO())
+    node = FluNode("a", store, log=log)
+    try:
+        await node.load_state()
+        driver = ChainDriver(node, settings=settings, log=log, data_dir=base / "a")
+        driver.attach()
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(node.serve, listener)
+            async with anyio.create_task_group() as dtg:
+                dtg.start_soon(driver.run)
+                async with FluClient("127.0.0.1", port, timeout_ms=2_000) as c:
+                    yield node, driver, c
+                dtg.cancel_scope.cancel()
+            await node.stop()  # serve returns once the listener is closed
+    finally:
+        with anyio.CancelScope(shield=True):
+            await store.close()
+
+
+async def wait_for(pred: object, timeout_s: float = 10.0) -> None:
+    with anyio.fail_after(timeout_s):
+        while not pred():  # type: ignore[operator]
+            await anyio.sleep(0.02)
+
+
+def confirmed(node: FluNode, driver: ChainDriver) -> bool:
+    """The manager confirmed its epoch and the driver has unwedged the FLU."""
+    return driver.state is not None and driver.state.confirmed and not node.state.wedged
+
+
+def test_projection_log_rotates_at_its_size_limit(tmp_path: Path) -> None:
+    """The log never holds more than the limit; the previous part survives as ``.1``."""
+    log = ProjectionLog(tmp_path / "projection-log.jsonl", max_bytes=4096)
+    for i in range(200):
+        log.append({"node": "a", "epoch": i, "pad": "x" * 50})
+    cur = (tmp_path / "projection-log.jsonl").read_text().splitlines()
+    old = (tmp_path / "projection-log.jsonl.1").read_text().splitlines()
+    assert (tmp_path / "projection-log.jsonl").stat().st_size <= 4096
+    assert json.loads(cur[-1])["epoch"] == 199
+    assert json.loads(old[-1])["epoch"] + 1 == json.loads(cur[0])["epoch"]
+
+
+@pytest.mark.parametrize("raw", [None, {}, {"a": 5}, {"bad name": "h:1"}, {"a": "nohost"}])
+def test_bad_members_are_refused_by_name(raw: object) -> None:
+    """Admin member maps that are not {name: "HOST:PORT"} are BAD_ARG."""
+    with pytest.raises(BadArg):
+        parse_members_meta(raw)
+
+
+def test_single_node_bootstrap_confirms_and_logs(tmp_path: Path) -> None:
+    """A bootstrap over the wire starts the manager, which adopts, confirms and unwedges;
+    the adoption and the confirmation are both in the projection log."""
+
+    async def go() -> None:
+        async with one_node(tmp_path) as (node, driver, c):
+            st = await c.chain_admin(Op.CHAIN_STATUS, {})
+            assert st["running"] is False and st["wedged"] is True
+            members = {"a": "127.0.0.1:1"}
+            with pytest.raises(BadArg, match="not among the members"):
+                await c.chain_admin(Op.CHAIN_BOOTSTRAP, {"chain": "c1", "mode": "ap",
+                                                         "members": {"b": "127.0.0.1:1"}})
+            with pytest.raises(BadArg, match="mode"):
+                await c.chain_admin(Op.CHAIN_BOOTSTRAP, {"chain": "c1", "mode": "xx",
+                                                         "members": members})
+            await c.chain_admin(Op.CHAIN_BOOTSTRAP, {"chain": "c1", "mode": "ap",
+                                                     "members": members})
+            await wait_for(lambda: confirmed(node, driver))
+            assert not node.state.wedged
+            with pytest.raises(BadArg, match="already configured"):
+                await c.chain_admin(Op.CHAIN_BOOTSTRAP, {"chain": "c1", "mode": "ap",
+                                                         "members": members})
+            st = await c.chain_admin(Op.CHAIN_STATUS, {})
+            assert st["confirmed"] and st["upi"] == ["a"] and st["epoch"] >= 1
+            view = await c.chain_view(want_confirmed=True)
+            assert view.private is not None and view.private.epoch_id == node.state.epoch_id
+            assert view.private_confirmed is not None and "a" in view.fitness
+        recs = [json.loads(x) for x in
+                (tmp_path / "a" / "projection-log.jsonl").read_text().splitlines()]
+        assert [r["confirmed"] for r in recs][-2:] == [False, True]
+        assert recs[-1]["epoch"] == recs[-2]["epoch"] and recs[-1]["upi"] == ["a"]
+        assert (tmp_path / "a" / "chain-manager.json").exists()
+
+    anyio.run(go)
+
+
+def test_effects_on_the_local_flu(tmp_path: Path) -> None:
+    """SetWedge wedges, PublishFitness is served by CHAIN_VIEW, a kick starts a round,
+    and the manager restarts from the store (enabled) after the node restarts."""
+
+    async def go() -> None:
+        async with one_node(tmp_path) as (node, driver, c):
+            await c.chain_admin(Op.CHAIN_BOOTSTRAP, {"chain": "c1", "mode": "cp",
+                                                     "members": {"a": "127.0.0.1:1"}})
+            await wait_for(lambda: confirmed(node, driver))
+            assert not node.state.wedged  # CP: unwedged only by the confirmation
+            async with driver._lock:
+                await driver._perform(cm.SetWedge(True, node.state.epoch_id))
+                rep = Report("zz", 5, frozenset({"q"}))
+                await driver._perform(cm.PublishFitness({"zz": rep}))
+            assert node.state.wedged
+            assert (await c.chain_view()).fitness == {"zz": rep}
+            rounds = driver.rounds
+            await c.kick()
+            await wait_for(lambda: driver.rounds > rounds)
+            epoch = node.state.epoch_id
+        async with one_node(tmp_path) as (node, driver, c):
+            await wait_for(lambda: confirmed(node, driver))
+            assert driver.state is not None and driver.state.current.epoch_number >= (
+                epoch.number)
+            assert not node.state.wedged
+
+    anyio.run(go)
+
+
+def test_hand_installed_projection_does_not_start_the_manager(tmp_path: Path) -> None:
+    """Without an admin op (or chain_auto_join) a projection written by hand stays the
+    operator's: the manager does not start and take the node over."""
+
+    async def go() -> None:
+        async with one_node(tmp_path) as (node, driver, c):
+            p = make_projection(epoch_number=1, author_server="a", chain_name="c1",
+                                all_members=["a"], upi=["a"])
+            await c.projection_write("public", p)
+            await c.projection_write("private", p)
+            await c.kick()
+            await anyio.sleep(0.2)
+            assert driver.state is None and node.state.epoch_id == p.epoch_id
+            assert not (await c.chain_admin(Op.CHAIN_STATUS, {}))["running"]
+
+    anyio.run(go)
