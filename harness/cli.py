@@ -24,6 +24,9 @@ _COMMANDS: list[tuple[str, str]] = [
     ("harness.checker.bench", "bench_check"),
     ("harness.checker.cli_projections", "check_projections"),
     ("harness.cli_cluster", "cluster"),
+    ("harness.cli_test", "test"),
+    ("harness.cli_test", "analyze"),
+    ("harness.cli_test", "serve"),
 ]
 
 _register()

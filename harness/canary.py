@@ -1,0 +1,66 @@
+"""TEST-ONLY canaries: chain clients that break one Chain Replication guarantee on purpose,
+so a harness run can prove its checkers catch the breakage (`--canary NAME`).
+
+Off unless a run sets `--canary` (recorded in results.json as `test_canary`).  Implemented
+on the client side, in the harness only -- nothing here is reachable from `machi`:
+- `read-non-tail`: reads go to a random member of UPI + repairing instead of the UPI tail,
+  with no read repair (a repairing or lagging replica answers "not written").
+- `ack-before-tail`: an append is acknowledged once the head holds it; the downstream
+  members are never written.
+Not implemented yet (refused by `harness.deploy.DeployOptions`): epoch-reuse,
+skip-repair, ack-before-sync (those need switches inside the daemon).
+
+Must not: be used outside harness runs and tests.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from machi.client.chain_client import ChainClient, _Op
+from machi.client.flu_client import ChunkPos, ReadReply
+from machi.core.errors import NotWritten
+from machi.core.outcome import OpKind
+
+
+class ReadNonTailClient(ChainClient):
+    """CANARY read-non-tail: reads a random UPI/repairing member, no repair."""
+
+    async def read_reply(self, file: str, offset: int, size: int, *,
+                         needs_trimmed: bool = False, info: Any = None) -> ReadReply:
+        op = _Op(self, OpKind.READ, info)
+
+        async def body() -> ReadReply:
+            p = await self._projection(op)
+            rng = random.Random()
+            candidates = [m for m in (*p.upi, *p.repairing) if m not in p.witnesses]
+            target = rng.choice(candidates)
+            c = await self._flu(target)
+            op.info.epoch_id = p.epoch_id
+            op.info.node = target
+            try:
+                return await c.read(file, offset, size, epoch_id=p.epoch_id,
+                                    needs_trimmed=needs_trimmed)
+            except NotWritten as e:
+                raise op.error(e.status, str(e)) from None
+
+        return await op.run(body)
+
+
+class AckBeforeTailClient(ChainClient):
+    """CANARY ack-before-tail: an append counts members downstream of the head as done
+    without writing to them."""
+
+    async def _write_one(self, op: _Op, p: Any, member: str, pos: ChunkPos,
+                         data: Any, csum: Any) -> Any:
+        if op.kind is OpKind.APPEND and op.progress.acked:
+            op.progress = op.progress.with_ack(member)
+            return p
+        return await super()._write_one(op, p, member, pos, data, csum)
+
+
+CLIENTS: dict[str, type[ChainClient]] = {
+    "read-non-tail": ReadNonTailClient,
+    "ack-before-tail": AckBeforeTailClient,
+}

@@ -1,0 +1,174 @@
+"""`machi-harness test | analyze | serve`: a Jepsen-style run, a re-check, the report server.
+
+    machi-harness test --hosts netns --nodes 3 --mode cp --nemesis partition,kill \\
+        --time-limit 20 --concurrency 2n --seed 1
+    machi-harness analyze store/chunks/latest
+    machi-harness serve --port 8080          # 127.0.0.1 only
+
+With `--hosts netns` the command brings a netns cluster up when none is (or reuses the one
+that is, if it has the same number of nodes), then re-executes itself inside the control
+namespace.  Owns the command-line surface only; the run is `harness.run`.  Must not talk to
+10.77.0.0/24 from the root namespace or print a traceback for an expected failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.server
+import sys
+from pathlib import Path
+
+import click
+
+from harness.deploy import CANARIES
+from harness.hosts import netns
+from harness.hosts.providers import PROVIDERS, open_hosts
+from harness.nemesis.schedule import FAULTS
+
+
+def _concurrency(text: str, nodes: int) -> int:
+    t = text.strip()
+    try:
+        n = int(t[:-1]) * nodes if t.endswith("n") else int(t)
+    except ValueError:
+        raise click.BadParameter(f"want N or Kn (K x nodes), got {text!r}") from None
+    if not 1 <= n <= 1000:
+        raise click.BadParameter(f"concurrency must be in [1, 1000], got {n}")
+    return n
+
+
+@click.command("test")
+@click.option("--hosts", "provider", type=click.Choice(PROVIDERS), default="netns",
+              show_default=True, help="Where the nodes run.")
+@click.option("--hosts-file", type=click.Path(dir_okay=False), default=None,
+              help="TOML list of hosts (--hosts ssh).")
+@click.option("--nodes", type=click.IntRange(1, netns.NODES_MAX), default=5, show_default=True)
+@click.option("--mode", type=click.Choice(["ap", "cp"]), default="cp", show_default=True)
+@click.option("--witnesses", type=click.IntRange(0, 16), default=0, show_default=True)
+@click.option("--workload", type=click.Choice(["chunks"]), default="chunks", show_default=True)
+@click.option("--nemesis", default="partition,kill", show_default=True,
+              help=f"Comma-separated subset of {','.join(FAULTS)} (or 'none').")
+@click.option("--time-limit", type=click.FloatRange(1, 86400), default=60, show_default=True,
+              help="Seconds of client load (faults during it; heal and read-back follow).")
+@click.option("--concurrency", default="2n", show_default=True, help="Clients: N or Kn.")
+@click.option("--rate", type=click.FloatRange(0), default=0, show_default=True,
+              help="Ops per second, all clients together (0 = unthrottled).")
+@click.option("--seed", type=int, default=None, help="Schedule seed [default: random].")
+@click.option("--leave-running", is_flag=True, help="Do not stop the daemons at the end.")
+@click.option("--canary", type=click.Choice(CANARIES), default=None,
+              help="TEST ONLY: break one guarantee on purpose (the run must be invalid).")
+@click.option("--store", type=click.Path(file_okay=False), default="store", show_default=True)
+@click.option("--state-dir", type=click.Path(file_okay=False), default=None,
+              help="netns state directory [default: $MACHI_NETNS_STATE_DIR or /run/machi-netns]")
+@click.option("--python", default=None,
+              help="Interpreter on the hosts [netns: this one; vagrant: /opt/machi/venv; "
+              "ssh: python3, dependencies installed with the wheel]")
+@click.option("--chain-fast", is_flag=True,
+              help="Shorter chain manager timers (quicker recovery in short runs).")
+def test(provider: str, hosts_file: str | None, nodes: int, mode: str, witnesses: int,
+         workload: str, nemesis: str, time_limit: float, concurrency: str, rate: float,
+         seed: int | None, leave_running: bool, canary: str | None, store: str,
+         state_dir: str | None, python: str | None, chain_fast: bool) -> None:
+    """Deploy, run clients under a nemesis, heal, read back, check, report.
+
+    Exit status: 0 valid, 1 invalid, 2 unknown (3: could not run)."""
+    import random
+
+    from harness.deploy import CANARIES_IMPLEMENTED
+    from harness.run import TestOptions, run_test
+
+    if canary and canary not in CANARIES_IMPLEMENTED:
+        raise click.UsageError(f"canary {canary} is not implemented yet "
+                               f"(have: {', '.join(CANARIES_IMPLEMENTED)})")
+    faults = tuple(f for f in nemesis.split(",") if f and f != "none")
+    bad = set(faults) - set(FAULTS)
+    if bad:
+        raise click.BadParameter(f"unknown faults {sorted(bad)}", param_hint="--nemesis")
+    if seed is None:
+        seed = random.SystemRandom().randrange(2**31)
+    sd = Path(state_dir) if state_dir else None
+    if provider == "netns" and not netns.in_control_namespace():
+        _netns_ready(nodes, sd)
+        args = sys.argv[1:]
+        if "--seed" not in args:
+            args = [*args, "--seed", str(seed)]  # the re-exec'd run uses the same seed
+        if "--store" not in args:
+            args = [*args, "--store", str(Path(store).resolve())]
+        netns.reexec_in_control_ns(args)
+    try:
+        hosts = open_hosts(provider, hosts_file=hosts_file, state_dir=sd, nodes=nodes)
+    except Exception as e:  # reported as one line
+        raise click.ClickException(str(e)) from e
+    names = hosts.names
+    if python is None:
+        python = {"netns": sys.executable, "vagrant": "/opt/machi/venv/bin/python"}.get(
+            provider, "python3")
+    chain_config: dict[str, int] = {}
+    if chain_fast:
+        chain_config = {"chain_tick_base_ms": 200, "chain_tick_spread_ms": 400,
+                        "chain_stability_time_ms": 1000}
+    opts = TestOptions(
+        name=f"{workload}-{mode}", provider=provider, nodes=len(names), mode=mode,
+        witnesses=witnesses, nemesis=faults, time_limit_s=time_limit,
+        concurrency=_concurrency(concurrency, len(names)), rate_per_s=rate, seed=seed,
+        canary=canary, leave_running=leave_running, store=store, chain_config=chain_config,
+        python=python, deps=provider == "ssh",
+    )
+    if not faults:
+        opts.nemesis = ()
+    click.echo(f"seed {seed}: {opts.nodes} nodes ({provider}), {mode}, nemesis "
+               f"{','.join(faults) or 'none'}, {time_limit:g} s, {opts.concurrency} clients"
+               + (f", CANARY {canary}" if canary else ""), err=True)
+    with hosts:
+        code, out = run_test(hosts, opts)
+    verdict = {0: "valid", 1: "INVALID", 2: "unknown"}[code]
+    click.echo(f"verdict: {verdict}")
+    click.echo(f"report: {out / 'index.html'}")
+    sys.exit(code)
+
+
+def _netns_ready(nodes: int, state_dir: Path | None) -> None:
+    sd = state_dir or netns.state_dir_default()
+    state = netns.load_state(sd)
+    if state and not state.get("corrupt"):
+        have = len(state.get("nodes", []))
+        if have < nodes:
+            raise click.ClickException(
+                f"a netns cluster with {have} nodes is up ({sd}); run "
+                "`machi-harness cluster down` first or ask for fewer nodes")
+        return
+    why = netns.preflight()
+    if why:
+        raise click.ClickException(f"netns hosts need root and `ip netns`: {why}")
+    click.echo(f"bringing up a {nodes}-node netns cluster ({sd})", err=True)
+    netns.cluster_up(nodes, state_dir=sd)
+    netns.call_in_control_ns("harness.cli_cluster:_netns_check", {"state_dir": str(sd)})
+
+
+@click.command("analyze")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+def analyze(run_dir: str) -> None:
+    """Re-check a stored run (history, projection logs); rewrite results.json, index.html."""
+    from harness.checker.result import exit_code
+    from harness.run import analyze as do
+
+    results = do(Path(run_dir))
+    code = exit_code(results["valid"])
+    click.echo(f"verdict: {({0: 'valid', 1: 'INVALID', 2: 'unknown'})[code]}")
+    for name, c in results["checks"].items():
+        click.echo(f"  {name}: {c.get('valid')}")
+    click.echo(f"report: {Path(run_dir) / 'index.html'}")
+    sys.exit(code)
+
+
+@click.command("serve")
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option("--store", type=click.Path(file_okay=False), default="store", show_default=True)
+def serve(port: int, store: str) -> None:
+    """Serve the store folder (reports) on http://127.0.0.1:PORT/."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=store)
+    with http.server.ThreadingHTTPServer(("127.0.0.1", port), handler) as srv:
+        click.echo(f"serving {Path(store).resolve()} on http://127.0.0.1:{port}/")
+        with contextlib.suppress(KeyboardInterrupt):
+            srv.serve_forever()

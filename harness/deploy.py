@@ -1,0 +1,325 @@
+"""Deploy Machi-py onto harness hosts: wheel, install, config, daemons, chain bootstrap,
+teardown with every node's artefacts.
+
+Owns: building a wheel of this checkout (cached by a hash of its sources), uploading and
+installing it on each host into `<work_dir>/lib-<hash>` (an identical install is reused:
+the wheel hash is stored next to it), writing each node's TOML config, starting the
+`machi node run` daemons (detached from SSH, via `Host.start_daemon`), bootstrapping the
+chain with CHAIN_BOOTSTRAP and waiting (bounded) for a stable projection, and at the end
+stopping the daemons and downloading each node's log, metrics snapshot and projection log.
+
+The same code path serves every provider: the wheel is always uploaded and installed over
+SSH.  Only the host interpreter differs: on netns hosts (this machine) it is the harness's
+own Python, whose site-packages already hold the dependencies (`--no-deps`); on remote hosts
+it is `python3` (or a provisioned venv) and dependencies may be installed from the index.
+
+Must not: talk to hosts from outside the control namespace (the Host guard refuses), leave
+daemons running after `teardown`, or touch any file outside the hosts' work/data dirs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from harness.hosts.base import Host, HostSet
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DAEMON = "machi"
+WHEEL_CACHE = REPO_ROOT / "build" / "harness-wheels"
+_SOURCE_DIRS = ("machi", "harness")
+_SOURCE_FILES = ("pyproject.toml", "README.md")
+CANARIES = ("read-non-tail", "ack-before-tail", "epoch-reuse", "skip-repair", "ack-before-sync")
+#: canaries implemented so far (the others are refused with a clear message)
+CANARIES_IMPLEMENTED = ("read-non-tail", "ack-before-tail")
+STABLE_TIMEOUT_S_DEFAULT = 60.0
+
+
+class DeployError(Exception):
+    """Deployment failed; the message says where and why."""
+
+
+# ---------------------------------------------------------------------------------------
+# Wheel
+
+
+def source_hash(root: Path = REPO_ROOT) -> str:
+    """Hash of everything that goes into the wheel (python sources + project files)."""
+    h = hashlib.sha256()
+    files: list[Path] = []
+    for d in _SOURCE_DIRS:
+        files.extend(p for p in (root / d).rglob("*.py") if "__pycache__" not in p.parts)
+    files.extend(root / f for f in _SOURCE_FILES if (root / f).exists())
+    for p in sorted(files):
+        h.update(str(p.relative_to(root)).encode() + b"\0")
+        h.update(p.read_bytes() + b"\0")
+    return h.hexdigest()[:20]
+
+
+def build_wheel(root: Path = REPO_ROOT, cache: Path = WHEEL_CACHE) -> tuple[Path, str]:
+    """A wheel of the checkout at `root` (cached by source hash): (path, hash)."""
+    digest = source_hash(root)
+    out = cache / digest
+    found = sorted(out.glob("*.whl")) if out.exists() else []
+    if found:
+        return found[0], digest
+    tmp = cache / f"{digest}.tmp"
+    subprocess.run(["rm", "-rf", str(tmp)], check=False)
+    tmp.mkdir(parents=True)
+    base = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp), str(root)]
+    p = subprocess.run([*base[:5], "--no-build-isolation", *base[5:]], capture_output=True,
+                       text=True)
+    if p.returncode != 0:  # no `wheel` in this venv: let pip fetch the build backend
+        p = subprocess.run(base, capture_output=True, text=True)
+    wheels = sorted(tmp.glob("*.whl"))
+    if p.returncode != 0 or not wheels:
+        raise DeployError(f"pip wheel failed (exit {p.returncode}): {p.stderr[-2000:]}")
+    tmp.rename(out)
+    return out / wheels[0].name, digest
+
+
+def install(host: Host, wheel: Path, digest: str, *, python: str, deps: bool = False) -> str:
+    """Upload and install the wheel on `host` into `<work_dir>/lib-<digest>` (reused when
+    the stored hash matches); returns that directory."""
+    w = host.spec.work_dir
+    lib = f"{w}/lib-{digest}"
+    marker = f"{lib}/.machi-wheel-hash"
+    have = host.run(f"cat {shlex.quote(marker)} 2>/dev/null || true").stdout.strip()
+    if have == digest:
+        return lib
+    remote_dir = f"{w}/wheels/{digest}"
+    remote = f"{remote_dir}/{wheel.name}"
+    host.run(f"mkdir -p {shlex.quote(remote_dir)}")
+    host.upload(wheel, remote)
+    dep_flag = "" if deps else "--no-deps --no-index"
+    script = (
+        f"set -e; rm -rf {shlex.quote(lib)}.tmp; "
+        f"{shlex.quote(python)} -m pip install -q --disable-pip-version-check {dep_flag} "
+        f"--target {shlex.quote(lib)}.tmp {shlex.quote(remote)}; "
+        f"echo {digest} > {shlex.quote(lib)}.tmp/.machi-wheel-hash; "
+        f"rm -rf {shlex.quote(lib)}; mv {shlex.quote(lib)}.tmp {shlex.quote(lib)}"
+    )
+    host.run(script, timeout_s=300)
+    return lib
+
+
+# ---------------------------------------------------------------------------------------
+# Cluster
+
+
+@dataclass
+class DeployOptions:
+    """What to deploy and how the chain looks."""
+
+    mode: str = "cp"
+    witnesses: int = 0
+    chain: str = "c1"
+    port: int = 4000
+    metrics_port: int = 9100
+    python: str = sys.executable
+    deps: bool = False
+    canary: str | None = None
+    run_id: str = "run"
+    stable_timeout_s: float = STABLE_TIMEOUT_S_DEFAULT
+    config: dict[str, Any] = field(default_factory=dict)  # extra node config keys
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("ap", "cp"):
+            raise ValueError(f"mode must be ap or cp, got {self.mode!r}")
+        if self.canary is not None and self.canary not in CANARIES_IMPLEMENTED:
+            known = ", ".join(CANARIES_IMPLEMENTED)
+            raise ValueError(f"canary {self.canary!r} is not implemented (have: {known})")
+
+
+def _toml(values: Mapping[str, Any]) -> str:
+    lines = []
+    for k, v in values.items():
+        if isinstance(v, bool):
+            lines.append(f"{k} = {'true' if v else 'false'}")
+        elif isinstance(v, int):
+            lines.append(f"{k} = {v}")
+        else:
+            lines.append(f"{k} = {json.dumps(str(v))}")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Deployment:
+    """A deployed chain: hosts, member addresses, where each node keeps its files."""
+
+    hosts: HostSet
+    opts: DeployOptions
+    lib: dict[str, str] = field(default_factory=dict)
+    data_dirs: dict[str, str] = field(default_factory=dict)
+    logs: dict[str, str] = field(default_factory=dict)
+    setup_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def nodes(self) -> list[str]:
+        return self.hosts.names
+
+    @property
+    def witnesses(self) -> list[str]:
+        return self.nodes[len(self.nodes) - self.opts.witnesses:] if self.opts.witnesses else []
+
+    def members(self) -> dict[str, tuple[str, int]]:
+        return {h.name: (h.spec.peer_address, self.opts.port) for h in self.hosts}
+
+    def members_meta(self) -> dict[str, str]:
+        return {n: f"{a}:{p}" for n, (a, p) in self.members().items()}
+
+    # ---- setup ---------------------------------------------------------------------------
+    def setup(self) -> None:
+        t0 = time.monotonic()
+        wheel, digest = build_wheel()
+        t1 = time.monotonic()
+        self.lib = self.hosts.map(
+            lambda h: install(h, wheel, digest, python=self.opts.python, deps=self.opts.deps))
+        t2 = time.monotonic()
+        self.hosts.map(self._start_node)
+        t3 = time.monotonic()
+        anyio.run(self._bootstrap)
+        t4 = time.monotonic()
+        self.setup_s = {"wheel": round(t1 - t0, 3), "install": round(t2 - t1, 3),
+                        "start": round(t3 - t2, 3), "bootstrap_stable": round(t4 - t3, 3)}
+
+    def _start_node(self, h: Host) -> int:
+        o = self.opts
+        data = f"{h.spec.data_dir}/{o.run_id}"
+        conf_path = f"{h.spec.work_dir}/{o.run_id}/{h.name}.toml"
+        log = f"{h.spec.work_dir}/{o.run_id}/{h.name}.log"
+        values: dict[str, Any] = {
+            "name": h.name, "listen": f"{h.spec.peer_address}:{o.port}", "data_dir": data,
+            "metrics": f"{h.spec.peer_address}:{o.metrics_port}",
+            "witness": h.name in self.witnesses, **o.config,
+        }
+        h.run(f"mkdir -p {shlex.quote(data)} {shlex.quote(str(Path(conf_path).parent))}")
+        h.write_text(conf_path, _toml(values))
+        self.data_dirs[h.name] = data
+        self.logs[h.name] = log
+        env = {"PYTHONPATH": self.lib[h.name]}
+        if o.canary:
+            env["MACHI_TEST_CANARY"] = o.canary
+        h.stop_daemon(DAEMON)  # a leftover of an earlier run on a reused cluster
+        return h.start_daemon(DAEMON, [o.python, "-m", "machi", "node", "run", "--config",
+                                       conf_path], log_path=log, env=env)
+
+    async def _admin(self, node: str, op: Any, meta: dict[str, Any],
+                     timeout_ms: int = 5_000) -> dict[str, Any]:
+        from machi.client.flu_client import FluClient
+
+        host, port = self.members()[node]
+        async with FluClient(host, port, timeout_ms=timeout_ms, connect_timeout_ms=timeout_ms,
+                             name="harness-admin") as c:
+            return await c.chain_admin(op, meta)
+
+    async def _bootstrap(self) -> None:
+        from machi.core.wire import Op
+
+        meta = {"chain": self.opts.chain, "mode": self.opts.mode,
+                "members": self.members_meta(), "witnesses": self.witnesses}
+        deadline = time.monotonic() + self.opts.stable_timeout_s
+        pending = list(self.nodes)
+        last_err = ""
+        while pending:  # daemons may still be opening their stores
+            for n in list(pending):
+                try:
+                    await self._admin(n, Op.CHAIN_BOOTSTRAP, {**meta, "propose": False})
+                    pending.remove(n)
+                except Exception as e:  # retried until the deadline
+                    last_err = f"{n}: {e!r}"
+            if pending:
+                if time.monotonic() > deadline:
+                    raise DeployError(f"bootstrap: nodes {pending} did not answer: {last_err}")
+                await anyio.sleep(0.2)
+        await self._admin(self.nodes[0], Op.CHAIN_BOOTSTRAP, {**meta, "propose": True})
+        await self.wait_stable(deadline)
+
+    async def status_all(self) -> dict[str, dict[str, Any] | str]:
+        from machi.core.wire import Op
+
+        out: dict[str, dict[str, Any] | str] = {}
+
+        async def one(n: str) -> None:
+            try:
+                out[n] = await self._admin(n, Op.CHAIN_STATUS, {}, timeout_ms=2_000)
+            except Exception as e:  # a node that does not answer is reported
+                out[n] = repr(e)
+
+        async with anyio.create_task_group() as tg:
+            for n in self.nodes:
+                tg.start_soon(one, n)
+        return out
+
+    @staticmethod
+    def stable(status: Mapping[str, dict[str, Any] | str], nodes: Sequence[str],
+               witnesses: Sequence[str]) -> bool:
+        """Every node answers with one epoch id, confirmed, full UPI, nothing repairing."""
+        sts = [status.get(n) for n in nodes]
+        if not all(isinstance(s, dict) and s.get("epoch") for s in sts):
+            return False
+        ids = {(s["epoch"], s["epoch_csum"]) for s in sts if isinstance(s, dict)}
+        s0 = sts[0]
+        assert isinstance(s0, dict)
+        want = sorted(n for n in nodes if n not in witnesses)
+        return (len(ids) == 1 and sorted(s0["upi"]) == want and not s0["repairing"]
+                and all(isinstance(s, dict) and s.get("confirmed") for s in sts))
+
+    async def wait_stable(self, deadline: float) -> dict[str, Any]:
+        """Poll CHAIN_STATUS until stable; DeployError with the last status otherwise."""
+        last: dict[str, Any] = {}
+        while True:
+            last = await self.status_all()
+            if self.stable(last, self.nodes, self.witnesses):
+                return last
+            if time.monotonic() > deadline:
+                raise DeployError(f"chain not stable in time: {json.dumps(last)[:3000]}")
+            await anyio.sleep(0.3)
+
+    def data_files(self, node: str) -> list[str]:
+        """Data files of a node (torn-write targets)."""
+        d = shlex.quote(self.data_dirs[node] + "/data")
+        res = self.hosts[node].run(f"find {d} -type f -size +0 | sort | tail -n 3", check=False)
+        return [ln for ln in res.stdout.splitlines() if ln.strip()]
+
+    # ---- teardown ------------------------------------------------------------------------
+    def teardown(self, store: Path, *, leave_running: bool = False) -> dict[str, Any]:
+        """Stop daemons (unless `leave_running`), download logs, metrics, projection logs."""
+        def one(h: Host) -> dict[str, Any]:
+            n = h.name
+            dest = store / "nodes" / n
+            dest.mkdir(parents=True, exist_ok=True)
+            got: dict[str, Any] = {}
+            metrics = h.run(
+                f"{shlex.quote(self.opts.python)} -c " + shlex.quote(
+                    "import urllib.request,sys;sys.stdout.write(urllib.request.urlopen("
+                    f"'http://{h.spec.peer_address}:{self.opts.metrics_port}/metrics',"
+                    "timeout=3).read().decode())"), check=False, timeout_s=15)
+            if metrics.ok:
+                (dest / "metrics.txt").write_text(metrics.stdout)
+                got["metrics"] = True
+            if not leave_running:
+                got["stopped"] = h.stop_daemon(DAEMON)
+            for remote, local in ((self.logs.get(n), "node.log"),
+                                  (f"{self.data_dirs.get(n)}/projection-log.jsonl",
+                                   "projection-log.jsonl")):
+                if not remote:
+                    continue
+                try:
+                    h.download(remote, dest / local)
+                    got[local] = True
+                except Exception as e:  # a missing file is reported
+                    got[local] = repr(e)
+            return got
+
+        return self.hosts.map(one, check=False)

@@ -1,0 +1,351 @@
+"""One harness run end to end: deploy, clients + nemesis, heal, final read-back, teardown,
+checks, results and report -- and `analyze`, which re-checks a stored run.
+
+Owns: the run's store folder `store/<test>/<timestamp>/` (`latest` link): `run.json`
+(options, seed, schedule; written first), `history.jsonl` (incremental), `harness.log`,
+`final.json`, `nodes/<n>/{node.log,metrics.txt,projection-log.jsonl}`, `results.json`
+(every checker's verdict, op counts, convergence) and `index.html`; the wiring of the
+nemesis executor to the schedule clock; the combined verdict and its exit status
+(0 valid, 1 invalid, 2 unknown).
+
+Must not: run from outside the control namespace with netns hosts (the CLI re-execs first),
+leave nemesis rules, paused or dead daemons behind (heal_all, IptablesNet's exit), or
+decide a verdict itself (the checkers do; this module only combines them).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from harness.deploy import DAEMON, DeployError, Deployment, DeployOptions
+from harness.history import HistoryWriter
+from harness.hosts.base import HostSet
+from harness.nemesis.executor import NemesisExecutor
+from harness.nemesis.partition import IptablesNet
+from harness.nemesis.process import ProcessNemesis
+from harness.nemesis.schedule import FaultEvent, ScheduleOptions, make_schedule
+from harness.workload import Recorder, Workload, WorkloadOptions
+
+STORE_DEFAULT = Path("store")
+FINAL_STABLE_TIMEOUT_S = 60.0
+log = logging.getLogger("harness.run")
+
+
+@dataclass
+class TestOptions:
+    """Everything a run is made of (recorded in run.json / results.json)."""
+
+    name: str = "chunks"
+    provider: str = "netns"
+    nodes: int = 3
+    mode: str = "cp"
+    witnesses: int = 0
+    nemesis: tuple[str, ...] = ("partition", "kill")
+    time_limit_s: float = 20.0
+    concurrency: int = 6
+    rate_per_s: float = 0.0
+    seed: int = 0
+    canary: str | None = None
+    leave_running: bool = False
+    store: str = str(STORE_DEFAULT)
+    chain_config: dict[str, Any] = field(default_factory=dict)
+    python: str = sys.executable  # interpreter on the hosts
+    deps: bool = False  # install the wheel's dependencies on the hosts too
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["nemesis"] = list(self.nemesis)
+        d["test_canary"] = self.canary
+        return d
+
+
+def new_store_dir(store: Path, test: str) -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{os.getpid()}"
+    d = store / test / stamp
+    d.mkdir(parents=True)
+    latest = store / test / "latest"
+    tmp = store / test / f".latest.{os.getpid()}"
+    if tmp.is_symlink():
+        tmp.unlink()
+    tmp.symlink_to(stamp)
+    tmp.replace(latest)
+    return d
+
+
+def _setup_log(path: Path) -> logging.Handler:
+    h = logging.FileHandler(path)
+    h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(h)
+    root.setLevel(logging.INFO)
+    return h
+
+
+class Runner:
+    """Drives one run on an open HostSet (already inside the control namespace)."""
+
+    def __init__(self, hosts: HostSet, opts: TestOptions, out: Path,
+                 progress: Callable[[str], None] | None = None) -> None:
+        self.hosts = hosts
+        self.opts = opts
+        self.out = out
+        self.progress = progress or (lambda s: None)
+        self.dep = Deployment(hosts, DeployOptions(
+            mode=opts.mode, witnesses=opts.witnesses, run_id=out.name,
+            config=dict(opts.chain_config), python=opts.python, deps=opts.deps))
+        self.schedule: list[FaultEvent] = make_schedule(
+            opts.seed, hosts.names, ScheduleOptions(time_limit_s=opts.time_limit_s,
+                                                    faults=tuple(opts.nemesis)),
+        ) if opts.nemesis else []
+        self.status: dict[str, Any] = {}
+        self.current_fault = ""
+        self.faults: list[dict[str, Any]] = []
+
+    def chain_view(self) -> tuple[list[str], list[str]]:
+        for s in self.status.values():
+            if isinstance(s, dict) and s.get("upi"):
+                return list(s["upi"]), list(s.get("repairing", []))
+        return list(self.hosts.names), []
+
+    def run(self) -> dict[str, Any]:
+        run_json: dict[str, Any] = {
+            "options": self.opts.to_json(), "seed": self.opts.seed,
+            "nodes": self.hosts.names, "schedule": [e.to_json() for e in self.schedule],
+            "members": self.dep.members_meta(),
+        }
+        (self.out / "run.json").write_text(json.dumps(run_json, indent=1))
+        info: dict[str, Any] = {"setup_error": None}
+        try:
+            self.progress("deploying")
+            self.dep.setup()
+            info["setup_s"] = self.dep.setup_s
+            log.info("deployed: %s", self.dep.setup_s)
+            with IptablesNet(self.hosts) as net:
+                procs = ProcessNemesis(self.hosts, DAEMON)
+                ex = NemesisExecutor(net, procs, chain_view=self.chain_view,
+                                     data_files=self.dep.data_files)
+                with HistoryWriter(self.out / "history.jsonl") as w:
+                    rec = Recorder(w, time.monotonic_ns())
+                    info.update(anyio.run(self._main, ex, rec))
+        except DeployError as e:
+            info["setup_error"] = str(e)
+            log.error("deploy failed: %s", e)
+        finally:
+            self.progress("teardown")
+            info["teardown"] = self.dep.teardown(self.out, leave_running=self.opts.leave_running)
+        run_json.update(info)
+        (self.out / "run.json").write_text(json.dumps(run_json, indent=1, default=str))
+        return run_json
+
+    async def _poll_status(self, stop: anyio.Event) -> None:
+        while not stop.is_set():
+            self.status = await self.dep.status_all()
+            with anyio.move_on_after(1.0):
+                await stop.wait()
+
+    async def _nemesis(self, ex: NemesisExecutor, rec: Recorder) -> None:
+        t0 = time.monotonic()
+        for ev in self.schedule:
+            await anyio.sleep(max(0.0, t0 + ev.time_s - time.monotonic()))
+            self.current_fault = f"{ev.fault} {','.join(ev.targets)}"
+            rec.event("nemesis", "info", ev.fault, {"targets": list(ev.targets),
+                                                      "phase": "start"})
+            try:
+                record = await anyio.to_thread.run_sync(ex.apply, ev)
+            except Exception as e:  # a failed fault is recorded, run goes on
+                record = {"fault": ev.fault, "error": repr(e)}
+                log.warning("nemesis %s failed: %r", ev.fault, e)
+            rec.event("nemesis", "info", ev.fault, {**record, "phase": "done"})
+            self.faults.append({"t_s": round(time.monotonic() - t0, 3), **record})
+            if ev.fault in ("heal", "restart", "resume"):
+                self.current_fault = ""
+
+    async def _main(self, ex: NemesisExecutor, rec: Recorder) -> dict[str, Any]:
+        o = self.opts
+        from harness.canary import CLIENTS
+        from machi.client.chain_client import ChainClient
+
+        wopts = WorkloadOptions(concurrency=o.concurrency, time_limit_s=o.time_limit_s,
+                                rate_per_s=o.rate_per_s, seed=o.seed, canary=o.canary)
+        cls: type[ChainClient] = CLIENTS[o.canary] if o.canary else ChainClient
+        members = self.dep.members()
+
+        def factory(i: int) -> ChainClient:
+            return cls(members, op_timeout_ms=wopts.op_timeout_ms, request_timeout_ms=3_000,
+                       seed=o.seed * 1000 + i, name=f"c{i}")
+
+        wl = Workload(rec, members, wopts, factory)
+        t_start = time.monotonic()
+
+        def show() -> None:
+            n = sum(sum(c.values()) for c in rec.counts.values())
+            ok = sum(c.get("ok", 0) for c in rec.counts.values())
+            self.progress(f"t={time.monotonic() - t_start:5.1f}s ops={n} ok={ok} "
+                          f"fault=[{self.current_fault or 'none'}]")
+
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._poll_status, stop)
+            async with anyio.create_task_group() as tg2:
+                tg2.start_soon(self._nemesis, ex, rec)
+                tg2.start_soon(wl.run, show)
+            # heal everything, then read back
+            self.progress("healing")
+            rec.event("nemesis", "info", "heal-all", {"phase": "start"})
+            await anyio.to_thread.run_sync(ex.heal_all)
+            heal_ms = int(time.monotonic() * 1000)
+            rec.event("nemesis", "info", "heal-all", {"phase": "done", "heal_time_ms": heal_ms})
+            self.progress("waiting for a stable chain")
+            stable: dict[str, Any] | None = None
+            try:
+                stable = await self.dep.wait_stable(time.monotonic() + FINAL_STABLE_TIMEOUT_S)
+            except DeployError as e:
+                log.warning("final: %s", e)
+            stable_ms = int(time.monotonic() * 1000)
+            final: dict[str, Any] = {"stable": stable is not None,
+                                     "wait_stable_ms": stable_ms - heal_ms}
+            st = stable or await self.dep.status_all()
+            s0 = next((s for s in st.values() if isinstance(s, dict) and s.get("upi")), None)
+            if s0 is not None:
+                from machi.core.epoch import EpochId
+
+                eid = EpochId(int(s0["epoch"]), bytes.fromhex(s0["epoch_csum"]))
+                replicas = [m for m in s0["upi"] if m not in s0.get("witnesses", [])]
+                if o.mode == "ap":
+                    replicas = [m for m in self.hosts.names if m not in self.dep.witnesses]
+                self.progress(f"final reads from {replicas}")
+                final.update(await wl.final_reads(eid, replicas))
+            else:
+                final["error"] = "no node reports a projection with a UPI"
+            final["status"] = st
+            stop.set()
+        final["heal_time_ms"] = heal_ms
+        final["counts"] = rec.counts
+        (self.out / "final.json").write_text(json.dumps(final, indent=1, default=str))
+        lat = [list(x) for x in rec.latencies]
+        (self.out / "latencies.json").write_text(json.dumps(lat))
+        return {"heal_time_ms": heal_ms, "faults": self.faults}
+
+
+def run_test(hosts: HostSet, opts: TestOptions, *, verbose: bool = True) -> tuple[int, Path]:
+    """Run, analyze, report; returns (exit status, store dir)."""
+    out = new_store_dir(Path(opts.store), opts.name)
+    handler = _setup_log(out / "harness.log")
+
+    def progress(s: str) -> None:
+        if verbose:
+            sys.stderr.write(f"\r\033[K{s}" if sys.stderr.isatty() else f"{s}\n")
+            sys.stderr.flush()
+        log.info("progress: %s", s)
+
+    try:
+        Runner(hosts, opts, out, progress).run()
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    if verbose and sys.stderr.isatty():
+        sys.stderr.write("\n")
+    results = analyze(out)
+    from harness.checker.result import exit_code
+
+    return exit_code(results["valid"]), out
+
+
+# ---------------------------------------------------------------------------------------
+# Analysis
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    out = []
+    if not path.exists():
+        return out
+    for line in path.read_bytes().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue  # a torn last line
+    return out
+
+
+def analyze(run_dir: Path) -> dict[str, Any]:
+    """(Re-)check a stored run: writes results.json and index.html; returns the results."""
+    from harness.checker.projection_safety import check_projection_logs
+    from harness.checker.result import UNKNOWN, combine_verdicts
+    from harness.checker.write_once import check_write_once_lines
+
+    run_dir = Path(run_dir)
+    run = json.loads((run_dir / "run.json").read_text())
+    opts = run["options"]
+    final = (json.loads((run_dir / "final.json").read_text())
+             if (run_dir / "final.json").exists() else {})
+    checks: dict[str, Any] = {}
+    hist = run_dir / "history.jsonl"
+    if hist.exists():
+        with hist.open("rb") as fh:
+            checks["write_once"] = check_write_once_lines(fh, memory_limit_mb=2048).to_json()
+    else:
+        checks["write_once"] = {"valid": UNKNOWN, "witness": {"reason": "no history"}}
+    records: list[dict[str, Any]] = []
+    for d in sorted((run_dir / "nodes").glob("*")) if (run_dir / "nodes").exists() else []:
+        records.extend(_jsonl(d / "projection-log.jsonl"))
+    records.sort(key=lambda r: (r.get("time_ms") or 0))
+    heal = run.get("heal_time_ms") or final.get("heal_time_ms")
+    if records:
+        try:
+            pr = check_projection_logs(records, mode=opts["mode"], all_members=run["nodes"],
+                                       heal_time=heal).to_json()
+        except ValueError as e:
+            pr = {"valid": UNKNOWN, "witness": {"error": str(e)}}
+        checks["projection_safety"] = pr
+    else:
+        checks["projection_safety"] = {"valid": UNKNOWN, "witness": {"reason": "no logs"}}
+    convergence = (checks["projection_safety"].get("witness") or {}).get("convergence")
+    # the run itself: did it reach the final phase?
+    final_ok = bool(final.get("positions") is not None and final.get("stable"))
+    checks["final_phase"] = {
+        "valid": True if final_ok else UNKNOWN,
+        "stable": final.get("stable"), "wait_stable_ms": final.get("wait_stable_ms"),
+        "positions": final.get("positions"), "error": final.get("error"),
+        "setup_error": run.get("setup_error"),
+    }
+    if opts["mode"] == "ap" and final.get("checksum_lists"):
+        lists = final["checksum_lists"]
+        ref = next(iter(lists.values()))
+        diff = [r for r, v in lists.items() if v != ref]
+        checks["replicas_equal"] = {"valid": not diff and final_ok, "differ": diff}
+    counts: dict[str, dict[str, int]] = {}
+    for ev in _jsonl(hist):
+        if ev.get("type") == "invoke" or ev.get("process") == "nemesis":
+            continue
+        key = ev["f"] + (" (final)" if ev.get("final") else "")
+        c = counts.setdefault(key, {})
+        c[ev["type"]] = c.get(ev["type"], 0) + 1
+    valid = combine_verdicts(c.get("valid", UNKNOWN) for c in checks.values())
+    results = {
+        "valid": valid, "checks": checks, "counts": counts, "seed": run.get("seed"),
+        "options": opts, "test_canary": opts.get("canary"), "nodes": run.get("nodes"),
+        "convergence": convergence, "setup_s": run.get("setup_s"),
+        "faults": run.get("faults", []), "heal_time_ms": heal,
+    }
+    (run_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    try:
+        from harness.report.run_report import write_report
+
+        write_report(run_dir, results)
+    except Exception as e:  # a report bug must not hide the verdict
+        log.exception("report failed")
+        (run_dir / "index.html").write_text(
+            f"<!doctype html><title>report failed</title><pre>verdict: {valid}\n"
+            f"report error: {e!r}</pre>")
+    return results

@@ -1,0 +1,290 @@
+"""Client workloads of a harness run: concurrent chunk operations through the chain client,
+recorded as a write-once history (docs/history-write-once.md), and the final read-back.
+
+Owns: the generator (concurrency, rate, time limit, op mix), self-describing payloads
+(`v|client|seq|checksum` then padding, so a value read back names its one attempt), the
+ok / fail / info classification of every outcome (`machi.client.chain_client.outcome_of`,
+i.e. `machi.core.outcome`; an unwritten read is an ok read of null), incremental history
+writing with `node` and `epoch` fields, and the final phase: read every acknowledged (and
+every listed) chunk from every replica directly, and in AP mode compare replicas'
+checksum lists.  The client-side canaries live in `harness.canary`.
+
+Must not: decide verdicts (the checkers do), retry a failed op with the same payload id,
+or run from outside the control namespace when the hosts are netns hosts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from harness.history import Event, HistoryWriter
+from machi.client.chain_client import CallInfo, ChainClient, outcome_of
+from machi.client.flu_client import FluClient
+from machi.core.epoch import EpochId
+from machi.core.errors import NotWritten
+from machi.core.outcome import OpKind, Outcome
+
+PREFIX = "h"
+WRITE_PREFIX = "w"
+ACKED_MAX = 200_000  # positions remembered for reads and the final phase
+FINAL_CHUNKS_MAX = 100_000
+
+
+@dataclass
+class WorkloadOptions:
+    concurrency: int = 6
+    time_limit_s: float = 30.0
+    rate_per_s: float = 0.0  # all clients together; 0 = as fast as they go
+    mix: dict[str, float] = field(default_factory=lambda: {"append": 0.6, "read": 0.4})
+    payload_bytes: int = 96
+    seed: int = 0
+    op_timeout_ms: int = 10_000
+    canary: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1 or self.time_limit_s <= 0 or self.payload_bytes < 64:
+            raise ValueError("concurrency >= 1, time limit > 0, payload >= 64 bytes")
+        bad = set(self.mix) - {"append", "read", "write"}
+        if bad or not self.mix or sum(self.mix.values()) <= 0:
+            raise ValueError(f"bad op mix {self.mix}")
+
+
+def payload(v: str, client: int, seq: int, size: int) -> bytes:
+    head = f"{v}|{client}|{seq}|"
+    digest = hashlib.sha256(head.encode()).hexdigest()[:16]
+    body = f"{head}{digest}|".encode()
+    return body + b"." * max(0, size - len(body))
+
+
+def payload_id(data: bytes) -> str:
+    """The attempt id a chunk names, or `garbage:<hex>` when it does not check out."""
+    parts = data.split(b"|", 4)
+    if len(parts) >= 4:
+        head = b"|".join(parts[:3]) + b"|"
+        if hashlib.sha256(head).hexdigest()[:16].encode() == parts[3]:
+            return parts[0].decode(errors="replace")
+    return "garbage:" + data[:32].hex()
+
+
+class Recorder:
+    """Numbers events, stamps them with monotonic time, writes them at once (one task
+    loop, so no lock is needed), and keeps counts per f / type."""
+
+    def __init__(self, writer: HistoryWriter, t0_ns: int) -> None:
+        self.writer = writer
+        self.t0_ns = t0_ns
+        self.index = 0
+        self.counts: dict[str, dict[str, int]] = {}
+        self.latencies: list[tuple[float, float, str, str]] = []  # (t_s, ms, f, type)
+
+    def now_ns(self) -> int:
+        return time.monotonic_ns()
+
+    def event(self, process: int | str, typ: str, f: str, value: Any, *,
+              error: Any = None, **extra: Any) -> int:
+        t = self.now_ns()
+        self.writer.write(Event(self.index, t, process, typ, f, value, None, error,
+                                {k: v for k, v in extra.items() if v is not None}))
+        self.index += 1
+        if typ != "invoke" and process != "nemesis":
+            c = self.counts.setdefault(f, {})
+            c[typ] = c.get(typ, 0) + 1
+        return t
+
+
+@dataclass
+class Acked:
+    positions: list[tuple[str, int, int]] = field(default_factory=list)
+    values: dict[tuple[str, int, int], str] = field(default_factory=dict)
+
+    def add(self, pos: tuple[str, int, int], v: str) -> None:
+        if len(self.positions) < ACKED_MAX:
+            self.positions.append(pos)
+            self.values[pos] = v
+
+
+ClientFactory = Callable[[int], ChainClient]
+
+
+class Workload:
+    """Runs client tasks until the time limit; `final_reads` after the heal."""
+
+    def __init__(self, rec: Recorder, members: Mapping[str, tuple[str, int]],
+                 opts: WorkloadOptions, client_factory: ClientFactory | None = None) -> None:
+        self.rec = rec
+        self.members = dict(members)
+        self.opts = opts
+        self.acked = Acked()
+        self.client_factory = client_factory or self._client
+        self._rate_lock = anyio.Lock()
+        self._next_slot = 0.0
+        self.stop_at = 0.0
+
+    def _client(self, i: int) -> ChainClient:
+        return ChainClient(self.members, op_timeout_ms=self.opts.op_timeout_ms,
+                           request_timeout_ms=min(3_000, self.opts.op_timeout_ms),
+                           seed=self.opts.seed * 1000 + i, name=f"c{i}")
+
+    async def run(self, progress: Callable[[], None] | None = None) -> None:
+        self.stop_at = time.monotonic() + self.opts.time_limit_s
+        async with anyio.create_task_group() as tg:
+            for i in range(self.opts.concurrency):
+                tg.start_soon(self._worker, i)
+            if progress is not None:
+                tg.start_soon(self._progress, progress)
+
+    async def _progress(self, fn: Callable[[], None]) -> None:
+        while time.monotonic() < self.stop_at:
+            fn()
+            await anyio.sleep(1.0)
+
+    async def _pace(self) -> None:
+        if self.opts.rate_per_s <= 0:
+            return
+        async with self._rate_lock:
+            now = time.monotonic()
+            slot = max(now, self._next_slot)
+            self._next_slot = slot + 1.0 / self.opts.rate_per_s
+        await anyio.sleep(max(0.0, slot - now))
+
+    async def _worker(self, i: int) -> None:
+        rng = random.Random(f"{self.opts.seed}/client/{i}")
+        fs = list(self.opts.mix)
+        weights = [self.opts.mix[f] for f in fs]
+        seq = 0
+        async with self.client_factory(i) as cc:
+            while time.monotonic() < self.stop_at:
+                await self._pace()
+                if time.monotonic() >= self.stop_at:
+                    break
+                f = rng.choices(fs, weights)[0]
+                if f == "read" and not self.acked.positions:
+                    f = "append"
+                seq += 1
+                v = f"c{i}-{seq}"
+                with anyio.fail_after(self.opts.op_timeout_ms / 1000 + 10):
+                    if f == "append":
+                        await self._append(cc, i, v, seq)
+                    elif f == "write":
+                        await self._write(cc, i, v, seq, rng)
+                    else:
+                        await self._read(cc, i, rng)
+
+    def _done(self, i: int, f: str, kind: OpKind, value: dict[str, Any], info: CallInfo,
+              t0: int, exc: BaseException | None) -> None:
+        extra = {"node": info.node, "epoch": None if info.epoch_id is None
+                 else info.epoch_id.number}
+        if exc is None:
+            typ, err = "ok", None
+        elif f == "read" and isinstance(exc, NotWritten):
+            typ, err = "ok", None
+            value = {**value, "v": None}
+        else:
+            oc = outcome_of(exc, kind)
+            typ = {Outcome.OK: "ok", Outcome.FAIL: "fail", Outcome.INFO: "info"}[oc]
+            err = getattr(getattr(exc, "status", None), "name", None) or type(exc).__name__
+            if typ == "ok":  # an error classified ok (cannot happen for these ops)
+                typ = "info"
+        t1 = self.rec.event(i, typ, f, value, error=err, **extra)
+        self.rec.latencies.append(((t0 - self.rec.t0_ns) / 1e9, (t1 - t0) / 1e6, f, typ))
+
+    async def _append(self, cc: ChainClient, i: int, v: str, seq: int) -> None:
+        data = payload(v, i, seq, self.opts.payload_bytes)
+        t0 = self.rec.event(i, "invoke", "append", {"v": v, "prefix": PREFIX})
+        info = CallInfo()
+        try:
+            pos = await cc.append(PREFIX, data, info=info)
+        except Exception as e:  # every outcome is recorded
+            self._done(i, "append", OpKind.APPEND, {"v": v, "prefix": PREFIX}, info, t0, e)
+            return
+        p = (pos.file, pos.offset, pos.size)
+        self._done(i, "append", OpKind.APPEND, {"v": v, "pos": list(p)}, info, t0, None)
+        self.acked.add(p, v)
+
+    async def _write(self, cc: ChainClient, i: int, v: str, seq: int,
+                     rng: random.Random) -> None:
+        size = self.opts.payload_bytes
+        # each client writes its own file; positions never repeat (write-once)
+        p = (f"{WRITE_PREFIX}^^c{i}^{self.opts.seed}^u^1", seq * size, size)
+        data = payload(v, i, seq, size)
+        value = {"pos": list(p), "v": v}
+        t0 = self.rec.event(i, "invoke", "write", value)
+        info = CallInfo()
+        try:
+            await cc.write(p[0], p[1], data, info=info)
+        except Exception as e:
+            self._done(i, "write", OpKind.WRITE, value, info, t0, e)
+            return
+        self._done(i, "write", OpKind.WRITE, value, info, t0, None)
+        self.acked.add(p, v)
+
+    async def _read(self, cc: ChainClient, i: int, rng: random.Random) -> None:
+        ps = self.acked.positions
+        p = ps[-1] if rng.random() < 0.3 else ps[rng.randrange(len(ps))]
+        value: dict[str, Any] = {"pos": list(p)}
+        t0 = self.rec.event(i, "invoke", "read", value)
+        info = CallInfo()
+        try:
+            data = await cc.read(p[0], p[1], p[2], info=info)
+        except Exception as e:
+            self._done(i, "read", OpKind.READ, value, info, t0, e)
+            return
+        self._done(i, "read", OpKind.READ, {**value, "v": payload_id(data)}, info, t0, None)
+
+    # ---- final phase -------------------------------------------------------------------
+    async def final_reads(self, epoch_id: EpochId, replicas: list[str], *,
+                          process_base: int = 10_000) -> dict[str, Any]:
+        """Read every acked and every listed chunk from every replica (direct FLU reads at
+        `epoch_id`, no repair); returns per-file checksum lists per replica."""
+        listed: dict[str, dict[str, list[tuple[int, int, str]]]] = {}
+        positions = set(self.acked.positions)
+        for r in replicas:
+            host, port = self.members[r]
+            files: dict[str, list[tuple[int, int, str]]] = {}
+            try:
+                async with FluClient(host, port, timeout_ms=10_000, name="final") as c:
+                    for fname, _size in await c.list_files():
+                        entries = await c.checksum_list(fname)
+                        files[fname] = sorted(
+                            (e.offset, e.size, e.csum.digest.hex() if e.csum else "trimmed")
+                            for e in entries if e.size > 0)
+                        for off, size, cs in files[fname]:
+                            if cs != "trimmed" and len(positions) < FINAL_CHUNKS_MAX:
+                                positions.add((fname, off, size))
+            except Exception as e:  # an unlisted replica is reported
+                files = {"error": [(0, 0, repr(e))]}
+            listed[r] = files
+        order = sorted(positions)
+
+        async def one_replica(k: int, r: str) -> None:
+            proc = process_base + k
+            host, port = self.members[r]
+            async with FluClient(host, port, timeout_ms=10_000, name="final") as c:
+                for p in order:
+                    value: dict[str, Any] = {"pos": list(p)}
+                    self.rec.event(proc, "invoke", "read", value, final=True, node=r)
+                    try:
+                        rep = await c.read(p[0], p[1], p[2], epoch_id=epoch_id)
+                        data = rep.data()
+                        v = None if rep.partial or len(data) != p[2] else payload_id(data)
+                        self.rec.event(proc, "ok", "read", {**value, "v": v}, final=True,
+                                       node=r, epoch=epoch_id.number)
+                    except NotWritten:
+                        self.rec.event(proc, "ok", "read", {**value, "v": None}, final=True,
+                                       node=r, epoch=epoch_id.number)
+                    except Exception as e:  # a failed read says nothing
+                        self.rec.event(proc, "fail", "read", value, final=True, node=r,
+                                       error=getattr(getattr(e, "status", None), "name",
+                                                     type(e).__name__))
+
+        # one replica after the other: deterministic event order per replica
+        for k, r in enumerate(replicas):
+            await one_replica(k, r)
+        return {"replicas": replicas, "positions": len(order), "checksum_lists": listed}
