@@ -55,7 +55,7 @@ def _sample(nodes: list[str], k: int, salt: int) -> list[tuple[tuple[str, str], 
 FOUR = ["a", "b", "c", "d"]
 FIVE = ["a", "b", "c", "d", "e"]
 SAMPLE = (
-    [(FOUR, c) for c in _sample(FOUR, 10, 1)] + [(FIVE, c) for c in _sample(FIVE, 8, 2)]
+    [(FOUR, c) for c in _sample(FOUR, 20, 1)] + [(FIVE, c) for c in _sample(FIVE, 15, 2)]
 )
 
 
