@@ -10,7 +10,7 @@ from random import Random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from machi.core.checksum import CsumTag, TaggedCsum, digest
+from machi.core.checksum import CsumTag, TaggedCsum, digest, server_csum
 from machi.core.projection import make_projection
 from machi.core.repair_plan import (
     Copy,
@@ -22,6 +22,7 @@ from machi.core.repair_plan import (
     plan_file,
     repair_roles,
 )
+from machi.sim.flu import SimFlu
 
 B = 1024
 SLOT = 100
@@ -301,3 +302,42 @@ def test_roles_from_a_projection_leave_out_witnesses() -> None:
     assert roles.participants == ("b", "c")
     p2 = p.evolve(repairing=(), down=("c",))
     assert repair_roles(p2) is None
+
+
+def test_planner_runs_over_the_simulators_in_memory_flus() -> None:
+    """The planner works on the simulator's SimFlu chunk maps: CP planning and applying
+    gives the repairing FLU exactly the tail's chunks (what the simulator's own repair
+    does by copying), AP gives both the union."""
+    def flus() -> dict[str, SimFlu]:
+        b, c = SimFlu("b"), SimFlu("c")
+        b.chunks = {"f1": {B: b"one", B + 3: b"two"}, "f2": {B: b"tail only"}}
+        c.chunks = {"f1": {B: b"one", B + 9: b"unacked"}, "f3": {B: b"c only"}}
+        return {"b": b, "c": c}
+
+    def run(mode: str) -> dict[str, SimFlu]:
+        fs = flus()
+        roles = Roles(mode, "b", ("c",))  # type: ignore[arg-type]
+        for file in sorted(set(fs["b"].chunks) | set(fs["c"].chunks)):
+            inputs = {n: [Ent(o, len(d), server_csum(d))
+                          for o, d in sorted(f.chunks.get(file, {}).items())]
+                      for n, f in fs.items()}
+            for x in plan_file(file, roles, inputs):
+                assert isinstance(x, (Copy, Reset)), x
+                if isinstance(x, Copy):
+                    data = fs[x.source].chunks[file][x.offset]
+                    for m in x.destinations:
+                        fs[m].chunks.setdefault(file, {})[x.offset] = data
+                else:
+                    for m in x.members:
+                        del fs[m].chunks[file][x.offset]
+        return fs
+
+    def nonempty(f: SimFlu) -> dict[str, dict[int, bytes]]:
+        return {k: v for k, v in f.chunks.items() if v}
+
+    cp = run("cp")
+    assert nonempty(cp["c"]) == nonempty(cp["b"]) == flus()["b"].chunks
+    ap = run("ap")
+    assert ap["b"].chunks == ap["c"].chunks
+    assert ap["c"].chunks["f1"] == {B: b"one", B + 3: b"two", B + 9: b"unacked"}
+    assert set(ap["b"].chunks) == {"f1", "f2", "f3"}
