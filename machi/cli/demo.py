@@ -22,13 +22,17 @@ import click
               show_default=True, help="Durability of the three FLUs.")
 @click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False),
               help="Parent of the temporary data dirs [default: the system temp dir].")
-def demo(appends: int, concurrency: int, seed: int, sync: str, data_dir: Path | None) -> None:
+@click.option("--chain-manager", is_flag=True,
+              help="Let the daemons' chain managers form the chain (Humming Consensus) "
+                   "instead of installing the projections by hand.")
+def demo(appends: int, concurrency: int, seed: int, sync: str, data_dir: Path | None,
+         chain_manager: bool) -> None:
     """Start 3 FLUs on 127.0.0.1, chain them, append/read/verify, show the error paths,
     stop them (exit 0 only when every check passed)."""
     from machi.bench.demo import DemoOptions, run_demo
 
     opts = DemoOptions(appends=appends, concurrency=concurrency, seed=seed, sync=sync,
-                       data_dir=data_dir)
+                       data_dir=data_dir, chain_manager=chain_manager)
 
     def say(line: str) -> None:
         click.echo(line)
