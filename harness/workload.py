@@ -245,6 +245,7 @@ class Workload:
         `epoch_id`, no repair); returns per-file checksum lists per replica."""
         listed: dict[str, dict[str, list[tuple[int, int, str]]]] = {}
         positions = set(self.acked.positions)
+        seen: dict[tuple[str, int, int], set[str]] = {}
         for r in replicas:
             host, port = self.members[r]
             files: dict[str, list[tuple[int, int, str]]] = {}
@@ -256,11 +257,19 @@ class Workload:
                             (e.offset, e.size, e.csum.digest.hex() if e.csum else "trimmed")
                             for e in entries if e.size > 0)
                         for off, size, cs in files[fname]:
-                            if cs != "trimmed" and len(positions) < FINAL_CHUNKS_MAX:
-                                positions.add((fname, off, size))
+                            if cs != "trimmed" and len(seen) < FINAL_CHUNKS_MAX:
+                                seen.setdefault((fname, off, size), set()).add(r)
             except Exception as e:  # an unlisted replica is reported
                 files = {"error": [(0, 0, repr(e))]}
             listed[r] = files
+        # Listed chunks held by every replica are read back too (unknown appends that
+        # landed).  A chunk only some replicas hold is an abandoned attempt (the head took
+        # it, the chain changed before it reached the tail, the client re-appended
+        # elsewhere): reported as divergence, not read -- reading it replica by replica
+        # would look like a value vanishing between two reads.
+        divergent = sorted(p for p, rs in seen.items()
+                           if len(rs) < len(replicas) and p not in positions)
+        positions.update(p for p, rs in seen.items() if len(rs) == len(replicas))
         order = sorted(positions)
 
         async def one_replica(k: int, r: str) -> None:
@@ -287,4 +296,6 @@ class Workload:
         # one replica after the other: deterministic event order per replica
         for k, r in enumerate(replicas):
             await one_replica(k, r)
-        return {"replicas": replicas, "positions": len(order), "checksum_lists": listed}
+        return {"replicas": replicas, "positions": len(order), "checksum_lists": listed,
+                "divergent": {"count": len(divergent),
+                              "examples": [[*p, sorted(seen[p])] for p in divergent[:20]]}}
