@@ -85,3 +85,70 @@ def flu(server: str | None, sync_modes: str, sizes: str, concurrency: str,
     if not json_only:
         click.echo(format_table(result))
     click.echo(json.dumps(result, indent=None if json_only else 2))
+
+
+@bench.command("chain")
+@click.option("--members", help="n1=HOST:PORT,...: a running chain (default: start our own; "
+                                "no faults are injected into a given chain).")
+@click.option("--nodes", type=click.IntRange(2, 9), default=3, show_default=True,
+              help="Daemons in our own chain.")
+@click.option("--sync", "sync_modes", default="batch,none", show_default=True,
+              help="Sync modes to start the daemons with (a fresh chain each).")
+@click.option("--sizes", default="4KiB,1MiB", show_default=True, help="Chunk sizes.")
+@click.option("--concurrency", default="1,8,32", show_default=True,
+              help="Appends in flight through the one ChainClient.")
+@click.option("--duration-s", type=float, default=None,
+              help="Seconds per cell and per baseline test [default: 2, or 0.3 with --quick].")
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Parent of the temporary dir for the baseline and the daemons' data.")
+@click.option("--no-faults", is_flag=True, help="Skip the kill/restart/pause phases.")
+@click.option("--quick", is_flag=True, help="Short smoke run: 0.3 s cells, concurrency 1,8.")
+@click.option("--json", "json_only", is_flag=True, help="Print only the JSON object.")
+def chain(members: str | None, nodes: int, sync_modes: str, sizes: str, concurrency: str,
+          duration_s: float | None, data_dir: Path | None, no_faults: bool, quick: bool,
+          json_only: bool) -> None:
+    """Appends through ChainClient on a self-managing chain, convergence after a kill, a
+    restart and a SIGSTOP/SIGCONT, next to the single-FLU and raw disk baselines."""
+    from machi.bench.chain import ChainPlan, format_table, run_chain_bench
+    from machi.bench.flu import BenchError
+    from machi.cli.chain_io import parse_members
+    from machi.core.errors import ConfigError
+
+    try:
+        size_list = tuple(parse_size(s) for s in _csv("sizes", sizes))
+        conc = tuple(int(c) for c in _csv("integers", concurrency))
+        seeds = parse_members(members) if members is not None else None
+    except (ValueError, ConfigError) as e:
+        raise click.BadParameter(str(e)) from None
+    if quick and concurrency == "1,8,32":
+        conc = (1, 8)
+    duration = duration_s if duration_s is not None else (0.3 if quick else 2.0)
+    plan = ChainPlan(members=seeds, nodes=nodes, sync_modes=_csv("sync modes", sync_modes),
+                     sizes=size_list, concurrency=conc, duration_s=duration,
+                     baseline_s=duration, data_dir=data_dir, faults=not no_faults)
+
+    def progress(line: str) -> None:
+        click.echo(line, err=True)
+
+    old = signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        result = run_chain_bench(plan, progress)
+    except BenchError as e:
+        click.echo(f"bench error: {e}", err=True)
+        sys.exit(2)
+    except Exception as e:  # e.g. a MachiError from a worker, inside an ExceptionGroup
+        while isinstance(e, ExceptionGroup) and e.exceptions:
+            e = e.exceptions[0]
+        if isinstance(e, BenchError):
+            click.echo(f"bench error: {e}", err=True)
+            sys.exit(2)
+        click.echo(f"bench failed: {type(e).__name__}: {e}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("interrupted; daemons stopped", err=True)
+        sys.exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    if not json_only:
+        click.echo(format_table(result))
+    click.echo(json.dumps(result, indent=None if json_only else 2))
