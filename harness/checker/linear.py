@@ -36,8 +36,9 @@ from harness.history import Op
 
 # Rough bytes per memo entry (set slot + a ~150-bit int) plus per stack frame.
 MEMO_ENTRY_BYTES = 110
-STATE_BYTES = 250  # interned state + its id + transition cache entries (rough)
+STATE_BYTES = 400  # interned state + its id + transition cache entries (rough)
 CHECK_EVERY = 1 << 12  # budget checks every this many memo insertions
+CHECK_EVERY_MISSES = 1 << 9  # ... and every this many computed transitions
 PREFIX_TAIL = 20  # ops of the longest prefix shown in a short witness
 WITNESS_SEARCH_STEPS = 200_000  # search for a prefix after a precheck refutation
 _ZOBRIST_SEED = 0x5EED_11EA
@@ -324,6 +325,7 @@ def _search(items: Sequence[Item], ops: Sequence[Op], model: Model, budget: Budg
     best_state = s
     backtracks = 0
     countdown = CHECK_EVERY
+    misses = CHECK_EVERY_MISSES  # transitions computed: expensive for big states
     max_steps = budget.max_steps
     verdict: Verdict = UNKNOWN
     reason = ""
@@ -350,6 +352,12 @@ def _search(items: Sequence[Item], ops: Sequence[Op], model: Model, budget: Budg
                         if ns is None:
                             nstate = step(states[s], kind_cops[kind[x]])
                             ns = -1 if nstate is None else intern(nstate)
+                            misses -= 1
+                            if not misses:
+                                misses = CHECK_EVERY_MISSES
+                                reason = _over_budget(budget, len(memo), len(states))
+                                if reason:
+                                    raise _OutOfBudget
                             t[s] = ns
                         if ns == s:
                             break
@@ -447,6 +455,12 @@ def _search(items: Sequence[Item], ops: Sequence[Op], model: Model, budget: Budg
             if ns is None:
                 nstate = step(states[s], kind_cops[kind[e]])
                 ns = -1 if nstate is None else intern(nstate)
+                misses -= 1
+                if not misses:
+                    misses = CHECK_EVERY_MISSES
+                    reason = _over_budget(budget, len(memo), len(states))
+                    if reason:
+                        raise _OutOfBudget
                 t[s] = ns
             if ns >= 0:
                 nzh = zh ^ zob[e]

@@ -65,8 +65,15 @@ def test_json_output_has_one_object_per_history_and_exit_reflects_the_worst(tmp_
 def test_unknown_without_invalid_exits_2(tmp_path: Path) -> None:
     """A history past its time budget is unknown and the exit status is 2."""
     path = _write(tmp_path, "patho.jsonl", pathological(40))
-    good = _write(tmp_path, "good.jsonl", generate("kv", seed=1, ops=50))
-    code, out, _ = _run("check", "--model", "kv", "--time-limit", "0.3", str(good), str(path))
+    txn = [["write", "x", 1]]
+    good = _write(
+        tmp_path,
+        "good.jsonl",
+        [Event(0, 0, 0, "invoke", "txn", txn), Event(1, 1, 0, "ok", "txn", txn)],
+    )
+    code, out, _ = _run(
+        "check", "--model", "multi-register", "--time-limit", "0.3", str(good), str(path)
+    )
     assert code == 2
     assert "unknown" in out and "time limit" in out
 

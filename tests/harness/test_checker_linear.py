@@ -250,26 +250,26 @@ def test_witness_names_the_op_and_the_longest_prefix() -> None:
 def test_witness_of_a_search_refutation_names_the_state() -> None:
     """When only the search refutes a history the explanation gives the state it ended in."""
     evs = [
-        Event(0, 0, 0, "invoke", "append", "a", "k"),
-        Event(1, 0, 0, "ok", "append", "a", "k"),
-        Event(2, 0, 1, "invoke", "read", None, "k"),
-        Event(3, 0, 1, "ok", "read", "b", "k"),
+        Event(0, 0, 0, "invoke", "txn", [["write", "x", 1]]),
+        Event(1, 0, 0, "ok", "txn", [["write", "x", 1]]),
+        Event(2, 0, 1, "invoke", "txn", [["read", "x", None]]),
+        Event(3, 0, 1, "ok", "txn", [["read", "x", 2]]),
     ]
-    res = check_linearizable(pair_ops(evs), get_model("kv"))
+    res = check_linearizable(pair_ops(evs), get_model("multi-register"))
     assert res.valid is False
     w = res.witness
     assert w is not None and w["op"]["process"] == 1 and w["prefix_len"] == 1
-    assert "the model state is 'a'" in w["explanation"]
+    assert "the model state is {x: 1}" in w["explanation"]
 
 
 # --- budgets -----------------------------------------------------------------------------
 
 
 def test_pathological_history_is_unknown_within_its_time_limit() -> None:
-    """Many concurrent crashed appends: the verdict is unknown, reached within the time limit."""
+    """Many concurrent crashed writes: the verdict is unknown, reached within the time limit."""
     ops = pair_ops(pathological(40))
     t0 = time.monotonic()
-    res = check_history(ops, "kv", time_limit_s=1.0)
+    res = check_history(ops, "multi-register", time_limit_s=1.0)
     elapsed_s = time.monotonic() - t0
     assert res.valid == "unknown"
     assert res.witness is not None and res.witness["reason"] == "time limit"
@@ -279,16 +279,16 @@ def test_pathological_history_is_unknown_within_its_time_limit() -> None:
 
 def test_step_budget_gives_unknown_deterministically() -> None:
     """A step budget (no clock at all) stops the pure search with the same answer every time."""
-    ops = pair_ops(pathological(30))
-    a = check_linearizable(ops, get_model("kv"), Budget(max_steps=10_000))
-    b = check_linearizable(ops, get_model("kv"), Budget(max_steps=10_000))
+    ops = pair_ops(pathological(20))
+    a = check_linearizable(ops, get_model("multi-register"), Budget(max_steps=1000))
+    b = check_linearizable(ops, get_model("multi-register"), Budget(max_steps=1000))
     assert a.valid == b.valid == "unknown"
     assert a.witness is not None and a.witness["reason"] == "step limit"
     assert a.stats == b.stats
 
 
 def test_pathological_history_stays_under_its_memory_limit(tmp_path: Path) -> None:
-    """In a subprocess with a 60 MB limit the check ends unknown and peak RSS stays below it."""
+    """In a subprocess with a 40 MB limit the check ends unknown and peak RSS stays below it."""
     path = tmp_path / "patho.jsonl"
     write_history(path, pathological(40))
     # VmHWM is the peak of this process's own memory map; ru_maxrss would also count the
@@ -306,7 +306,7 @@ def test_pathological_history_stays_under_its_memory_limit(tmp_path: Path) -> No
         "print('PEAK_RSS_KB', hwm.split()[1], file=sys.stderr)\n"
         "sys.exit(code)\n"
     )
-    limit_mb = 60
+    limit_mb = 40
     proc = subprocess.run(
         [
             sys.executable,
@@ -314,7 +314,7 @@ def test_pathological_history_stays_under_its_memory_limit(tmp_path: Path) -> No
             script,
             "check",
             "--model",
-            "kv",
+            "multi-register",
             "--json",
             "--memory-limit",
             str(limit_mb),

@@ -232,4 +232,5 @@ def test_a_history_cut_anywhere_reads_back_as_a_prefix(tmp_path_factory: Any, da
     path.write_bytes(raw[:cut])
     back = list(read_history(path))
     assert [e.to_json() for e in back] == [e.to_json() for e in evs[: len(back)]]
-    assert len(back) == raw[:cut].count(b"\n")
+    # Every complete line is read; a last line missing only its newline is complete too.
+    assert raw[:cut].count(b"\n") <= len(back) <= raw[:cut].count(b"\n") + 1
