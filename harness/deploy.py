@@ -161,7 +161,8 @@ def install(host: Host, wheel: Path, digest: str, *, python: str, deps: bool = F
     dep_flag = "" if deps else "--no-deps --no-index"
     script = (
         f"set -e; rm -rf {shlex.quote(lib)}.tmp; "
-        f"{shlex.quote(python)} -m pip install -q --no-compile --disable-pip-version-check {dep_flag} "
+        f"{shlex.quote(python)} -m pip install -q --no-compile --disable-pip-version-check "
+        f"{dep_flag} "
         f"--target {shlex.quote(lib)}.tmp {shlex.quote(remote)}; "
         f"echo {digest} > {shlex.quote(lib)}.tmp/.machi-wheel-hash; "
         f"rm -rf {shlex.quote(lib)}; mv {shlex.quote(lib)}.tmp {shlex.quote(lib)}"
