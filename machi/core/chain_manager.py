@@ -302,6 +302,17 @@ def _quiet(st: ManagerState, epoch_number: int, *, force_none: bool) -> Projecti
     )
 
 
+def _ours(c: Config, v: MemberView) -> MemberView:
+    """Drop projections of another chain or mode (a misconfigured or foreign store):
+    they can never be adopted and must not steer proposals."""
+    def keep(p: Projection | None) -> Projection | None:
+        return p if p is not None and p.chain_name == c.chain_name and p.mode == c.mode else None
+    if all(p is keep(p) for p in (v.public, v.private, v.private_confirmed)):
+        return v
+    return replace(v, public=keep(v.public), private=keep(v.private),
+                   private_confirmed=keep(v.private_confirmed))
+
+
 def _is_my_quiet(p: Projection, me: str) -> bool:
     """My own hosed suggestion: none, or (AP) a chain of just me."""
     return p.author_server == me and not p.repairing and p.upi in ((), (me,))
@@ -376,7 +387,7 @@ def _on_read(
         return st, [_trace(st, "stale_read", now, round=ev.round_id)]
     st = replace(st, round_started_ms=None)
     me = st.config.name
-    views = {n: v for n, v in ev.views.items() if isinstance(v, MemberView)}
+    views = {n: _ours(st.config, v) for n, v in ev.views.items() if isinstance(v, MemberView)}
     if me not in views:
         return st, [_trace(st, "own_store_unreadable", now), ScheduleTick(now + _interval(st, rng))]
     unreachable = frozenset(n for n in ev.views if n not in views)

@@ -140,3 +140,17 @@ def test_tail_repairs_then_promotes() -> None:
     st, eff = _round(st, 700, _views(cur, cur))
     (w,) = _of(eff, cm.WritePublic)
     assert w.projection.upi == ("a", "c", "b") and w.projection.author_server == "c"
+
+
+def test_foreign_chain_projections_are_ignored() -> None:
+    """A store holding another chain's (or mode's) projection neither steers nor gets
+    adopted."""
+    cur = _p("abc", epoch=1)
+    st, _ = cm.initial_state(_cfg("a"), cur, now_ms=0)
+    foreign = make_projection(epoch_number=9, author_server="a", chain_name="other",
+                              all_members=["a", "b", "c"], upi=["c", "b", "a"])
+    st2, eff = _round(st, 10, _views(foreign, cur))
+    assert all(w.projection.chain_name == "c1" and w.projection.upi == ("a", "b", "c")
+               for w in _of(eff, cm.WritePublic))
+    assert all(w.projection.epoch_id == cur.epoch_id for w in _of(eff, cm.WritePrivate))
+    assert st2.latest_epoch_seen < 9
