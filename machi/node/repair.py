@@ -58,7 +58,7 @@ class RepairStats:
     chunks_reset: int = 0
     ranges_trimmed: int = 0
     bad_chunks: int = 0
-    conflicts: int = 0  # problems found by planning or by a WRITTEN answer
+    conflicts: int = 0  # problems other than bad chunks (planning, WRITTEN, races)
     errors: int = 0
     seconds: float = 0.0
     per_destination: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -202,10 +202,13 @@ class _Run:
         self.max_in_flight = max_in_flight
         self.max_bad_chunks = max_bad_chunks
         self.batch_size = batch_size
-        self.problems: list[str] = []
+        self.problems: list[str] = []  # the first PROBLEMS_LOGGED_MAX
+        self.problem_count = 0
 
-    def problem(self, text: str) -> None:
-        self.stats.conflicts += 1
+    def problem(self, text: str, *, conflict: bool = True) -> None:
+        self.problem_count += 1
+        if conflict:
+            self.stats.conflicts += 1
         if len(self.problems) < PROBLEMS_LOGGED_MAX:
             self.problems.append(text)
             self.log.error("repair problem", problem=text, epoch=self.p.epoch_id.short())
@@ -339,7 +342,8 @@ class _Run:
                 raise BadChecksum("bytes do not match the checksum list")
         except BadChecksum as e:
             self.stats.bad_chunks += 1
-            self.problem(f"bad chunk: {d.file} @{d.offset}+{d.size} on {d.source}: {e}")
+            self.problem(f"bad chunk: {d.file} @{d.offset}+{d.size} on {d.source}: {e}",
+                         conflict=False)
             if self.stats.bad_chunks > self.max_bad_chunks:
                 raise _Abort(f"more than {self.max_bad_chunks} bad chunks") from None
             return
@@ -444,8 +448,8 @@ async def run_repair(
         abort = f"deadline of {deadline_s} s passed"
     if abort is None and run.problems:
         shown = "; ".join(run.problems[:PROBLEMS_IN_DETAIL])
-        more = len(run.problems) - PROBLEMS_IN_DETAIL
-        abort = f"{stats.conflicts} problems (repair refused): {shown}" + (
+        more = run.problem_count - PROBLEMS_IN_DETAIL
+        abort = f"{run.problem_count} problems (repair refused): {shown}" + (
             f"; and {more} more" if more > 0 else "")
     ok = abort is None
     detail = abort or (

@@ -272,6 +272,7 @@ def test_bad_source_chunk_is_counted_and_the_local_store_path_works(tmp_path: Pa
     late, res = anyio.run(go)
     assert not late.ok and "deadline" in late.detail and late.stats.chunks_copied == 0
     assert not res.ok and res.stats.bad_chunks == 1 and "bad chunk" in res.detail
+    assert res.stats.conflicts == 0
     assert res.stats.per_destination == {"c": {"chunks": 1, "bytes": len(b"good chunk")}}
 
 
