@@ -19,7 +19,7 @@ import pytest
 
 from machi.client.flu_client import ChecksumEntry, FluClient
 from machi.core.epoch import EpochId
-from machi.core.errors import BadArg, NotWritten
+from machi.core.errors import BadArg, BadEpoch, NotWritten
 from machi.core.projection import MemberSpec, Projection, make_projection
 from machi.node.config import KNOWN_KEYS
 from machi.node.log import JsonLog
@@ -175,6 +175,9 @@ def test_cp_repair_resets_unacknowledged_bytes_and_matches_the_tail(tmp_path: Pa
             with pytest.raises(BadArg, match="not repairing"):
                 await cl["a"].repair_reset(partial.file, partial.offset, partial.size,
                                            epoch_id=p2.epoch_id)
+            with pytest.raises(BadEpoch):  # epoch-checked like any data op
+                await cl["c"].repair_reset(partial.file, partial.offset, partial.size,
+                                           epoch_id=p1.epoch_id)
             res = await run_repair(p2, local_name="b", clients=cl, log=quiet_log(buf))
             assert res.ok, res.detail
             assert res.stats.chunks_reset == 1 and res.stats.per_destination == {
