@@ -53,6 +53,8 @@ from .server import FluNode
 PROJECTION_LOG_NAME = "projection-log.jsonl"
 #: written when an admin op starts the manager: it restarts with the node from then on
 ENABLED_NAME = "chain-manager.json"
+#: per-request timeout of the repair's clients (chunks of up to 64 MiB)
+REPAIR_REQUEST_TIMEOUT_MS = 30_000
 #: network effect tasks (reads, writes, kicks, repair) running at once, at most
 MAX_EFFECT_TASKS = 64
 #: trace events logged at info level (the rest at debug)
@@ -512,16 +514,21 @@ class ChainDriver:
         except ImportError:
             await self.feed(cm.RepairDone(p.epoch_id, False, "repair not available"))
             return
-        clients: dict[str, FluClient] = {}
-        for m in (*p.upi, *p.repairing):
-            if m != self.name and m not in p.witnesses:
-                c = await self._client(m)
-                if c is not None:
-                    clients[m] = c
         try:
-            res = await run_repair(p, local_name=self.name, store=self.node.store,
-                                   clients=clients, log=self.log)
-            ok, detail = res.ok, res.detail
+            # own clients: repair moves big chunks, the manager's clients have short
+            # timeouts meant for projection reads
+            async with contextlib.AsyncExitStack() as stack:
+                clients: dict[str, FluClient] = {}
+                for m in (*p.upi, *p.repairing):
+                    addr = self.addrs.get(m)
+                    if m != self.name and m not in p.witnesses and addr is not None:
+                        clients[m] = await stack.enter_async_context(FluClient(
+                            addr[0], addr[1], secret=self.secret, name=f"repair-{self.name}",
+                            timeout_ms=REPAIR_REQUEST_TIMEOUT_MS,
+                            connect_timeout_ms=self.settings.read_timeout_ms))
+                res = await run_repair(p, local_name=self.name, store=self.node.store,
+                                       clients=clients, log=self.log)
+                ok, detail = res.ok, res.detail
         except Exception as err:  # repair must answer, whatever happened
             ok, detail = False, f"repair raised {err!r}"
         await self.feed(cm.RepairDone(p.epoch_id, ok, detail))
