@@ -26,6 +26,7 @@ from machi.client.flu_client import FluClient
 from machi.core.checksum import CsumTag, TaggedCsum, digest
 from machi.core.errors import BadChecksum, MachiError, NoSuchFile, NotWritten, Trimmed, Written
 from machi.core.projection import Projection
+from machi.core.ranges import MIN_OFFSET
 from machi.core.repair_plan import (
     Copy,
     Directive,
@@ -94,6 +95,15 @@ class RepairResult:
     stats: RepairStats
 
 
+@dataclass(frozen=True, slots=True)
+class _Trimmed:
+    """A trimmed checksum-list entry standing for a deleted (fully trimmed) file."""
+
+    offset: int
+    size: int
+    csum: TaggedCsum | None = None
+
+
 class _Abort(Exception):
     """Stop the repair: ``detail`` says why."""
 
@@ -125,9 +135,11 @@ class _Member:
             return await self.client.list_files()
         return list(await self.store.list_files())
 
-    async def checksum_batches(self, file: str, batch_size: int
+    async def checksum_batches(self, file: str, batch_size: int, eof: int
                                ) -> AsyncGenerator[list[EntryLike], None]:
-        """The file's checksum list in non-empty batches (a missing file has none)."""
+        """The file's checksum list in non-empty batches (a missing file has none).  A
+        file this FLU deleted once it was fully trimmed reads as one trimmed range up to
+        ``eof`` (the largest EOF any participant listed)."""
         batches: Any
         if self.client is not None:
             batches = (self.lister or self.client).checksum_list_batches(
@@ -139,6 +151,10 @@ class _Member:
                 if batch:
                     yield batch
         except NoSuchFile:
+            return
+        except Trimmed:
+            if eof > MIN_OFFSET:
+                yield [_Trimmed(MIN_OFFSET, eof - MIN_OFFSET)]
             return
         finally:
             aclose = getattr(batches, "aclose", None)
@@ -204,6 +220,7 @@ class _Run:
         self.batch_size = batch_size
         self.problems: list[str] = []  # the first PROBLEMS_LOGGED_MAX
         self.problem_count = 0
+        self.eofs: dict[str, int] = {}
 
     def problem(self, text: str, *, conflict: bool = True) -> None:
         self.problem_count += 1
@@ -224,15 +241,18 @@ class _Run:
                              f"repair at {self.p.epoch_id.short()}")
 
     async def inventory(self) -> list[str]:
-        names: set[str] = set()
+        """Every file any participant lists, sorted; remembers the largest EOF of each."""
         for m in self.members.values():
-            names.update(n for n, _ in await m.list_files())
-        return sorted(names)
+            for n, eof in await m.list_files():
+                self.eofs[n] = max(eof, self.eofs.get(n, 0))
+        return sorted(self.eofs)
 
     async def _plan(self, file: str) -> AsyncGenerator[Directive | Problem, None]:
         """The file's plan, streamed: checksum-list batches are fetched on demand."""
         planner = FilePlanner(file, self.roles)
-        iters = {n: m.checksum_batches(file, self.batch_size) for n, m in self.members.items()}
+        eof = self.eofs.get(file, 0)
+        iters = {n: m.checksum_batches(file, self.batch_size, eof)
+                 for n, m in self.members.items()}
         try:
             while (name := planner.needs()) is not None:
                 try:

@@ -19,7 +19,7 @@ import pytest
 
 from machi.client.flu_client import ChecksumEntry, FluClient
 from machi.core.epoch import EpochId
-from machi.core.errors import BadArg, BadEpoch, NotWritten
+from machi.core.errors import BadArg, BadEpoch, NotWritten, Trimmed
 from machi.core.projection import MemberSpec, Projection, make_projection
 from machi.node.config import KNOWN_KEYS
 from machi.node.log import JsonLog
@@ -329,3 +329,35 @@ def test_cp_reset_racing_a_new_write_keeps_the_acknowledged_chunk(tmp_path: Path
     assert res.ok, res.detail
     assert res.stats.chunks_reset == 1
     assert res.stats.per_destination == {"c": {"chunks": 1, "bytes": len(b"retried later")}}
+
+
+def test_ap_repair_merges_trims_including_a_deleted_file(tmp_path: Path) -> None:
+    """Trims made while c was out reach c: a partly trimmed file is trimmed the same way,
+    and a file one member deleted once fully trimmed is trimmed (and so deleted) on c."""
+
+    async def go() -> RepairResult:
+        async with inproc_chain(tmp_path, NAMES) as nodes, AsyncExitStack() as stack:
+            cl = await inproc_clients(stack, nodes)
+            p1 = await install(nodes, 1, NAMES)
+            everyone = [cl[n] for n in NAMES]
+            f, off = await chain_append(everyone, "f", b"soon trimmed", p1.epoch_id)
+            g, y1 = await chain_append(everyone, "g", b"y1", p1.epoch_id)
+            _, y2 = await chain_append(everyone, "g", b"y2", p1.epoch_id)
+            p2 = await install(nodes, 2, ("a", "b"), on=("a", "b"))
+            for n in ("a", "b"):
+                await cl[n].trim(f, off, len(b"soon trimmed"), epoch_id=p2.epoch_id)
+                await cl[n].trim(g, y1, 2, epoch_id=p2.epoch_id)
+            assert f not in dict(await cl["b"].list_files())  # b deleted it (not its target)
+            p3 = await install(nodes, 3, ("a", "b"), repairing=("c",))
+            res = await run_repair(p3, local_name="b", clients=cl, log=quiet_log(io.StringIO()))
+            with pytest.raises(Trimmed):
+                await cl["c"].read(f, off, len(b"soon trimmed"), epoch_id=p3.epoch_id)
+            with pytest.raises(Trimmed):
+                await cl["c"].read(g, y1, 2, epoch_id=p3.epoch_id)
+            assert (await cl["c"].read(g, y2, 2, epoch_id=p3.epoch_id)).data() == b"y2"
+            assert await cl["c"].checksum_list(g) == await cl["a"].checksum_list(g)
+            return res
+
+    res = anyio.run(go)
+    assert res.ok, res.detail
+    assert res.stats.ranges_trimmed == 2 and res.stats.chunks_copied == 0
