@@ -168,6 +168,11 @@ def install(host: Host, wheel: Path, digest: str, *, python: str, deps: bool = F
         f"rm -rf {shlex.quote(lib)}; mv {shlex.quote(lib)}.tmp {shlex.quote(lib)}"
     )
     host.run(script, timeout_s=300)
+    # the daemons must run the uploaded code, not something else on the host's path
+    where = host.run(f"cd {shlex.quote(w)} && PYTHONPATH={shlex.quote(lib)} "
+                     f"{shlex.quote(python)} -c 'import machi; print(machi.__file__)'")
+    if not where.stdout.strip().startswith(lib + "/"):
+        raise DeployError(f"{host.name}: machi imports from {where.stdout.strip()}, not {lib}")
     return lib
 
 

@@ -229,6 +229,7 @@ class Runner:
             else:
                 final["error"] = "no node reports a projection with a UPI"
             final["status"] = st
+            final["end_time_ms"] = int(time.monotonic() * 1000)  # before any daemon stops
             stop.set()
         final["heal_time_ms"] = heal_ms
         final["counts"] = rec.counts
@@ -311,6 +312,20 @@ def analyze(run_dir: Path) -> dict[str, Any]:
     else:
         checks["projection_safety"] = {"valid": UNKNOWN, "witness": {"reason": "no logs"}}
     convergence = (checks["projection_safety"].get("witness") or {}).get("convergence")
+    end_ms = final.get("end_time_ms")
+    if records and heal is not None and end_ms is not None:
+        # judged on the logs up to the end of the final phase: stopping the daemons at
+        # teardown makes the survivors change epochs, which says nothing about the run
+        from harness.checker.projection_safety import convergence as conv_fn
+        from harness.checker.projection_safety import normalise
+
+        try:
+            convergence = conv_fn(normalise(
+                [r for r in records if (r.get("time_ms") or 0) <= end_ms],
+                mode=opts["mode"], all_members=run["nodes"]), heal_time=heal,
+                nodes=run["nodes"])
+        except ValueError as e:
+            convergence = {"converged": False, "reason": str(e)}
     # the run itself: did it reach the final phase?
     final_ok = bool(final.get("positions") is not None and final.get("stable"))
     checks["final_phase"] = {
@@ -331,12 +346,23 @@ def analyze(run_dir: Path) -> dict[str, Any]:
             "differ": diff, "divergent_chunks": final.get("divergent"),
             "counts_in_verdict": opts["mode"] == "ap"}
     counts: dict[str, dict[str, int]] = {}
+    final_errors: dict[str, int] = {}
+    final_error_examples: list[dict[str, Any]] = []
     for ev in _jsonl(hist):
+        if ev.get("final") and ev.get("type") == "fail":
+            k = f"{ev.get('node')}:{ev.get('error')}"
+            final_errors[k] = final_errors.get(k, 0) + 1
+            if len(final_error_examples) < 10:
+                final_error_examples.append(ev)
         if ev.get("type") == "invoke" or ev.get("process") == "nemesis":
             continue
         key = ev["f"] + (" (final)" if ev.get("final") else "")
         c = counts.setdefault(key, {})
         c[ev["type"]] = c.get(ev["type"], 0) + 1
+    # A final read that fails (e.g. BAD_CHECKSUM on a replica whose file was torn) says
+    # nothing about the history; it is reported so a person sees damaged replicas.
+    checks["final_read_errors"] = {"valid": True, "counts_in_verdict": False,
+                                   "errors": final_errors, "examples": final_error_examples}
     valid = combine_verdicts(c.get("valid", UNKNOWN) for c in checks.values())
     results = {
         "valid": valid, "checks": checks, "counts": counts, "seed": run.get("seed"),

@@ -236,7 +236,8 @@ def _anomalies(results: dict[str, Any]) -> str:
     for name, c in results.get("checks", {}).items():
         w = c.get("witness") or {}
         an = w.get("anomalies") or {}
-        if c.get("valid") is True and not an:
+        noted = c.get("errors") or (c.get("divergent_chunks") or {}).get("count")
+        if c.get("valid") is True and not an and not noted:
             continue
         out.append(f"<h3>{_esc(name)}: {_esc(c.get('valid'))}</h3>")
         if w.get("explanation"):
