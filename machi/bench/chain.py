@@ -356,6 +356,17 @@ async def fault_phases(chain: LocalChain, progress: Progress) -> dict[str, Any]:
     return out
 
 
+async def _idle_cpu(pids: list[int], duration_s: float) -> dict[str, Any]:
+    """CPU the daemons burn with no client load (their chain managers' rounds)."""
+    cpu0, t0 = _cpu_s(pids), time.monotonic()
+    await anyio.sleep(duration_s)
+    cpu1, elapsed = _cpu_s(pids), time.monotonic() - t0
+    if cpu0 is None or cpu1 is None:
+        return {"servers_cpu_s_per_s": None}
+    return {"servers_cpu_s_per_s": round((cpu1 - cpu0) / elapsed, 3),
+            "elapsed_s": round(elapsed, 3)}
+
+
 def _r(v: Any) -> Any:
     return round(v, 3) if isinstance(v, float) else v
 
@@ -369,7 +380,15 @@ async def _chain_run(chain: LocalChain, plan: ChainPlan, mode: str, faults: bool
     _, boot_s = await wait_converged(seeds, list(seeds), set(seeds), t0)
     progress(f"chain of {len(seeds)} (sync={mode}) bootstrapped and confirmed in {boot_s:.2f} s")
     out: dict[str, Any] = {"bootstrap_s": _r(boot_s)}
+    out["idle"] = await _idle_cpu(chain.pids(), min(plan.duration_s, 2.0))
+    progress(f"idle daemons (managers only): {out['idle']['servers_cpu_s_per_s']} CPU s/s")
+    before = await chain_status(*next(iter(seeds.values())))
     out["cells"] = await measure_chain(seeds, plan, mode, chain.pids(), progress)
+    after = await chain_status(*next(iter(seeds.values())))
+    # a manager that changed the projection during the cells makes their numbers suspect
+    out["epochs_during_cells"] = [None if s is None else s.get("epoch")
+                                  for s in (before, after)]
+    progress(f"epoch before/after the cells: {out['epochs_during_cells']}")
     if faults:
         out["convergence"] = await fault_phases(chain, progress)
     return out
@@ -504,6 +523,7 @@ def run_chain_bench(plan: ChainPlan, progress: Progress) -> dict[str, Any]:
         cells: list[dict[str, Any]] = []
         daemons: list[dict[str, Any]] = []
         bootstrap_s: dict[str, Any] = {}
+        idle: dict[str, Any] = {}
         convergence: dict[str, Any] | None = None
         if plan.members is not None:
             cells = _run_async(measure_chain, plan.members, plan, "remote", [], progress,
@@ -515,6 +535,7 @@ def run_chain_bench(plan: ChainPlan, progress: Progress) -> dict[str, Any]:
                 cells.extend(r["cells"])
                 daemons.append(r["daemons"])
                 bootstrap_s[mode] = r["bootstrap_s"]
+                idle[mode] = {**r["idle"], "epochs_during_cells": r["epochs_during_cells"]}
                 if faults:
                     convergence = {"sync": mode, **r["convergence"]}
         flu_modes = ("batch",) if remote else plan.sync_modes
@@ -545,6 +566,7 @@ def run_chain_bench(plan: ChainPlan, progress: Progress) -> dict[str, Any]:
             "baseline": {**base, "single_flu": flu, "single_flu_exit_codes": flu_exit},
             "daemons": daemons,
             "bootstrap_s": bootstrap_s,
+            "managers": idle,
             "cells": cells,
             "convergence": convergence if convergence is not None else {
                 "skipped": "a chain given by --members gets no faults" if remote

@@ -65,6 +65,8 @@ def test_bench_chain_quick_json(tmp_path: Path) -> None:
     assert result["ratios"]["append_4k_durable_ops_per_s"]["met"] is None
     assert result["ratios"]["heal_convergence_s"]["value"] == conv["partition"][
         "heal_converged_s"]
+    assert result["managers"]["none"]["epochs_during_cells"][0] is not None
+    assert result["managers"]["none"]["servers_cpu_s_per_s"] is not None
     [daemons] = result["daemons"]
     assert set(daemons["pids"]) == {"n1", "n2", "n3"}
     assert set(daemons["exit_codes"].values()) == {0}
