@@ -6,7 +6,8 @@ no sandbox when root), talking to it with the Chrome DevTools Protocol over
 loading one ``file://`` page, and collecting a full-page PNG screenshot, the console
 messages with their levels, the uncaught JS exceptions, every request whose URL is not
 ``file:``/``data:``/``about:``, the page title and its visible text. The browser and every
-process it started are killed at the end (its own process group), also on errors.
+process it started are killed at the end, also on errors: its own process group, and the
+crash handler that detaches from it (found by the fresh profile path it runs with).
 
 Must not: load anything but the given local file, let a request leave the machine (a
 proxy on 127.0.0.1:9 that refuses connections and a resolver that finds no host stand
@@ -56,6 +57,7 @@ FLAGS = (
     "--disable-extensions",
     "--disable-default-apps",
     "--disable-breakpad",
+    "--disable-crash-reporter",
     "--metrics-recording-only",
     "--mute-audio",
     "--allow-file-access-from-files",
@@ -122,8 +124,11 @@ def find_chromium() -> str | None:
 
 
 def check_page(html: Path, screenshot: Path, *, timeout_s: float = TIMEOUT_S,
-               chromium: str | None = None) -> PageCheck:
-    """Load ``html`` (a local file) in a fresh headless Chromium; write ``screenshot``."""
+               chromium: str | None = None, started: list[int] | None = None) -> PageCheck:
+    """Load ``html`` (a local file) in a fresh headless Chromium; write ``screenshot``.
+
+    ``started``, when given, gets the browser's pid (also its process group id) as soon as
+    it runs, so a caller can verify that nothing of it is left, on errors too."""
     html = Path(html).resolve()
     if not html.is_file():
         raise BrowserError(f"no such file: {html}")
@@ -133,6 +138,8 @@ def check_page(html: Path, screenshot: Path, *, timeout_s: float = TIMEOUT_S,
                            "or scripts/install-system-deps as root; or set MACHI_CHROMIUM)")
     with tempfile.TemporaryDirectory(prefix="machi-chromium-") as profile, \
             _Chromium(exe, Path(profile), timeout_s) as cdp:
+        if started is not None and cdp.proc is not None:
+            started.append(cdp.proc.pid)
         return _load(cdp, html, Path(screenshot))
 
 
@@ -141,6 +148,19 @@ def _high_fd(fd: int) -> int:
     hi = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
     os.close(fd)
     return hi
+
+
+def _pids_mentioning(text: str) -> list[int]:
+    """Pids of the processes whose command line contains ``text``."""
+    needle = text.encode()
+    out = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if needle in cmdline.read_bytes():
+                out.append(int(cmdline.parent.name))
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+    return out
 
 
 class _Chromium:
@@ -171,9 +191,13 @@ class _Chromium:
                     os.dup2(cmd_r, 3)
                     os.dup2(res_w, 4)
 
+                # crashpad's database (and any other per-user file) inside the profile: it
+                # names the profile on its command line, which is how __exit__ finds it
+                env = {**os.environ, "XDG_CONFIG_HOME": str(self.profile / "config"),
+                       "XDG_CACHE_HOME": str(self.profile / "cache")}
                 self.proc = subprocess.Popen(
                     argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                    close_fds=False, preexec_fn=fds_3_4, start_new_session=True)
+                    env=env, close_fds=False, preexec_fn=fds_3_4, start_new_session=True)
         except OSError as e:
             for fd in (cmd_r, cmd_w, res_r, res_w):
                 os.close(fd)
@@ -199,6 +223,11 @@ class _Chromium:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=5)
+            # chrome_crashpad_handler detaches into its own session; it is ours by the
+            # profile path (a fresh temporary directory) on its command line
+            for pid in _pids_mentioning(str(self.profile)):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
 
     def _stderr_tail(self) -> str:
         try:
