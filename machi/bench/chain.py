@@ -67,6 +67,9 @@ PARTITION_NOTE = ("loopback daemons: the partition is simulated by SIGSTOP of on
                   "(until the others confirm a chain without it) and SIGCONT; real "
                   "partitions (one-way, netns) are the harness's job")
 
+REMOTE_NOTE = ("--members: the chain's sync mode is unknown here, its cells are counted "
+               "as durable; the raw disk numbers are this host's")
+
 Progress = Callable[[str], None]
 
 
@@ -403,8 +406,8 @@ def _local_chain(plan: ChainPlan, mode: str, root: Path, faults: bool,
         pids = {n: x.proc.pid for n, x in chain.nodes.items() if x.proc is not None}
         progress(f"started {plan.nodes} daemons sync={mode}: "
                  + " ".join(f"{n}={x.address}" for n, x in chain.nodes.items()))
-        out = _run_async(_chain_run, chain, plan, mode, faults, progress,
-                         use_uvloop=plan.uvloop)
+        out: dict[str, Any] = _run_async(_chain_run, chain, plan, mode, faults, progress,
+                                         use_uvloop=plan.uvloop)
         out["daemons"] = {"sync": mode, "pids": pids, "exit_codes": chain.stop_all()}
         return out
     except BaseException:
@@ -481,14 +484,14 @@ def ratios(cells: list[dict[str, Any]], base: dict[str, Any], nodes: int,
             "value": v, "target": TARGET_APPEND_1M_VS_RAW_PER_NODE,
             "met": None if v is None else v >= TARGET_APPEND_1M_VS_RAW_PER_NODE,
             "append_mb_per_s": mb, "raw_seq_write_mb_per_s": seq_mb, "nodes": nodes,
-            "cell": _name(c1),
+            "cell": _name(c1), "note": REMOTE_NOTE if remote else None,
         },
         "append_4k_durable_ops_per_s": {
             "value": ops if c4 is not None else None,
             "target": TARGET_APPEND_4K_DURABLE_OPS_PER_S,
             "ratio": round(ops / TARGET_APPEND_4K_DURABLE_OPS_PER_S, 3) if c4 else None,
             "met": None if c4 is None else ops >= TARGET_APPEND_4K_DURABLE_OPS_PER_S,
-            "cell": _name(c4),
+            "cell": _name(c4), "note": REMOTE_NOTE if remote else None,
         },
         "heal_convergence_s": {
             "value": heal, "target": TARGET_HEAL_CONVERGENCE_S, "nodes": nodes,
@@ -502,7 +505,8 @@ def _vs_flu(cells: list[dict[str, Any]], flu: list[dict[str, Any]]) -> None:
     """Annotate each chain cell with its throughput relative to the same single-FLU cell."""
     index = {(c["sync"], c["size"], c["concurrency"]): c for c in flu}
     for c in cells:
-        f = index.get((c["sync"], c["size"], c["concurrency"]))
+        sync = "batch" if c["sync"] == "remote" else c["sync"]  # --members: vs batch
+        f = index.get((sync, c["size"], c["concurrency"]))
         if f is not None and f["append"]["ops_per_s"] > 0:
             c["vs_single_flu"] = round(c["append"]["ops_per_s"] / f["append"]["ops_per_s"], 3)
 
