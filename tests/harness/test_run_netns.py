@@ -22,7 +22,7 @@ from harness.hosts import netns
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(170)]
 
-# seed 5 over 14 s on n1..n3: kill (2.5 s) + restart, then a halves partition (7.8 s) + heal
+# seed 5 over 12 s on n1..n3: kill (2.5 s) + restart, then a halves partition (7.8 s) + heal
 SEED = 5
 CLI = str(Path(sys.executable).parent / "machi-harness")
 
@@ -52,7 +52,7 @@ def _run(state_dir: Path, store: Path, *args: str) -> tuple[int, str, dict[str, 
 def test_cp_run_with_partitions_and_kills_is_valid(cluster: Path, tmp_path: Path) -> None:
     """A short CP run with a kill and a partition ends valid, with every artefact stored."""
     code, out, res, run_dir = _run(cluster, tmp_path, "--mode", "cp", "--nemesis",
-                                   "partition,kill", "--time-limit", "14", "--seed", str(SEED))
+                                   "partition,kill", "--time-limit", "12", "--seed", str(SEED))
     assert code == 0, (out[-3000:], json.dumps(res["checks"], default=str)[:3000])
     assert res["valid"] is True and res["seed"] == SEED
     assert {"write_once", "projection_safety", "final_phase"} <= set(res["checks"])
@@ -81,10 +81,27 @@ def test_cp_run_with_partitions_and_kills_is_valid(cluster: Path, tmp_path: Path
 
 def test_ack_before_tail_canary_is_invalid(cluster: Path, tmp_path: Path) -> None:
     """A client acknowledging appends before the tail has them is caught (lost chunks)."""
-    code, out, res, _run_dir = _run(cluster, tmp_path, "--mode", "cp", "--nemesis", "kill",
-                                    "--time-limit", "8", "--seed", "3",
+    # seed 6 over 8 s: a halves partition from 3.2 s to 5.7 s
+    code, out, res, _run_dir = _run(cluster, tmp_path, "--mode", "cp", "--nemesis",
+                                    "partition", "--time-limit", "8", "--seed", "6",
                                     "--canary", "ack-before-tail")
     assert code == 1, out[-3000:]
     assert res["valid"] is False and res["test_canary"] == "ack-before-tail"
     anomalies = res["checks"]["write_once"]["witness"]["anomalies"]
     assert anomalies["lost"]["count"] > 0
+
+
+def test_ap_run_with_a_partition_is_valid_and_replicas_converge(
+    cluster: Path, tmp_path: Path
+) -> None:
+    """A short AP run (appends on both sides of a partition) ends valid with equal replicas
+    and a reported convergence time."""
+    # seed 7 over 8 s: a majority/minority partition from 2.3 s to 6.4 s
+    code, out, res, _run_dir = _run(cluster, tmp_path, "--mode", "ap", "--nemesis",
+                                    "partition", "--time-limit", "8", "--seed", "7")
+    assert code == 0, (out[-3000:], json.dumps(res["checks"], default=str)[:3000])
+    assert res["checks"]["replicas_equal"]["valid"] is True
+    assert res["checks"]["replicas_equal"]["counts_in_verdict"] is True
+    assert [f["fault"] for f in res["faults"]] == ["partition", "heal"]
+    assert res["convergence"]["converged"] is True
+    assert res["convergence"]["time_to_converge"] >= 0
