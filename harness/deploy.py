@@ -335,7 +335,8 @@ class Deployment:
         s0 = sts[0]
         assert isinstance(s0, dict)
         want = sorted(n for n in nodes if n not in witnesses)
-        return (len(ids) == 1 and sorted(s0["upi"]) == want and not s0["repairing"]
+        upi = sorted(n for n in s0["upi"] if n not in witnesses)  # CP: witnesses lead the UPI
+        return (len(ids) == 1 and upi == want and not s0["repairing"]
                 and all(isinstance(s, dict) and s.get("confirmed") for s in sts))
 
     async def wait_stable(self, deadline: float) -> dict[str, Any]:
