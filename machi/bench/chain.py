@@ -185,7 +185,15 @@ async def converged(seeds: Mapping[str, tuple[str, int]], up: list[str],
                     want_upi: set[str]) -> dict[str, Any] | None:
     """The shared status when every node in ``up`` sits at one confirmed epoch with UPI ==
     ``want_upi`` and nothing repairing; else None."""
-    sts = [await chain_status(*seeds[n]) for n in up]
+    got: dict[str, dict[str, Any] | None] = {}
+
+    async def one(n: str) -> None:
+        got[n] = await chain_status(*seeds[n])
+
+    async with anyio.create_task_group() as tg:  # in parallel: one poll ~ one round trip
+        for n in up:
+            tg.start_soon(one, n)
+    sts = [got[n] for n in up]
     first = sts[0]
     for s in sts:
         if s is None or first is None or not s.get("confirmed") or s.get("repairing"):
@@ -207,8 +215,17 @@ async def wait_converged(seeds: Mapping[str, tuple[str, int]], up: list[str],
             return st, time.monotonic() - t0
         await anyio.sleep(POLL_S)
     sts = {n: await chain_status(*seeds[n]) for n in up}
-    raise BenchError(f"no convergence on UPI {sorted(want_upi)} within "
-                     f"{CONVERGE_TIMEOUT_S:g} s: {sts}")
+    raise NoConvergence(f"no convergence on UPI {sorted(want_upi)} within "
+                        f"{CONVERGE_TIMEOUT_S:g} s", sts)
+
+
+class NoConvergence(BenchError):
+    """The chain did not settle within CONVERGE_TIMEOUT_S (a result, not a crash)."""
+
+    def __init__(self, message: str, statuses: dict[str, dict[str, Any] | None]) -> None:
+        super().__init__(f"{message}: {statuses}")
+        self.message = message
+        self.statuses = statuses
 
 
 # ---- append cells ---------------------------------------------------------------------
@@ -306,21 +323,40 @@ async def _probe_appends(seeds: Mapping[str, tuple[str, int]], t0: float) -> flo
 
 
 async def fault_phases(chain: LocalChain, progress: Progress) -> dict[str, Any]:
-    """SIGKILL the head, restart it, then pause (SIGSTOP) the tail and heal (SIGCONT)."""
-    seeds = chain.seeds
-    names = list(seeds)
+    """The phases below; a phase whose chain does not settle ends them with ``error``,
+    ``failed_phase`` and every node's status in the result (the bench goes on to its
+    baselines and exits 3)."""
     out: dict[str, Any] = {"poll_s": POLL_S, "timeout_s": CONVERGE_TIMEOUT_S,
                            "timers": "chain_tick_base_ms=100 chain_stability_time_ms=400 "
                                      "(node.toml of the run)"}
+    try:
+        await _phases(chain, out, progress)
+    except NoConvergence as e:
+        done = [k for k in ("kill", "restart", "partition") if k in out]
+        out.update(error=e.message, statuses=e.statuses,
+                   failed_phase=("kill", "restart", "partition")[len(done)])
+        progress(f"{out['failed_phase']}: {e.message}\n{chain.logs()}")
+    return out
+
+
+async def _phases(chain: LocalChain, out: dict[str, Any], progress: Progress) -> None:
+    """SIGKILL the head, restart it, then pause (SIGSTOP) the tail and heal (SIGCONT)."""
+    seeds = chain.seeds
+    names = list(seeds)
     st, _ = await wait_converged(seeds, names, set(names), time.monotonic())
     victim = st["upi"][0]
     others = [n for n in names if n != victim]
     t0 = time.monotonic()
     chain.nodes[victim].kill()
     got: dict[str, Any] = {}
+    failed: list[NoConvergence] = []
 
     async def confirm() -> None:
-        s, got["confirmed_s"] = await wait_converged(seeds, others, set(others), t0)
+        try:
+            s, got["confirmed_s"] = await wait_converged(seeds, others, set(others), t0)
+        except NoConvergence as e:  # re-raised below, not inside an ExceptionGroup
+            failed.append(e)
+            return
         got["epoch"] = s["epoch"]
 
     async def probe() -> None:
@@ -329,6 +365,8 @@ async def fault_phases(chain: LocalChain, progress: Progress) -> dict[str, Any]:
     async with anyio.create_task_group() as tg:
         tg.start_soon(confirm)
         tg.start_soon(probe)
+    if failed:
+        raise failed[0]
     out["kill"] = {"node": victim, "role": "head", **{k: _r(v) for k, v in got.items()}}
     progress(f"SIGKILL {victim} (head): chain without it confirmed after "
              f"{got['confirmed_s']:.2f} s, appends ok after {_r(got['appends_ok_s'])} s")
@@ -356,7 +394,6 @@ async def fault_phases(chain: LocalChain, progress: Progress) -> dict[str, Any]:
                         "epoch": s["epoch"], "note": PARTITION_NOTE}
     progress(f"SIGSTOP {victim} (tail): dropped after {dropped_s:.2f} s; after SIGCONT "
              f"all {len(names)} confirmed again after {heal_s:.2f} s")
-    return out
 
 
 async def _idle_cpu(pids: list[int], duration_s: float) -> dict[str, Any]:
@@ -478,7 +515,8 @@ def ratios(cells: list[dict[str, Any]], base: dict[str, Any], nodes: int,
     mb, c1 = _best(cells, LARGE_SIZE, "mb_per_s", durable)
     v = round(mb / per_node, 3) if c1 is not None and per_node > 0 else None
     ops, c4 = _best(cells, SMALL_SIZE, "ops_per_s", durable)
-    heal = None if not convergence else convergence["partition"]["heal_converged_s"]
+    heal = (convergence or {}).get("partition", {}).get("heal_converged_s")
+    failed = bool(convergence and "error" in convergence)
     return {
         "append_1m_durable_vs_raw_seq_write_per_node": {
             "value": v, "target": TARGET_APPEND_1M_VS_RAW_PER_NODE,
@@ -495,7 +533,8 @@ def ratios(cells: list[dict[str, Any]], base: dict[str, Any], nodes: int,
         },
         "heal_convergence_s": {
             "value": heal, "target": TARGET_HEAL_CONVERGENCE_S, "nodes": nodes,
-            "met": None if heal is None else heal < TARGET_HEAL_CONVERGENCE_S,
+            "met": False if failed else None if heal is None
+            else heal < TARGET_HEAL_CONVERGENCE_S,
             "note": "target is for 5 nodes (--nodes 5)" if nodes != 5 else None,
         },
     }
@@ -596,7 +635,9 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append(f"raw disk: 4KiB write+fdatasync {b['fdatasync_4k']['ops_per_s']:.1f} op/s, "
                  f"1MiB sequential write {b['seq_write_1m']['mb_per_s']:.1f} MB/s")
     conv = result["convergence"]
-    if "kill" in conv:
+    if "error" in conv:
+        lines.append(f"convergence FAILED in phase {conv['failed_phase']}: {conv['error']}")
+    if "partition" in conv:
         lines.append(
             f"kill {conv['kill']['node']}: confirmed {conv['kill']['confirmed_s']} s, appends "
             f"ok {conv['kill']['appends_ok_s']} s; restart: back in UPI "

@@ -108,7 +108,8 @@ def chain(members: str | None, nodes: int, sync_modes: str, sizes: str, concurre
           duration_s: float | None, data_dir: Path | None, no_faults: bool, quick: bool,
           json_only: bool) -> None:
     """Appends through ChainClient on a self-managing chain, convergence after a kill, a
-    restart and a SIGSTOP/SIGCONT, next to the single-FLU and raw disk baselines."""
+    restart and a SIGSTOP/SIGCONT, next to the single-FLU and raw disk baselines.  Exit 3
+    (after printing the JSON) when a fault phase did not converge."""
     from machi.bench.chain import ChainPlan, format_table, run_chain_bench
     from machi.bench.flu import BenchError
     from machi.cli.chain_io import parse_members
@@ -152,3 +153,5 @@ def chain(members: str | None, nodes: int, sync_modes: str, sizes: str, concurre
     if not json_only:
         click.echo(format_table(result))
     click.echo(json.dumps(result, indent=None if json_only else 2))
+    if "error" in result["convergence"]:
+        sys.exit(3)  # the chain did not settle: a result worth a non-zero exit
