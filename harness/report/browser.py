@@ -72,7 +72,12 @@ _NOT_NETWORK = ("file:", "data:", "about:", "blob:", "chrome-error:")
 
 
 class BrowserError(Exception):
-    """Chromium is missing, did not start, died, or did not answer in time."""
+    """Chromium is missing, did not start, died, or did not answer in time.
+
+    ``answered`` tells whether the browser had answered over CDP before this happened
+    (False: it could not be started here at all)."""
+
+    answered = False
 
 
 @dataclass
@@ -136,7 +141,8 @@ def check_page(html: Path, screenshot: Path, *, timeout_s: float = TIMEOUT_S,
     if exe is None:
         raise BrowserError("chromium not found (Debian: apt-get install chromium; "
                            "or scripts/install-system-deps as root; or set MACHI_CHROMIUM)")
-    with tempfile.TemporaryDirectory(prefix="machi-chromium-") as profile, \
+    with tempfile.TemporaryDirectory(prefix="machi-chromium-",
+                                     ignore_cleanup_errors=True) as profile, \
             _Chromium(exe, Path(profile), timeout_s) as cdp:
         if started is not None and cdp.proc is not None:
             started.append(cdp.proc.pid)
@@ -176,6 +182,7 @@ class _Chromium:
         self.buf = b""
         self.next_id = 0
         self.events: list[dict[str, Any]] = []
+        self.answered = False  # any CDP message came back
         self.stderr_path = profile / "chromium.stderr"
 
     def __enter__(self) -> _Chromium:
@@ -208,16 +215,11 @@ class _Chromium:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        with contextlib.suppress(BrowserError, OSError):
-            if self.proc is not None and self.proc.poll() is None:
-                self.deadline = min(self.deadline, time.monotonic() + 2.0)
-                self.send("Browser.close")
+        # no graceful Browser.close: the profile is thrown away, and killing is quicker
         for fd in (self.to_fd, self.from_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
         if self.proc is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=3)
             # the browser's own helpers (zygote, renderer, gpu) share its process group
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
@@ -237,8 +239,10 @@ class _Chromium:
 
     def _fail(self, what: str) -> BrowserError:
         code = self.proc.poll() if self.proc else None
-        return BrowserError(f"chromium {what} (exit status {code}); stderr:\n"
-                            f"{self._stderr_tail()}")
+        err = BrowserError(f"chromium {what} (exit status {code}); stderr:\n"
+                           f"{self._stderr_tail()}")
+        err.answered = self.answered
+        return err
 
     def send(self, method: str, params: dict[str, Any] | None = None,
              session: str | None = None) -> dict[str, Any]:
@@ -300,6 +304,7 @@ class _Chromium:
                 raise BrowserError("a CDP message is larger than MESSAGE_BYTES_MAX")
         raw, self.buf = self.buf[:end], self.buf[end + 1:]
         out: dict[str, Any] = json.loads(raw)
+        self.answered = True
         return out
 
 
