@@ -171,6 +171,15 @@ async def chain_status(host: str, port: int) -> dict[str, Any] | None:
         return None
 
 
+async def chain_status_retry(host: str, port: int, attempts: int = 3) -> dict[str, Any] | None:
+    """``chain_status`` tried up to ``attempts`` times (a loaded node answers late)."""
+    for _ in range(attempts):
+        st = await chain_status(host, port)
+        if st is not None:
+            return st
+    return None
+
+
 async def chain_bootstrap(seeds: Mapping[str, tuple[str, int]], chain: str) -> None:
     """What ``machi chain bootstrap --mode ap`` does: enable every manager, then let the
     first node propose epoch 1."""
@@ -422,9 +431,9 @@ async def _chain_run(chain: LocalChain, plan: ChainPlan, mode: str, faults: bool
     out: dict[str, Any] = {"bootstrap_s": _r(boot_s)}
     out["idle"] = await _idle_cpu(chain.pids(), min(plan.duration_s, 2.0))
     progress(f"idle daemons (managers only): {out['idle']['servers_cpu_s_per_s']} CPU s/s")
-    before = await chain_status(*next(iter(seeds.values())))
+    before = await chain_status_retry(*next(iter(seeds.values())))
     out["cells"] = await measure_chain(seeds, plan, mode, chain.pids(), progress)
-    after = await chain_status(*next(iter(seeds.values())))
+    after = await chain_status_retry(*next(iter(seeds.values())))
     # a manager that changed the projection during the cells makes their numbers suspect
     out["epochs_during_cells"] = [None if s is None else s.get("epoch")
                                   for s in (before, after)]
