@@ -3,7 +3,7 @@ so a harness run can prove its checkers catch the breakage (`--canary NAME`).
 
 Off unless a run sets `--canary` (recorded in results.json as `test_canary`).  Implemented
 on the client side, in the harness only -- nothing here is reachable from `machi`:
-- `read-non-tail`: reads go to a random member of UPI + repairing instead of the UPI tail,
+- `read-non-tail`: reads go to a random member of UPI + repairing other than the UPI tail,
   with no read repair (a repairing or lagging replica answers "not written").
 - `ack-before-tail`: an append is acknowledged once the head holds it; the downstream
   members are never written.
@@ -34,7 +34,8 @@ class ReadNonTailClient(ChainClient):
         async def body() -> ReadReply:
             p = await self._projection(op)
             rng = random.Random()
-            candidates = [m for m in (*p.upi, *p.repairing) if m not in p.witnesses]
+            candidates = [m for m in (*p.upi, *p.repairing)
+                          if m not in p.witnesses and m != p.tail] or [p.tail]
             target = rng.choice(candidates)
             c = await self._flu(target)
             op.info.epoch_id = p.epoch_id

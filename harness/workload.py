@@ -1,7 +1,8 @@
 """Client workloads of a harness run: concurrent chunk operations through the chain client,
 recorded as a write-once history (docs/history-write-once.md), and the final read-back.
 
-Owns: the generator (concurrency, rate, time limit, op mix), self-describing payloads
+Owns: the generator (concurrency, rate, time limit, op mix; reads of acknowledged
+positions and probes just past the newest one), self-describing payloads
 (`v|client|seq|checksum` then padding, so a value read back names its one attempt), the
 ok / fail / info classification of every outcome (`machi.client.chain_client.outcome_of`,
 i.e. `machi.core.outcome`; an unwritten read is an ok read of null), incremental history
@@ -227,7 +228,16 @@ class Workload:
 
     async def _read(self, cc: ChainClient, i: int, rng: random.Random) -> None:
         ps = self.acked.positions
-        p = ps[-1] if rng.random() < 0.3 else ps[rng.randrange(len(ps))]
+        r = rng.random()
+        if r < 0.3:
+            # probe just past the newest ack: likely an append in flight right now (a read
+            # there may see it before its ack -- fine -- but must never lose it again)
+            last = ps[-1]
+            p = (last[0], last[1] + last[2] * rng.randint(1, self.opts.concurrency), last[2])
+        elif r < 0.5:
+            p = ps[-1]
+        else:
+            p = ps[rng.randrange(len(ps))]
         value: dict[str, Any] = {"pos": list(p)}
         t0 = self.rec.event(i, "invoke", "read", value)
         info = CallInfo()
