@@ -1,0 +1,96 @@
+"""`harness.run.analyze` and the run report on a stored run built by hand (no cluster): the
+verdict, counts and anomalies land in results.json and index.html, and the page renders in
+headless Chromium without console errors (screenshot saved) when Chromium is installed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.run import analyze
+
+POS = ["h^^00000000^u^1", 1024, 96]
+POS2 = ["h^^00000000^u^1", 1120, 96]
+
+
+def _ev(i: int, t_ms: int, proc: Any, typ: str, f: str, value: Any, **extra: Any) -> str:
+    return json.dumps({"index": i, "time": t_ms * 1_000_000, "process": proc, "type": typ,
+                       "f": f, "value": value, **extra})
+
+
+def _run_dir(tmp: Path, *, lose: bool) -> Path:
+    d = tmp / "run"
+    (d / "nodes" / "a").mkdir(parents=True)
+    (d / "nodes" / "b").mkdir(parents=True)
+    final_b = None if lose else "c0-2"
+    lines = [
+        _ev(0, 1000, 0, "invoke", "append", {"v": "c0-1", "prefix": "h"}),
+        _ev(1, 1010, 0, "ok", "append", {"v": "c0-1", "pos": POS}, node="a", epoch=1),
+        _ev(2, 1500, "nemesis", "info", "partition", {"phase": "done", "kind": "halves"}),
+        _ev(3, 1600, 0, "invoke", "append", {"v": "c0-2", "prefix": "h"}),
+        _ev(4, 1700, 0, "ok", "append", {"v": "c0-2", "pos": POS2}, node="a", epoch=1),
+        _ev(5, 1800, 1, "invoke", "read", {"pos": POS}),
+        _ev(6, 1900, 1, "fail", "read", {"pos": POS}, error="PARTITION"),
+        _ev(7, 2500, "nemesis", "info", "heal", {"phase": "done"}),
+        _ev(8, 3000, 10000, "invoke", "read", {"pos": POS}, final=True, node="b"),
+        _ev(9, 3001, 10000, "ok", "read", {"pos": POS, "v": "c0-1"}, final=True, node="b"),
+        _ev(10, 3002, 10000, "invoke", "read", {"pos": POS2}, final=True, node="b"),
+        _ev(11, 3003, 10000, "ok", "read", {"pos": POS2, "v": final_b}, final=True, node="b"),
+    ]
+    (d / "history.jsonl").write_text("\n".join(lines) + "\n")
+    run = {"options": {"name": "chunks-cp", "mode": "cp", "nodes": 2, "provider": "netns",
+                       "nemesis": ["partition"], "time_limit_s": 2, "concurrency": 2,
+                       "canary": None},
+           "seed": 9, "nodes": ["a", "b"], "heal_time_ms": 2500, "faults": []}
+    (d / "run.json").write_text(json.dumps(run))
+    final = {"stable": True, "positions": 2, "heal_time_ms": 2500, "end_time_ms": 4000,
+             "checksum_lists": {"a": {}, "b": {}}, "divergent": {"count": 0}}
+    (d / "final.json").write_text(json.dumps(final))
+    for i, n in enumerate(("a", "b")):
+        rec = {"node": n, "epoch": 1, "epoch_csum": "ab" * 32, "author": "a", "chain": "c1",
+               "mode": "cp", "upi": ["a", "b"], "repairing": [], "down": [], "witnesses": [],
+               "all_members": ["a", "b"], "confirmed": True, "time_ms": 900 + i}
+        (d / "nodes" / n / "projection-log.jsonl").write_text(json.dumps(rec) + "\n")
+    return d
+
+
+def test_a_lost_acknowledged_append_makes_the_run_invalid_and_the_page_says_why(
+    tmp_path: Path,
+) -> None:
+    """A final read that misses an acked chunk -> invalid, 'lost' shown with its op."""
+    d = _run_dir(tmp_path, lose=True)
+    res = analyze(d)
+    assert res["valid"] is False
+    assert res["checks"]["write_once"]["witness"]["anomalies"]["lost"]["count"] == 1
+    assert res["counts"]["append"] == {"ok": 2} and res["counts"]["read"] == {"fail": 1}
+    assert json.loads((d / "results.json").read_text())["valid"] is False
+    page = (d / "index.html").read_text()
+    assert "INVALID" in page and "lost" in page and "c0-2" in page and "<svg" in page
+
+
+def test_a_clean_run_is_valid_and_converged(tmp_path: Path) -> None:
+    """The same run with the chunk read back everywhere is valid; convergence is reported."""
+    res = analyze(_run_dir(tmp_path, lose=False))
+    assert res["valid"] is True
+    assert res["convergence"]["converged"] is True
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed")
+def test_report_renders_in_headless_chromium_without_console_errors(tmp_path: Path) -> None:
+    """The page loads in headless Chromium with no console error; a screenshot is saved."""
+    d = _run_dir(tmp_path, lose=True)
+    analyze(d)
+    shot = d / "screenshot.png"
+    base = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}"]
+    p = subprocess.run([*base, "--enable-logging=stderr", "--v=0", "--window-size=1100,2000",
+                        f"--screenshot={shot}", (d / "index.html").as_uri()],
+                       capture_output=True, text=True, timeout=90)
+    console = [ln for ln in p.stderr.splitlines() if ":CONSOLE" in ln]
+    assert console == [], console
+    assert shot.stat().st_size > 10_000
