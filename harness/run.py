@@ -105,8 +105,10 @@ class Runner:
             mode=opts.mode, witnesses=opts.witnesses, run_id=out.name,
             config=dict(opts.chain_config), python=opts.python, deps=opts.deps))
         self.schedule: list[FaultEvent] = make_schedule(
-            opts.seed, hosts.names, ScheduleOptions(time_limit_s=opts.time_limit_s,
-                                                    faults=tuple(opts.nemesis)),
+            opts.seed, hosts.names, ScheduleOptions(
+                time_limit_s=opts.time_limit_s, faults=tuple(opts.nemesis),
+                partition_kinds=(*ScheduleOptions().partition_kinds, "isolate-head",
+                                 "isolate-tail")),
         ) if opts.nemesis else []
         self.status: dict[str, Any] = {}
         self.current_fault = ""

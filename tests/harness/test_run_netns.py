@@ -22,7 +22,8 @@ from harness.hosts import netns
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(170)]
 
-# seed 5 over 12 s on n1..n3: kill (2.5 s) + restart, then a halves partition (7.8 s) + heal
+# seed 5 over 12 s on n1..n3: kill (2.5 s) + restart, then a majority/minority partition
+# (7.8 s) + heal
 SEED = 5
 CLI = str(Path(sys.executable).parent / "machi-harness")
 
@@ -81,7 +82,7 @@ def test_cp_run_with_partitions_and_kills_is_valid(cluster: Path, tmp_path: Path
 
 def test_ack_before_tail_canary_is_invalid(cluster: Path, tmp_path: Path) -> None:
     """A client acknowledging appends before the tail has them is caught (lost chunks)."""
-    # seed 6 over 8 s: a halves partition from 3.2 s to 5.7 s
+    # seed 6 over 8 s: a majorities-ring partition from 3.2 s to 5.7 s
     code, out, res, _run_dir = _run(cluster, tmp_path, "--mode", "cp", "--nemesis",
                                     "partition", "--time-limit", "8", "--seed", "6",
                                     "--canary", "ack-before-tail")
@@ -96,7 +97,7 @@ def test_ap_run_with_a_partition_is_valid_and_replicas_converge(
 ) -> None:
     """A short AP run (appends on both sides of a partition) ends valid with equal replicas
     and a reported convergence time."""
-    # seed 7 over 8 s: a majority/minority partition from 2.3 s to 6.4 s
+    # seed 7 over 8 s: a bridge partition from 2.3 s to 6.4 s
     code, out, res, _run_dir = _run(cluster, tmp_path, "--mode", "ap", "--nemesis",
                                     "partition", "--time-limit", "8", "--seed", "7")
     assert code == 0, (out[-3000:], json.dumps(res["checks"], default=str)[:3000])
