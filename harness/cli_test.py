@@ -120,8 +120,13 @@ def test(provider: str, hosts_file: str | None, nodes: int, mode: str, witnesses
     click.echo(f"seed {seed}: {opts.nodes} nodes ({provider}), {mode}, nemesis "
                f"{','.join(faults) or 'none'}, {time_limit:g} s, {opts.concurrency} clients"
                + (f", CANARY {canary}" if canary else ""), err=True)
-    with hosts:
-        code, out = run_test(hosts, opts)
+    try:
+        with hosts:
+            code, out = run_test(hosts, opts)
+    except KeyboardInterrupt:
+        click.echo("interrupted: nemesis rules flushed, daemons stopped, logs downloaded",
+                   err=True)
+        sys.exit(130)
     verdict = {0: "valid", 1: "INVALID", 2: "unknown"}[code]
     click.echo(f"verdict: {verdict}")
     click.echo(f"report: {out / 'index.html'}")

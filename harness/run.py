@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -252,9 +253,14 @@ def run_test(hosts: HostSet, opts: TestOptions, *, verbose: bool = True) -> tupl
             sys.stderr.flush()
         log.info("progress: %s", s)
 
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old_term = signal.signal(signal.SIGTERM, on_term)  # SIGTERM cleans up like Ctrl-C
     try:
         Runner(hosts, opts, out, progress).run()
     finally:
+        signal.signal(signal.SIGTERM, old_term)
         logging.getLogger().removeHandler(handler)
         handler.close()
     if verbose and sys.stderr.isatty():
