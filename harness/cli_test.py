@@ -54,6 +54,8 @@ def _concurrency(text: str, nodes: int) -> int:
 @click.option("--concurrency", default="2n", show_default=True, help="Clients: N or Kn.")
 @click.option("--rate", type=click.FloatRange(0), default=0, show_default=True,
               help="Ops per second, all clients together (0 = unthrottled).")
+@click.option("--mix", default="append=0.6,read=0.4", show_default=True,
+              help="Op weights: append, read, write (writes at chosen positions).")
 @click.option("--seed", type=int, default=None, help="Schedule seed [default: random].")
 @click.option("--leave-running", is_flag=True, help="Do not stop the daemons at the end.")
 @click.option("--canary", type=click.Choice(CANARIES), default=None,
@@ -68,7 +70,7 @@ def _concurrency(text: str, nodes: int) -> int:
               help="Shorter chain manager timers (quicker recovery in short runs).")
 def test(provider: str, hosts_file: str | None, nodes: int, mode: str, witnesses: int,
          workload: str, nemesis: str, time_limit: float, concurrency: str, rate: float,
-         seed: int | None, leave_running: bool, canary: str | None, store: str,
+         mix: str, seed: int | None, leave_running: bool, canary: str | None, store: str,
          state_dir: str | None, python: str | None, chain_fast: bool) -> None:
     """Deploy, run clients under a nemesis, heal, read back, check, report.
 
@@ -85,6 +87,12 @@ def test(provider: str, hosts_file: str | None, nodes: int, mode: str, witnesses
     bad = set(faults) - set(FAULTS)
     if bad:
         raise click.BadParameter(f"unknown faults {sorted(bad)}", param_hint="--nemesis")
+    try:
+        mix_w = {k.strip(): float(v) for k, v in (x.split("=") for x in mix.split(",") if x)}
+    except ValueError:
+        raise click.BadParameter(f"want op=weight,..., got {mix!r}", param_hint="--mix") from None
+    if not mix_w or set(mix_w) - {"append", "read", "write"}:
+        raise click.BadParameter(f"ops are append, read, write; got {mix!r}", param_hint="--mix")
     if seed is None:
         seed = random.SystemRandom().randrange(2**31)
     sd = Path(state_dir) if state_dir else None
@@ -113,7 +121,7 @@ def test(provider: str, hosts_file: str | None, nodes: int, mode: str, witnesses
         witnesses=witnesses, nemesis=faults, time_limit_s=time_limit,
         concurrency=_concurrency(concurrency, len(names)), rate_per_s=rate, seed=seed,
         canary=canary, leave_running=leave_running, store=store, chain_config=chain_config,
-        python=python, deps=provider == "ssh",
+        python=python, deps=provider == "ssh", mix=mix_w,
     )
     if not faults:
         opts.nemesis = ()

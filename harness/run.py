@@ -63,6 +63,7 @@ class TestOptions:
     chain_config: dict[str, Any] = field(default_factory=dict)
     python: str = sys.executable  # interpreter on the hosts
     deps: bool = False  # install the wheel's dependencies on the hosts too
+    mix: dict[str, float] = field(default_factory=lambda: {"append": 0.6, "read": 0.4})
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -180,7 +181,8 @@ class Runner:
         from machi.client.chain_client import ChainClient
 
         wopts = WorkloadOptions(concurrency=o.concurrency, time_limit_s=o.time_limit_s,
-                                rate_per_s=o.rate_per_s, seed=o.seed, canary=o.canary)
+                                rate_per_s=o.rate_per_s, seed=o.seed, canary=o.canary,
+                                mix=dict(o.mix))
         cls: type[ChainClient] = CLIENTS[o.canary] if o.canary else ChainClient
         members = self.dep.members()
 

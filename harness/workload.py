@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import random
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,7 @@ from machi.client.chain_client import CallInfo, ChainClient, outcome_of
 from machi.client.flu_client import FluClient
 from machi.core.epoch import EpochId
 from machi.core.errors import NotWritten
+from machi.core.filename import make_filename
 from machi.core.outcome import OpKind, Outcome
 
 PREFIX = "h"
@@ -213,7 +215,8 @@ class Workload:
                      rng: random.Random) -> None:
         size = self.opts.payload_bytes
         # each client writes its own file; positions never repeat (write-once)
-        p = (f"{WRITE_PREFIX}^^c{i}^{self.opts.seed}^u^1", seq * size, size)
+        uid = str(uuid.UUID(int=(self.opts.seed % 2**64) << 64 | i))
+        p = (make_filename(WRITE_PREFIX, "", 0, uid, 1), 1024 + seq * size, size)
         data = payload(v, i, seq, size)
         value = {"pos": list(p), "v": v}
         t0 = self.rec.event(i, "invoke", "write", value)
