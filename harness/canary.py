@@ -35,7 +35,7 @@ class ReadNonTailClient(ChainClient):
             p = await self._projection(op)
             rng = random.Random()
             candidates = [m for m in (*p.upi, *p.repairing)
-                          if m not in p.witnesses and m != p.tail] or [p.tail]
+                          if m not in p.witnesses and m != p.tail] or [str(p.tail)]
             target = rng.choice(candidates)
             c = await self._flu(target)
             op.info.epoch_id = p.epoch_id

@@ -278,7 +278,7 @@ def run_test(hosts: HostSet, opts: TestOptions, *, verbose: bool = True) -> tupl
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
-    out = []
+    out: list[dict[str, Any]] = []
     if not path.exists():
         return out
     for line in path.read_bytes().splitlines():
