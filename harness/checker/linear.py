@@ -41,6 +41,7 @@ CHECK_EVERY = 1 << 12  # budget checks every this many memo insertions
 CHECK_EVERY_MISSES = 1 << 9  # ... and every this many computed transitions
 PREFIX_TAIL = 20  # ops of the longest prefix shown in a short witness
 WITNESS_SEARCH_STEPS = 200_000  # search for a prefix after a precheck refutation
+QUICK_SEARCH_STEPS_PER_ITEM = 8  # the first, short search before the stale-read precheck
 _ZOBRIST_SEED = 0x5EED_11EA
 
 
@@ -89,17 +90,7 @@ def check_linearizable(
     steps_used = 0
     for key in keys:
         items = parts[key]
-        pre = model.precheck(items, ops) or stale_precheck(items, ops, model)
-        if pre is not None:
-            kr = _witness_search(items, ops, model, budget, steps_used, pre)
-        else:
-            sub = Budget(
-                budget.deadline,
-                budget.memory_limit_bytes,
-                budget.memory_probe,
-                None if budget.max_steps is None else max(0, budget.max_steps - steps_used),
-            )
-            kr = _search(items, ops, model, sub)
+        kr = _check_key(items, ops, model, budget, steps_used)
         totals["keys_checked"] += 1
         for k, v in kr.stats.items():
             totals[k] = totals.get(k, 0) + v
@@ -113,6 +104,31 @@ def check_linearizable(
     if verdict == UNKNOWN and first_unknown is not None:
         return _result(model, ops, nops, len(parts), first_unknown[0], first_unknown[1], totals)
     return CheckResult(True, model.name, nops, len(parts), None, totals)
+
+
+def _check_key(
+    items: Sequence[Item], ops: Sequence[Op], model: Model, budget: Budget, steps_used: int
+) -> KeyResult:
+    """Value-from-nowhere precheck; then a short search (most valid keys end there); only if
+    that runs out of steps the stale-read precheck (O(n log n) but not free), then the full
+    search."""
+    pre = model.precheck(items, ops)
+    if pre is not None:
+        return _witness_search(items, ops, model, budget, steps_used, pre)
+    left = None if budget.max_steps is None else max(0, budget.max_steps - steps_used)
+    quick = QUICK_SEARCH_STEPS_PER_ITEM * len(items) + CHECK_EVERY
+    if left is None or left > quick:
+        sub = Budget(budget.deadline, budget.memory_limit_bytes, budget.memory_probe, quick)
+        kr = _search(items, ops, model, sub)
+        if kr.verdict != UNKNOWN or kr.reason != "step limit":
+            return kr
+        steps_used += kr.stats.get("steps", 0)
+        left = None if left is None else max(0, left - kr.stats.get("steps", 0))
+    pre = stale_precheck(items, ops, model)
+    if pre is not None:
+        return _witness_search(items, ops, model, budget, steps_used, pre)
+    sub = Budget(budget.deadline, budget.memory_limit_bytes, budget.memory_probe, left)
+    return _search(items, ops, model, sub)
 
 
 def _witness_search(
@@ -560,22 +576,28 @@ def stale_precheck(
     needs: list[tuple[int, int, Any]] = []  # ok ops needing a state: (invoke, item, u)
     inf = float("inf")
     dep: list[int] = []
+    facts: dict[Any, tuple[Any, bool, Any]] = {}  # cop -> (produces, read_only, requires)
     for j, (i, cop) in enumerate(items):
-        p = model.produces(cop)
+        fact = facts.get(cop)
+        if fact is None:
+            fact = (model.produces(cop), model.read_only(cop), model.requires(cop))
+            facts[cop] = fact
+        p, ro, u = fact
         op = ops[i]
-        ok = op.type == "ok" and op.complete_index is not None
+        done = op.complete_index if op.type == "ok" else None
         if p is DEPENDS:
-            if not model.read_only(cop):
+            if not ro:
                 dep.append(j)
-        elif p is not KEEPS and not model.read_only(cop):
-            done = op.complete_index if ok else None
-            producers.setdefault(p, []).append((op.invoke_index, inf if done is None else done))
+        elif p is not KEEPS and not ro:
+            ps = producers.get(p)
+            if ps is None:
+                producers[p] = [(op.invoke_index, inf if done is None else done)]
+            else:
+                ps.append((op.invoke_index, inf if done is None else done))
             if done is not None:
                 setters.append((done, op.invoke_index, p))
-        if ok:
-            u = model.requires(cop)
-            if u is not ANY_STATE:
-                needs.append((op.invoke_index, j, u))
+        if done is not None and u is not ANY_STATE:
+            needs.append((op.invoke_index, j, u))
     if not needs or not setters:
         return None
     if dep:
@@ -593,15 +615,19 @@ def stale_precheck(
     # Per state u: producers sorted by invoke, with the running max of their completion.
     reach: dict[Any, tuple[list[int], list[float]]] = {}
     for u, ps in producers.items():
+        if len(ps) == 1:
+            reach[u] = ([ps[0][0]], [ps[0][1]])
+            continue
         ps.sort()
         run: list[float] = []
         top = -inf
         for _inv, fin in ps:
-            top = max(top, fin)
+            if fin > top:
+                top = fin
             run.append(top)
         reach[u] = ([inv for inv, _d in ps], run)
-    setters.sort()
-    needs.sort()
+    setters.sort(key=lambda t: (t[0], t[1]))  # never compare states: they may not order
+    needs.sort(key=lambda t: (t[0], t[1]))
     k = 0
     best1: tuple[int, Any] | None = None  # (invoke, v): latest-invoked setter so far
     best2: tuple[int, Any] | None = None  # latest-invoked setter of a value != best1's

@@ -244,7 +244,28 @@ def test_witness_names_the_op_and_the_longest_prefix() -> None:
     assert w is not None
     assert w["op"]["f"] == "read" and w["op"]["result"] == 1
     assert w["prefix_indices"] == [0, 1] and w["prefix_len"] == 2
-    assert "stale read" in w["explanation"]
+    assert "the model state is 2" in w["explanation"]
+
+
+def test_stale_read_precheck_explains_and_keeps_a_prefix() -> None:
+    """The stale-read precheck names the overwriting op; the witness still has a prefix."""
+    from harness.checker.linear import stale_precheck
+
+    evs = [
+        Event(0, 0, 0, "invoke", "write", 1),
+        Event(1, 0, 0, "ok", "write", 1),
+        Event(2, 0, 1, "invoke", "write", 2),
+        Event(3, 0, 1, "ok", "write", 2),
+        Event(4, 0, 2, "invoke", "read", None),
+        Event(5, 0, 2, "ok", "read", 1),
+    ]
+    ops = pair_ops(evs)
+    model = get_model("register")
+    hit = stale_precheck(model.partition(ops)[None], ops, model)
+    assert hit is not None and hit[0] == 2 and "stale read" in hit[1]
+    res = check_linearizable(ops, model, Budget(max_steps=0))
+    assert res.valid is False and res.witness is not None
+    assert "stale read" in res.witness["explanation"]
 
 
 def test_witness_of_a_search_refutation_names_the_state() -> None:
