@@ -7,8 +7,9 @@ on the client side, in the harness only -- nothing here is reachable from `machi
   with no read repair (a repairing or lagging replica answers "not written").
 - `ack-before-tail`: an append is acknowledged once the head holds it; the downstream
   members are never written.
-Not implemented yet (refused by `harness.deploy.DeployOptions`): epoch-reuse,
-skip-repair, ack-before-sync (those need switches inside the daemon).
+The daemon-side canaries epoch-reuse, skip-repair and ack-before-sync are switches inside
+the daemons (node config key `test_canary`, written by `harness.deploy` for every node;
+docs/node.md "Test canaries"); their runs use the plain `ChainClient`.
 
 Must not: be used outside harness runs and tests.
 """

@@ -45,7 +45,10 @@ _SOURCE_DIRS = ("machi", "harness")
 _SOURCE_FILES = ("pyproject.toml", "README.md")
 CANARIES = ("read-non-tail", "ack-before-tail", "epoch-reuse", "skip-repair", "ack-before-sync")
 #: canaries implemented so far (the others are refused with a clear message)
-CANARIES_IMPLEMENTED = ("read-non-tail", "ack-before-tail")
+CANARIES_IMPLEMENTED = CANARIES
+#: canaries that are daemon switches (node config key ``test_canary``, TEST ONLY); the
+#: others are client-side (``harness.canary``)
+DAEMON_CANARIES = ("epoch-reuse", "skip-repair", "ack-before-sync")
 STABLE_TIMEOUT_S_DEFAULT = 60.0
 
 
@@ -266,6 +269,8 @@ class Deployment:
             "metrics": f"{h.spec.peer_address}:{o.metrics_port}",
             "witness": h.name in self.witnesses, **o.config,
         }
+        if o.canary in DAEMON_CANARIES:
+            values["test_canary"] = o.canary
         h.run(f"mkdir -p {shlex.quote(data)} {shlex.quote(str(Path(conf_path).parent))}")
         h.write_text(conf_path, _toml(values))
         self.data_dirs[h.name] = data

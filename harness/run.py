@@ -185,7 +185,8 @@ class Runner:
         wopts = WorkloadOptions(concurrency=o.concurrency, time_limit_s=o.time_limit_s,
                                 rate_per_s=o.rate_per_s, seed=o.seed, canary=o.canary,
                                 mix=dict(o.mix))
-        cls: type[ChainClient] = CLIENTS[o.canary] if o.canary else ChainClient
+        # daemon-side canaries (harness.deploy.DAEMON_CANARIES) keep the plain client
+        cls: type[ChainClient] = CLIENTS.get(o.canary or "", ChainClient)
         members = self.dep.members()
 
         def factory(i: int) -> ChainClient:

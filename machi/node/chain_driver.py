@@ -83,6 +83,10 @@ class DriverSettings:
     #: start on any stored projection naming this node (reference 7.1.1), not only after
     #: an admin op enabled the manager on this node
     auto_join: bool = False
+    #: TEST ONLY canary (node key ``test_canary``): "skip-repair" answers StartRepair with
+    #: RepairDone(ok) without copying; "epoch-reuse" writes proposals at the current epoch
+    #: number instead of a higher one.  Anything else: off.
+    test_canary: str = ""
 
     @classmethod
     def from_node_config(cls, cfg: NodeConfig) -> DriverSettings:
@@ -94,7 +98,7 @@ class DriverSettings:
             stability_time_ms=cfg.chain_stability_time_ms,
             loop_hold_ms=cfg.chain_loop_hold_ms, fitness_stale_ms=cfg.chain_fitness_stale_ms,
             projection_log_max_bytes=cfg.projection_log_max_bytes,
-            auto_join=cfg.chain_auto_join,
+            auto_join=cfg.chain_auto_join, test_canary=cfg.test_canary,
         )
 
     def manager_config(self, name: str, chain: str, mode: Any) -> Config:
@@ -349,7 +353,7 @@ class ChainDriver:
             self.rounds += 1
             self._spawn(self._read_members, e)
         elif isinstance(e, cm.WritePublic):
-            await self._write_public(e)
+            await self._write_public(self._canary_epoch_reuse(e))
         elif isinstance(e, cm.WritePrivate):
             await self._write_private(e.projection)
         elif isinstance(e, cm.SetWedge):
@@ -436,6 +440,18 @@ class ChainDriver:
                 self._learn(v.public)
         await self.feed(cm.MembersRead(e.round_id, {m: views[m] for m in e.members}))
 
+    def _canary_epoch_reuse(self, e: cm.WritePublic) -> cm.WritePublic:
+        """TEST ONLY canary epoch-reuse: the proposal is rewritten to the current epoch
+        number (checksum recomputed), so two different projections share one number.  Done
+        here, not in ``machi.core``: the core's proposal logic stays untouched."""
+        cur = self.state.current.epoch_number if self.state is not None else 0
+        if self.settings.test_canary != "epoch-reuse" or not 0 < cur < e.projection.epoch_number:
+            return e
+        p = e.projection.evolve(epoch_number=cur)
+        self.log.warning("CANARY epoch-reuse: proposal rewritten to a used epoch number",
+                         proposed=e.projection.epoch_number, epoch=cur)
+        return cm.WritePublic(e.round_id, p, e.members)
+
     async def _write_public(self, e: cm.WritePublic) -> None:
         self._learn(e.projection)
         results: dict[str, Status] = {}
@@ -509,6 +525,11 @@ class ChainDriver:
                     await c.kick()
 
     async def _repair(self, p: Projection) -> None:
+        if self.settings.test_canary == "skip-repair":  # TEST ONLY canary
+            self.log.warning("CANARY skip-repair: repair answered ok without copying",
+                             epoch=p.epoch_number, repairing=list(p.repairing))
+            await self.feed(cm.RepairDone(p.epoch_id, True, "CANARY skip-repair: nothing copied"))
+            return
         try:
             from machi.node.repair import run_repair
         except ImportError:

@@ -18,6 +18,9 @@ from machi.core.projection import valid_name
 
 SYNC_MODES = ("always", "batch", "none")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+#: TEST ONLY fault switches (key ``test_canary``; "" = off): each breaks one guarantee on
+#: purpose so a harness run can prove its checkers catch it (docs/node.md, "Test canaries")
+TEST_CANARIES = ("ack-before-sync", "skip-repair", "epoch-reuse")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +59,8 @@ class NodeConfig:
     chain_loop_hold_ms: int = 5_000
     chain_fitness_stale_ms: int = 60_000
     projection_log_max_bytes: int = 16 * 1024 * 1024
+    #: TEST ONLY: one of TEST_CANARIES breaks a guarantee on purpose ("" = off)
+    test_canary: str = ""
 
     def secret(self) -> bytes | None:
         if self.secret_file is None:
@@ -167,6 +172,9 @@ def validate(cfg: NodeConfig) -> None:
         raise ConfigError(f"sync: want one of {SYNC_MODES}, got {cfg.sync!r}")
     if cfg.log_level not in LOG_LEVELS:
         raise ConfigError(f"log_level: want one of {LOG_LEVELS}, got {cfg.log_level!r}")
+    if cfg.test_canary and cfg.test_canary not in TEST_CANARIES:
+        raise ConfigError(f"test_canary: want one of {TEST_CANARIES} (TEST ONLY) or \"\", "
+                          f"got {cfg.test_canary!r}")
     if cfg.data_dir == Path():
         raise ConfigError("data_dir: required")
     if (cfg.tls_cert is None) != (cfg.tls_key is None):

@@ -31,7 +31,9 @@ NONE_FLUSH_INTERVAL_MS = 50
 def store_config(cfg: NodeConfig) -> Any:
     from machi.storage.flu_store import StoreConfig
 
-    kw: dict[str, Any] = {"sync": cfg.sync, "namespace": cfg.namespace}
+    kw: dict[str, Any] = {"sync": cfg.sync, "namespace": cfg.namespace,
+                          "test_ack_before_sync": cfg.test_canary == "ack-before-sync",
+                          "test_epoch_reuse": cfg.test_canary == "epoch-reuse"}
     for key in ("group_commit_max_delay_ms", "group_commit_max_chunks", "max_file_size"):
         value = getattr(cfg, key)
         if value is not None:
@@ -70,6 +72,10 @@ async def run_node(
     ssl_ctx = server_ssl_context(cfg)
     host, port = cfg.listen_address()
     metrics = Metrics(cfg.name)
+    if cfg.test_canary:
+        log.warning(f"TEST CANARY {cfg.test_canary} IS ON: this node breaks a guarantee on "
+                    "purpose (test_canary, TEST ONLY; never in production)",
+                    test_canary=cfg.test_canary)
     store = await FluStore.open(cfg.data_dir, store_config(cfg))
     try:
         node = FluNode(
@@ -96,13 +102,14 @@ async def run_node(
                 if attach is not None:
                     await attach(node, tg)
                 tg.start_soon(node.serve, listener)
-                if cfg.sync == "none":
+                if cfg.sync == "none" or cfg.test_canary == "ack-before-sync":
                     # sync=none acknowledges before anything is on disk; commit metadata
                     # (without fsync) every 50 ms so a crash loses a bounded window.
                     tg.start_soon(store.background_flush, NONE_FLUSH_INTERVAL_MS)
                 log.info("listening", host=host, port=bound, tls=ssl_ctx is not None,
                          auth=secret is not None, sync=cfg.sync, witness=cfg.witness,
-                         metrics=cfg.metrics, data_dir=str(cfg.data_dir))
+                         metrics=cfg.metrics, data_dir=str(cfg.data_dir),
+                         test_canary=cfg.test_canary or None)
                 async for signum in signals:
                     log.info("signal received", signal=signal.Signals(signum).name)
                     await node.stop()

@@ -81,6 +81,11 @@ class StoreConfig:
     namespace: str = ""
     #: largest range one read may cover (bounds the memory a single request can pin)
     max_read_bytes: int = 256 * 1024 * 1024
+    #: TEST ONLY canary "ack-before-sync": acknowledge before fdatasync/commit (behave like
+    #: sync "none" while ``sync`` still says what was configured)
+    test_ack_before_sync: bool = False
+    #: TEST ONLY canary "epoch-reuse": accept a different projection at a written epoch
+    test_epoch_reuse: bool = False
 
     def __post_init__(self) -> None:
         if self.sync not in SYNC_MODES:
@@ -170,12 +175,14 @@ class FluStore:
         self._targets: dict[_Key, _Target] = {}
         self._key_locks: dict[_Key, anyio.Lock] = {}
         self._pending: dict[tuple[str, int], anyio.Event] = {}
-        self._projections = ProjectionCache()
+        self._projections = ProjectionCache(reuse_epochs=config.test_epoch_reuse)
         self._projection_lock = anyio.Lock()
         self._closed = False
+        #: the sync mode actually used (differs from config.sync only under a test canary)
+        self._sync: SyncMode = "none" if config.test_ack_before_sync else config.sync
         self._committer = GroupCommitter(
             self._flush,
-            sync=config.sync,
+            sync=self._sync,
             max_delay_ms=config.group_commit_max_delay_ms,
             max_chunks=config.group_commit_max_chunks,
         )
@@ -203,7 +210,8 @@ class FluStore:
             os.close(lock_fd)
             raise ConfigError(f"data dir {data_dir} is in use by another process") from None
         try:
-            db = await MetadataDb.open(data_dir, config.sync)
+            db = await MetadataDb.open(
+                data_dir, "none" if config.test_ack_before_sync else config.sync)
         except BaseException:
             os.close(lock_fd)
             raise
@@ -281,7 +289,7 @@ class FluStore:
 
     async def _flush(self, batch: Batch, durable: bool) -> None:
         # Data first: committed metadata must never point at bytes that are not durable.
-        if self.config.sync != "none":
+        if self._sync != "none":
             await self._data.sync_dirty()
         await self._db.apply(batch, durable=durable)
 
@@ -650,7 +658,7 @@ class FluStore:
         batch = Batch()
         batch.deleted_files.append(f.name)
         await self._committer.submit(batch)
-        if self.config.sync == "none":
+        if self._sync == "none":
             await self._committer.flush()
         self._data.unlink(f.name)
         log.info("data file %s fully trimmed: deleted, name kept as trimmed", f.name)

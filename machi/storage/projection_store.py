@@ -9,7 +9,8 @@ wedge state (``machi.core.wedge``).
 Write rules: a projection whose stored checksum does not match its recomputed one is
 BAD_ARG.  Public: a second write at an epoch is WRITTEN, even if identical.  Private: a
 rewrite with the same epoch id (same checksum) is allowed and replaces the stored record
-(new ``dbg2``); a different projection at that epoch is WRITTEN.
+(new ``dbg2``); a different projection at that epoch is WRITTEN -- except under the TEST
+ONLY canary "epoch-reuse" (``reuse_epochs``), which accepts it and replaces the record.
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ def check_kind(kind: object) -> Kind:
 
 
 class ProjectionCache:
-    def __init__(self) -> None:
+    def __init__(self, *, reuse_epochs: bool = False) -> None:
         self._halves: dict[Kind, dict[int, Projection]] = {k: {} for k in KINDS}
+        #: TEST ONLY canary "epoch-reuse": a different projection may replace a written one
+        self.reuse_epochs = reuse_epochs
 
     def load(self, kind: str, epoch_number: int, body: bytes) -> None:
         """Load one stored record; raises ``ValueError`` if it does not verify."""
@@ -54,6 +57,8 @@ class ProjectionCache:
             return
         if kind == "private" and old.epoch_csum == p.epoch_csum:
             return
+        if self.reuse_epochs and old.epoch_csum != p.epoch_csum:
+            return  # TEST ONLY canary epoch-reuse: breaks the write-once register
         raise Written(f"{kind} projection epoch {p.epoch_number} is already written")
 
     def put(self, kind: Kind, p: Projection) -> None:
