@@ -93,6 +93,8 @@ class MemberView:
     private: Projection | None
     private_confirmed: Projection | None = None
     fitness: Mapping[str, Report] = field(default_factory=dict)
+    #: the FLU is wedged (filled for the local member; peers may leave it False)
+    wedged: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,6 +413,7 @@ def _on_read(
             effects.append(_trace(st, "rejoin", now, latest=latest.epoch_number))
     if st.removed:
         return st, [*effects, ScheduleTick(now + _interval(st, rng))]
+    effects += _maybe_unwedge_again(st, views, now)
     st, more = _maybe_confirm(st, views, now)
     effects += more
     st, more = _decide(st, views, latest, now, rng)
@@ -475,6 +478,30 @@ def _maybe_confirm(
         WritePrivate(annotated), SetWedge(False, cur.epoch_id),
         _trace(st, "confirm", now, **_proj_fields(cur)),
     ]
+
+
+def _maybe_unwedge_again(
+    st: ManagerState, views: Mapping[str, MemberView], now: int
+) -> list[Effect]:
+    """My FLU wedged itself after confirmation (a data request named a newer epoch, or
+    the same number with another checksum) but no projection change followed: when my
+    confirmed projection is still the latest in every chain member's public store (and
+    mine) and every UPI+repairing member still uses it, unwedge again at that epoch.
+    A real newer proposal reaches one of those stores, which keeps the FLU wedged."""
+    cur, me = st.current, st.config.name
+    mine = views.get(me)
+    if not st.confirmed or mine is None or not mine.wedged or cur.is_none():
+        return []
+    chain = set(cur.upi) | set(cur.repairing)
+    for n in chain | {me}:
+        v = views.get(n)
+        if v is None or v.public is None or v.public.epoch_id != cur.epoch_id:
+            return []
+        if n in chain and (v.private is None or v.private.epoch_id != cur.epoch_id):
+            return []
+    if mine.private is None or mine.private.epoch_id != cur.epoch_id:
+        return []
+    return [SetWedge(False, cur.epoch_id), _trace(st, "unwedge_stable", now)]
 
 
 def _basis(

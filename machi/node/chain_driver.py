@@ -411,6 +411,7 @@ class ChainDriver:
             public=await self._latest("public"), private=await self._latest("private"),
             private_confirmed=self.node.confirmed_private if want_confirmed else None,
             fitness=dict(self.state.fitness) if self.state is not None else {},
+            wedged=self.node.state.wedged,
         )
 
     async def _read_members(self, e: cm.ReadMembers) -> None:

@@ -56,7 +56,7 @@ class SimFlu:
         return MemberView(
             public=self.latest("public"), private=self.latest("private"),
             private_confirmed=self.confirmed_private() if want_confirmed else None,
-            fitness=dict(self.fitness),
+            fitness=dict(self.fitness), wedged=self.state.wedged,
         )
 
     def restart(self) -> None:

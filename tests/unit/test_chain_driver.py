@@ -5,10 +5,12 @@ parsing) behave as documented."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
@@ -17,7 +19,8 @@ import pytest
 
 from machi.client.flu_client import FluClient
 from machi.core import chain_manager as cm
-from machi.core.errors import BadArg
+from machi.core.epoch import EpochId
+from machi.core.errors import BadArg, Wedged
 from machi.core.fitness import Report
 from machi.core.projection import make_projection
 from machi.core.wire import Op
@@ -173,5 +176,78 @@ def test_hand_installed_projection_does_not_start_the_manager(tmp_path: Path) ->
             await anyio.sleep(0.2)
             assert driver.state is None and node.state.epoch_id == p.epoch_id
             assert not (await c.chain_admin(Op.CHAIN_STATUS, {}))["running"]
+
+    anyio.run(go)
+
+
+@asynccontextmanager
+async def three_nodes(
+    base: Path, settings: DriverSettings = FAST
+) -> AsyncIterator[dict[str, tuple[FluNode, ChainDriver, FluClient, int]]]:
+    """Three FluNodes ``a b c`` on 127.0.0.1, each with a chain driver and a client."""
+    out: dict[str, tuple[FluNode, ChainDriver, FluClient, int]] = {}
+    stores: list[FluStore] = []
+    try:
+        async with anyio.create_task_group() as tg:
+            try:
+                async with contextlib.AsyncExitStack() as stack:
+                    for n in "abc":
+                        store = await FluStore.open(base / n, StoreConfig(sync="none"))
+                        stores.append(store)
+                        log = JsonLog(n, "debug", stream=io.StringIO())
+                        node = FluNode(n, store, log=log)
+                        await node.load_state()
+                        driver = ChainDriver(node, settings=settings, log=log,
+                                             data_dir=base / n)
+                        driver.attach()
+                        listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+                        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+                        tg.start_soon(node.serve, listener)
+                        tg.start_soon(driver.run)
+                        c = await stack.enter_async_context(
+                            FluClient("127.0.0.1", port, timeout_ms=2_000))
+                        out[n] = (node, driver, c, port)
+                    yield out
+            finally:
+                with anyio.CancelScope(shield=True):
+                    for x in out.values():
+                        await x[0].stop()  # closes the listener; serve returns
+                tg.cancel_scope.cancel()
+    finally:
+        with anyio.CancelScope(shield=True):
+            for s in stores:
+                await s.close()
+
+
+def test_stray_newer_epoch_request_unwedges_at_the_same_epoch(tmp_path: Path) -> None:
+    """A data request naming a newer epoch wedges one FLU of a converged 3-node AP chain;
+    with no projection change following, its manager unwedges it again at the same epoch
+    and it serves appends (before the fix it stayed wedged until the next epoch)."""
+
+    async def go() -> None:
+        async with three_nodes(tmp_path, replace(FAST, auto_join=True)) as nodes:
+            members = {n: f"127.0.0.1:{x[3]}" for n, x in nodes.items()}
+            await nodes["a"][2].chain_admin(Op.CHAIN_BOOTSTRAP, {
+                "chain": "c1", "mode": "ap", "members": members})
+
+            def converged() -> bool:
+                ids = {x[0].state.epoch_id for x in nodes.values()}
+                return len(ids) == 1 and all(
+                    confirmed(x[0], x[1]) and x[1].state is not None
+                    and len(x[1].state.current.upi) == 3 for x in nodes.values())
+
+            await wait_for(converged, 20.0)
+            node, _, c, _ = nodes["b"]
+            epoch = node.state.epoch_id
+            # a newer number, then the same number with another checksum
+            for stray in (EpochId(epoch.number + 1, b"\x07" * 32),
+                          EpochId(epoch.number, b"\x08" * 32)):
+                with pytest.raises(Wedged):
+                    await c.append("p", b"x", epoch_id=stray)
+                assert node.state.wedged
+                await wait_for(lambda: not node.state.wedged, 10.0)
+                assert node.state.epoch_id == epoch
+                pos = await c.append("p", b"after", epoch_id=epoch)
+                assert pos.size == 5
 
     anyio.run(go)

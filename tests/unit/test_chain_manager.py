@@ -154,3 +154,29 @@ def test_foreign_chain_projections_are_ignored() -> None:
                for w in _of(eff, cm.WritePublic))
     assert all(w.projection.epoch_id == cur.epoch_id for w in _of(eff, cm.WritePrivate))
     assert st2.latest_epoch_seen < 9
+
+
+def test_confirmed_manager_unwedges_its_flu_wedged_by_a_stray_epoch() -> None:
+    """A confirmed manager whose FLU reports itself wedged (a stray data request) unwedges
+    it again at the same epoch when every chain store still holds that epoch -- but not
+    while a newer public projection is in the air, nor before confirmation."""
+    for mode in ("ap", "cp"):
+        p = _p("abc", epoch=5, mode=mode)
+        st, _ = cm.initial_state(_cfg("a", mode), p, now_ms=0)
+        views = _views(p, p)
+        wedged = dict(views, a=replace(views["a"], wedged=True))  # type: ignore[arg-type]
+        st, eff = _round(st, 10, wedged)  # confirms (and unwedges) once
+        assert st.confirmed and len(_of(eff, cm.SetWedge)) == 1
+        st, eff = _round(st, 6000, wedged)
+        (w,) = _of(eff, cm.SetWedge)
+        assert not w.wedged and w.epoch_id == p.epoch_id
+        _, eff = _round(st, 12000, views)  # not wedged: nothing to do
+        assert not _of(eff, cm.SetWedge)
+        newer = _p("abc", epoch=6, mode=mode, author="b")
+        in_air = dict(wedged, b=replace(views["b"], public=newer))  # type: ignore[arg-type]
+        _, eff = _round(st, 18000, in_air)
+        assert not [e for e in _of(eff, cm.SetWedge) if not e.wedged]
+        old = _p("abc", epoch=4, mode=mode)
+        lagging = dict(wedged, c=replace(views["c"], private=old))  # type: ignore[arg-type]
+        _, eff = _round(st, 24000, lagging)
+        assert not _of(eff, cm.SetWedge)
