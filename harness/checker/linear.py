@@ -9,8 +9,9 @@ entries with a memo of (linearized set, model state). Details that make it fast:
   - the linearized set is keyed by a 128-bit Zobrist hash (XOR of per-op random words,
     updated in O(1)) instead of an O(n)-bit bitset, so a memo entry is ~100 bytes whatever
     the history length. A false "already visited" needs a 128-bit collision;
-  - crashed (info) ops have no return entry: they may linearize any time after their
-    invocation or never; the search succeeds once every ok op is linearized;
+  - crashed items (info ops, and items ``models.item_ok`` says are crashed) have no
+    return entry: they may linearize any time after their invocation or never; the
+    search succeeds once every ok item is linearized;
   - crashed ops with the same compiled op are interchangeable, so only the earliest
     invoked unlinearized one of such a group is ever tried (symmetry reduction).
 Budgets: ``deadline()`` (a callable, no clock here), a step budget and a memory budget
@@ -30,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from harness.checker.models import ANY_STATE, DEPENDS, KEEPS, Item, Model, unwrap
+from harness.checker.models import ANY_STATE, DEPENDS, KEEPS, Item, Model, item_ok, unwrap
 from harness.checker.result import UNKNOWN, CheckResult, Verdict, combine_verdicts
 from harness.history import Op
 
@@ -78,13 +79,6 @@ def check_linearizable(
     keys = sorted(parts, key=lambda k: (len(parts[k]), repr(k)))
     totals: dict[str, int] = {"keys_checked": 0, "memo_entries": 0, "steps": 0, "states": 0}
     nops = len(ops)
-    global_pre = getattr(model, "global_precheck", None)
-    if global_pre is not None:
-        hit = global_pre(parts, ops)
-        if hit is not None:
-            key, i, why = hit
-            kr = KeyResult(False, [], i, why, "", {})
-            return _result(model, ops, nops, len(parts), key, kr, totals)
     verdicts: list[Verdict] = []
     first_unknown: tuple[Any, KeyResult] | None = None
     steps_used = 0
@@ -201,10 +195,10 @@ def _search(items: Sequence[Item], ops: Sequence[Op], model: Model, budget: Budg
     ret = [-1] * m
     events: list[tuple[int, int, int]] = []  # (event index, 0 call / 1 return, entry)
     remaining = 0
-    for j, (i, _cop) in enumerate(items):
+    for j, (i, cop) in enumerate(items):
         op = ops[i]
         events.append((op.invoke_index, 0, j))
-        if op.type == "ok":
+        if item_ok(ops, i, cop):
             ret[j] = m + j
             remaining += 1
             ci = op.complete_index if op.complete_index is not None else op.invoke_index
@@ -584,7 +578,7 @@ def stale_precheck(
             facts[cop] = fact
         p, ro, u = fact
         op = ops[i]
-        done = op.complete_index if op.type == "ok" else None
+        done = op.complete_index if item_ok(ops, i, cop) else None
         if p is DEPENDS:
             if not ro:
                 dep.append(j)
@@ -606,8 +600,9 @@ def stale_precheck(
         if reach_dep is None:
             return None
         for j, lst in zip(dep, reach_dep, strict=True):
-            op = ops[items[j][0]]
-            end = op.complete_index if op.type == "ok" else None
+            i, cop = items[j]
+            op = ops[i]
+            end = op.complete_index if item_ok(ops, i, cop) else None
             for n in lst:
                 producers.setdefault(needed[n], []).append(
                     (op.invoke_index, inf if end is None else end)

@@ -8,7 +8,10 @@ any mutable state: models are plain data plus pure functions.
 
 Conventions: ``fail`` ops never took effect and are dropped; crashed (``info``) reads carry
 no information and are dropped; crashed writes / cas / appends / acquires keep their
-effect and the search may linearize them at any time after invocation, or never.
+effect and the search may linearize them at any time after invocation, or never. An item
+whose cop ends with ``CRASHED`` counts as crashed even when its op is ok (a write-once
+append's abandoned copy at a position other than the acknowledged one): use ``item_ok``,
+never ``ops[i].type`` alone, to tell whether an item must be linearized.
 Initial values: register, cas-register and multi-register start at nil (None), a kv key
 starts as "" (a kv read of nil is read as ""), the mutex starts free, a write-once
 position starts unwritten (None).
@@ -124,7 +127,7 @@ class Model:
         return repr(unwrap(state))
 
     def describe_cop(self, cop: Cop) -> str:
-        return f"{cop[0]} {', '.join(repr(x) for x in cop[1:])}"
+        return f"{cop[0]} {', '.join(repr(x) for x in cop[1:] if x is not CRASHED)}"
 
 
 class _Nil:
@@ -156,6 +159,14 @@ ANY_STATE: Any = _Sentinel("ANY_STATE")
 GARBAGE: Any = _Sentinel("GARBAGE")  # a kv value no read or cas can ever match again
 KEEPS: Any = _Sentinel("KEEPS")
 DEPENDS: Any = _Sentinel("DEPENDS")
+CRASHED: Any = _Sentinel("CRASHED")  # last element of a cop: crashed though its op is ok
+
+
+def item_ok(ops: Sequence[Op], i: int, cop: Cop) -> bool:
+    """True when item ``(i, cop)`` must take effect before its op's completion (an ok op
+    not marked ``CRASHED``); False when it may take effect any time after its invocation,
+    or never."""
+    return ops[i].type == "ok" and cop[-1] is not CRASHED
 
 
 def wrap(v: Any) -> Any:
@@ -248,7 +259,7 @@ def _value_from_nowhere(
         if v not in first_invoke or inv < first_invoke[v]:
             first_invoke[v] = inv
     for i, cop in items:
-        if cop[0] != "r" or ops[i].type != "ok":
+        if cop[0] != "r" or not item_ok(ops, i, cop):
             continue
         v = cop[1]
         if v == initial:
@@ -278,7 +289,7 @@ def _drop_unobserved_crashed_writes(items: list[Item], ops: Sequence[Op]) -> lis
             observed.add(cop[1])
     out: list[Item] = []
     for i, cop in items:
-        if ops[i].type != "ok" and cop[0] in ("w", "c"):
+        if not item_ok(ops, i, cop) and cop[0] in ("w", "c"):
             new = cop[1] if cop[0] == "w" else cop[2]
             if new not in observed:
                 continue
@@ -517,9 +528,15 @@ class WriteOnceModel(Model):
     """Machi's chunk store as one write-once register per position ([file, offset, size]).
 
     Values are unique chunk ids. cops: ("w", id) (append or write; rewriting the same id is
-    idempotent, a different id is illegal), ("r", id | nil). A crashed append has no known
-    position: it joins a position's sub-history as a crashed write of its id only where a
-    read observed that id. ``precheck`` also refutes a value seen at two positions."""
+    idempotent, a different id is illegal), ("r", id | nil). An append attempt (ok or
+    info, never fail) may have written its id at any position where a read observes it:
+    a crashed append has no known position, and an append retried after a downstream
+    failure restarts at a new position and may leave an abandoned copy at the old one
+    (reference 4.3). So wherever a read observes an append's id and that append was not
+    acknowledged there, it joins the position's sub-history as a crashed write of its id
+    (``("w", id, CRASHED)`` for an ok append: it may take effect any time after the
+    append's invocation, or never). Two different ids acknowledged at one position are
+    refuted per position."""
 
     name = "write-once"
 
@@ -568,14 +585,27 @@ class WriteOnceModel(Model):
         parts = {
             k: _drop_unobserved_crashed_writes(v, ops) for k, v in super().partition(ops).items()
         }
-        crashed: dict[Any, int] = {}
+        # id -> (op index, the position it was acknowledged at, or None if not ok)
+        appends: dict[Any, tuple[int, Any]] = {}
         for i, op in enumerate(ops):
-            if op.f == "append" and op.type == "info":
-                crashed.setdefault(freeze(_get(op.value, "v")), i)
-        if crashed:
-            for items in parts.values():
+            if op.f != "append" or op.type == "fail":
+                continue
+            if op.type == "ok":
+                for key, cop in self.compile_op(op):
+                    appends.setdefault(cop[1], (i, key))
+            else:
+                appends.setdefault(freeze(_get(op.value, "v")), (i, None))
+        if appends:
+            for key, items in parts.items():
                 seen = {cop[1] for _i, cop in items if cop[0] == "r"}
-                extra = [(crashed[v], ("w", v)) for v in seen if v in crashed]
+                seen.difference_update(cop[1] for _i, cop in items if cop[0] == "w")
+                extra: list[Item] = []
+                for v in seen:
+                    src = appends.get(v)
+                    if src is None or src[1] == key:
+                        continue
+                    i = src[0]
+                    extra.append((i, ("w", v) if src[1] is None else ("w", v, CRASHED)))
                 if extra:
                     items.extend(extra)
                     items.sort(key=lambda it: it[0])
@@ -583,25 +613,6 @@ class WriteOnceModel(Model):
 
     def precheck(self, items: Sequence[Item], ops: Sequence[Op]) -> tuple[int, str] | None:
         return _value_from_nowhere(items, ops, NIL, _register_producers)
-
-    def global_precheck(
-        self, parts: dict[Any, list[Item]], ops: Sequence[Op]
-    ) -> tuple[Any, int, str] | None:
-        """A chunk id observed at two positions: (key, op index, explanation) or None."""
-        where: dict[Any, Any] = {}
-        for key, items in parts.items():
-            for i, cop in items:
-                v = cop[1]
-                if v is NIL or (cop[0] == "w" and ops[i].type != "ok"):
-                    continue
-                other = where.setdefault(v, key)
-                if other != key:
-                    return (
-                        key,
-                        i,
-                        (f"chunk id {v!r} observed at two positions {other!r} and {key!r}"),
-                    )
-        return None
 
 
 def _get(d: Any, k: str, default: Any = None) -> Any:
