@@ -107,7 +107,8 @@ class Runner:
         self.progress = progress or (lambda s: None)
         self.dep = Deployment(hosts, DeployOptions(
             mode=opts.mode, witnesses=opts.witnesses, run_id=out.name,
-            config=dict(opts.chain_config), python=opts.python, deps=opts.deps))
+            config=dict(opts.chain_config), python=opts.python, deps=opts.deps,
+            canary=opts.canary))
         self.schedule: list[FaultEvent] = make_schedule(
             opts.seed, hosts.names, ScheduleOptions(
                 time_limit_s=opts.time_limit_s, faults=tuple(opts.nemesis),
