@@ -54,6 +54,8 @@ class NodeProcess:
         self.extra_args = list(extra_args or [])
         self.log_path = log_path or self.data_dir.parent / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        #: SIGTERM already sent to ``proc``: a second one must not hit a graceful stop
+        self._term_sent = False
 
     @property
     def address(self) -> str:
@@ -71,6 +73,7 @@ class NodeProcess:
             raise RuntimeError(f"{self.name} is already running")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
+            self._term_sent = False
             self.proc = subprocess.Popen(
                 self.argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                 start_new_session=True,
@@ -98,11 +101,16 @@ class NodeProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, timeout_s: float = 15.0) -> int:
-        """SIGTERM, wait; SIGKILL if it does not stop in time.  Returns the exit code."""
+        """SIGTERM once, wait up to ``timeout_s``; SIGKILL only after that deadline.
+
+        Calling ``stop`` again while the graceful stop runs does not signal again (it only
+        waits, with its own deadline).  Returns the exit code."""
         if self.proc is None:
             return 0
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            if not self._term_sent:
+                self._term_sent = True
+                self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout_s)
             except subprocess.TimeoutExpired:

@@ -56,17 +56,40 @@ Attach = Callable[[FluNode, anyio.abc.TaskGroup], Awaitable[None]]
 
 
 async def run_node(
-    cfg: NodeConfig, log: JsonLog | None = None, *, attach: Attach | None = None
+    cfg: NodeConfig, log: JsonLog | None = None, *, attach: Attach | None = None,
+    ignore_late_signals: bool = False,
 ) -> None:
     """Serve until SIGTERM/SIGINT; return after a graceful stop.
 
     ``attach(node, task_group)``, if given, runs once before the node listens: the place
     to set ``node.on_kick`` and start helpers (e.g. the chain manager) in the node's own
     task group, so they are cancelled when the node stops.
+
+    The signal receiver stays open until the store is closed: a second SIGTERM/SIGINT
+    during the graceful stop is logged and ignored (the stop is already bounded by
+    ``stop_deadline_ms``).  ``ignore_late_signals`` (the daemon's ``main``) then ignores
+    them for the rest of the process, which only exits from here on.
     """
+    log = log or JsonLog(cfg.name, cfg.log_level)
+    try:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            await _serve(cfg, log, attach, signals)
+    finally:
+        if ignore_late_signals:
+            # leaving the receiver restored the default action (terminate)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+async def _ignore_signals(log: JsonLog, signals: Any) -> None:
+    async for signum in signals:
+        log.warning("signal ignored: graceful stop in progress",
+                    signal=signal.Signals(signum).name)
+
+
+async def _serve(cfg: NodeConfig, log: JsonLog, attach: Attach | None, signals: Any) -> None:
     from machi.storage.flu_store import FluStore
 
-    log = log or JsonLog(cfg.name, cfg.log_level)
     forward_stdlib_logging(log)
     secret = cfg.secret()
     ssl_ctx = server_ssl_context(cfg)
@@ -93,28 +116,28 @@ async def run_node(
                                    handshake_timeout=cfg.handshake_timeout_ms / 1000)
         bound = tcp.extra(anyio.abc.SocketAttribute.local_port)
         async with anyio.create_task_group() as tg:
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                metrics_addr = cfg.metrics_address()
-                if metrics_addr is not None:
-                    mlistener = await anyio.create_tcp_listener(
-                        local_host=metrics_addr[0], local_port=metrics_addr[1])
-                    tg.start_soon(serve_metrics, metrics, mlistener)
-                if attach is not None:
-                    await attach(node, tg)
-                tg.start_soon(node.serve, listener)
-                if cfg.sync == "none" or cfg.test_canary == "ack-before-sync":
-                    # sync=none acknowledges before anything is on disk; commit metadata
-                    # (without fsync) every 50 ms so a crash loses a bounded window.
-                    tg.start_soon(store.background_flush, NONE_FLUSH_INTERVAL_MS)
-                log.info("listening", host=host, port=bound, tls=ssl_ctx is not None,
-                         auth=secret is not None, sync=cfg.sync, witness=cfg.witness,
-                         metrics=cfg.metrics, data_dir=str(cfg.data_dir),
-                         test_canary=cfg.test_canary or None)
-                async for signum in signals:
-                    log.info("signal received", signal=signal.Signals(signum).name)
-                    await node.stop()
-                    break
-                tg.cancel_scope.cancel()
+            metrics_addr = cfg.metrics_address()
+            if metrics_addr is not None:
+                mlistener = await anyio.create_tcp_listener(
+                    local_host=metrics_addr[0], local_port=metrics_addr[1])
+                tg.start_soon(serve_metrics, metrics, mlistener)
+            if attach is not None:
+                await attach(node, tg)
+            tg.start_soon(node.serve, listener)
+            if cfg.sync == "none" or cfg.test_canary == "ack-before-sync":
+                # sync=none acknowledges before anything is on disk; commit metadata
+                # (without fsync) every 50 ms so a crash loses a bounded window.
+                tg.start_soon(store.background_flush, NONE_FLUSH_INTERVAL_MS)
+            log.info("listening", host=host, port=bound, tls=ssl_ctx is not None,
+                     auth=secret is not None, sync=cfg.sync, witness=cfg.witness,
+                     metrics=cfg.metrics, data_dir=str(cfg.data_dir),
+                     test_canary=cfg.test_canary or None)
+            async for signum in signals:
+                log.info("signal received", signal=signal.Signals(signum).name)
+                tg.start_soon(_ignore_signals, log, signals)
+                await node.stop()
+                break
+            tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):
             await store.close()
@@ -132,5 +155,6 @@ def main(cfg: NodeConfig) -> None:
         from .chain_driver import attacher
 
         attach = attacher(cfg)
-    anyio.run(functools.partial(run_node, cfg, attach=attach), backend="asyncio",
+    anyio.run(functools.partial(run_node, cfg, attach=attach, ignore_late_signals=True),
+              backend="asyncio",
               backend_options={"use_uvloop": use_uvloop})
