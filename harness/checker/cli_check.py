@@ -2,9 +2,12 @@
 
 Owns the command line (options, output lines, exit status) and nothing else: reading is
 ``harness.history`` / ``harness.edn``, checking is ``harness.checker.run.check_history``,
-HTML is ``harness.report.linear_report``. Exit status: 0 all valid, 1 any invalid,
-2 any unknown and no invalid, 254 usage error (bad options, unreadable or malformed
-history).
+HTML is ``harness.report.linear_report``, the coverage guard is
+``harness.checker.coverage`` (on by default: a valid history in which some op kind never
+succeeded while a nemesis fault was active is reported unknown; ``--no-coverage`` turns it
+off; histories without nemesis fault events are unaffected). Exit status: 0 all valid,
+1 any invalid, 2 any unknown and no invalid, 254 usage error (bad options, unreadable or
+malformed history).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +23,7 @@ import click
 
 from harness.checker.models import MODELS
 from harness.checker.result import CheckResult, Verdict, combine_verdicts, exit_code
-from harness.history import HistoryError, pair_ops, read_history
+from harness.history import NEMESIS, Event, HistoryError, pair_ops, read_history
 
 USAGE_EXIT = 254
 WITNESS_LINE_CHARS = 700
@@ -88,6 +92,13 @@ def _usage(msg: str) -> click.UsageError:
     default=None,
     help="Initial value as JSON (register, cas-register; an object for multi-register).",
 )
+@click.option(
+    "--coverage/--no-coverage",
+    default=True,
+    show_default=True,
+    help="Report a valid history as unknown when some op kind never succeeded while a "
+    "nemesis fault was active.",
+)
 @click.argument(
     "histories",
     nargs=-1,
@@ -102,6 +113,7 @@ def check(
     report_dir: Path | None,
     as_json: bool,
     initial_json: str | None,
+    coverage: bool,
     histories: tuple[Path, ...],
 ) -> None:
     """Check HISTORY files for linearizability (or write-once safety) against --model."""
@@ -120,7 +132,9 @@ def check(
     for path in histories:
         t0 = time.monotonic()
         try:
-            result, ops = _check_one(path, fmt, model_name, time_limit_s, memory_limit_mb, initial)
+            result, ops = _check_one(
+                path, fmt, model_name, time_limit_s, memory_limit_mb, initial, coverage
+            )
         except (HistoryError, OSError, UnicodeDecodeError) as exc:
             errors += 1
             click.echo(f"{path}: error: {exc}", err=True)
@@ -148,6 +162,7 @@ def _check_one(
     time_limit_s: float,
     memory_limit_mb: float,
     initial: Any,
+    coverage: bool = True,
 ) -> tuple[CheckResult, list[Any] | None]:
     from harness.checker.run import check_history, make_deadline
 
@@ -163,21 +178,64 @@ def _check_one(
                     memory_limit_mb=memory_limit_mb,
                     deadline=make_deadline(time_limit_s),
                 )
-            return res, None
-        res = write_once.check_write_once(
-            read_history(path, actual_fmt),
-            memory_limit_mb=memory_limit_mb,
-            deadline=make_deadline(time_limit_s),
-        )
+        else:
+            res = write_once.check_write_once(
+                read_history(path, actual_fmt),
+                memory_limit_mb=memory_limit_mb,
+                deadline=make_deadline(time_limit_s),
+            )
+        if coverage and res.valid is True and _may_have_nemesis(path):
+            res = _guard_streaming(res, path, actual_fmt)
         return res, None
-    ops = pair_ops(read_history(path, actual_fmt))
+    nemesis_events: list[dict[str, Any]] = []
+
+    def tap(events: Iterable[Event]) -> Iterator[Event]:
+        for e in events:
+            if e.process == NEMESIS:
+                nemesis_events.append(e.to_json())
+            yield e
+
+    ops = pair_ops(tap(read_history(path, actual_fmt)))
     try:
         res = check_history(ops, model_name, time_limit_s, memory_limit_mb, initial=initial)
     except ValueError as exc:
         if isinstance(exc, HistoryError):
             raise
         raise HistoryError(str(exc)) from None
+    if coverage:
+        from harness.checker.coverage import faults_from_events, guard, measure
+
+        try:
+            faults = faults_from_events(nemesis_events, unit="index")
+        except ValueError as exc:
+            raise HistoryError(f"{path}: {exc}") from None
+        if faults:
+            res = guard(res, measure(ops, faults, unit="index"))
     return res, ops
+
+
+def _may_have_nemesis(path: Path) -> bool:
+    """False only when the file certainly holds no nemesis event (a cheap byte scan)."""
+    tail = b""
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            if NEMESIS.encode() in tail + block:
+                return True
+            tail = block[-len(NEMESIS) :]
+    return False
+
+
+def _guard_streaming(res: CheckResult, path: Path, fmt: str) -> CheckResult:
+    """The coverage guard over a second streaming pass (write-once histories may be huge)."""
+    from harness.checker.coverage import guard, measure_events
+
+    try:
+        cov = measure_events((e.to_json() for e in read_history(path, fmt)), unit="index")
+    except ValueError as exc:
+        if isinstance(exc, HistoryError):
+            raise
+        raise HistoryError(f"{path}: {exc}") from None
+    return guard(res, cov) if cov.faults else res
 
 
 def _short_witness(w: dict[str, Any] | None) -> dict[str, Any] | None:

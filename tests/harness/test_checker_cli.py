@@ -207,3 +207,70 @@ def test_convert_roundtrips_between_jsonl_and_edn(tmp_path: Path) -> None:
 
     assert [e.to_json() for e in read_history(back)] == [e.to_json() for e in evs]
     assert _run("convert", str(src), str(edn))[0] == 254
+
+
+def _faulted_register(read_during_fault: bool) -> list[Event]:
+    """A valid register history with one partition; the read runs inside it or after it."""
+    evs = [
+        Event(0, 0, 0, "invoke", "write", 1),
+        Event(1, 10, 0, "ok", "write", 1),
+        Event(2, 20, "nemesis", "invoke", "start-partition", None),
+        Event(3, 30, "nemesis", "info", "start-partition", None),
+        Event(4, 40, 0, "invoke", "write", 2),
+        Event(5, 50, 0, "ok", "write", 2),
+    ]
+    read = [Event(0, 0, 1, "invoke", "read", None), Event(0, 0, 1, "ok", "read", 2)]
+    stop = [
+        Event(0, 0, "nemesis", "invoke", "stop-partition", None),
+        Event(0, 0, "nemesis", "info", "stop-partition", None),
+    ]
+    tail = read + stop if read_during_fault else stop + read
+    for i, ev in enumerate(tail, start=len(evs)):
+        ev.index, ev.time = i, i * 10
+    return evs + tail
+
+
+@pytest.mark.parametrize("model", ["register", "cas-register", "write-once"])
+def test_no_read_succeeded_during_a_fault_is_unknown_unless_no_coverage(
+    tmp_path: Path, model: str
+) -> None:
+    """A valid history whose reads all ran outside the fault is unknown (exit 2) naming
+    `read`; --no-coverage restores valid; the same reads inside the fault stay valid."""
+    if model == "write-once":
+        evs = [
+            Event(0, 0, 0, "invoke", "append", {"v": "c0-1"}),
+            Event(1, 10, "nemesis", "info", "start-kill", None),
+            Event(2, 20, 0, "ok", "append", {"v": "c0-1", "pos": ["f", 0, 4]}),
+            Event(3, 30, "nemesis", "invoke", "stop-kill", None),
+            Event(4, 40, 1, "invoke", "read", {"pos": ["f", 0, 4]}),
+            Event(5, 50, 1, "ok", "read", {"pos": ["f", 0, 4], "v": "c0-1"}),
+        ]
+    else:
+        evs = _faulted_register(read_during_fault=False)
+    path = _write(tmp_path, "uncovered.jsonl", evs)
+    code, out, _ = _run("check", "--model", model, "--json", str(path))
+    assert code == 2, out
+    obj = json.loads(out)
+    assert obj["valid"] == "unknown"
+    assert obj["witness"]["uncovered"] == ["read"]
+    assert "no read op succeeded while a fault was active" in obj["witness"]["explanation"]
+    code, out, _ = _run("check", "--model", model, str(path))
+    assert code == 2 and "unknown" in out and "no read op succeeded" in out
+    code, out, _ = _run("check", "--model", model, "--no-coverage", "--json", str(path))
+    assert code == 0 and json.loads(out)["valid"] is True
+    if model != "write-once":
+        covered = _write(tmp_path, "covered.jsonl", _faulted_register(read_during_fault=True))
+        code, out, _ = _run("check", "--model", model, "--json", str(covered))
+        assert code == 0 and json.loads(out)["valid"] is True
+
+
+def test_history_without_faults_is_not_affected_by_coverage(tmp_path: Path) -> None:
+    """With no nemesis events the verdict and witness are the same with and without the guard."""
+    good = _write(tmp_path, "good.jsonl", generate("register", seed=5, ops=100, processes=3))
+    outs = []
+    for flag in ([], ["--no-coverage"]):
+        code, out, _ = _run("check", "--model", "register", "--json", *flag, str(good))
+        assert code == 0
+        obj = json.loads(out)
+        outs.append((obj["valid"], obj["witness"]))
+    assert outs[0] == outs[1] == (True, None)
