@@ -32,6 +32,7 @@ from machi.client.chain_client import ChainClient
 from machi.client.flu_client import FluClient
 from machi.core.errors import MachiError
 from machi.core.wire import Op
+from machi.node.config import FAST_CHAIN_TOML
 from machi.node.process import NodeProcess, bootstrap
 
 from . import raw_disk
@@ -51,18 +52,8 @@ PROBE_SIZE = 4096
 TARGET_APPEND_1M_VS_RAW_PER_NODE = 0.40  # chain MB/s >= 40% of raw seq write / nodes
 TARGET_APPEND_4K_DURABLE_OPS_PER_S = 1500.0
 TARGET_HEAL_CONVERGENCE_S = 3.0
-#: short manager timers (node config keys), as tests/integration/test_chain_daemons.py
-CHAIN_TOML = """# written by machi bench chain: short chain-manager timers
-chain_tick_base_ms = 100
-chain_tick_spread_ms = 200
-chain_tick_jitter_ms = 20
-chain_reread_ms = 20
-chain_kick_wait_ms = 60
-chain_read_timeout_ms = 300
-chain_round_timeout_ms = 1000
-chain_stability_time_ms = 400
-chain_loop_hold_ms = 1500
-"""
+#: short manager timers (node config keys)
+CHAIN_TOML = "# written by machi bench chain: short chain-manager timers\n" + FAST_CHAIN_TOML
 PARTITION_NOTE = ("loopback daemons: the partition is simulated by SIGSTOP of one node "
                   "(until the others confirm a chain without it) and SIGCONT; real "
                   "partitions (one-way, netns) are the harness's job")

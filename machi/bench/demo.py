@@ -29,6 +29,7 @@ from machi.core.epoch import DUMMY_EPOCH_ID, EpochId
 from machi.core.errors import BadArg, BadEpoch, MachiError, Trimmed, Wedged
 from machi.core.projection import MemberSpec, Projection, make_projection
 from machi.core.wire import Op
+from machi.node.config import FAST_CHAIN_TOML
 from machi.node.process import NodeProcess
 
 from .daemon import node_args
@@ -40,19 +41,9 @@ DEMO_TIMEOUT_S = 25.0  # the whole workload, well under the 30 s budget
 STOP_TIMEOUT_S = 10.0
 CONVERGE_TIMEOUT_S = 15.0
 #: short chain-manager timers (node config keys) so that the demo converges in seconds
-CHAIN_MANAGER_TOML = """\
-# written by machi demo --chain-manager
-chain_manager = true
-chain_tick_base_ms = 100
-chain_tick_spread_ms = 200
-chain_tick_jitter_ms = 20
-chain_reread_ms = 20
-chain_kick_wait_ms = 60
-chain_read_timeout_ms = 300
-chain_round_timeout_ms = 1000
-chain_stability_time_ms = 400
-chain_loop_hold_ms = 1500
-"""
+CHAIN_MANAGER_TOML = (
+    "# written by machi demo --chain-manager\nchain_manager = true\n" + FAST_CHAIN_TOML
+)
 Say = Callable[[str], None]
 
 

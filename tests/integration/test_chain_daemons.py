@@ -27,23 +27,14 @@ from machi.client.flu_client import ChunkPos, FluClient
 from machi.core.epoch import EpochId
 from machi.core.errors import MachiError
 from machi.core.wire import Op
+from machi.node.config import FAST_CHAIN_TOML
 from machi.node.process import NodeProcess
 
 pytestmark = pytest.mark.timeout(150)
 NAMES = ("a", "b", "c")
 CONVERGE_TIMEOUT_S = 45.0  # a bound under load, not a performance target
 #: short manager timers (node config keys) so the file runs in well under 2 minutes
-CHAIN_TOML = """
-chain_tick_base_ms = 100
-chain_tick_spread_ms = 200
-chain_tick_jitter_ms = 20
-chain_reread_ms = 20
-chain_kick_wait_ms = 60
-chain_read_timeout_ms = 300
-chain_round_timeout_ms = 1000
-chain_stability_time_ms = 400
-chain_loop_hold_ms = 1500
-"""
+CHAIN_TOML = FAST_CHAIN_TOML
 
 
 class Cluster:
