@@ -284,6 +284,7 @@ class FluStore:
             "commits": self._committer.commits,
             "records_committed": self._committer.records,
             "max_batch_ops": self._committer.max_batch_ops,
+            "leader_waits": self._committer.leader_waits,
             "pending_chunks": len(self._pending),
         }
 

@@ -72,6 +72,7 @@ class GroupCommitter:
         self.commits = 0
         self.records = 0
         self.max_batch_ops = 0
+        self.leader_waits = 0  # times a leader waited for its batch to fill
 
     def check(self) -> None:
         if self.failed is not None:
@@ -111,6 +112,7 @@ class GroupCommitter:
             if not pending.done.is_set():
                 if (pending is self._open and self.in_flight > 0 and not pending.full.is_set()
                         and self.max_delay_ms):
+                    self.leader_waits += 1
                     with anyio.move_on_after(self.max_delay_ms / 1000):
                         await pending.full.wait()
                 if pending is self._open:

@@ -21,6 +21,7 @@ returns) and OFF for "none".
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -183,10 +184,14 @@ class Loaded:
 class MetadataDb:
     """One async connection to the FLU's database, used by one writer at a time."""
 
-    def __init__(self, engine: AsyncEngine, conn: AsyncConnection, sync: SyncMode) -> None:
+    def __init__(self, engine: AsyncEngine, conn: AsyncConnection, driver: Any,
+                 sync: SyncMode) -> None:
         self.engine = engine
         self.conn = conn
+        #: the aiosqlite connection under ``conn`` (``apply`` runs on its worker thread)
+        self._driver = driver
         self.sync = sync
+        self.apply_calls = 0  # transactions applied (each one hop to the database thread)
 
     @classmethod
     async def open(cls, data_dir: Path, sync: SyncMode) -> MetadataDb:
@@ -210,11 +215,12 @@ class MetadataDb:
                 (str(SCHEMA_VERSION),),
             )
             await conn.commit()
+            driver = (await conn.get_raw_connection()).driver_connection
         except BaseException:
             await conn.close()
             await engine.dispose()
             raise
-        return cls(engine, conn, sync)
+        return cls(engine, conn, driver, sync)
 
     async def close(self) -> None:
         try:
@@ -238,46 +244,55 @@ class MetadataDb:
         return Loaded(files, chunks, trims, seqs, tf, projs)
 
     async def apply(self, batch: Batch, *, durable: bool = False) -> None:
-        """Apply ``batch`` in one transaction and commit.
+        """Apply ``batch`` in one transaction and commit, in ONE hop to the database thread.
 
         ``durable`` forces synchronous=FULL for this commit even in sync mode "none"
         (projection writes and sequence counters must never be lost).
+
+        Every SQLAlchemy/aiosqlite call is its own round trip to aiosqlite's worker thread
+        (cursor, execute and close per statement: 7 hops for one append), and on a busy
+        machine each hop waits for a CPU.  So the whole transaction runs as one function
+        on that thread, on the DB-API connection SQLAlchemy holds (its own transaction
+        state is untouched: it has none open between calls).
         """
-        c = self.conn
         force = durable and self.sync == "none"
+        await self._driver._execute(_apply_sync, self._driver._conn, batch, force)
+        self.apply_calls += 1
+
+
+def _apply_sync(conn: sqlite3.Connection, batch: Batch, force: bool) -> None:
+    """Runs on aiosqlite's worker thread: the body of :meth:`MetadataDb.apply`."""
+    if force:
+        conn.execute("PRAGMA synchronous=FULL")
+    try:
+        if not conn.in_transaction:
+            conn.execute("BEGIN")
+        if batch.seqs:
+            conn.executemany(
+                _SEQ_UPSERT, [(ns, loc, p, n) for (ns, loc, p), n in batch.seqs.items()]
+            )
+        if batch.files:
+            conn.executemany(_FILE_UPSERT, [(name, *row) for name, row in batch.files.items()])
+        run_kind: str | None = None
+        run: list[tuple[Any, ...]] = []
+        for kind, args in [*batch.ops, ("", ())]:
+            if kind != run_kind and run:
+                assert run_kind is not None
+                conn.executemany(_SQL[run_kind], run)
+                run = []
+            run_kind = kind
+            run.append(args)
+        for name in batch.deleted_files:
+            conn.execute("DELETE FROM chunks WHERE file = ?", (name,))
+            conn.execute("DELETE FROM trims WHERE file = ?", (name,))
+            conn.execute("DELETE FROM files WHERE name = ?", (name,))
+            conn.execute("INSERT OR IGNORE INTO trimmed_files (name) VALUES (?)", (name,))
+        if batch.projections:
+            conn.executemany(_PROJ_PUT, batch.projections)
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    finally:
         if force:
-            await c.exec_driver_sql("PRAGMA synchronous=FULL")
-        try:
-            if batch.seqs:
-                await c.exec_driver_sql(
-                    _SEQ_UPSERT, [(ns, loc, p, n) for (ns, loc, p), n in batch.seqs.items()]
-                )
-            if batch.files:
-                await c.exec_driver_sql(
-                    _FILE_UPSERT, [(name, *row) for name, row in batch.files.items()]
-                )
-            run_kind: str | None = None
-            run: list[tuple[Any, ...]] = []
-            for kind, args in [*batch.ops, ("", ())]:
-                if kind != run_kind and run:
-                    assert run_kind is not None
-                    await c.exec_driver_sql(_SQL[run_kind], run)
-                    run = []
-                run_kind = kind
-                run.append(args)
-            for name in batch.deleted_files:
-                await c.exec_driver_sql("DELETE FROM chunks WHERE file = ?", (name,))
-                await c.exec_driver_sql("DELETE FROM trims WHERE file = ?", (name,))
-                await c.exec_driver_sql("DELETE FROM files WHERE name = ?", (name,))
-                await c.exec_driver_sql(
-                    "INSERT OR IGNORE INTO trimmed_files (name) VALUES (?)", (name,)
-                )
-            if batch.projections:
-                await c.exec_driver_sql(_PROJ_PUT, batch.projections)
-            await c.commit()
-        except BaseException:
-            await c.rollback()
-            raise
-        finally:
-            if force:
-                await c.exec_driver_sql("PRAGMA synchronous=OFF")
+            conn.execute("PRAGMA synchronous=OFF")
