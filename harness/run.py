@@ -29,6 +29,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from harness.checker.coverage import Fault
 from harness.deploy import DAEMON, DeployError, Deployment, DeployOptions
 from harness.history import HistoryWriter
 from harness.hosts.base import HostSet
@@ -293,6 +294,59 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
     return out
 
 
+# A run's nemesis events: ``f`` is the fault, ``value.phase`` "start" (about to apply) or
+# "done" (applied). A fault is active from its "done" to the "start" of what ends it.
+_FAULT_CLASS = {"partition": "net", "loss": "net", "kill": "proc", "torn-write": "proc",
+                "pause": "pause"}
+_END_CLASS = {"heal": "net", "restart": "proc", "resume": "pause"}
+
+
+def run_faults(events: list[dict[str, Any]]) -> list[Fault]:
+    """Fault intervals (event index units) from a run history's nemesis events.
+
+    A partition or loss lasts until the next ``heal``, a kill (or torn write) of a node until
+    its ``restart``, a pause until its ``resume`` (the end's "start", or its "done" when no
+    "start" was recorded); ``heal-all`` ends everything; a fault that failed to apply is no
+    fault; one never ended lasts to the end of the history.
+    """
+    open_: dict[tuple[str, str], tuple[int, str]] = {}
+    out: list[Fault] = []
+    for ev in events:
+        if ev.get("process") != "nemesis" or not isinstance(ev.get("index"), int):
+            continue
+        v = ev.get("value") if isinstance(ev.get("value"), dict) else {}
+        f, idx = str(ev.get("f")), ev["index"]
+        targets = [str(t) for t in v.get("targets") or []]
+        if f in _FAULT_CLASS and v.get("phase") == "done" and not v.get("error"):
+            cls = _FAULT_CLASS[f]
+            for t in (["*"] if cls == "net" else targets):
+                open_.setdefault((cls, t), (idx, f))
+        elif v.get("phase") in ("start", "done") and (f == "heal-all" or f in _END_CLASS):
+            for key in list(open_):
+                cls, t = key
+                if f == "heal-all" or (cls == _END_CLASS[f] and (cls == "net" or t in targets)):
+                    start, kind = open_.pop(key)
+                    out.append(Fault(start, idx, kind))
+    out.extend(Fault(start, None, kind) for start, kind in open_.values())
+    return sorted(out, key=lambda flt: flt.start)
+
+
+def _coverage_check(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """The coverage guard as a check: unknown when an op kind never succeeded during a fault
+    (final read-back excluded: it runs after heal-all by design)."""
+    from harness.checker.coverage import guard, measure
+    from harness.checker.result import UNKNOWN, CheckResult
+    from harness.history import HistoryError, events_from_dicts, pair_ops
+
+    try:
+        ops = pair_ops(events_from_dicts(e for e in events if not e.get("final")))
+        faults = run_faults(events)
+    except (HistoryError, ValueError) as e:
+        return {"valid": UNKNOWN, "witness": {"error": str(e)}}
+    res = guard(CheckResult(True, "coverage", len(ops), 1), measure(ops, faults, unit="index"))
+    return {"valid": res.valid, "witness": res.witness, **res.stats["coverage"]}
+
+
 def analyze(run_dir: Path) -> dict[str, Any]:
     """(Re-)check a stored run: writes results.json and index.html; returns the results."""
     from harness.checker.projection_safety import check_projection_logs
@@ -312,6 +366,8 @@ def analyze(run_dir: Path) -> dict[str, Any]:
     else:
         checks["write_once"] = {"valid": UNKNOWN, "witness": {"reason": "no history"}}
     wo = checks["write_once"]
+    events = _jsonl(hist)
+    checks["coverage"] = _coverage_check(events)
     anomalies = (wo.get("witness") or {}).get("anomalies") or {}
     if opts["mode"] == "ap" and wo.get("valid") is False and set(anomalies) <= AP_STALE_KINDS:
         # AP chains answer from their own side of a partition: a read may miss a chunk
@@ -371,7 +427,7 @@ def analyze(run_dir: Path) -> dict[str, Any]:
     counts: dict[str, dict[str, int]] = {}
     final_errors: dict[str, int] = {}
     final_error_examples: list[dict[str, Any]] = []
-    for ev in _jsonl(hist):
+    for ev in events:
         if ev.get("final") and ev.get("type") == "fail":
             k = f"{ev.get('node')}:{ev.get('error')}"
             final_errors[k] = final_errors.get(k, 0) + 1

@@ -23,20 +23,33 @@ def _ev(i: int, t_ms: int, proc: Any, typ: str, f: str, value: Any, **extra: Any
                        "f": f, "value": value, **extra})
 
 
-def _run_dir(tmp: Path, *, lose: bool) -> Path:
+def _run_dir(tmp: Path, *, lose: bool, read: str = "fail") -> Path:
+    """A stored run; ``read``: the workload read fails, or succeeds "during" the partition,
+    or "after" it was healed."""
     d = tmp / "run"
     (d / "nodes" / "a").mkdir(parents=True)
     (d / "nodes" / "b").mkdir(parents=True)
     final_b = None if lose else "c0-2"
+    mid = [
+        _ev(5, 1800, 1, "invoke", "read", {"pos": POS}),
+        _ev(6, 1900, 1, "fail", "read", {"pos": POS}, error="PARTITION"),
+        _ev(7, 2500, "nemesis", "info", "heal", {"phase": "done"}),
+    ]
+    if read == "during":
+        mid[1] = _ev(6, 1900, 1, "ok", "read", {"pos": POS, "v": "c0-1"})
+    elif read == "after":
+        mid = [
+            _ev(5, 1800, "nemesis", "info", "heal", {"phase": "done"}),
+            _ev(6, 1900, 1, "invoke", "read", {"pos": POS}),
+            _ev(7, 2500, 1, "ok", "read", {"pos": POS, "v": "c0-1"}),
+        ]
     lines = [
         _ev(0, 1000, 0, "invoke", "append", {"v": "c0-1", "prefix": "h"}),
         _ev(1, 1010, 0, "ok", "append", {"v": "c0-1", "pos": POS}, node="a", epoch=1),
         _ev(2, 1500, "nemesis", "info", "partition", {"phase": "done", "kind": "halves"}),
         _ev(3, 1600, 0, "invoke", "append", {"v": "c0-2", "prefix": "h"}),
         _ev(4, 1700, 0, "ok", "append", {"v": "c0-2", "pos": POS2}, node="a", epoch=1),
-        _ev(5, 1800, 1, "invoke", "read", {"pos": POS}),
-        _ev(6, 1900, 1, "fail", "read", {"pos": POS}, error="PARTITION"),
-        _ev(7, 2500, "nemesis", "info", "heal", {"phase": "done"}),
+        *mid,
         _ev(8, 3000, 10000, "invoke", "read", {"pos": POS}, final=True, node="b"),
         _ev(9, 3001, 10000, "ok", "read", {"pos": POS, "v": "c0-1"}, final=True, node="b"),
         _ev(10, 3002, 10000, "invoke", "read", {"pos": POS2}, final=True, node="b"),
@@ -80,6 +93,19 @@ def test_a_clean_run_is_valid_and_converged(tmp_path: Path) -> None:
     assert res["convergence"]["converged"] is True
 
 
+def test_no_read_succeeding_during_a_fault_makes_a_valid_run_unknown(tmp_path: Path) -> None:
+    """Coverage guard: the run's only workload read succeeds after the heal -> unknown, with
+    `read` named; the same read inside the partition keeps the run valid."""
+    res = analyze(_run_dir(tmp_path / "after", lose=False, read="after"))
+    assert res["valid"] == "unknown"
+    cov = res["checks"]["coverage"]
+    assert cov["valid"] == "unknown" and cov["uncovered"] == ["read"] and cov["faults"] == 1
+    assert "no read op succeeded while a fault was active" in cov["witness"]["explanation"]
+    res = analyze(_run_dir(tmp_path / "during", lose=False, read="during"))
+    assert res["valid"] is True and res["checks"]["coverage"]["uncovered"] == []
+    assert res["checks"]["coverage"]["ok_during_fault"] == {"append": 1, "read": 1}
+
+
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed")
 def test_report_renders_in_headless_chromium_without_console_errors(tmp_path: Path) -> None:
     """The page loads in headless Chromium with no console error; a screenshot is saved."""
@@ -94,3 +120,31 @@ def test_report_renders_in_headless_chromium_without_console_errors(tmp_path: Pa
     console = [ln for ln in p.stderr.splitlines() if ":CONSOLE" in ln]
     assert console == [], console
     assert shot.stat().st_size > 10_000
+
+
+def test_run_faults_pairs_each_fault_with_what_ends_it() -> None:
+    """A kill lasts until that node's restart, a partition until heal, a failed fault is no
+    fault, and heal-all ends whatever is still open."""
+    from harness.checker.coverage import Fault
+    from harness.run import run_faults
+
+    def nem(i: int, f: str, phase: str, targets: list[str], **v: Any) -> dict[str, Any]:
+        return {"index": i, "process": "nemesis", "type": "info", "f": f,
+                "value": {"phase": phase, "targets": targets, **v}}
+
+    evs = [
+        nem(0, "kill", "done", ["a"]),
+        nem(1, "partition", "start", ["a", "b", "c"]),
+        nem(2, "partition", "done", ["a", "b", "c"]),
+        nem(3, "pause", "done", ["b"], error="boom"),
+        nem(4, "restart", "start", ["c"]),
+        nem(5, "heal", "start", ["a", "b", "c"]),
+        nem(6, "heal", "done", ["a", "b", "c"]),
+        nem(7, "kill", "done", ["c"]),
+        nem(8, "restart", "start", ["a"]),
+        nem(9, "heal-all", "start", []),
+    ]
+    assert run_faults(evs) == [Fault(0, 8, "kill"), Fault(2, 5, "partition"),
+                               Fault(7, 9, "kill")]
+    assert run_faults(evs[:8]) == [Fault(0, None, "kill"), Fault(2, 5, "partition"),
+                                   Fault(7, None, "kill")]
