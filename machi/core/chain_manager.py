@@ -8,7 +8,8 @@ Stages (names from Machi):
   * monitor   -- a round reads every member's latest public and private projection (and,
                  in CP mode, its newest confirmed private one) plus its fitness reports;
                  a member that does not answer is unreachable this round;
-  * fitness   -- merge reports, publish mine, compute the shared up set (fitness.py);
+  * fitness   -- merge reports, publish mine (members missed two rounds in a row),
+                 compute the shared up set (fitness.py);
   * confirm   -- every UPI+repairing member uses my epoch -> annotate dbg2 ("CONFIRM
                  epoch") and unwedge (CP: the only way to become writable);
   * adopt     -- P_latest (best projection at the highest public epoch) is adopted when it
@@ -219,6 +220,8 @@ class ManagerState:
     removed: bool = False
     latest_epoch_seen: int = 0
     members_hint: tuple[str, ...] = ()
+    #: members that did not answer my previous read round (fitness hysteresis)
+    missed_last: frozenset[str] = frozenset()
 
 
 def initial_state(
@@ -392,7 +395,13 @@ def _on_read(
     views = {n: _ours(st.config, v) for n, v in ev.views.items() if isinstance(v, MemberView)}
     if me not in views:
         return st, [_trace(st, "own_store_unreadable", now), ScheduleTick(now + _interval(st, rng))]
-    unreachable = frozenset(n for n in ev.views if n not in views)
+    # A member is reported unreachable only after two missed rounds in a row: one slow
+    # read (load) would otherwise drop it from the up set, send it through repairing
+    # and restart the stability time of every repair - under sporadic timeouts the
+    # chain never settled (bench "chain" run 2; tests/sim/test_slow_reads.py).
+    missed = frozenset(n for n in ev.views if n not in views)
+    unreachable = missed & st.missed_last
+    st = replace(st, missed_last=missed)
     st, effects = _update_fitness(st, views, unreachable, now)
     publics = [v.public for v in views.values() if v.public is not None]
     latest = max(publics, key=best_key) if publics else None

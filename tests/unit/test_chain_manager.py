@@ -101,6 +101,8 @@ def test_cp_minority_proposes_none() -> None:
     views = _views(cur, cur, "a")
     views.update(b=Status.PARTITION, c=Status.PARTITION)
     st, eff = _round(st, 10, views)
+    assert not _of(eff, cm.WritePublic)  # one missed round is not yet a conflict
+    st, eff = _round(st, 20, views)
     (w,) = _of(eff, cm.WritePublic)
     assert w.projection.is_none()
 
@@ -180,3 +182,18 @@ def test_confirmed_manager_unwedges_its_flu_wedged_by_a_stray_epoch() -> None:
         lagging = dict(wedged, c=replace(views["c"], private=old))  # type: ignore[arg-type]
         _, eff = _round(st, 24000, lagging)
         assert not _of(eff, cm.SetWedge)
+
+
+def test_one_missed_round_is_not_a_conflict() -> None:
+    """A peer missing one read round is not reported unreachable; two rounds in a row are."""
+    cur = _p("abc", epoch=1)
+    st, _ = cm.initial_state(_cfg("a"), cur, now_ms=0)
+    views = _views(cur, cur, "a")
+    views.update(b=cm.MemberView(cur, cur), c=Status.PARTITION)
+    st, _ = _round(st, 10, views)
+    assert st.fitness["a"].unreachable == frozenset()
+    st, _ = _round(st, 20, views)
+    assert st.fitness["a"].unreachable == frozenset({"c"})
+    views.update(c=cm.MemberView(cur, cur))
+    st, _ = _round(st, 30, views)
+    assert st.fitness["a"].unreachable == frozenset()
