@@ -44,19 +44,24 @@ class Coverage:
     faults: int
     ok: dict[str, int] = field(default_factory=dict)
     ok_during_fault: dict[str, int] = field(default_factory=dict)
+    #: client ops per kind whatever their outcome (a kind that never succeeded at all,
+    #: e.g. every read failed, is uncovered too)
+    attempted: dict[str, int] = field(default_factory=dict)
 
     @property
     def uncovered(self) -> list[str]:
         """Kinds that never succeeded while a fault was active (empty if no faults)."""
         if not self.faults:
             return []
-        return sorted(k for k in self.ok if not self.ok_during_fault.get(k))
+        kinds = set(self.ok) | set(self.attempted)
+        return sorted(k for k in kinds if not self.ok_during_fault.get(k))
 
     def to_json(self) -> dict[str, Any]:
         return {
             "faults": self.faults,
             "ok": dict(sorted(self.ok.items())),
             "ok_during_fault": dict(sorted(self.ok_during_fault.items())),
+            "attempted": dict(sorted(self.attempted.items())),
             "uncovered": self.uncovered,
         }
 
@@ -110,7 +115,10 @@ def measure(ops: Iterable[Op], faults: Sequence[Fault], *, unit: str = "time") -
         reach.append(m)
     cov = Coverage(faults=len(spans))
     for op in ops:
-        if op.type != "ok" or op.process == NEMESIS:
+        if op.process == NEMESIS:
+            continue
+        cov.attempted[op.f] = cov.attempted.get(op.f, 0) + 1
+        if op.type != "ok":
             continue
         cov.ok[op.f] = cov.ok.get(op.f, 0) + 1
         if not spans:
@@ -185,6 +193,7 @@ def measure_events(events: Iterable[Mapping[str, Any]], *, unit: str = "time") -
             continue
         if typ == "invoke":
             pending[proc] = (f, t)
+            cov.attempted[f] = cov.attempted.get(f, 0) + 1
             continue
         inv = pending.pop(proc, None)
         if typ != "ok" or inv is None:

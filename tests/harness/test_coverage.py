@@ -45,6 +45,15 @@ def test_kind_without_success_during_fault_is_unknown() -> None:
     assert "append" in r.witness["explanation"]  # type: ignore[index]
 
 
+def test_kind_that_never_succeeded_at_all_is_unknown() -> None:
+    """Every read failed (during the fault and outside it): reads are uncovered too."""
+    ops = [op("append", 4, 6), op("read", 5, 7, "fail"), op("read", 9, 10, "fail")]
+    cov = measure(ops, [Fault(50, 80)])
+    assert cov.ok == {"append": 1} and cov.attempted == {"append": 1, "read": 2}
+    assert cov.uncovered == ["read"]
+    assert guard(VALID, cov).valid == "unknown"
+
+
 def test_covered_run_stays_valid() -> None:
     """Every kind has an ok op overlapping a fault: the verdict stands."""
     ops = [op("append", 4, 5), op("read", 7, 9), op("read", 20, 21)]

@@ -87,10 +87,13 @@ def test_a_lost_acknowledged_append_makes_the_run_invalid_and_the_page_says_why(
 
 
 def test_a_clean_run_is_valid_and_converged(tmp_path: Path) -> None:
-    """The same run with the chunk read back everywhere is valid; convergence is reported."""
-    res = analyze(_run_dir(tmp_path, lose=False))
+    """The same run with the chunk read back everywhere is valid; convergence is reported.
+    If its only workload read failed, reads never succeeded under the fault: unknown."""
+    res = analyze(_run_dir(tmp_path / "during", lose=False, read="during"))
     assert res["valid"] is True
     assert res["convergence"]["converged"] is True
+    res = analyze(_run_dir(tmp_path / "fail", lose=False))
+    assert res["valid"] == "unknown" and res["checks"]["coverage"]["uncovered"] == ["read"]
 
 
 def test_no_read_succeeding_during_a_fault_makes_a_valid_run_unknown(tmp_path: Path) -> None:
