@@ -22,8 +22,10 @@ Stages (names from Machi):
                  is written (C300); a better-ranked live author is kicked and waited for
                  (C200/C210), at most ``max_waits`` times;
   * write     -- my proposal to every member's public store (hosed: my own store only);
-  * repair    -- the UPI tail starts repair of repairing members once the confirmed
-                 projection is ``stability_time_ms`` old; success lets calc promote them.
+  * repair    -- the UPI tail starts repair of repairing members once the projection is
+                 confirmed and either it or the one before it lasted ``stability_time_ms``
+                 (a churning chain waits; a quiet one repairs at once); success lets
+                 calc promote them.
 The loop breaker (``loop_limit`` identical adoptions, or too many unsafe candidates)
 adopts the none projection and declares me admin-down for ``loop_hold_ms``.
 
@@ -222,6 +224,10 @@ class ManagerState:
     members_hint: tuple[str, ...] = ()
     #: members that did not answer my previous read round (fitness hysteresis)
     missed_last: frozenset[str] = frozenset()
+    #: a Kick arrived while a round was outstanding: look again right after it
+    kick_pending: bool = False
+    #: how long the projection before ``current`` was held (repair's stability rule)
+    prev_held_ms: int = 0
 
 
 def initial_state(
@@ -358,7 +364,7 @@ def step(
 ) -> tuple[ManagerState, list[Effect]]:
     """Apply one event; returns the new state and the effects to perform in order."""
     if isinstance(event, (Tick, Kick)):
-        return _start_round(state, now_ms, rng)
+        return _start_round(state, now_ms, rng, kicked=isinstance(event, Kick))
     if isinstance(event, MembersRead):
         return _on_read(state, event, now_ms, rng)
     if isinstance(event, PublicWritten):
@@ -374,11 +380,17 @@ def step(
     raise TypeError(f"unknown chain manager event {event!r}")
 
 
-def _start_round(st: ManagerState, now: int, rng: Rng) -> tuple[ManagerState, list[Effect]]:
+def _start_round(
+    st: ManagerState, now: int, rng: Rng, *, kicked: bool
+) -> tuple[ManagerState, list[Effect]]:
     c = st.config
-    if st.round_started_ms is not None and now - st.round_started_ms < c.round_timeout_ms:
-        return st, [ScheduleTick(st.round_started_ms + c.round_timeout_ms)]
-    st = replace(st, round_id=st.round_id + 1, round_started_ms=now)
+    started = st.round_started_ms
+    if started is not None and now - started < c.round_timeout_ms:
+        # The outstanding round may have read the stores before what the kick is about:
+        # remember it, so that the next round follows right after this one.
+        st = replace(st, kick_pending=st.kick_pending or kicked)
+        return st, [ScheduleTick(started + c.round_timeout_ms)]
+    st = replace(st, round_id=st.round_id + 1, round_started_ms=now, kick_pending=False)
     return st, [
         ReadMembers(st.round_id, _members(st), want_confirmed=st.current.mode == "cp"),
         ScheduleTick(now + c.round_timeout_ms),
@@ -426,7 +438,37 @@ def _on_read(
     st, more = _maybe_confirm(st, views, now)
     effects += more
     st, more = _decide(st, views, latest, now, rng)
-    return st, effects + more
+    effects += more
+    if st.kick_pending:
+        st = replace(st, kick_pending=False)
+        effects = _hurry(effects, now + st.config.reread_ms)
+    return st, effects
+
+
+def _hurry(effects: list[Effect], at_ms: int) -> list[Effect]:
+    """The timer of ``effects`` (the last ScheduleTick wins) fires no later than ``at_ms``."""
+    ticks = [e.at_ms for e in effects if isinstance(e, ScheduleTick)]
+    if ticks and ticks[-1] <= at_ms:
+        return effects
+    return [*effects, ScheduleTick(at_ms)]
+
+
+def _next_tick_ms(st: ManagerState, now: int, rng: Rng) -> int:
+    """When to look again while nothing needs writing: the ranked interval, but sooner
+    (a) while my adopted projection is not confirmed yet (a backoff from ``reread_ms``
+    doubling with the time since adoption: the peers' private writes usually follow
+    mine within a few milliseconds, and confirmation gates unwedging and repair), and
+    (b) when I am the tail waiting for the stability time before repair."""
+    c, cur = st.config, st.current
+    at = now + _interval(st, rng)
+    if not st.confirmed and not cur.is_none() and cur.epoch_number > 0:
+        at = min(at, now + max(c.reread_ms, now - st.adopted_at_ms))
+    elif (
+        st.confirmed and cur.repairing and cur.tail == c.name
+        and st.repair_epoch != cur.epoch_id and st.prev_held_ms < c.stability_time_ms
+    ):
+        at = min(at, max(now + 1, st.adopted_at_ms + c.stability_time_ms))
+    return at
 
 
 def _update_fitness(
@@ -447,6 +489,10 @@ def _update_fitness(
     effects: list[Effect] = []
     if merged != dict(st.fitness):
         effects.append(PublishFitness(merged))
+    if mine is not None and mine.unreachable != unreachable:
+        # Gossip is by pull: kick the members I can read so that they fetch my changed
+        # report now instead of on their next timer (a heal is noticed one round sooner).
+        effects += [KickPeer(n) for n in sorted(views) if n != c.name]
     return replace(st, fitness=merged), effects
 
 
@@ -635,7 +681,7 @@ def _decide(
         if latest == cur:
             st, more = _maybe_repair(st, now)
             return replace(st, waits=0), [*effects, *more,
-                                          ScheduleTick(now + _interval(st, rng))]
+                                          ScheduleTick(_next_tick_ms(st, now, rng))]
         lacking = tuple(n for n in _lacking(latest, views) if n in views)
         if lacking and not hosed:
             effects.append(WritePublic(st.round_id, latest, lacking))
@@ -650,7 +696,7 @@ def _decide(
         and shape(newprop) == shape(cur) and not cur.is_none() and not wedged_by_public
     ):
         st, more = _maybe_repair(st, now)
-        return st, [*effects, *more, ScheduleTick(now + _interval(st, rng))]
+        return st, [*effects, *more, ScheduleTick(_next_tick_ms(st, now, rng))]
     must_write = (
         latest is None or hosed or unsafe or rank(newprop) > rank(latest)
         or latest.author_server == me or latest.author_server not in up
@@ -694,6 +740,7 @@ def _adopt(
     st = replace(
         st, current=p, confirmed=False, adopted_at_ms=now, history=hist, waits=0,
         sane_streak=streak, not_sane=0 if streak > 3 else st.not_sane,
+        prev_held_ms=now - st.adopted_at_ms,
     )
     effects: list[Effect] = [WritePrivate(p), _trace(st, "adopt", now, **_proj_fields(p))]
     trivial = (p.upi, p.repairing) in (((), ()), ((me,), ()))
@@ -735,7 +782,10 @@ def _maybe_repair(st: ManagerState, now: int) -> tuple[ManagerState, list[Effect
         or now - st.repair_changed_ms < c.stability_time_ms
     ):
         return st, []
-    if now - st.adopted_at_ms < c.stability_time_ms:
+    if now - st.adopted_at_ms < c.stability_time_ms and st.prev_held_ms < c.stability_time_ms:
+        # Churning (the previous projection did not last the stability time either):
+        # wait until this one has.  One change after a quiet chain (a member is back)
+        # repairs as soon as it is confirmed.
         return st, []
     st = replace(st, repair_epoch=cur.epoch_id, repair_status="running",
                  repair_changed_ms=now)

@@ -216,9 +216,12 @@ class ChainDriver:
         self._wake.set()
 
     def public_written(self, p: Projection) -> None:
-        if self.state is None and self.name in p.all_members and self._may_start():
-            self._start_hint = p
-            self._wake.set()
+        if self.state is None:
+            if self.name in p.all_members and self._may_start():
+                self._start_hint = p
+                self._wake.set()
+        elif p.epoch_number > self.state.current.epoch_number:
+            self.kick()  # a proposal for me to look at: don't wait for the timer
 
     def attach(self) -> None:
         self.node.on_kick = self.kick

@@ -295,7 +295,10 @@ class Cluster:
 
     def _ev_write_req(self, m: str, p: Projection) -> None:
         if self.alive(m):
-            self.flus[m].write_projection("public", p)
+            ok = self.flus[m].write_projection("public", p) == Status.OK
+            st = self.mgr[m]
+            if ok and st is not None and p.epoch_number > st.current.epoch_number:
+                self._feed(m, cm.Kick("public_write"))  # as the daemon driver does
 
     def _ev_tick(self, n: str, inc: int, gen: int) -> None:
         if self.incarnation[n] == inc and self.tick_gen[n] == gen:

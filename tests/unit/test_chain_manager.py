@@ -197,3 +197,61 @@ def test_one_missed_round_is_not_a_conflict() -> None:
     views.update(c=cm.MemberView(cur, cur))
     st, _ = _round(st, 30, views)
     assert st.fitness["a"].unreachable == frozenset()
+
+
+def test_kick_during_an_outstanding_round_hurries_the_next_one() -> None:
+    """A kick that arrives while a read round is outstanding makes the next round follow
+    right after it (reread_ms) instead of after the ranked interval."""
+    p = _p("abc", epoch=1)
+    st, _ = cm.initial_state(_cfg("a"), p, now_ms=0)
+    st = replace(st, confirmed=True)
+    st, eff = cm.step(st, cm.Tick(), now_ms=0, rng=RNG)
+    (read,) = _of(eff, cm.ReadMembers)
+    st, _ = cm.step(st, cm.Kick("b"), now_ms=5, rng=RNG)
+    assert st.kick_pending
+    st, eff = cm.step(st, cm.MembersRead(read.round_id, _views(p, p)), now_ms=6, rng=RNG)
+    assert _of(eff, cm.ScheduleTick)[-1].at_ms == 6 + st.config.reread_ms
+    assert not st.kick_pending
+    # without the kick the same read waits for the ranked interval
+    st, eff = _round(st, 100, _views(p, p))
+    assert _of(eff, cm.ScheduleTick)[-1].at_ms >= 101 + st.config.tick_base_ms
+
+
+def test_unconfirmed_adoption_polls_with_backoff() -> None:
+    """While my adopted projection is not confirmed, I look again after a delay that
+    starts at reread_ms and doubles with the time since adoption, never past the
+    ranked interval."""
+    p = _p("abc", epoch=2)
+    old = _p("abc", epoch=1)
+    st, _ = cm.initial_state(_cfg("a"), p, now_ms=0)
+    waits = []
+    now = 0
+    for _ in range(6):
+        st, eff = _round(st, now, _views(p, old))  # peers still on the old private
+        assert not st.confirmed
+        nxt = _of(eff, cm.ScheduleTick)[-1].at_ms
+        waits.append(nxt - (now + 1))
+        now = nxt
+    assert waits[0] == st.config.reread_ms
+    assert waits == sorted(waits) and waits[-1] <= st.config.tick_base_ms + \
+        st.config.tick_spread_ms + st.config.tick_jitter_ms
+
+
+def _tail_repair_start(prev_held_ms: int) -> int | None:
+    """The time the tail c of a confirmed [a,b,c]+[d] chain starts repair."""
+    cur = _p("abc", "d", epoch=3, author="c", members="abcd")
+    st, _ = cm.initial_state(_cfg("c"), cur, now_ms=0)
+    st = replace(st, confirmed=True, adopted_at_ms=0, prev_held_ms=prev_held_ms)
+    for now in range(0, 200, 10):
+        st, eff = _round(st, now, _views(cur, cur, "abcd"))
+        if _of(eff, cm.StartRepair):
+            return now
+    return None
+
+
+def test_repair_waits_for_stability_only_when_the_chain_churns() -> None:
+    """A confirmed change after a quiet chain (the previous projection lasted the
+    stability time) repairs at once; after a short-lived previous projection the tail
+    waits until the current one is stability_time_ms old."""
+    assert _tail_repair_start(prev_held_ms=10_000) == 0
+    assert _tail_repair_start(prev_held_ms=50) == 100
