@@ -621,6 +621,8 @@ def _decide(
         # Not configured yet: never propose; help a bootstrap/admin projection along.
         if latest is None or not _relevant(latest, me):
             return st, [ScheduleTick(now + _interval(st, rng))]
+        if _split_epoch(latest, views):
+            return _resolve_split_bootstrap(st, latest, now)
         lacking = _lacking(latest, views)
         return st, [WritePublic(st.round_id, latest, lacking), ScheduleTick(now + c.reread_ms)]
     # An admin membership change (set_members) that lists me is the basis for members.
@@ -716,6 +718,28 @@ def _decide(
         *effects, WritePublic(st.round_id, newprop, targets),
         _trace(st, "propose", now, **_proj_fields(newprop)),
         ScheduleTick(now + c.reread_ms),
+    ]
+
+
+def _resolve_split_bootstrap(
+    st: ManagerState, latest: Projection, now: int
+) -> tuple[ManagerState, list[Effect]]:
+    """Two admins (or a bootstrap and a set_members) wrote different projections at one
+    epoch while every manager was still at epoch 0: no store can take the other one
+    (write-once), so neither becomes unanimous and nobody configured would ever write a
+    newer one.  Copy the best-ranked of them (``latest``: epoch, rank, checksum) to the
+    next epoch, keeping its author and creation time, so that every epoch-0 manager that
+    sees the same candidates writes byte-identical copies (no new split).  Safe: nobody
+    adopted either (epoch 0 everywhere we can see; an adopter at that epoch goes on with
+    normal rounds and the transition rules), so no data was written under them."""
+    dbg = dict(latest.dbg)
+    dbg["resolves_split"] = latest.epoch_number
+    p = latest.evolve(epoch_number=latest.epoch_number + 1, dbg=dbg)
+    st = replace(st, latest_epoch_seen=max(st.latest_epoch_seen, p.epoch_number))
+    return st, [
+        WritePublic(st.round_id, p, p.all_members),
+        _trace(st, "resolve_split", now, split=latest.epoch_number, **_proj_fields(p)),
+        ScheduleTick(now + st.config.reread_ms),
     ]
 
 
