@@ -33,7 +33,8 @@ def _settle(c: Cluster, limit_ms: int = 10_000) -> bool:
 @pytest.mark.parametrize("seed", range(8))
 def test_two_concurrent_bootstraps_end_in_one_chain(mode: str, seed: int) -> None:
     """Bootstraps of the same members in two different orders, sent to two different
-    nodes at the same instant or a few milliseconds apart, converge on one confirmed chain with no violation."""
+    nodes at the same instant or a few milliseconds apart, converge on one confirmed
+    chain with no violation."""
     names = ["a", "b", "c"]
     wit = ("a",) if mode == "cp" else ()
     c = Cluster(names, mode=mode, seed=seed, witnesses=wit,  # type: ignore[arg-type]
