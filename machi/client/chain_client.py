@@ -34,7 +34,7 @@ import anyio
 import anyio.abc
 
 from machi.client.flu_client import ChecksumEntry, ChunkPos, FluClient, ReadReply
-from machi.core import cr_plan
+from machi.core import cr_plan, wire
 from machi.core.checksum import TaggedCsum, client_csum
 from machi.core.epoch import EpochId
 from machi.core.errors import (
@@ -45,6 +45,7 @@ from machi.core.errors import (
     error_for_status,
 )
 from machi.core.outcome import (
+    MAYBE_EFFECT,
     MUTATIONS,
     OpKind,
     Outcome,
@@ -103,6 +104,42 @@ def outcome_of(exc: BaseException, op: OpKind) -> Outcome:
 
 class _GiveUp(Exception):
     """Internal: retries or deadline exhausted (raised as Partition by the op)."""
+
+
+class _Split(Exception):
+    """Internal: a batch got an answer it cannot handle for all its chunks at once (a
+    definite rejection, or WRITTEN downstream): every chunk continues alone, from the
+    batch's progress (``positions``: where the head put them; None before that)."""
+
+    def __init__(self, positions: list[ChunkPos] | None) -> None:
+        super().__init__("split")
+        self.positions = positions
+
+
+@dataclass(eq=False)
+class _Queued:
+    """One append waiting for (or riding in) a batch."""
+
+    op: _Op
+    data: bytes | bytearray | memoryview
+    csum: TaggedCsum
+    chunk_extra: int
+    done: anyio.Event = field(default_factory=anyio.Event)
+    taken: bool = False
+    result: ChunkPos | None = None
+    error: BaseException | None = None
+
+    def deliver(self, result: ChunkPos | None = None, error: BaseException | None = None
+                ) -> None:
+        if not self.done.is_set():
+            self.result, self.error = result, error
+            self.done.set()
+
+
+@dataclass(eq=False)
+class _PrefixQueue:
+    items: list[_Queued] = field(default_factory=list)
+    in_flight: int = 0
 
 
 class _Op:
@@ -216,6 +253,16 @@ class _Op:
         raise self.gave_up()
 
 
+def _inherit(op: _Op, bop: _Op) -> None:
+    """A batched chunk's own ``_Op`` takes over what its batch did."""
+    op.progress = bop.progress
+    op.attempt = max(op.attempt, bop.attempt)
+    op.info.attempts = op.attempt
+    op.last_status, op.last_msg = bop.last_status, bop.last_msg
+    op.info.node = bop.info.node
+    op.info.epoch_id = bop.info.epoch_id
+
+
 class ChainClient:
     """Client of one chain.  ``async with ChainClient({"a": ("127.0.0.1", 20401), ...})``.
 
@@ -244,9 +291,27 @@ class ChainClient:
         seed: int | None = None,
         name: str = "chain-client",
         flu_factory: Callable[..., FluClient] = FluClient,
+        batch_max_chunks: int = 64,
+        batch_max_bytes: int = 4 * 1024 * 1024,
+        batches_in_flight: int = 2,
+        batch_queue_max: int = 4096,
     ) -> None:
         if not members:
             raise ValueError("ChainClient needs at least one member")
+        if batch_max_chunks < 1 or batch_max_bytes < 1 or batches_in_flight < 1 \
+                or batch_queue_max < 1:
+            raise ValueError("batch_max_chunks, batch_max_bytes, batches_in_flight and "
+                             "batch_queue_max must be >= 1")
+        if batch_max_chunks > wire.MAX_CHUNKS_PER_REQUEST:
+            raise ValueError(f"batch_max_chunks: at most {wire.MAX_CHUNKS_PER_REQUEST}")
+        # Natural batching of appends (docs/client.md, "Batching"): 1 chunk = off.
+        self.batch_max_chunks = batch_max_chunks
+        self.batch_max_bytes = batch_max_bytes
+        self.batches_in_flight = batches_in_flight
+        self.batch_queue_max = batch_queue_max
+        self._queues: dict[str, _PrefixQueue] = {}
+        #: counters: append requests sent to a head, chunks they carried, batches split
+        self.stats = {"head_requests": 0, "head_chunks": 0, "batch_splits": 0}
         self._seed_addrs = {str(n): (str(h), int(p)) for n, (h, p) in members.items()}
         self._addrs = dict(self._seed_addrs)
         self.secret = secret
@@ -426,13 +491,16 @@ class ChainClient:
         returns where it landed (with the stored checksum)."""
         csum = client_csum(data)  # computed once; every replica verifies it
         op = _Op(self, OpKind.APPEND, info)
+        if self.batch_max_chunks > 1 and len(data) + chunk_extra <= self.batch_max_bytes:
+            return await op.run(lambda: self._append_queued(op, prefix, data, csum,
+                                                            chunk_extra))
         return await op.run(lambda: self._append(op, prefix, data, csum, chunk_extra))
 
     async def _append(
         self, op: _Op, prefix: str, data: bytes | bytearray | memoryview, csum: TaggedCsum,
-        chunk_extra: int,
+        chunk_extra: int, pos: ChunkPos | None = None,
     ) -> ChunkPos:
-        pos: ChunkPos | None = None
+        """One chunk down the chain; ``pos``: the head already placed it (a split batch)."""
         p = await self._projection(op)
         while True:
             if pos is None:
@@ -442,6 +510,8 @@ class ChainClient:
                 st, res, msg = await op.call(head, lambda c, epoch=epoch: c.append(
                     prefix, data, epoch_id=epoch, csum=csum, chunk_extra=chunk_extra),
                     mutation=True)
+                self.stats["head_requests"] += 1
+                self.stats["head_chunks"] += 1
                 r = reaction(OpKind.APPEND, Role.HEAD, st)
                 if r is Reaction.DONE and res is not None:
                     pos = res
@@ -465,6 +535,185 @@ class ChainClient:
                 p = await op.retry(p)
                 continue
             p = await self._write_one(op, p, plan.members[0], pos, data, csum)
+
+    # ---- batching (docs/client.md, "Batching") -------------------------------------------
+    async def _append_queued(
+        self, op: _Op, prefix: str, data: bytes | bytearray | memoryview, csum: TaggedCsum,
+        chunk_extra: int,
+    ) -> ChunkPos:
+        """Queue the append for ``prefix``; a batch task (owned by this client, so that a
+        cancelled caller cannot break the others of its batch) carries it."""
+        q = self._queues.get(prefix)
+        if q is None:
+            q = self._queues[prefix] = _PrefixQueue()
+        if len(q.items) >= self.batch_queue_max:  # bounded queue: go alone instead
+            return await self._append(op, prefix, data, csum, chunk_extra)
+        item = _Queued(op, data, csum, chunk_extra)
+        q.items.append(item)
+        self._start_batches(prefix, q)
+        try:
+            await item.done.wait()
+        except BaseException:
+            if not item.taken:  # never sent: just leave the queue
+                q.items.remove(item)
+            raise
+        if item.error is not None:
+            raise item.error
+        assert item.result is not None
+        return item.result
+
+    def _start_batches(self, prefix: str, q: _PrefixQueue) -> None:
+        """While fewer than ``batches_in_flight`` batches of ``prefix`` run, start one with
+        what is queued (bounded by chunks and bytes)."""
+        assert self._tg is not None
+        while q.items and q.in_flight < self.batches_in_flight:
+            batch: list[_Queued] = []
+            size = 0
+            for it in q.items:
+                n = len(it.data) + it.chunk_extra
+                if batch and (len(batch) >= self.batch_max_chunks
+                              or size + n > self.batch_max_bytes):
+                    break
+                batch.append(it)
+                size += n
+            del q.items[:len(batch)]
+            for it in batch:
+                it.taken = True
+            q.in_flight += 1
+            self._tg.start_soon(self._run_batch, prefix, q, batch)
+
+    async def _run_batch(self, prefix: str, q: _PrefixQueue, batch: list[_Queued]) -> None:
+        try:
+            if len(batch) == 1:
+                await self._run_alone(prefix, batch[0])
+            else:
+                await self._append_batch(prefix, batch)
+        except Exception as e:  # never into the client's task group: to the callers
+            for it in batch:
+                it.deliver(error=e)
+        finally:
+            for it in batch:
+                it.deliver(error=Partition("append batch ended without an answer"))
+            q.in_flight -= 1
+            if self._tg is not None:
+                self._start_batches(prefix, q)
+            if not q.items and q.in_flight == 0 and self._queues.get(prefix) is q:
+                del self._queues[prefix]
+
+    async def _run_alone(self, prefix: str, it: _Queued, pos: ChunkPos | None = None) -> None:
+        """One chunk through the single-chunk path, with its caller's own ``_Op``."""
+        try:
+            res = await self._append(it.op, prefix, it.data, it.csum, it.chunk_extra, pos)
+        except Exception as e:  # _GiveUp and MachiError: the caller's op.run classifies
+            it.deliver(error=e)
+        else:
+            it.deliver(result=res)
+
+    async def _append_batch(self, prefix: str, batch: list[_Queued]) -> None:
+        """Several chunks as one multi-chunk append at the head and one multi-chunk write
+        per other member; each chunk ends with the outcome it would have alone."""
+        bop = _Op(self, OpKind.APPEND, None)
+        bop.deadline = min(it.op.deadline for it in batch)
+        try:
+            with anyio.move_on_after(max(0.0, bop.remaining_s()) + 1.0):
+                try:
+                    positions = await self._append_multi(bop, prefix, batch)
+                except _Split as sp:
+                    self.stats["batch_splits"] += 1
+                    async with anyio.create_task_group() as tg:
+                        for i, it in enumerate(batch):
+                            _inherit(it.op, bop)
+                            pos = None if sp.positions is None else sp.positions[i]
+                            tg.start_soon(self._run_alone, prefix, it, pos)
+                    return
+                except _GiveUp:
+                    for it in batch:
+                        _inherit(it.op, bop)
+                        it.deliver(error=_GiveUp())
+                    return
+                except MachiError as e:
+                    for it in batch:
+                        _inherit(it.op, bop)
+                        err = error_for_status(e.status, e.message)
+                        oc = getattr(e, "outcome", None)
+                        if isinstance(oc, Outcome):
+                            err = it.op._annotate(err, oc)
+                        it.deliver(error=err)
+                    return
+                for it, pos in zip(batch, positions, strict=True):
+                    _inherit(it.op, bop)
+                    it.deliver(result=pos)
+                return
+            for it in batch:  # the safety net fired
+                _inherit(it.op, bop)
+                it.deliver(error=_GiveUp())
+        except BaseException:
+            # Cancelled (the client is closing): the callers' effect is unknown.
+            for it in batch:
+                it.op.progress = it.op.progress.after(Status.PARTITION)
+                it.deliver(error=_GiveUp())
+            raise
+
+    async def _append_multi(self, op: _Op, prefix: str, batch: list[_Queued]
+                            ) -> list[ChunkPos]:
+        """``_append`` for a batch: the same reactions, with the batch's one ``_Op``.
+        Raises ``_Split`` where a chunk alone could end differently from its batch."""
+        datas = [it.data for it in batch]
+        csums = [it.csum for it in batch]
+        extras = [it.chunk_extra for it in batch]
+        pos: list[ChunkPos] | None = None
+        p = await self._projection(op)
+        while True:
+            if pos is None:
+                head = p.head
+                assert head is not None
+                epoch = p.epoch_id
+                st, res, msg = await op.call(head, lambda c, epoch=epoch: c.append_chunks(
+                    prefix, datas, epoch_id=epoch, csums=csums, chunk_extras=extras),
+                    mutation=True)
+                self.stats["head_requests"] += 1
+                self.stats["head_chunks"] += len(batch)
+                r = reaction(OpKind.APPEND, Role.HEAD, st)
+                if r is Reaction.DONE and res is not None:
+                    pos = res
+                    op.progress = op.progress.with_ack(head)
+                    op.info.node = head
+                elif r is Reaction.RESTART:
+                    await op.backoff()
+                elif r is Reaction.RETRY:
+                    p = await op.retry(p)
+                elif st in MAYBE_EFFECT:
+                    raise op.error(st, msg)  # alone: the same unknown outcome
+                else:
+                    raise _Split(None)  # rejected before anything was written
+                continue
+            plan = cr_plan.replan(OpKind.APPEND, p, op.progress.acked)
+            if isinstance(plan, cr_plan.Restart):
+                op.progress = op.progress.abandoned()
+                pos = None
+                continue
+            if not plan.members:
+                if await self._witnesses_ok(op, p):
+                    return pos
+                p = await op.retry(p)
+                continue
+            member = plan.members[0]
+            role = Role.DOWNSTREAM if op.progress.acked else Role.HEAD
+            epoch = p.epoch_id
+            places = [(q.offset, d) for q, d in zip(pos, datas, strict=True)]
+            st, _res, msg = await op.call(
+                member, lambda c, epoch=epoch, file=pos[0].file, places=places: (
+                    c.write_chunks(file, places, epoch_id=epoch, csums=csums)),
+                mutation=True)
+            r = reaction(OpKind.APPEND, role, st)
+            if r is Reaction.DONE:
+                op.progress = op.progress.with_ack(member)
+            elif r is Reaction.RETRY:
+                p = await op.retry(p)
+            elif st in MAYBE_EFFECT:
+                raise op.error(st, msg)
+            else:
+                raise _Split(pos)  # WRITTEN (verify) or a rejection: chunk by chunk
 
     async def _write_one(
         self, op: _Op, p: Projection, member: str, pos: ChunkPos,

@@ -39,6 +39,7 @@ from machi.core.errors import (
     Partition,
     ProtocolError,
     RemoteProtocolError,
+    UnknownOp,
     error_for_status,
 )
 from machi.core.fitness import Report
@@ -335,24 +336,34 @@ class FluClient:
         op: Op,
         epoch_id: EpochId,
         meta: dict[str, Any] | None,
-        payload: bytes | bytearray | memoryview,
+        payload: bytes | bytearray | memoryview | list[bytes | bytearray | memoryview],
         target: _Target,
     ) -> int:
-        """Send one request whose response(s) go to ``target``; returns its request id."""
+        """Send one request whose response(s) go to ``target``; returns its request id.
+        ``payload`` may be a list of buffers (sent back to back: a multi-chunk request)."""
+        parts = payload if isinstance(payload, list) else [payload]
+        size = sum(len(p) for p in parts)
         async with conn.send_lock:
             if conn.broken is not None:
                 raise Partition(f"connection broken: {conn.broken}")
+            min_version = wire.OP_MIN_VERSION.get(op, 1)
+            if conn.proto.version < min_version:
+                # nothing sent: a definite rejection, like the node's own UNKNOWN_OP
+                raise UnknownOp(f"{op.name.lower()} needs protocol version {min_version}; "
+                                f"{self.host}:{self.port} speaks {conn.proto.version}")
             rid = conn.new_id()
             head = conn.proto.send_request(
-                rid, op, epoch_id=epoch_id, meta=meta, payload_size=len(payload)
+                rid, op, epoch_id=epoch_id, meta=meta, payload_size=size
             )
             conn.pending[rid] = target
             try:
-                if len(payload) <= JOIN_LIMIT:
-                    await conn.stream.send(head + bytes(payload) if payload else head)
+                if size <= JOIN_LIMIT:
+                    await conn.stream.send(b"".join([head, *parts]) if size else head)
                 else:
                     await conn.stream.send(head)
-                    await conn.stream.send(payload)  # type: ignore[arg-type]
+                    for part in parts:
+                        if part:
+                            await conn.stream.send(part)  # type: ignore[arg-type]
             except BaseException as exc:
                 # A half-sent frame poisons the stream: break the connection.
                 await conn.fail(Partition(f"send failed: {exc!r}"))
@@ -365,7 +376,7 @@ class FluClient:
         self,
         op: Op,
         meta: dict[str, Any] | None = None,
-        payload: bytes | bytearray | memoryview = b"",
+        payload: bytes | bytearray | memoryview | list[bytes | bytearray | memoryview] = b"",
         *,
         epoch_id: EpochId = DUMMY_EPOCH_ID,
         timeout_ms: int | None = None,
@@ -466,6 +477,73 @@ class FluClient:
         meta = {"file": file, "offset": offset, "csum": csum.hex()}
         f = await self._call(Op.WRITE, meta, chunk, epoch_id=epoch_id)
         return _csum(f.meta.get("csum"))
+
+    async def append_chunks(
+        self,
+        prefix: str,
+        chunks: list[bytes | bytearray | memoryview],
+        *,
+        epoch_id: EpochId,
+        csums: list[TaggedCsum] | None = None,
+        chunk_extras: list[int] | None = None,
+        locator: int = 0,
+    ) -> list[ChunkPos]:
+        """One APPEND_CHUNKS request (protocol version 2): the chunks land contiguously in
+        one file, all or none.  ``UnknownOp`` (nothing sent) when the node speaks only
+        version 1.  A rejected chunk's index is the exception's ``chunk_index``."""
+        csums = csums if csums is not None else [client_csum(c) for c in chunks]
+        extras = chunk_extras if chunk_extras is not None else [0] * len(chunks)
+        if not (len(csums) == len(extras) == len(chunks)):
+            raise ValueError("chunks, csums and chunk_extras differ in length")
+        meta: dict[str, Any] = {
+            "prefix": prefix,
+            "chunks": [[len(c), cs.hex(), x]
+                       for c, cs, x in zip(chunks, csums, extras, strict=True)],
+        }
+        if locator:
+            meta["locator"] = locator
+        f = await self._call(Op.APPEND_CHUNKS, meta, list(chunks), epoch_id=epoch_id)
+        file = _field(f, "file", str)
+        got = f.meta.get("chunks")
+        if not isinstance(got, list) or len(got) != len(chunks):
+            raise RemoteProtocolError("append_chunks: want one reply entry per chunk")
+        out: list[ChunkPos] = []
+        for entry, c in zip(got, chunks, strict=True):
+            try:
+                offset, size, cs = entry
+            except (TypeError, ValueError):
+                raise RemoteProtocolError(f"append_chunks: bad entry {entry!r}") from None
+            if not isinstance(offset, int) or size != len(c):
+                raise RemoteProtocolError(f"append_chunks: bad entry {entry!r}")
+            out.append(ChunkPos(file, offset, size, _csum(cs)))
+        return out
+
+    async def write_chunks(
+        self,
+        file: str,
+        chunks: list[tuple[int, bytes | bytearray | memoryview]],
+        *,
+        epoch_id: EpochId,
+        csums: list[TaggedCsum] | None = None,
+    ) -> list[TaggedCsum]:
+        """One WRITE_CHUNKS request (protocol version 2): ``(offset, bytes)`` in ascending
+        offset order, all written (or exact replays) or none."""
+        csums = csums if csums is not None else [client_csum(c) for _o, c in chunks]
+        if len(csums) != len(chunks):
+            raise ValueError("chunks and csums differ in length")
+        meta = {"file": file,
+                "chunks": [[o, len(c), cs.hex()] for (o, c), cs in zip(chunks, csums, strict=True)]}
+        f = await self._call(Op.WRITE_CHUNKS, meta, [c for _o, c in chunks], epoch_id=epoch_id)
+        got = f.meta.get("csums")
+        if not isinstance(got, list) or len(got) != len(chunks):
+            raise RemoteProtocolError("write_chunks: want one checksum per chunk")
+        return [_csum(c) for c in got]
+
+    @property
+    def protocol_version(self) -> int:
+        """The version negotiated on the current connection (0: not connected)."""
+        conn = self._conn
+        return 0 if conn is None or conn.broken is not None else conn.proto.version
 
     async def read(
         self,
@@ -617,7 +695,11 @@ def _check(item: wire.Frame | MachiError) -> wire.Frame:
     if isinstance(item, MachiError):
         raise Partition(str(item)) if not isinstance(item, Partition) else item
     if item.status != Status.OK:
-        raise error_for_status(item.status, wire.error_message(item))
+        err = error_for_status(item.status, wire.error_message(item))
+        index = item.meta.get("chunk")
+        if isinstance(index, int) and not isinstance(index, bool):
+            err.chunk_index = index  # type: ignore[attr-defined]
+        raise err
     return item
 
 

@@ -45,7 +45,12 @@ from .errors import BadArg, LocalProtocolError, RemoteProtocolError, TooLarge
 from .status import Status
 
 PROTOCOL_NAME: Final = "machi-py"
-PROTOCOL_VERSIONS: Final = (1,)
+#: 1: single-chunk data ops; 2 adds APPEND_CHUNKS and WRITE_CHUNKS (multi-chunk requests).
+PROTOCOL_VERSIONS: Final = (1, 2)
+#: The first version that has the multi-chunk ops.
+MULTI_CHUNK_VERSION: Final = 2
+#: Bound on the chunks of one multi-chunk request (bytes are bounded by the frame limit).
+MAX_CHUNKS_PER_REQUEST: Final = 1024
 PREFIX_SIZE: Final = 4
 HEADER_SIZE: Final = 60  # including the 4-byte length prefix
 _AFTER_PREFIX: Final = HEADER_SIZE - PREFIX_SIZE
@@ -92,12 +97,19 @@ class Op(enum.IntEnum):
     CHAIN_BOOTSTRAP = 19
     CHAIN_SET_MEMBERS = 20
     CHAIN_STATUS = 21
+    APPEND_CHUNKS = 22  # protocol version >= 2
+    WRITE_CHUNKS = 23  # protocol version >= 2
 
 
 #: Data ops: epoch-checked (unless in SKIP_WEDGE_OPS) and refused by witnesses.
 DATA_OPS: Final = frozenset(
-    {Op.APPEND, Op.WRITE, Op.READ, Op.TRIM, Op.CHECKSUM_LIST, Op.REPAIR_RESET}
+    {Op.APPEND, Op.WRITE, Op.READ, Op.TRIM, Op.CHECKSUM_LIST, Op.REPAIR_RESET,
+     Op.APPEND_CHUNKS, Op.WRITE_CHUNKS}
 )
+#: Ops a connection may use only when it negotiated at least this version.
+OP_MIN_VERSION: Final[Mapping[Op, int]] = {
+    Op.APPEND_CHUNKS: MULTI_CHUNK_VERSION, Op.WRITE_CHUNKS: MULTI_CHUNK_VERSION,
+}
 #: Ops that skip the epoch/wedge check (reference 2.3).
 SKIP_WEDGE_OPS: Final = frozenset(
     {Op.AUTH, Op.ECHO, Op.WEDGE_STATUS, Op.LIST_FILES, Op.CHECKSUM_LIST}
@@ -145,6 +157,10 @@ REQUEST_FIELDS: Final[Mapping[Op, Mapping[str, tuple[type, str]]]] = {
     },
     Op.CHAIN_SET_MEMBERS: {"members": (dict, _REQ), "witnesses": (list, _OPT)},
     Op.CHAIN_STATUS: {},
+    # chunks: [[size, csum, chunk_extra], ...] (see parse_append_chunks)
+    Op.APPEND_CHUNKS: {"prefix": (str, _REQ), "chunks": (list, _REQ), "locator": (int, _OPT)},
+    # chunks: [[offset, size, csum], ...] (see parse_write_chunks)
+    Op.WRITE_CHUNKS: {"file": (str, _REQ), "chunks": (list, _REQ)},
 }
 PROJECTION_KINDS: Final = ("public", "private")
 
@@ -412,6 +428,94 @@ def check_request_fields(op: Op, meta: Mapping[str, Any]) -> None:
         raise BadArg(f"{op.name.lower()}: kind must be 'public' or 'private', not {kind!r}")
 
 
+# ---- multi-chunk requests (protocol version 2) ----------------------------------------
+@dataclass(frozen=True, slots=True)
+class AppendChunkSpec:
+    """One chunk of an APPEND_CHUNKS request: its bytes are ``payload[start:start+size]``."""
+
+    start: int
+    size: int
+    csum: str  # tagged checksum, hex (parsed by the node)
+    chunk_extra: int
+
+
+@dataclass(frozen=True, slots=True)
+class WriteChunkSpec:
+    """One chunk of a WRITE_CHUNKS request: its bytes are ``payload[start:start+size]``."""
+
+    start: int
+    offset: int
+    size: int
+    csum: str
+
+
+def _chunk_list(op: Op, meta: Mapping[str, Any]) -> list[Any]:
+    chunks = meta.get("chunks")
+    name = op.name.lower()
+    if not isinstance(chunks, list) or not chunks:
+        raise BadArg(f"{name}: chunks must be a non-empty list")
+    if len(chunks) > MAX_CHUNKS_PER_REQUEST:
+        raise BadArg(f"{name}: {len(chunks)} chunks, at most {MAX_CHUNKS_PER_REQUEST} "
+                     "per request")
+    return chunks
+
+
+def _bad_chunk(message: str, index: int) -> BadArg:
+    err = BadArg(message)
+    err.chunk_index = index  # type: ignore[attr-defined]
+    return err
+
+
+def _uint(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _U64_MAX
+
+
+def parse_append_chunks(meta: Mapping[str, Any], payload_size: int) -> list[AppendChunkSpec]:
+    """The chunks of an APPEND_CHUNKS request; ``BadArg`` naming the chunk (by index) for a
+    malformed entry, an empty chunk, or sizes that do not add up to the payload."""
+    out: list[AppendChunkSpec] = []
+    start = 0
+    for i, c in enumerate(_chunk_list(Op.APPEND_CHUNKS, meta)):
+        if not (isinstance(c, list) and len(c) == 3 and _uint(c[0]) and isinstance(c[1], str)
+                and _uint(c[2])):
+            raise _bad_chunk(f"append_chunks: chunk {i}: want [size, csum, chunk_extra], "
+                             f"got {c!r}"[:300], i)
+        if c[0] == 0:
+            raise _bad_chunk(f"append_chunks: chunk {i}: empty chunk", i)
+        out.append(AppendChunkSpec(start, c[0], c[1], c[2]))
+        start += c[0]
+    if start != payload_size:
+        raise BadArg(f"append_chunks: chunk sizes add up to {start} bytes, payload has "
+                     f"{payload_size}")
+    return out
+
+
+def parse_write_chunks(meta: Mapping[str, Any], payload_size: int) -> list[WriteChunkSpec]:
+    """The chunks of a WRITE_CHUNKS request (offsets strictly ascending, not overlapping);
+    ``BadArg`` naming the chunk otherwise."""
+    out: list[WriteChunkSpec] = []
+    start = 0
+    end_prev = -1
+    for i, c in enumerate(_chunk_list(Op.WRITE_CHUNKS, meta)):
+        if not (isinstance(c, list) and len(c) == 3 and _uint(c[0]) and _uint(c[1])
+                and isinstance(c[2], str)):
+            raise _bad_chunk(f"write_chunks: chunk {i}: want [offset, size, csum], "
+                             f"got {c!r}"[:300], i)
+        offset, size = c[0], c[1]
+        if size == 0:
+            raise _bad_chunk(f"write_chunks: chunk {i}: empty chunk", i)
+        if offset < end_prev:
+            raise _bad_chunk(f"write_chunks: chunk {i}: offset {offset} overlaps or precedes "
+                             f"the previous chunk (ends at {end_prev})", i)
+        end_prev = offset + size
+        out.append(WriteChunkSpec(start, offset, size, c[2]))
+        start += size
+    if start != payload_size:
+        raise BadArg(f"write_chunks: chunk sizes add up to {start} bytes, payload has "
+                     f"{payload_size}")
+    return out
+
+
 # ---- authentication --------------------------------------------------------------------
 def _auth_key(secret: bytes) -> bytes:
     return blake3.blake3(secret, derive_key_context="machi-py 2026 wire auth v1").digest()
@@ -619,13 +723,16 @@ class Connection:
 
     def send_error(
         self, request_id: int, op: int, status: Status, message: str,
-        *, epoch_id: EpochId = DUMMY_EPOCH_ID,
+        *, epoch_id: EpochId = DUMMY_EPOCH_ID, chunk_index: int | None = None,
     ) -> bytes:
+        """An error response; ``chunk_index``: which chunk of a multi-chunk request was bad
+        (meta field ``chunk``)."""
         if status is Status.OK:
             raise LocalProtocolError("send_error with OK")
-        return self.send_response(
-            request_id, op, status, epoch_id=epoch_id, meta={"msg": message[:1000]}
-        )
+        meta: dict[str, Any] = {"msg": message[:1000]}
+        if chunk_index is not None:
+            meta["chunk"] = chunk_index
+        return self.send_response(request_id, op, status, epoch_id=epoch_id, meta=meta)
 
 
 def _check_nonce(nonce: bytes) -> None:

@@ -137,6 +137,7 @@ class FluNode:
             Op.KICK: self._kick, Op.REPAIR_RESET: self._repair_reset,
             Op.CHAIN_VIEW: self._chain_view, Op.CHAIN_BOOTSTRAP: self._chain_admin,
             Op.CHAIN_SET_MEMBERS: self._chain_admin, Op.CHAIN_STATUS: self._chain_admin,
+            Op.APPEND_CHUNKS: self._append_chunks, Op.WRITE_CHUNKS: self._write_chunks,
         }
 
     # ---- state ---------------------------------------------------------------------------
@@ -357,10 +358,12 @@ class FluNode:
             raise _Gone() from None
 
     async def _send_error(
-        self, peer: _Peer, request_id: int, op: int, status: Status, message: str
+        self, peer: _Peer, request_id: int, op: int, status: Status, message: str,
+        *, chunk_index: int | None = None,
     ) -> None:
         await self._raw_send(peer, [peer.proto.send_error(
-            request_id, op, status, message, epoch_id=self.state.epoch_id)])
+            request_id, op, status, message, epoch_id=self.state.epoch_id,
+            chunk_index=chunk_index)])
 
     async def _send_reply(
         self, peer: _Peer, f: wire.Frame, reply: Reply, *, final: bool = True
@@ -389,7 +392,8 @@ class FluNode:
             if status is Status.PARTITION:  # never tell a peer "partition": that is ours
                 status = Status.BAD_JOSS
             with contextlib.suppress(_Gone, MachiError):
-                await self._send_error(peer, f.request_id, f.op, status, e.message)
+                await self._send_error(peer, f.request_id, f.op, status, e.message,
+                                       chunk_index=getattr(e, "chunk_index", None))
         except _Gone:
             status = Status.PARTITION
         except Exception as e:
@@ -407,6 +411,10 @@ class FluNode:
             raise UnknownOp(f"unknown op {f.op}")
         if op is Op.AUTH:
             raise BadArg("auth is only allowed as the first request")
+        if wire.OP_MIN_VERSION.get(op, 1) > peer.proto.version:
+            raise UnknownOp(f"op {op.name.lower()} needs protocol version "
+                            f"{wire.OP_MIN_VERSION[op]}; this connection speaks "
+                            f"{peer.proto.version}")
         wire.check_request_fields(op, f.meta)
         if op in wire.DATA_OPS:
             if self.witness:
@@ -432,6 +440,24 @@ class FluNode:
         )
         return Reply({"file": pos.file, "offset": pos.offset, "size": pos.size,
                       "csum": csum.hex()})
+
+    async def _append_chunks(self, f: wire.Frame, peer: _Peer) -> Reply:
+        m = f.meta
+        specs = wire.parse_append_chunks(m, len(f.payload))
+        chunks = [(f.payload[c.start:c.start + c.size], _chunk_csum(c.csum, i, len(specs)),
+                   c.chunk_extra) for i, c in enumerate(specs)]
+        res = await self.store.append_chunks(
+            m["prefix"], chunks, epoch_id=f.epoch_id, locator=m.get("locator", 0))
+        return Reply({"file": res[0][0].file,
+                      "chunks": [[pos.offset, pos.size, csum.hex()] for pos, csum in res]})
+
+    async def _write_chunks(self, f: wire.Frame, peer: _Peer) -> Reply:
+        m = f.meta
+        specs = wire.parse_write_chunks(m, len(f.payload))
+        chunks = [(c.offset, f.payload[c.start:c.start + c.size],
+                   _chunk_csum(c.csum, i, len(specs))) for i, c in enumerate(specs)]
+        csums = await self.store.write_chunks(m["file"], chunks)
+        return Reply({"csums": [c.hex() for c in csums]})
 
     async def _write(self, f: wire.Frame, peer: _Peer) -> Reply:
         m = f.meta
@@ -610,6 +636,15 @@ def _parse_csum(text: str) -> TaggedCsum:
         return TaggedCsum.from_bytes(raw)
     except ValueError as e:
         raise BadChecksum(str(e)) from None
+
+
+def _chunk_csum(text: str, index: int, count: int) -> TaggedCsum:
+    try:
+        return _parse_csum(text)
+    except MachiError as e:
+        out = type(e)(f"chunk {index} of {count}: {e.message}; nothing written")
+        out.chunk_index = index  # type: ignore[attr-defined]
+        raise out from None
 
 
 def _op_name(op: int) -> str:

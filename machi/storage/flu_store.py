@@ -40,6 +40,7 @@ from machi.core.errors import (
     BadArg,
     BadChecksum,
     ConfigError,
+    MachiError,
     NoSuchFile,
     NotWritten,
     PartialRead,
@@ -367,6 +368,39 @@ class FluStore:
             del self._pending[key]
             ev.set()
 
+    async def _store_chunks(
+        self, f: DataFile, items: list[tuple[int, bytes, TaggedCsum, Entry]]
+    ) -> None:
+        """``_store_chunk`` for many chunks of one file: every chunk is pending until the
+        one group commit that covers them all is durable (all-or-nothing: a failed pwrite
+        removes every entry of the request)."""
+        keys = [(f.name, off) for off, _d, _c, _e in items]
+        ev = anyio.Event()
+        for key in keys:
+            self._pending[key] = ev
+        try:
+            try:
+                for off, data, _stored, _entry in items:
+                    await self._data.pwrite(f.name, data, off)
+            except BaseException:
+                for *_x, entry in items:
+                    f.index.remove(entry)
+                raise
+            batch = Batch()
+            for off, data, stored, _entry in items:
+                batch.chunk_put(f.name, off, len(data), stored.to_bytes())
+            self._file_record(batch, f)
+            self._committer.in_flight -= 1
+            try:
+                with anyio.CancelScope(shield=True):  # see _store_chunk
+                    await self._committer.submit(batch)
+            finally:
+                self._committer.in_flight += 1
+        finally:
+            for key in keys:
+                del self._pending[key]
+            ev.set()
+
     # ---- append -------------------------------------------------------------------
     async def append(
         self,
@@ -410,6 +444,65 @@ class FluStore:
         finally:
             self._committer.in_flight -= 1
         return ChunkPos(f.name, offset, len(data)), stored
+
+    async def append_chunks(
+        self,
+        prefix: str,
+        chunks: list[tuple[bytes | memoryview, TaggedCsum, int]],
+        *,
+        epoch_id: EpochId,
+        locator: int = 0,
+    ) -> list[tuple[ChunkPos, TaggedCsum]]:
+        """Append many ``(chunk, csum, chunk_extra)`` at once: placed contiguously (each
+        followed by its extra bytes) in ONE file, each stored and checksummed as its own
+        chunk, made durable by one group commit.  All or nothing: a bad chunk (its index
+        in the error's message and ``chunk_index``) fails the request before anything is
+        written."""
+        self._check_open()
+        err = prefix_error(prefix)
+        if err:
+            raise BadArg(err)
+        if isinstance(locator, bool) or not isinstance(locator, int) or not (
+            0 <= locator <= MAX_LOCATOR
+        ):
+            raise BadArg(f"locator must be an integer in 0..{MAX_LOCATOR}, got {locator!r}")
+        if not isinstance(epoch_id, tuple) or len(epoch_id) != 2:
+            raise BadArg(f"bad epoch id {epoch_id!r}")
+        if not chunks:
+            raise BadArg("no chunks")
+        prepared: list[tuple[bytes, TaggedCsum, int]] = []
+        total = 0
+        for i, (chunk, csum, extra) in enumerate(chunks):
+            try:
+                if isinstance(extra, bool) or not isinstance(extra, int) or extra < 0:
+                    raise BadArg(f"chunk_extra must be a non-negative integer, got {extra!r}")
+                data = self._bytes(chunk)
+                if not data:
+                    raise BadArg("empty chunk")
+                prepared.append((data, self._stored_csum(data, csum), extra))
+            except MachiError as e:
+                raise _for_chunk(e, i, len(chunks)) from None
+            total += len(data) + extra
+        if MIN_OFFSET + total > self.config.max_file_size:
+            raise BadArg(
+                f"{len(chunks)} chunks of {total} bytes (extra included) cannot fit a file "
+                f"of at most {self.config.max_file_size} bytes"
+            )
+        key: _Key = (self.config.namespace, locator, prefix)
+        self._committer.in_flight += 1
+        try:
+            f, offset = await self._reserve(key, EpochId(*epoch_id), total)
+            items: list[tuple[int, bytes, TaggedCsum, Entry]] = []
+            out: list[tuple[ChunkPos, TaggedCsum]] = []
+            for data, stored, extra in prepared:
+                items.append((offset, data, stored, f.index.add_written(offset, len(data),
+                                                                        stored)))
+                out.append((ChunkPos(f.name, offset, len(data)), stored))
+                offset += len(data) + extra
+            await self._store_chunks(f, items)
+        finally:
+            self._committer.in_flight -= 1
+        return out
 
     async def _reserve(self, key: _Key, epoch_id: EpochId, total: int) -> tuple[DataFile, int]:
         """The file and offset for ``total`` bytes; mints a new file on rollover or when
@@ -487,6 +580,74 @@ class FluStore:
                 continue
             return await self._judge_replay(f, old, data)
         raise Written(f"{file} [{offset}, +{len(data)}): still pending after 100 waits")
+
+    async def write_chunks(
+        self, file: str, chunks: list[tuple[int, bytes | memoryview, TaggedCsum]]
+    ) -> list[TaggedCsum]:
+        """Write many ``(offset, chunk, csum)`` of one file at once, all or nothing: every
+        chunk is checked (range, checksum, no overlap with another chunk of the request,
+        write-once against the file: exact replays are allowed and left as they are)
+        before any is written; the new ones are made durable by one group commit.  A bad
+        chunk fails the whole request (its index in the message and ``chunk_index``)."""
+        self._check_open()
+        fn = self._parse(file)
+        if not chunks:
+            raise BadArg("no chunks")
+        prepared: list[tuple[int, bytes, TaggedCsum]] = []
+        for i, (offset, chunk, csum) in enumerate(chunks):
+            try:
+                data = self._bytes(chunk)
+                err = check_range(offset, len(data))
+                if err:
+                    raise BadArg(err)
+                if prepared and offset < prepared[-1][0] + len(prepared[-1][1]):
+                    raise BadArg("chunks must be in ascending offset order without overlap")
+                prepared.append((offset, data, self._stored_csum(data, csum)))
+            except MachiError as e:
+                raise _for_chunk(e, i, len(chunks)) from None
+        f = await self._adopt(file, fn)
+        judged: dict[int, TaggedCsum] = {}  # chunk index -> stored csum of a verified replay
+        for _ in range(100):
+            if self._files.get(file) is not f:
+                raise Trimmed(f"file {file} was trimmed and deleted")
+            waiting: anyio.Event | None = None
+            replay: tuple[int, Entry] | None = None
+            for i, (offset, data, _stored) in enumerate(prepared):
+                decision, old = f.index.check_write(offset, len(data))
+                if decision is WriteCheck.FREE or (decision is WriteCheck.REPLAY
+                                                   and i in judged):
+                    continue
+                where = f"{file} [{offset}, +{len(data)})"
+                if decision is WriteCheck.TRIMMED:
+                    raise _for_chunk(Trimmed(f"{where} overlaps trimmed bytes"), i, len(chunks))
+                if decision is WriteCheck.WRITTEN:
+                    raise _for_chunk(Written(f"{where} overlaps written bytes"), i, len(chunks))
+                assert old is not None
+                waiting = waiting or self._pending.get((file, offset))
+                replay = replay or (i, old)
+            if waiting is not None:
+                await waiting.wait()  # judge replays of pending chunks once they are durable
+                continue
+            if replay is not None:
+                i, old = replay
+                try:
+                    judged[i] = await self._judge_replay(f, old, prepared[i][1])
+                except MachiError as e:
+                    raise _for_chunk(e, i, len(chunks)) from None
+                continue  # judging awaited: check everything again
+            # Every check passed with no await since: claim the free places at once.
+            items = [
+                (offset, data, stored, f.index.add_written(offset, len(data), stored))
+                for i, (offset, data, stored) in enumerate(prepared) if i not in judged
+            ]
+            if items:
+                self._committer.in_flight += 1
+                try:
+                    await self._store_chunks(f, items)
+                finally:
+                    self._committer.in_flight -= 1
+            return [judged.get(i, stored) for i, (_o, _d, stored) in enumerate(prepared)]
+        raise Written(f"{file}: chunks still pending after 100 waits")
 
     async def _judge_replay(self, f: DataFile, old: Entry, data: bytes) -> TaggedCsum:
         assert old.csum is not None
@@ -717,3 +878,11 @@ class FluStore:
     async def projection_get_all(self, kind: Kind) -> list[Projection]:
         self._check_open()
         return self._projections.get_all(check_kind(kind))
+
+
+def _for_chunk(err: MachiError, index: int, count: int) -> MachiError:
+    """``err`` re-raised for chunk ``index`` of a multi-chunk request (same status)."""
+    msg = err.message if "nothing written" in err.message else f"{err.message}; nothing written"
+    out = type(err)(f"chunk {index} of {count}: {msg}")
+    out.chunk_index = index  # type: ignore[attr-defined]
+    return out

@@ -434,3 +434,65 @@ def test_hello_rules_on_the_wire(node: NodeProcess) -> None:
         assert r.closed()
     finally:
         r.close()
+
+
+def test_malformed_multi_chunk_requests_write_nothing(node: NodeProcess, acked: list) -> None:
+    """Multi-chunk appends and writes with a size mismatch, too many chunks, a bad
+    checksum in one chunk or an overlap are refused whole (naming the chunk); nothing is
+    written, the connection and the daemon keep serving; a version-1 connection gets
+    UNKNOWN_OP for them."""
+    from machi.core.checksum import client_csum
+
+    async def files() -> list[tuple[str, int]]:
+        async with node.client() as c:
+            return await c.list_files()
+
+    before = anyio.run(files)
+    eid = anyio.run(_boot, node)
+    r = Raw(node)
+    ok = client_csum(b"abc").hex()
+    cases: list[tuple[Op, dict[str, object], bytes, Status, int | None]] = [
+        (Op.APPEND_CHUNKS, {"prefix": "m", "chunks": [[3, ok, 0], [3, ok, 0]]}, b"abcab",
+         Status.BAD_ARG, None),
+        (Op.APPEND_CHUNKS, {"prefix": "m", "chunks": [[1, "00", 0]] * 1025}, b"x" * 1025,
+         Status.BAD_ARG, None),
+        (Op.APPEND_CHUNKS, {"prefix": "m", "chunks": [[3, ok, 0], [3, ok, 0]]}, b"abcabd",
+         Status.BAD_CHECKSUM, 1),
+        (Op.APPEND_CHUNKS, {"prefix": "m", "chunks": [[3, ok, 0], [3, "zz", 0]]}, b"abcabc",
+         Status.BAD_ARG, 1),
+        (Op.APPEND_CHUNKS, {"prefix": "../m", "chunks": [[3, ok, 0]]}, b"abc",
+         Status.BAD_ARG, None),
+        (Op.APPEND_CHUNKS, {"prefix": "m", "chunks": [[3, ok, 2**40]]}, b"abc",
+         Status.BAD_ARG, None),
+        (Op.WRITE_CHUNKS, {"file": acked[0][0], "chunks": [[5000, 3, ok], [5001, 3, ok]]},
+         b"abcabc", Status.BAD_ARG, 1),
+        (Op.WRITE_CHUNKS, {"file": acked[0][0], "chunks": [[acked[0][1], 3, ok],
+                                                          [90000, 3, ok]]},
+         b"abcabc", Status.WRITTEN, 0),
+    ]
+    try:
+        for i, (op, meta, payload, status, chunk) in enumerate(cases):
+            r.sock.sendall(r.proto.send_request(i + 1, op, epoch_id=eid, meta=meta,
+                                                payload_size=len(payload)) + payload)
+            f = r.response()
+            assert (f.request_id, f.status) == (i + 1, status), (i, f.meta)
+            assert f.meta.get("chunk") == chunk, (i, f.meta)
+        r.sock.sendall(r.proto.send_request(99, Op.ECHO, payload_size=2) + b"ok")
+        assert bytes(r.response().payload) == b"ok"
+    finally:
+        r.close()
+    assert anyio.run(files) == before
+    old = Raw(node, hello=False)  # a version-1 client
+    try:
+        meta = {"protocol": "machi-py", "versions": [1], "nonce": (b"o" * 32).hex()}
+        old.proto.send_client_hello(b"o" * 32)  # our codec's state; the peer gets v1 only
+        old.sock.sendall(wire.frame_bytes(Kind.HELLO, Op.HELLO, meta=meta))
+        assert isinstance(old.event(), wire.Hello) and old.proto.version == 1
+        body = {"prefix": "m", "chunks": [[3, ok, 0]]}
+        old.sock.sendall(old.proto.send_request(1, Op.APPEND_CHUNKS, epoch_id=eid,
+                                                meta=body, payload_size=3) + b"abc")
+        assert old.response().status == Status.UNKNOWN_OP
+    finally:
+        old.close()
+    assert anyio.run(files) == before
+    still_serving(node, acked)

@@ -1,8 +1,10 @@
 """Hypothesis stateful test of the real FluStore against a byte-level model of written /
-unwritten / trimmed ranges: appends, writes, replays, overlaps, reads, trims, restarts."""
+unwritten / trimmed ranges: appends, writes, replays, overlaps, reads, trims, restarts,
+and multi-chunk appends and writes (all or nothing)."""
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -170,6 +172,99 @@ class FileStoreMachine(RuleBasedStateMachine):
         else:
             with pytest.raises(Written):
                 do()
+        if name not in self.files:
+            self.files[name] = f  # a write (even a refused one) names the file
+
+    @rule(prefix=st.sampled_from(["a", "b"]),
+          chunks=st.lists(st.tuples(st.binary(min_size=1, max_size=30),
+                                    st.sampled_from([0, 0, 2, 40])), min_size=1, max_size=4),
+          epoch=st.sampled_from(EPOCHS), bad=st.integers(-1, 3))
+    def append_chunks(self, prefix: str, chunks: list[tuple[bytes, int]], epoch: EpochId,
+                      bad: int) -> None:
+        """Many chunks in one request: contiguous in one file, each its own chunk; one
+        bad checksum (``bad`` < len) fails the whole request and writes nothing."""
+        total = sum(len(d) + x for d, x in chunks)
+        csums = [client_csum(d + b"!" if i == bad else d) for i, (d, _x) in enumerate(chunks)]
+        args = [(d, c, x) for (d, x), c in zip(chunks, csums, strict=True)]
+        if 0 <= bad < len(chunks):
+            with pytest.raises(BadChecksum) as ei:
+                self.call(self.store.append_chunks, prefix, args, epoch_id=epoch)
+            assert ei.value.chunk_index == bad  # type: ignore[attr-defined]
+            return
+        if B + total > MAX_FILE:
+            with pytest.raises(BadArg):
+                self.call(self.store.append_chunks, prefix, args, epoch_id=epoch)
+            return
+        res = self.call(self.store.append_chunks, prefix, args, epoch_id=epoch)
+        first = res[0][0]
+        t = self.targets.get(prefix)
+        if t is not None and t[1] == epoch and self.files[t[0]].eof + total <= MAX_FILE:
+            assert first.file == t[0] and first.offset == self.files[t[0]].eof
+        else:
+            assert first.file not in self.files and first.offset == B
+            self.files[first.file] = MFile()
+            self.order.append(first.file)
+            self.targets[prefix] = (first.file, epoch)
+        f = self.files[first.file]
+        off = first.offset
+        for (pos, _cs), (d, x) in zip(res, chunks, strict=True):
+            assert (pos.file, pos.offset, pos.size) == (first.file, off, len(d))
+            f.chunks[off] = d
+            off += len(d) + x
+        f.eof = off
+
+    @rule(data=st.data(), rels=st.lists(st.integers(0, 220), min_size=1, max_size=3,
+                                        unique=True),
+          payloads=st.lists(st.binary(min_size=1, max_size=20), min_size=3, max_size=3),
+          replay=st.booleans())
+    def write_chunks(self, data: st.DataObject, rels: list[int], payloads: list[bytes],
+                     replay: bool) -> None:
+        """Many chunks of one file in one request: all written (free places or exact
+        replays) or, when any one overlaps other bytes, none."""
+        name = data.draw(st.sampled_from(self.names()))
+        f0 = self.files.get(name)
+        items = [(B + r, p) for r, p in zip(sorted(rels), payloads, strict=False)]
+        if replay and f0 is not None and f0.chunks:
+            off = data.draw(st.sampled_from(sorted(f0.chunks)))
+            items = sorted([*[(o, p) for o, p in items if o + len(p) <= off
+                              or o >= off + len(f0.chunks[off])], (off, f0.chunks[off])])
+        if any(a[0] + len(a[1]) > b[0] for a, b in itertools.pairwise(items)):
+            with pytest.raises(BadArg):  # chunks of one request overlap each other
+                self.call(self.store.write_chunks, name,
+                          [(o, p, client_csum(p)) for o, p in items])
+            return
+
+        def do() -> Any:
+            return self.call(self.store.write_chunks, name,
+                             [(o, p, client_csum(p)) for o, p in items])
+
+        if name in self.deleted:
+            with pytest.raises(Trimmed):
+                do()
+            return
+        f = self.files.get(name) or MFile()
+        verdicts = []
+        for off, payload in items:
+            span = range(off, off + len(payload))
+            owners = {f.owner(b) for b in span} - {None}
+            if any(b in f.trimmed for b in span):
+                verdicts.append(Trimmed)
+            elif not owners:
+                verdicts.append(None)
+            elif owners == {off} and f.chunks[off] == payload:
+                verdicts.append("replay")
+            else:
+                verdicts.append(Written)
+        bad = [v for v in verdicts if isinstance(v, type)]
+        if bad:
+            with pytest.raises((Trimmed, Written)):
+                do()
+        else:
+            do()
+            for (off, payload), v in zip(items, verdicts, strict=True):
+                if v is None:
+                    f.chunks[off] = payload
+                    f.eof = max(f.eof, off + len(payload))
         if name not in self.files:
             self.files[name] = f  # a write (even a refused one) names the file
 

@@ -29,7 +29,7 @@ def pair() -> tuple[wire.Connection, wire.Connection]:
     assert isinstance(hello, wire.Hello) and hello.nonce == NONCE_C and hello.name == "cli"
     c.receive_data(s.send_server_hello(NONCE_S, "n1", auth_required=True))
     sh = c.next_event()
-    assert isinstance(sh, wire.Hello) and sh.auth_required and sh.versions == (1,)
+    assert isinstance(sh, wire.Hello) and sh.auth_required and sh.versions == (2,)
     assert c.state is wire.State.READY and s.state is wire.State.READY
     return c, s
 
