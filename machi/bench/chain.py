@@ -78,6 +78,9 @@ class ChainPlan:
     flu_baseline: bool = True
     cell_bytes_max: int = CELL_BYTES_MAX
     uvloop: bool = True
+    #: ChainClient natural batching (docs/client.md): 1 = off (one request per append)
+    batch_max_chunks: int = 64
+    batches_in_flight: int = 2
 
     def validate(self) -> None:
         bad = [m for m in self.sync_modes if m not in ("always", *SYNC_MODES)]
@@ -91,6 +94,8 @@ class ChainPlan:
             raise BenchError("--concurrency: every value must be in 1..256")
         if not 0 < self.duration_s <= 60 or not 0 < self.baseline_s <= 60:
             raise BenchError("--duration-s: want 0 < N <= 60")
+        if not 1 <= self.batch_max_chunks <= 1024 or not 1 <= self.batches_in_flight <= 64:
+            raise BenchError("--batch-max-chunks: want 1..1024; --batches-in-flight: 1..64")
 
 
 # ---- the local chain ------------------------------------------------------------------
@@ -266,12 +271,18 @@ async def chain_cell(cc: ChainClient, prefix: str, size: int, concurrency: int,
             cell.latencies_s.append(time.perf_counter() - t0)
 
     cpu0, client0 = _cpu_s(pids), time.process_time()
+    stats0 = dict(cc.stats)
     start = time.perf_counter()
     async with anyio.create_task_group() as tg:
         for _ in range(concurrency):
             tg.start_soon(worker)
     result = summarize(cell.latencies_s, time.perf_counter() - start, size)
     result["errors"] = len(cell.errors)
+    requests = cc.stats["head_requests"] - stats0["head_requests"]
+    chunks = cc.stats["head_chunks"] - stats0["head_chunks"]
+    # chunks per append request at the head (1.0: no batching); retries count as requests
+    result["chunks_per_request"] = round(chunks / requests, 2) if requests else None
+    result["batch_splits"] = cc.stats["batch_splits"] - stats0["batch_splits"]
     client_s = time.process_time() - client0
     result["client_cpu_s"] = round(client_s, 3)
     cpu1 = _cpu_s(pids)
@@ -289,7 +300,8 @@ async def measure_chain(seeds: Mapping[str, tuple[str, int]], plan: ChainPlan, m
     cells: list[dict[str, Any]] = []
     tag = os.urandom(3).hex()
     async with ChainClient(seeds, op_timeout_ms=30_000, request_timeout_ms=15_000,
-                           seed=1, name="bench-chain") as cc:
+                           seed=1, name="bench-chain", batch_max_chunks=plan.batch_max_chunks,
+                           batches_in_flight=plan.batches_in_flight) as cc:
         for size in plan.sizes:
             for conc in plan.concurrency:
                 app = await chain_cell(cc, f"bc_{tag}_{size_label(size)}_c{conc}", size,
@@ -298,7 +310,9 @@ async def measure_chain(seeds: Mapping[str, tuple[str, int]], plan: ChainPlan, m
                     f"chain sync={mode:<6} size={size_label(size):>6} conc={conc:<3} "
                     f"append {app['ops_per_s']:>9.1f} op/s {app['mb_per_s']:>8.1f} MB/s "
                     f"p50 {app['latency_ms_p50']:.2f} ms p99 {app['latency_ms_p99']:.2f} ms "
-                    f"errors {app['errors']}")
+                    f"chunks/req {app['chunks_per_request']} "
+                    f"cpu us/op srv {app.get('servers_cpu_us_per_op', '-')} "
+                    f"cli {app.get('client_cpu_us_per_op', '-')} errors {app['errors']}")
                 cells.append({"sync": mode, "size": size, "size_label": size_label(size),
                               "concurrency": conc, "append": app})
     return cells
@@ -604,6 +618,8 @@ def run_chain_bench(plan: ChainPlan, progress: Progress) -> dict[str, Any]:
                 "duration_s": plan.duration_s, "baseline_s": plan.baseline_s,
                 "cell_bytes_max": plan.cell_bytes_max, "client": "ChainClient "
                 "(client-driven replication: head, then each other member in order)",
+                "batch_max_chunks": plan.batch_max_chunks,
+                "batches_in_flight": plan.batches_in_flight,
             },
             "workdir": str(root),
             "baseline": {**base, "single_flu": flu, "single_flu_exit_codes": flu_exit},
@@ -624,13 +640,16 @@ def run_chain_bench(plan: ChainPlan, progress: Progress) -> dict[str, Any]:
 def format_table(result: dict[str, Any]) -> str:
     """A short human-readable table of a result object."""
     lines = [f"{'sync':<7}{'size':>7}{'conc':>5} | {'append op/s':>11}{'MB/s':>9}"
-             f"{'p50 ms':>8}{'p99 ms':>8}{'err':>5}{'vs 1-FLU':>9}"]
+             f"{'p50 ms':>8}{'p99 ms':>8}{'err':>5}{'vs 1-FLU':>9}{'chunks/req':>11}"
+             f"{'srv us/op':>10}{'cli us/op':>10}"]
     for c in result["cells"]:
         a = c["append"]
         lines.append(
             f"{c['sync']:<7}{c['size_label']:>7}{c['concurrency']:>5} | "
             f"{a['ops_per_s']:>11.1f}{a['mb_per_s']:>9.1f}{a['latency_ms_p50']:>8.2f}"
-            f"{a['latency_ms_p99']:>8.2f}{a['errors']:>5}{c.get('vs_single_flu', '-'):>9}")
+            f"{a['latency_ms_p99']:>8.2f}{a['errors']:>5}{c.get('vs_single_flu', '-'):>9}"
+            f"{a.get('chunks_per_request') or '-':>11}"
+            f"{a.get('servers_cpu_us_per_op', '-'):>10}{a.get('client_cpu_us_per_op', '-'):>10}")
     b = result["baseline"]
     lines.append(f"raw disk: 4KiB write+fdatasync {b['fdatasync_4k']['ops_per_s']:.1f} op/s, "
                  f"1MiB sequential write {b['seq_write_1m']['mb_per_s']:.1f} MB/s")

@@ -102,10 +102,16 @@ def flu(server: str | None, sync_modes: str, sizes: str, concurrency: str,
 @click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False),
               help="Parent of the temporary dir for the baseline and the daemons' data.")
 @click.option("--no-faults", is_flag=True, help="Skip the kill/restart/pause phases.")
+@click.option("--batch-max-chunks", type=click.IntRange(1, 1024), default=64,
+              show_default=True,
+              help="ChainClient natural batching: most chunks per request (1 = off).")
+@click.option("--batches-in-flight", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="ChainClient natural batching: batches in flight per prefix (K).")
 @click.option("--quick", is_flag=True, help="Short smoke run: 0.3 s cells, concurrency 1,8.")
 @click.option("--json", "json_only", is_flag=True, help="Print only the JSON object.")
 def chain(members: str | None, nodes: int, sync_modes: str, sizes: str, concurrency: str,
-          duration_s: float | None, data_dir: Path | None, no_faults: bool, quick: bool,
+          duration_s: float | None, data_dir: Path | None, no_faults: bool,
+          batch_max_chunks: int, batches_in_flight: int, quick: bool,
           json_only: bool) -> None:
     """Appends through ChainClient on a self-managing chain, convergence after a kill, a
     restart and a SIGSTOP/SIGCONT, next to the single-FLU and raw disk baselines.  Exit 3
@@ -126,7 +132,8 @@ def chain(members: str | None, nodes: int, sync_modes: str, sizes: str, concurre
     duration = duration_s if duration_s is not None else (0.3 if quick else 2.0)
     plan = ChainPlan(members=seeds, nodes=nodes, sync_modes=_csv("sync modes", sync_modes),
                      sizes=size_list, concurrency=conc, duration_s=duration,
-                     baseline_s=duration, data_dir=data_dir, faults=not no_faults)
+                     baseline_s=duration, data_dir=data_dir, faults=not no_faults,
+                     batch_max_chunks=batch_max_chunks, batches_in_flight=batches_in_flight)
 
     def progress(line: str) -> None:
         click.echo(line, err=True)
