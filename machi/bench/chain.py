@@ -80,7 +80,7 @@ class ChainPlan:
     uvloop: bool = True
     #: ChainClient natural batching (docs/client.md): 1 = off (one request per append)
     batch_max_chunks: int = 64
-    batches_in_flight: int = 2
+    batches_in_flight: int = 4
 
     def validate(self) -> None:
         bad = [m for m in self.sync_modes if m not in ("always", *SYNC_MODES)]

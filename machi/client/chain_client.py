@@ -293,20 +293,22 @@ class ChainClient:
         flu_factory: Callable[..., FluClient] = FluClient,
         batch_max_chunks: int = 64,
         batch_max_bytes: int = 4 * 1024 * 1024,
-        batches_in_flight: int = 2,
+        batch_chunk_max_bytes: int = 64 * 1024,
+        batches_in_flight: int = 4,
         batch_queue_max: int = 4096,
     ) -> None:
         if not members:
             raise ValueError("ChainClient needs at least one member")
-        if batch_max_chunks < 1 or batch_max_bytes < 1 or batches_in_flight < 1 \
-                or batch_queue_max < 1:
-            raise ValueError("batch_max_chunks, batch_max_bytes, batches_in_flight and "
-                             "batch_queue_max must be >= 1")
+        if min(batch_max_chunks, batch_max_bytes, batch_chunk_max_bytes, batches_in_flight,
+               batch_queue_max) < 1:
+            raise ValueError("batch_max_chunks, batch_max_bytes, batch_chunk_max_bytes, "
+                             "batches_in_flight and batch_queue_max must be >= 1")
         if batch_max_chunks > wire.MAX_CHUNKS_PER_REQUEST:
             raise ValueError(f"batch_max_chunks: at most {wire.MAX_CHUNKS_PER_REQUEST}")
         # Natural batching of appends (docs/client.md, "Batching"): 1 chunk = off.
         self.batch_max_chunks = batch_max_chunks
         self.batch_max_bytes = batch_max_bytes
+        self.batch_chunk_max_bytes = min(batch_chunk_max_bytes, batch_max_bytes)
         self.batches_in_flight = batches_in_flight
         self.batch_queue_max = batch_queue_max
         self._queues: dict[str, _PrefixQueue] = {}
@@ -491,7 +493,7 @@ class ChainClient:
         returns where it landed (with the stored checksum)."""
         csum = client_csum(data)  # computed once; every replica verifies it
         op = _Op(self, OpKind.APPEND, info)
-        if self.batch_max_chunks > 1 and len(data) + chunk_extra <= self.batch_max_bytes:
+        if self.batch_max_chunks > 1 and len(data) + chunk_extra <= self.batch_chunk_max_bytes:
             return await op.run(lambda: self._append_queued(op, prefix, data, csum,
                                                             chunk_extra))
         return await op.run(lambda: self._append(op, prefix, data, csum, chunk_extra))
