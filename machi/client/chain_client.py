@@ -139,7 +139,8 @@ class _Queued:
 @dataclass(eq=False)
 class _PrefixQueue:
     items: list[_Queued] = field(default_factory=list)
-    in_flight: int = 0
+    in_flight: int = 0  # batch tasks started and not finished (bounded by K)
+    starting: int = 0  # of those, tasks that have not taken their chunks yet (0 or 1)
 
 
 class _Op:
@@ -565,28 +566,45 @@ class ChainClient:
         return item.result
 
     def _start_batches(self, prefix: str, q: _PrefixQueue) -> None:
-        """While fewer than ``batches_in_flight`` batches of ``prefix`` run, start one with
-        what is queued (bounded by chunks and bytes)."""
-        assert self._tg is not None
-        while q.items and q.in_flight < self.batches_in_flight:
-            batch: list[_Queued] = []
-            size = 0
-            for it in q.items:
-                n = len(it.data) + it.chunk_extra
-                if batch and (len(batch) >= self.batch_max_chunks
-                              or size + n > self.batch_max_bytes):
-                    break
-                batch.append(it)
-                size += n
-            del q.items[:len(batch)]
-            for it in batch:
-                it.taken = True
+        """With fewer than ``batches_in_flight`` batches of ``prefix`` running, start a
+        batch task.  The task takes its chunks when it first runs, so that every append
+        queued before that (e.g. the callers woken by the previous batch) rides along:
+        batches fill up without any timer."""
+        if q.items and q.starting == 0 and q.in_flight < self.batches_in_flight \
+                and self._tg is not None:
+            q.starting += 1
             q.in_flight += 1
-            self._tg.start_soon(self._run_batch, prefix, q, batch)
+            self._tg.start_soon(self._run_batch, prefix, q)
 
-    async def _run_batch(self, prefix: str, q: _PrefixQueue, batch: list[_Queued]) -> None:
+    def _take(self, q: _PrefixQueue) -> list[_Queued]:
+        """The next batch from the queue: bounded by chunks and bytes (at least one), and
+        a fair share of the queue among the batch slots still free (this one included),
+        so that a burst fills K batches that overlap on different members (pipelining)
+        rather than one batch that visits the members one after the other."""
+        free = self.batches_in_flight - q.in_flight + 1
+        share = -(-len(q.items) // max(1, free))
+        limit = max(1, min(self.batch_max_chunks, share))
+        batch: list[_Queued] = []
+        size = 0
+        for it in q.items:
+            n = len(it.data) + it.chunk_extra
+            if batch and (len(batch) >= limit or size + n > self.batch_max_bytes):
+                break
+            batch.append(it)
+            size += n
+        del q.items[:len(batch)]
+        for it in batch:
+            it.taken = True
+        return batch
+
+    async def _run_batch(self, prefix: str, q: _PrefixQueue) -> None:
+        q.starting -= 1
+        batch = self._take(q)
+        self._start_batches(prefix, q)  # what did not fit may start the next batch
         try:
-            if len(batch) == 1:
+            if not batch:
+                pass  # every queued caller left before we ran
+            elif len(batch) == 1:
                 await self._run_alone(prefix, batch[0])
             else:
                 await self._append_batch(prefix, batch)
@@ -597,8 +615,7 @@ class ChainClient:
             for it in batch:
                 it.deliver(error=Partition("append batch ended without an answer"))
             q.in_flight -= 1
-            if self._tg is not None:
-                self._start_batches(prefix, q)
+            self._start_batches(prefix, q)
             if not q.items and q.in_flight == 0 and self._queues.get(prefix) is q:
                 del self._queues[prefix]
 
