@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from machi.core import chain_manager as cm
+from machi.core import cr_plan
 from machi.core.chain_manager import (
     AdminBootstrap,
     Config,
@@ -91,7 +92,11 @@ class Cluster:
         on_trace: Callable[[Any], None] | None = None,
         loss_ppm: int = 0,
         slow_ppm: int = 0,
+        cp_read_check: bool = True,
     ) -> None:
+        #: the CP quorum epoch check on reads that find nothing (cr_plan.absence_verdict);
+        #: False only to show in a test what goes wrong without it
+        self.cp_read_check = cp_read_check
         self.on_trace = on_trace
         #: fault point: each message (request or reply) is lost with this probability
         #: (parts per million), and each repair fails with it too
@@ -528,6 +533,13 @@ class Cluster:
                 self.stats.reads_ok += 1
                 return "ok"
             if st == Status.NOT_WRITTEN:
+                if self.cp_read_check and cr_plan.absence_needs_check(p):
+                    # the real client's rule: absence only after a quorum epoch check
+                    answers = {m: self.flus[m].state.epoch_id
+                               for m in cr_plan.absence_quorum_members(p)
+                               if self._req(loc, m) and self.link_ok(m, loc)}
+                    if cr_plan.absence_verdict(p, answers) is not cr_plan.Absence.STANDS:
+                        continue
                 if self.mode == "cp" and (acked or key in self.observed):
                     what = "acked" if acked else "once-read"
                     self._violation(f"{what} chunk {key} unwritten at serving tail {tail} "

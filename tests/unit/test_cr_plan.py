@@ -174,3 +174,60 @@ def test_total_backoff_budget_is_bounded() -> None:
         total += d
         n += 1
     assert n == b.max_attempts - 1 and total < 40_000
+
+
+# ---- CP: answers that claim absence (quorum epoch check) ----------------------------------
+def _eid(n: int, p: Projection | None = None) -> EpochId:
+    return p.epoch_id if p is not None and p.epoch_number == n else EpochId(n, bytes([n]) * 32)
+
+
+def test_absence_check_only_in_cp() -> None:
+    """AP reads may be stale by design; CP answers that claim absence are checked."""
+    assert not cr_plan.absence_needs_check(proj(("a", "b", "c")))
+    assert cr_plan.absence_needs_check(proj(("a", "b", "c"), mode="cp"))
+
+
+def test_absence_stands_with_a_majority_at_the_read_epoch_or_older() -> None:
+    """3 of 5 members (witnesses count) at the read's epoch or older: the answer stands;
+    2 of 5 is no quorum."""
+    p = proj(("e", "a", "b"), ("c",), mode="cp", witnesses=("e",))
+    assert cr_plan.absence_quorum(p) == 3
+    assert set(cr_plan.absence_quorum_members(p)) == set(NAMES)
+    two = {"e": p.epoch_id, "a": _eid(3)}
+    assert cr_plan.absence_verdict(p, two) is cr_plan.Absence.NO_QUORUM
+    three = {**two, "d": _eid(1)}
+    assert cr_plan.absence_verdict(p, three) is cr_plan.Absence.STANDS
+    outsider = {**two, "zz": p.epoch_id}  # not a member: does not count
+    assert cr_plan.absence_verdict(p, outsider) is cr_plan.Absence.NO_QUORUM
+
+
+def test_absence_refreshes_when_anyone_is_newer() -> None:
+    """One member at a newer epoch (or another projection at the same number) means the
+    chain may have acknowledged writes the tail has not seen: refresh, even without a
+    quorum of answers and even with a majority at the read's epoch."""
+    p = proj(("a", "b", "c"), mode="cp", epoch=5)
+    newer = {"a": p.epoch_id, "b": p.epoch_id, "c": _eid(6)}
+    assert cr_plan.absence_verdict(p, newer) is cr_plan.Absence.REFRESH
+    assert cr_plan.absence_verdict(p, {"c": _eid(6)}) is cr_plan.Absence.REFRESH
+    other = EpochId(5, bytes([9]) * 32)
+    assert cr_plan.absence_verdict(p, {"a": other}) is cr_plan.Absence.REFRESH
+
+
+@given(projections(), st.dictionaries(st.sampled_from(NAMES), st.integers(0, 12)))
+def test_absence_stands_only_if_a_majority_is_not_newer(p: Projection,
+                                                        seen: dict[str, int]) -> None:
+    """STANDS implies that every majority of members contains one that answered at the
+    read's epoch or older (so it intersects the UPI+repairing majority of any newer epoch
+    with acknowledged writes)."""
+    answers = {m: (p.epoch_id if n == p.epoch_number else _eid(n)) for m, n in seen.items()}
+    v = cr_plan.absence_verdict(p, answers)
+    old = [m for m, e in answers.items() if e.number <= p.epoch_number]
+    if v is cr_plan.Absence.STANDS:
+        assert len(old) == len(answers) >= len(NAMES) // 2 + 1
+
+
+def test_checksum_sources_are_the_other_upi_members_tail_side_first() -> None:
+    """After BAD_CHECKSUM at the tail, other real UPI members are asked, nearest first;
+    never a witness or a repairing member."""
+    p = proj(("e", "a", "b", "c"), ("d",), mode="cp", witnesses=("e",))
+    assert cr_plan.checksum_sources(p, "c") == ("b", "a")
