@@ -35,7 +35,7 @@ import anyio.abc
 
 from machi.client.flu_client import ChecksumEntry, ChunkPos, FluClient, ReadReply
 from machi.core import cr_plan, wire
-from machi.core.checksum import TaggedCsum, client_csum
+from machi.core.checksum import CsumTag, TaggedCsum, client_csum
 from machi.core.epoch import EpochId
 from machi.core.errors import (
     AuthFailed,
@@ -840,7 +840,11 @@ class ChainClient:
         self, file: str, offset: int, size: int, *, needs_trimmed: bool = False,
         info: CallInfo | None = None,
     ) -> ReadReply:
-        """Read from the UPI tail (chunks verified end to end), with read repair."""
+        """Read from the UPI tail (chunks verified end to end), with read repair.
+
+        CP: an answer that claims absence (not written, or partially written) is returned
+        only after the quorum epoch check (``cr_plan.absence_verdict``); BAD_CHECKSUM at
+        the tail is answered from another UPI member, whose good bytes heal the tail."""
         op = _Op(self, OpKind.READ, info)
 
         async def body() -> ReadReply:
@@ -851,32 +855,106 @@ class ChainClient:
                 epoch = p.epoch_id
                 st, rep, msg = await op.call(tail, lambda c, epoch=epoch: c.read(
                     file, offset, size, epoch_id=epoch, needs_trimmed=needs_trimmed))
+                served_by = tail
+                if st is Status.BAD_CHECKSUM:
+                    around = await self._read_around_corruption(
+                        op, p, tail, file, offset, size, needs_trimmed)
+                    if around is None:
+                        raise op.error(st, msg)
+                    served_by, rep = around
+                    st = Status.OK
                 r = reaction(OpKind.READ, Role.TAIL, st)
                 if r is Reaction.RETRY:
                     p = await op.retry(p)
                     continue
                 if r is Reaction.RETURN:
                     raise op.error(st, msg)
-                op.info.node = tail
+                op.info.node = served_by
+                result: ReadReply | None
                 if r is Reaction.DONE and rep is not None and not rep.partial:
                     result = rep
                 else:
                     repaired = await self._read_repair(
                         op, p, file, offset, size, needs_trimmed)
-                    if repaired is not None:
-                        result = repaired
-                    elif rep is not None:
-                        result = rep  # partially written, nobody has more
-                    else:
-                        if await self._witnesses_ok(op, p):
-                            raise op.error(Status.NOT_WRITTEN, f"{file}@{offset}+{size}")
-                        p = await op.retry(p)
-                        continue
-                if await self._witnesses_ok(op, p):
-                    return result
-                p = await op.retry(p)
+                    result = repaired if repaired is not None else rep
+                    if cr_plan.absence_needs_check(p) and (result is None or result.partial):
+                        verdict = await self._absence_check(op, p)
+                        if verdict is not cr_plan.Absence.STANDS:
+                            p = await op.retry(p)
+                            continue
+                if not await self._witnesses_ok(op, p):
+                    p = await op.retry(p)
+                    continue
+                if result is None:
+                    raise op.error(Status.NOT_WRITTEN, f"{file}@{offset}+{size}")
+                return result
 
         return await op.run(body)
+
+    async def _absence_check(self, op: _Op, p: Projection) -> cr_plan.Absence:
+        """CP quorum epoch check, started after an absence answer arrived: every member
+        (witnesses too) is asked for its FLU's current epoch in parallel; we stop as soon
+        as the verdict is decided (docs/client.md, "CP reads that find nothing")."""
+        answers: dict[str, EpochId] = {}
+        verdict = cr_plan.Absence.NO_QUORUM
+
+        async def one(member: str, scope: anyio.CancelScope) -> None:
+            nonlocal verdict
+            try:
+                st, ws, _msg = await op.call(member, lambda c: c.wedge_status())
+            except _GiveUp:  # out of time: the retry after the check gives up cleanly
+                return
+            if st is Status.OK and ws is not None:
+                answers[member] = ws.epoch_id
+                verdict = cr_plan.absence_verdict(p, answers)
+                if verdict is not cr_plan.Absence.NO_QUORUM:
+                    scope.cancel()
+
+        async with anyio.create_task_group() as tg:
+            for m in cr_plan.absence_quorum_members(p):
+                tg.start_soon(one, m, tg.cancel_scope)
+        if verdict is cr_plan.Absence.NO_QUORUM:
+            op.last_status = Status.PARTITION
+            op.last_msg = (f"CP read found nothing, and only {len(answers)} of "
+                           f"{cr_plan.absence_quorum(p)} members needed confirmed epoch "
+                           f"{p.epoch_number}")
+        elif verdict is cr_plan.Absence.REFRESH:
+            op.last_status, op.last_msg = Status.BAD_EPOCH, "a member moved to a newer epoch"
+        return verdict
+
+    async def _read_around_corruption(
+        self, op: _Op, p: Projection, bad: str, file: str, offset: int, size: int,
+        needs_trimmed: bool,
+    ) -> tuple[str, ReadReply] | None:
+        """The tail's stored bytes fail their checksum: read the range from another UPI
+        member (verified end to end by the FluClient), heal ``bad`` with those bytes (its
+        FLU accepts an exact rewrite over a corrupt chunk) and return them; None when no
+        other member has good bytes.  Returns (the member that served, its reply)."""
+        epoch = p.epoch_id
+        for m in cr_plan.checksum_sources(p, bad):
+            st, rep, _msg = await op.call(m, lambda c: c.read(
+                file, offset, size, epoch_id=epoch, needs_trimmed=needs_trimmed))
+            if st is Status.OK and rep is not None:
+                if await self._heal(op, p, bad, rep):
+                    op.info.repaired.append(bad)
+                return m, rep
+        return None
+
+    async def _heal(self, op: _Op, p: Projection, target: str, reply: ReadReply) -> bool:
+        """Rewrite good bytes over ``target``'s corrupt copy (whole chunks only: the FLU
+        heals an exact rewrite whose bytes match its stored checksum).  Best effort: a
+        member that refuses stays corrupt and keeps answering BAD_CHECKSUM, which every
+        reader routes around; repair heals it too (docs/repair.md)."""
+        epoch = p.epoch_id
+        healed = True
+        for ch in reply.chunks:
+            if ch.csum.tag is CsumTag.SERVER_REGEN:
+                healed = False  # a clipped piece of a chunk: cannot rewrite the whole
+                continue
+            st, _r, _m = await op.call(target, lambda c, ch=ch: c.write(
+                ch.file, ch.offset, ch.data, epoch_id=epoch, csum=ch.csum))
+            healed = healed and st is Status.OK
+        return healed
 
     async def _read_repair(
         self, op: _Op, p: Projection, file: str, offset: int, size: int, needs_trimmed: bool
@@ -890,8 +968,11 @@ class ChainClient:
         epoch = p.epoch_id
 
         async def one(member: str) -> None:
-            st, rep, _msg = await op.call(member, lambda c: c.read(
-                file, offset, size, epoch_id=epoch, needs_trimmed=needs_trimmed))
+            try:
+                st, rep, _msg = await op.call(member, lambda c: c.read(
+                    file, offset, size, epoch_id=epoch, needs_trimmed=needs_trimmed))
+            except _GiveUp:  # out of time; raised inside a task group it would be wrapped
+                return
             r = reaction(OpKind.READ, Role.REPAIR_READ, st)
             if r is Reaction.DONE and rep is not None and not rep.partial:
                 replies[member] = rep

@@ -63,7 +63,7 @@ from .errors import StorageCorrupt
 from .group_commit import GroupCommitter
 from .metadata import Batch, MetadataDb
 from .projection_store import Kind, ProjectionCache, check_kind
-from .recovery import build_indexes
+from .recovery import build_indexes, scan_tails
 
 log = logging.getLogger("machi.storage")
 
@@ -179,6 +179,11 @@ class FluStore:
         self._projections = ProjectionCache(reuse_epochs=config.test_epoch_reuse)
         self._projection_lock = anyio.Lock()
         self._closed = False
+        #: chunks rewritten over corrupt stored bytes (``_heal``), reads that met corrupt
+        #: bytes, and corrupt chunks the start-up check found (recovery.scan_tails)
+        self.healed_chunks = 0
+        self.bad_checksum_reads = 0
+        self.corrupt_at_start: list[tuple[str, int, int]] = []
         #: the sync mode actually used (differs from config.sync only under a test canary)
         self._sync: SyncMode = "none" if config.test_ack_before_sync else config.sync
         self._committer = GroupCommitter(
@@ -235,6 +240,8 @@ class FluStore:
             log.warning("data file %s was missing and held no chunks: recreated", name)
             await self._data.create(name)
         self._trimmed_files = set(loaded.trimmed_files)
+        self.corrupt_at_start, _ = await anyio.to_thread.run_sync(
+            lambda: scan_tails(state.files, self._data))
         self._seqs = dict(loaded.seqs)
         for kind, n, _csum, body in loaded.projections:
             try:
@@ -287,6 +294,9 @@ class FluStore:
             "max_batch_ops": self._committer.max_batch_ops,
             "leader_waits": self._committer.leader_waits,
             "pending_chunks": len(self._pending),
+            "healed_chunks": self.healed_chunks,
+            "bad_checksum_reads": self.bad_checksum_reads,
+            "corrupt_chunks_at_start": len(self.corrupt_at_start),
         }
 
     async def _flush(self, batch: Batch, durable: bool) -> None:
@@ -655,8 +665,21 @@ class FluStore:
             raise Written(f"{f.name} [{old.offset}, +{old.size}) holds different bytes")
         disk = await self._data.pread(f.name, old.size, old.offset)
         if disk != data:
-            raise BadChecksum(f"{f.name} [{old.offset}, +{old.size}): stored bytes are corrupt")
+            if verify(disk, old.csum):  # cannot happen with a sound hash; never overwrite
+                raise BadChecksum(f"{f.name} [{old.offset}, +{old.size}): stored bytes differ")
+            await self._heal(f, old, data)
         return old.csum
+
+    async def _heal(self, f: DataFile, old: Entry, data: bytes) -> None:
+        """The stored bytes of ``old`` fail its stored checksum (a torn write, a bit flip)
+        and ``data`` matches it: rewrite them.  Write-once holds: the logical value of the
+        place (its checksum) does not change; only bytes that could never be read are."""
+        await self._data.pwrite(f.name, data, old.offset)
+        if self._sync != "none":
+            await self._data.sync_dirty()
+        self.healed_chunks += 1
+        log.warning("healed corrupt chunk %s [%d, +%d) with bytes matching its checksum",
+                    f.name, old.offset, old.size)
 
     # ---- read -----------------------------------------------------------------------
     async def read(
@@ -698,6 +721,7 @@ class FluStore:
                 raise PartialRead(f"{file} [{e.offset}, +{e.size}): only {len(raw)} bytes on disk")
             if not verify(raw, e.csum):
                 log.error("bad checksum on disk: %s [%d, +%d)", file, e.offset, e.size)
+                self.bad_checksum_reads += 1
                 raise BadChecksum(f"{file} [{e.offset}, +{e.size}): bytes on disk are corrupt")
             if p.clipped:
                 lo = p.offset - e.offset

@@ -9,6 +9,14 @@ loudly, never silently.  Must not: serve requests or guess data.
 
 Bytes on disk beyond the committed metadata (a crash between pwrite and commit) are
 simply not in the index: they are unreadable and later writes overwrite them.
+
+:func:`scan_tails` is the start-up checksum check: the last ``TAIL_SCAN_BYTES`` of every
+data file (newest files first, at most ``SCAN_BUDGET_BYTES`` in all) are read and every
+committed chunk there is verified against its stored checksum.  That is where a torn write
+lives (a crash mid-pwrite, the harness's torn-write fault).  Corrupt chunks are reported
+(ERROR log, the ``corrupt_chunks_at_start`` metric); they stay in the index - dropping an
+acknowledged chunk would turn it into "not written" - and are healed by the first exact
+rewrite (a client reading around them, or repair).  Older bytes are not scrubbed.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from machi.core.checksum import CsumTag, TaggedCsum
+from machi.core.checksum import CsumTag, TaggedCsum, verify
 from machi.core.errors import ConfigError
 from machi.core.filename import FileName, parse_filename
 from machi.core.ranges import Entry, FileIndex
@@ -139,6 +147,54 @@ def build_indexes(loaded: Loaded, data: DataFiles, data_dir: Path) -> BuiltState
             log.warning("data file %s has no committed metadata: ignored (unreadable)",
                         path.name)
     return state
+
+
+#: Bytes at the end of each data file whose chunks the start-up check verifies.
+TAIL_SCAN_BYTES = 4 * 1024 * 1024
+#: Bound on the bytes the start-up check reads in all (newest files first).
+SCAN_BUDGET_BYTES = 64 * 1024 * 1024
+
+
+def scan_tails(
+    files: dict[str, tuple[FileName, FileIndex]], data: DataFiles, *,
+    tail_bytes: int | None = None, budget_bytes: int | None = None,
+) -> tuple[list[tuple[str, int, int]], int]:
+    """Verify the committed chunks in the last ``tail_bytes`` of each file (blocking I/O:
+    run it in a worker thread).  Returns the corrupt chunks ``(file, offset, size)`` and
+    the number of bytes read.  Files are taken newest first (by sequence number) until
+    ``budget_bytes`` are used up; the rest is logged as not scanned.  Defaults: the
+    module's ``TAIL_SCAN_BYTES`` and ``SCAN_BUDGET_BYTES`` at call time."""
+    tail_bytes = TAIL_SCAN_BYTES if tail_bytes is None else tail_bytes
+    budget_bytes = SCAN_BUDGET_BYTES if budget_bytes is None else budget_bytes
+    corrupt: list[tuple[str, int, int]] = []
+    used = 0
+    order = sorted(files.items(), key=lambda kv: kv[1][0].seq, reverse=True)
+    skipped = 0
+    for name, (_fn, index) in order:
+        lo = max(0, index.eof - tail_bytes)
+        todo = [e for e in index.entries() if e.csum is not None and e.offset + e.size > lo]
+        need = sum(e.size for e in todo)
+        if not todo:
+            continue
+        if used + need > budget_bytes:
+            skipped += 1
+            continue
+        used += need
+        for e in todo:
+            assert e.csum is not None
+            try:
+                raw = data.pread_now(name, e.size, e.offset)
+            except FileNotFoundError:
+                break
+            if len(raw) < e.size or not verify(raw, e.csum):
+                log.error("start-up check: corrupt chunk %s [%d, +%d) (a torn write?): it "
+                          "reads as BAD_CHECKSUM until an exact rewrite heals it",
+                          name, e.offset, e.size)
+                corrupt.append((name, e.offset, e.size))
+    if skipped:
+        log.warning("start-up check: %d data files not scanned (budget of %d bytes used)",
+                    skipped, budget_bytes)
+    return corrupt, used
 
 
 async def repair_metadata(data_dir: Path) -> RepairReport:

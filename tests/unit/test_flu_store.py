@@ -184,8 +184,30 @@ async def test_corrupt_bytes_on_disk_are_bad_checksum(store: FluStore) -> None:
         await store.read(pos.file, B, 8)
     with pytest.raises(BadChecksum):
         await store.read(pos.file, B + 1, 2)
+    with pytest.raises(Written):
+        await store.write(pos.file, B, b"precioux", NO_CSUM)  # other bytes: never
+    assert store.stats()["healed_chunks"] == 0
+
+
+async def test_exact_rewrite_heals_corrupt_bytes(store: FluStore) -> None:
+    """A rewrite whose bytes match the stored checksum over corrupt stored bytes heals
+    them (write-once holds: the place keeps its value); the heal is counted."""
+    pos, stored = await store.append("p", b"precious", NO_CSUM, epoch_id=E0)
+    path = store.data_dir / "data" / pos.file
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.pwrite(fd, b"X", B + 3)
+    finally:
+        os.close(fd)
     with pytest.raises(BadChecksum):
-        await store.write(pos.file, B, b"precious", NO_CSUM)
+        await store.read(pos.file, B, 8)
+    assert await store.write(pos.file, B, b"precious", NO_CSUM) == stored
+    res = await store.read(pos.file, B, 8)
+    assert res.chunks[0].data == b"precious"
+    stats = store.stats()
+    assert stats["healed_chunks"] == 1 and stats["bad_checksum_reads"] == 1
+    assert await store.write(pos.file, B, b"precious", NO_CSUM) == stored  # plain replay
+    assert store.stats()["healed_chunks"] == 1
 
 
 async def test_trim_splits_neighbours(store: FluStore) -> None:
