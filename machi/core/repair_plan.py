@@ -12,6 +12,16 @@ randomness, or hold more than one overlap cluster of one file at a time (the inp
 streams are consumed lazily, see ``FilePlanner``; ``max_cluster_entries`` bounds a
 cluster).
 
+CP UPI sync (the design paper's CP repair step 3, ``upi_sync_roles``): at an epoch
+change the real UPI members are made to agree by the *union* rule over them (the AP
+rule): a chunk that an append left on the head (or head and middle) but that never
+reached the tail is copied forward to the tail, never reset.  Why forward and not a reset:
+a client whose append reached the head keeps propagating it in the new epoch while the
+head is still in the chain (``cr_plan.replan``), so a reset could race with that write
+and leave an acknowledged chunk missing on the head; a copy of the same bytes is an exact
+replay for the client.  Nothing acknowledged is un-written, and the unacknowledged append
+(outcome ``info`` for its client) simply takes effect.
+
 Directives, applied in the order given (within a file):
 - ``Trim``: trim the range on ``members`` (trimmed bytes win over written ones; AP merges
   trims like everything else, CP copies the tail's trims).
@@ -47,7 +57,9 @@ class EntryLike(Protocol):
 @dataclass(frozen=True, slots=True)
 class Roles:
     """Who takes part: the source (UPI tail, runs the repair), the repairing members and
-    the other UPI members (witnesses never appear here)."""
+    the other UPI members (witnesses never appear here).  ``mode`` picks the rule: "ap"
+    is the union rule (AP repair, and the CP UPI sync), "cp" makes the repairing members
+    match the tail."""
 
     mode: Mode
     source: str
@@ -74,14 +86,27 @@ def repair_roles(p: Projection) -> Roles | None:
     return Roles(p.mode, tail, repairing, others)
 
 
+def upi_sync_roles(p: Projection) -> Roles | None:
+    """CP: the roles that make the real UPI members agree (union rule, source = tail), or
+    None when there is nothing to sync (AP, or fewer than two real UPI members)."""
+    upi = p.upi_non_witnesses
+    if p.mode != "cp" or len(upi) < 2:
+        return None
+    return Roles("ap", upi[-1], (), upi[:-1])
+
+
 @dataclass(frozen=True, slots=True)
 class Copy:
+    """Read the chunk from ``source`` (else from ``fallbacks``, in order, when a source's
+    bytes fail the checksum) and write it to ``destinations``."""
+
     file: str
     offset: int
     size: int
     csum: TaggedCsum
     source: str
     destinations: tuple[str, ...]
+    fallbacks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,7 +337,8 @@ def _group(file: str, parts: tuple[str, ...], source: str,
         return
     src = holders.get(source) or min(group, key=lambda e: parts.index(e.member))
     assert src.csum is not None
-    yield Copy(file, src.offset, src.size, src.csum, src.member, missing)
+    others = tuple(m for m in parts if m in holders and m != src.member)
+    yield Copy(file, src.offset, src.size, src.csum, src.member, missing, others)
 
 
 def _close_cp(file: str, roles: Roles, cluster: list[_E]) -> Iterator[Directive | Problem]:
@@ -367,4 +393,6 @@ def _close_cp(file: str, roles: Roles, cluster: list[_E]) -> Iterator[Directive 
     for (off, size), ms in sorted(copies.items()):
         t = t_written[(off, size)]
         assert t.csum is not None
-        yield Copy(file, off, size, t.csum, tail, tuple(ms))
+        # the other UPI members hold every chunk the tail holds (chain order)
+        yield Copy(file, off, size, t.csum, tail, tuple(ms),
+                   tuple(reversed(roles.upi_others)))

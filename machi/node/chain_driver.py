@@ -55,6 +55,9 @@ PROJECTION_LOG_NAME = "projection-log.jsonl"
 ENABLED_NAME = "chain-manager.json"
 #: per-request timeout of the repair's clients (chunks of up to 64 MiB)
 REPAIR_REQUEST_TIMEOUT_MS = 30_000
+#: CP UPI sync after a confirmation: attempts, and the delay step between them
+UPI_SYNC_ATTEMPTS = 5
+UPI_SYNC_DELAY_MS = 200
 #: network effect tasks (reads, writes, kicks, repair) running at once, at most
 MAX_EFFECT_TASKS = 64
 #: trace events logged at info level (the rest at debug)
@@ -502,6 +505,8 @@ class ChainDriver:
             self._log_adoption("adopted projection", p, confirmed=False, now=now)
         elif p.dbg2.get("confirmed") and not prev.dbg2.get("confirmed"):
             self._log_adoption(f"CONFIRM epoch {p.epoch_number}", p, confirmed=True, now=now)
+            if p.mode == "cp" and p.tail == self.name and len(p.upi_non_witnesses) > 1:
+                self._spawn(self._upi_sync, p)
 
     def _log_adoption(self, msg: str, p: Projection, *, confirmed: bool, now: int) -> None:
         rec = projection_record(self.name, p, confirmed=confirmed, time_ms=now)
@@ -557,6 +562,36 @@ class ChainDriver:
         except Exception as err:  # repair must answer, whatever happened
             ok, detail = False, f"repair raised {err!r}"
         await self.feed(cm.RepairDone(p.epoch_id, ok, detail))
+
+    async def _upi_sync(self, p: Projection) -> None:
+        """CP, as the UPI tail of a newly confirmed epoch: make the UPI members agree
+        (machi.node.repair.run_upi_sync; docs/repair.md).  Bounded retries while the
+        epoch stays current (the other members unwedge when they confirm it too)."""
+        from machi.node.repair import run_upi_sync
+
+        for attempt in range(UPI_SYNC_ATTEMPTS):
+            await anyio.sleep(UPI_SYNC_DELAY_MS * (attempt + 1) / 1000)
+            cur = await self._latest("private")
+            if cur is None or cur.epoch_id != p.epoch_id:
+                return  # a newer epoch: its own confirmation syncs again
+            try:
+                async with contextlib.AsyncExitStack() as stack:
+                    clients: dict[str, FluClient] = {}
+                    for m in p.upi_non_witnesses:
+                        addr = self.addrs.get(m)
+                        if m != self.name and addr is not None:
+                            clients[m] = await stack.enter_async_context(FluClient(
+                                addr[0], addr[1], secret=self.secret,
+                                name=f"sync-{self.name}", timeout_ms=REPAIR_REQUEST_TIMEOUT_MS,
+                                connect_timeout_ms=self.settings.read_timeout_ms))
+                    res = await run_upi_sync(p, local_name=self.name, store=self.node.store,
+                                             clients=clients, log=self.log)
+                if res.ok:
+                    return
+            except (MachiError, OSError, TimeoutError) as err:
+                self.log.warning("upi sync attempt failed", epoch=p.epoch_number,
+                                 error=repr(err))
+        self.log.error("upi sync gave up", epoch=p.epoch_number, attempts=UPI_SYNC_ATTEMPTS)
 
     # ---- admin -------------------------------------------------------------------------
     async def admin(self, op: Op, meta: dict[str, Any]) -> dict[str, Any]:

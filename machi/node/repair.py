@@ -2,10 +2,13 @@
 
 Owns: the I/O around the pure planner ``machi.core.repair_plan``: the same-epoch check,
 file inventories, streaming checksum lists, executing directives (copy with checksum
-verification, CP reset, trim) with bounded concurrency and an overall deadline, progress
-as JSON log lines and a ``RepairStats`` object the daemon's metrics can export.  Must not:
-decide *when* to repair or promote anyone (the chain manager does, from ``RepairDone``),
-overwrite written bytes, or run any directive of a file whose plan has a problem.
+verification, taking another holder when a source's copy is corrupt and healing that
+copy; CP reset; trim) with bounded concurrency and an overall deadline, the CP UPI sync
+pass (``run_upi_sync``, and first in every CP ``run_repair``), progress as JSON log lines
+and a ``RepairStats`` object the daemon's metrics can export.  Must not: decide *when* to
+repair or promote anyone (the chain manager does, from ``RepairDone``), overwrite written
+bytes (a heal rewrites only bytes that fail their own checksum, with bytes that match
+it), copy corrupt bytes, or run any directive of a file whose plan has a problem.
 
 Memory: per member one checksum-list batch (plus the client's bounded stream buffer),
 one overlap cluster, and at most ``max_in_flight`` chunks of data.
@@ -37,6 +40,7 @@ from machi.core.repair_plan import (
     Roles,
     Trim,
     repair_roles,
+    upi_sync_roles,
 )
 
 from .log import JsonLog
@@ -58,7 +62,8 @@ class RepairStats:
     bytes_out: int = 0  # written to destinations
     chunks_reset: int = 0
     ranges_trimmed: int = 0
-    bad_chunks: int = 0
+    bad_chunks: int = 0  # corrupt copies met on sources (each logged)
+    chunks_healed: int = 0  # corrupt source copies rewritten with good bytes
     conflicts: int = 0  # problems other than bad chunks (planning, WRITTEN, races)
     errors: int = 0
     seconds: float = 0.0
@@ -77,7 +82,8 @@ class RepairStats:
             "files_skipped": self.files_skipped, "chunks_copied": self.chunks_copied,
             "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
             "chunks_reset": self.chunks_reset, "ranges_trimmed": self.ranges_trimmed,
-            "bad_chunks": self.bad_chunks, "conflicts": self.conflicts,
+            "bad_chunks": self.bad_chunks, "chunks_healed": self.chunks_healed,
+            "conflicts": self.conflicts,
             "errors": self.errors, "seconds": round(self.seconds, 3),
             "per_destination": {m: dict(d) for m, d in sorted(self.per_destination.items())},
         }
@@ -355,19 +361,48 @@ class _Run:
                     continue
                 self.stats.copied_to(name, len(data))
 
+    async def _read_good(self, d: Copy) -> tuple[bytes | None, list[str]]:
+        """The chunk's bytes from the first source whose bytes match the checksum (the
+        planned source, then the fallbacks); also the sources found corrupt, each one
+        logged loudly and counted (never dropped silently)."""
+        bad: list[str] = []
+        for name in (d.source, *d.fallbacks):
+            m = self.members.get(name)
+            if m is None:
+                continue
+            try:
+                data, _ = await m.read(d.file, d.offset, d.size, self.p.epoch_id)
+                if digest(data) != d.csum.digest:
+                    raise BadChecksum("bytes do not match the checksum list")
+            except BadChecksum as e:
+                self.stats.bad_chunks += 1
+                bad.append(name)
+                self.log.error("repair: corrupt chunk on a source, trying another",
+                               file=d.file, offset=d.offset, size=d.size, member=name,
+                               error=str(e), epoch=self.p.epoch_id.short())
+                if self.stats.bad_chunks > self.max_bad_chunks:
+                    raise _Abort(f"more than {self.max_bad_chunks} bad chunks") from None
+                continue
+            return data, bad
+        return None, bad
+
     async def _copy(self, d: Copy) -> None:
-        try:
-            data, _ = await self.members[d.source].read(d.file, d.offset, d.size, self.p.epoch_id)
-            if digest(data) != d.csum.digest:
-                raise BadChecksum("bytes do not match the checksum list")
-        except BadChecksum as e:
-            self.stats.bad_chunks += 1
-            self.problem(f"bad chunk: {d.file} @{d.offset}+{d.size} on {d.source}: {e}",
-                         conflict=False)
-            if self.stats.bad_chunks > self.max_bad_chunks:
-                raise _Abort(f"more than {self.max_bad_chunks} bad chunks") from None
+        data, bad = await self._read_good(d)
+        if data is None:
+            self.problem(f"bad chunk: {d.file} @{d.offset}+{d.size}: no good copy on "
+                         f"{','.join(bad) or d.source}", conflict=False)
             return
         self.stats.bytes_in += len(data)
+        for name in bad:  # an exact rewrite over corrupt bytes heals them (the FLU's rule)
+            try:
+                await self.members[name].write(d.file, d.offset, data, d.csum, self.p.epoch_id)
+            except MachiError as e:
+                self.problem(f"bad chunk not healed: {d.file} @{d.offset}+{d.size} on "
+                             f"{name}: {type(e).__name__}: {e}", conflict=False)
+                continue
+            self.stats.chunks_healed += 1
+            self.log.warning("repair: healed corrupt chunk", file=d.file, offset=d.offset,
+                             size=d.size, member=name, epoch=self.p.epoch_id.short())
         for name in d.destinations:
             try:
                 await self.members[name].write(d.file, d.offset, data, d.csum, self.p.epoch_id)
@@ -412,34 +447,90 @@ async def run_repair(
 ) -> RepairResult:
     """Repair the repairing members of ``projection`` (called on its UPI tail).
 
-    ``clients`` reach the participants (the local node may be reached through ``store``
-    instead).  Never raises for repair failures: they come back as ``ok=False`` with a
-    detail naming file, offset and members.  Pass ``stats`` to watch it while it runs.
+    CP runs the UPI sync first (the paper's step 3: the UPI members agree, by copying
+    forward), then makes the repairing members match the tail.  ``clients`` reach the
+    participants (the local node may be reached through ``store`` instead).  Never raises
+    for repair failures: they come back as ``ok=False`` with a detail naming file, offset
+    and members.  Pass ``stats`` to watch it while it runs.
     """
+    roles = repair_roles(projection)
+    if roles is None:
+        return RepairResult(True, "nothing to repair", stats or RepairStats())
+    sync = upi_sync_roles(projection)
+    passes = [roles] if sync is None else [sync, roles]
+    return await _run_passes(
+        projection, passes, "repair", local_name=local_name, store=store, clients=clients,
+        log=log, progress_every_s=progress_every_s, deadline_s=deadline_s,
+        max_in_flight=max_in_flight, max_bad_chunks=max_bad_chunks,
+        checksum_batch_size=checksum_batch_size, stats=stats)
+
+
+async def run_upi_sync(
+    projection: Projection,
+    *,
+    local_name: str,
+    store: Any = None,
+    clients: Mapping[str, FluClient],
+    log: JsonLog,
+    deadline_s: float = 600.0,
+    max_in_flight: int = 4,
+    max_bad_chunks: int = 100,
+    checksum_batch_size: int = 1024,
+    stats: RepairStats | None = None,
+) -> RepairResult:
+    """CP, on the UPI tail after an epoch change: make the real UPI members agree (chunks
+    an abandoned append left upstream are copied forward to the tail; docs/repair.md).
+    Same guarantees and result as :func:`run_repair`."""
+    roles = upi_sync_roles(projection)
+    if roles is None:
+        return RepairResult(True, "nothing to sync", stats or RepairStats())
+    return await _run_passes(
+        projection, [roles], "upi sync", local_name=local_name, store=store,
+        clients=clients, log=log, progress_every_s=5.0, deadline_s=deadline_s,
+        max_in_flight=max_in_flight, max_bad_chunks=max_bad_chunks,
+        checksum_batch_size=checksum_batch_size, stats=stats)
+
+
+async def _run_passes(
+    projection: Projection,
+    passes: list[Roles],
+    what: str,
+    *,
+    local_name: str,
+    store: Any,
+    clients: Mapping[str, FluClient],
+    log: JsonLog,
+    progress_every_s: float,
+    deadline_s: float,
+    max_in_flight: int,
+    max_bad_chunks: int,
+    checksum_batch_size: int,
+    stats: RepairStats | None,
+) -> RepairResult:
     stats = stats if stats is not None else RepairStats()
     t0 = time.monotonic()
     fields = {"epoch": projection.epoch_id.short(), "upi": list(projection.upi),
               "repairing": list(projection.repairing), "mode": projection.mode}
-    roles = repair_roles(projection)
-    if roles is None:
-        return RepairResult(True, "nothing to repair", stats)
-    if roles.source != local_name:
-        return RepairResult(False, f"{local_name} is not the UPI tail ({roles.source})", stats)
+    source = passes[0].source
+    if source != local_name:
+        return RepairResult(False, f"{local_name} is not the UPI tail ({source})", stats)
     members: dict[str, _Member] = {}
-    for name in roles.participants:
+    names = [n for r in passes for n in (*r.participants, *r.upi_others)]
+    for name in dict.fromkeys(names):
         client = clients.get(name)
         if client is None and (name != local_name or store is None):
             return RepairResult(False, f"no client for {name}", stats)
         members[name] = _Member(name, client, store)
-    run = _Run(projection, roles, members, log, stats, max(1, max_in_flight), max_bad_chunks,
-               max(1, checksum_batch_size))
-    log.info("repair started", **fields)
+    runs = [_Run(projection, r, {n: members[n] for n in dict.fromkeys(
+                (*r.participants, *r.upi_others))}, log, stats, max(1, max_in_flight),
+                 max_bad_chunks, max(1, checksum_batch_size)) for r in passes]
+    log.info(f"{what} started", **fields)
 
     async def progress() -> None:
         while True:
             await anyio.sleep(progress_every_s)
             stats.seconds = time.monotonic() - t0
-            log.info("repair progress", **fields, **stats.to_json())
+            log.info(f"{what} progress", **fields, **stats.to_json())
 
     abort: str | None = None
     with anyio.move_on_after(deadline_s) as deadline:
@@ -451,11 +542,14 @@ async def run_repair(
                 tg = await stack.enter_async_context(anyio.create_task_group())
                 tg.start_soon(progress)
                 try:
-                    await run.check_epochs()
-                    files = await run.inventory()
-                    stats.files = len(files)
-                    for file in files:
-                        await run.repair_file(file)
+                    for run in runs:
+                        await run.check_epochs()
+                        files = await run.inventory()
+                        stats.files = max(stats.files, len(files))
+                        for file in files:
+                            await run.repair_file(file)
+                        if run.problems:
+                            break  # the next pass builds on this one: stop here
                 finally:
                     tg.cancel_scope.cancel()
         except* _Abort as eg:
@@ -466,16 +560,18 @@ async def run_repair(
     stats.seconds = time.monotonic() - t0
     if deadline.cancelled_caught:
         abort = f"deadline of {deadline_s} s passed"
-    if abort is None and run.problems:
-        shown = "; ".join(run.problems[:PROBLEMS_IN_DETAIL])
-        more = run.problem_count - PROBLEMS_IN_DETAIL
-        abort = f"{run.problem_count} problems (repair refused): {shown}" + (
+    problems = [p for run in runs for p in run.problems]
+    count = sum(run.problem_count for run in runs)
+    if abort is None and problems:
+        shown = "; ".join(problems[:PROBLEMS_IN_DETAIL])
+        more = count - PROBLEMS_IN_DETAIL
+        abort = f"{count} problems ({what} refused): {shown}" + (
             f"; and {more} more" if more > 0 else "")
     ok = abort is None
     detail = abort or (
-        f"repaired {stats.files} files: {stats.chunks_copied} chunk copies "
+        f"{what}: {stats.files} files: {stats.chunks_copied} chunk copies "
         f"({stats.bytes_out} bytes), {stats.chunks_reset} reset, "
-        f"{stats.ranges_trimmed} trimmed")
-    (log.info if ok else log.error)("repair finished", ok=ok, detail=detail, **fields,
+        f"{stats.ranges_trimmed} trimmed, {stats.chunks_healed} healed")
+    (log.info if ok else log.error)(f"{what} finished", ok=ok, detail=detail, **fields,
                                     **stats.to_json())
     return RepairResult(ok, detail, stats)

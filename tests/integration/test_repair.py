@@ -13,6 +13,7 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -24,7 +25,7 @@ from machi.core.projection import MemberSpec, Projection, make_projection
 from machi.node.config import KNOWN_KEYS
 from machi.node.log import JsonLog
 from machi.node.process import NodeProcess
-from machi.node.repair import RepairResult, run_repair
+from machi.node.repair import RepairResult, run_repair, run_upi_sync
 from tests.integration.inproc_flu import Nodes, inproc_chain, install
 
 pytestmark = pytest.mark.timeout(90)
@@ -194,6 +195,47 @@ def test_cp_repair_resets_unacknowledged_bytes_and_matches_the_tail(tmp_path: Pa
     anyio.run(go)
 
 
+def test_cp_upi_sync_copies_a_head_only_chunk_forward(tmp_path: Path) -> None:
+    """CP (the paper's step 3): a chunk an abandoned append left on the head alone is
+    copied forward to the tail at the next epoch by ``run_upi_sync`` (never reset), and a
+    CP repair runs the same pass first, so the repairing member gets it from the tail."""
+
+    async def go() -> tuple[RepairResult, RepairResult]:
+        async with inproc_chain(tmp_path, NAMES) as nodes, AsyncExitStack() as stack:
+            cl = await inproc_clients(stack, nodes)
+            p1 = await install(nodes, 1, NAMES, mode="cp")
+            head_only = await cl["a"].append("cp", b"abandoned append", epoch_id=p1.epoch_id)
+            middle = await cl["a"].append("cp", b"head and middle", epoch_id=p1.epoch_id)
+            await cl["b"].write(middle.file, middle.offset, b"head and middle",
+                                epoch_id=p1.epoch_id)
+            p2 = await install(nodes, 2, ("a", "b", "c"), mode="cp")
+            sync = await run_upi_sync(p2, local_name="c", clients=cl,
+                                      log=quiet_log(io.StringIO()))
+            for pos, data in ((head_only, b"abandoned append"), (middle, b"head and middle")):
+                for n in NAMES:
+                    r = await cl[n].read(pos.file, pos.offset, pos.size, epoch_id=p2.epoch_id)
+                    assert r.data() == data
+            late = await cl["a"].append("cp", b"late one", epoch_id=p2.epoch_id)
+            p3 = await install(nodes, 3, ("a", "b"), mode="cp", repairing=("c",))
+            rep = await run_repair(p3, local_name="b", clients=cl,
+                                   log=quiet_log(io.StringIO()))
+            for n in NAMES:
+                r = await cl[n].read(late.file, late.offset, late.size, epoch_id=p3.epoch_id)
+                assert r.data() == b"late one"
+            assert await everything(cl["a"]) == await everything(cl["b"]) \
+                == await everything(cl["c"])
+            return sync, rep
+
+    sync, rep = anyio.run(go)
+    assert sync.ok and rep.ok, (sync.detail, rep.detail)
+    assert sync.stats.chunks_reset == 0 and sync.stats.per_destination == {
+        "c": {"chunks": 2, "bytes": len(b"abandoned append") + len(b"head and middle")},
+        "b": {"chunks": 1, "bytes": len(b"abandoned append")}}
+    assert rep.stats.chunks_reset == 0
+    assert rep.stats.per_destination == {"b": {"chunks": 1, "bytes": len(b"late one")},
+                                         "c": {"chunks": 1, "bytes": len(b"late one")}}
+
+
 def test_conflict_fails_loudly_and_overwrites_nothing(tmp_path: Path) -> None:
     """Two replicas holding different bytes at one place: ok=False, the detail names the
     file, the offset and both members, an error line is logged, both copies survive, and
@@ -243,40 +285,59 @@ def test_not_all_in_same_epoch_refuses_to_start(tmp_path: Path) -> None:
     assert res.stats.chunks_copied == 0
 
 
-def test_bad_source_chunk_is_counted_and_the_local_store_path_works(tmp_path: Path) -> None:
+def test_bad_source_chunk_is_read_elsewhere_healed_and_the_local_store_path_works(
+    tmp_path: Path,
+) -> None:
     """The tail reached through its own store (no client for it): a chunk whose bytes on
-    the tail's disk are corrupt is counted as bad and not copied, the good one is copied,
-    and the repair reports failure; a zero deadline stops a repair before it does anything.
-    """
+    the tail's disk are corrupt is read from the other UPI member instead, copied, and
+    rewritten on the tail (healed); a chunk corrupt on every holder is a loud problem and
+    is not copied; a zero deadline stops a repair before it does anything."""
 
-    async def go() -> tuple[RepairResult, RepairResult]:
+    def corrupt(store: Any, file: str, offset: int) -> None:
+        with open(store.data_dir / "data" / file, "r+b") as fh:
+            fh.seek(offset)
+            fh.write(b"X")
+
+    async def go() -> tuple[RepairResult, RepairResult, RepairResult]:
         async with inproc_chain(tmp_path, NAMES) as nodes, AsyncExitStack() as stack:
             cl = await inproc_clients(stack, nodes)
             await install(nodes, 1, NAMES)
             p2 = await install(nodes, 2, ("a", "b"), on=("a", "b"))
             good = await chain_append([cl["a"], cl["b"]], "g", b"good chunk", p2.epoch_id)
             bad = await chain_append([cl["a"], cl["b"]], "k", b"soon corrupt", p2.epoch_id)
+            lost = await chain_append([cl["a"], cl["b"]], "l", b"corrupt twice", p2.epoch_id)
             store = nodes["b"][0].store
-            with open(store.data_dir / "data" / bad[0], "r+b") as fh:
-                fh.seek(bad[1])
-                fh.write(b"X")
+            corrupt(store, *bad)
+            corrupt(store, *lost)
+            corrupt(nodes["a"][0].store, *lost)
             p3 = await install(nodes, 3, ("a", "b"), repairing=("c",))
             others = {n: cl[n] for n in ("a", "c")}
             late = await run_repair(p3, local_name="b", store=store, clients=others,
                                     log=quiet_log(io.StringIO()), deadline_s=0)
+            buf = io.StringIO()
             res = await run_repair(p3, local_name="b", store=store, clients=others,
-                                   log=quiet_log(io.StringIO()))
-            r = await cl["c"].read(*good, len(b"good chunk"), epoch_id=p3.epoch_id)
-            assert r.data() == b"good chunk"
+                                   log=quiet_log(buf))
+            for pos, data in ((good, b"good chunk"), (bad, b"soon corrupt")):
+                r = await cl["c"].read(*pos, len(data), epoch_id=p3.epoch_id)
+                assert r.data() == data
+            assert (await store.read(*bad, len(b"soon corrupt"))).chunks[0].data \
+                == b"soon corrupt"  # healed on the tail
             with pytest.raises(NotWritten):
-                await cl["c"].read(*bad, len(b"soon corrupt"), epoch_id=p3.epoch_id)
-            return late, res
+                await cl["c"].read(*lost, len(b"corrupt twice"), epoch_id=p3.epoch_id)
+            assert any(json.loads(x)["msg"] == "repair: corrupt chunk on a source, "
+                       "trying another" for x in buf.getvalue().splitlines())
+            again = await run_repair(p3, local_name="b", store=store, clients=others,
+                                     log=quiet_log(io.StringIO()))
+            return late, res, again
 
-    late, res = anyio.run(go)
+    late, res, again = anyio.run(go)
     assert not late.ok and "deadline" in late.detail and late.stats.chunks_copied == 0
-    assert not res.ok and res.stats.bad_chunks == 1 and "bad chunk" in res.detail
+    assert not res.ok and "no good copy" in res.detail
+    assert res.stats.bad_chunks == 3 and res.stats.chunks_healed == 1
     assert res.stats.conflicts == 0
-    assert res.stats.per_destination == {"c": {"chunks": 1, "bytes": len(b"good chunk")}}
+    assert res.stats.per_destination == {"c": {"chunks": 2, "bytes": len(b"good chunk")
+                                               + len(b"soon corrupt")}}
+    assert not again.ok and again.stats.bad_chunks == 2  # only the twice-corrupt chunk
 
 
 class RacingStore:

@@ -248,17 +248,18 @@ def test_ap_source_is_the_tail_when_it_has_the_chunk_else_the_first_owner() -> N
     roles = Roles("ap", "b", ("c",), ("a",))
     x, y = Ent(B, 10, csum(1)), Ent(B + 10, 10, csum(2))
     out = list(plan_file("f", roles, {"a": [x, y], "b": [x], "c": [y]}))
-    assert out == [Copy("f", B, 10, x.csum, "b", ("c",)),  # type: ignore[arg-type]
-                   Copy("f", B + 10, 10, y.csum, "a", ("b",))]  # type: ignore[arg-type]
+    assert out == [Copy("f", B, 10, x.csum, "b", ("c",), ("a",)),  # type: ignore[arg-type]
+                   Copy("f", B + 10, 10, y.csum, "a", ("b",), ("c",))]  # type: ignore[arg-type]
 
 
 def test_cp_resets_unacknowledged_bytes_and_copies_the_tails() -> None:
-    """CP: a chunk only on the repairing replica is reset; the tail's chunks are copied;
-    other UPI members are not touched (they already match the tail)."""
+    """CP: a chunk only on the repairing replica is reset; the tail's chunks are copied
+    (other UPI members are fallback sources: they hold every chunk the tail holds);
+    other UPI members are not written (the UPI sync pass makes them agree first)."""
     roles = Roles("cp", "b", ("c",), ("a",))
     x, y = Ent(B, 10, csum(1)), Ent(B + 10, 5, csum(2))
     out = list(plan_file("f", roles, {"a": [], "b": [x], "c": [y]}))
-    assert out == [Copy("f", B, 10, x.csum, "b", ("c",)),  # type: ignore[arg-type]
+    assert out == [Copy("f", B, 10, x.csum, "b", ("c",), ("a",)),  # type: ignore[arg-type]
                    Reset("f", B + 10, 5, ("c",))]
 
 
