@@ -46,6 +46,9 @@ TARGET_APPEND_4K_VS_FDATASYNC = 0.60
 TARGET_APPEND_1M_VS_SEQ_WRITE = 0.50
 TARGET_READ_GB_PER_S = 1.0
 SMALL_SIZE = 4096
+#: multi-chunk cells (protocol version 2): chunks per request, for sizes up to MULTI_SIZE_MAX
+MULTI_CHUNKS = 16
+MULTI_SIZE_MAX = 64 * 1024
 LARGE_SIZE = 1024 * 1024
 
 Progress = Callable[[str], None]
@@ -157,6 +160,42 @@ async def append_cell(
     return result, cell.positions
 
 
+async def append_chunks_cell(
+    c: FluClient, epoch_id: EpochId, prefix: str, size: int, concurrency: int,
+    duration_s: float, bytes_max: int, pid: int | None = None,
+    chunks_per_request: int = MULTI_CHUNKS,
+) -> dict[str, Any]:
+    """Like ``append_cell`` with multi-chunk requests (protocol version 2): each of the
+    ``concurrency`` requests in flight carries ``chunks_per_request`` chunks.  Rates and
+    CPU are per chunk; latencies per request."""
+    payload = os.urandom(size)
+    csum = client_csum(payload)
+    chunks = [payload] * chunks_per_request
+    csums = [csum] * chunks_per_request
+    cell = _Cell(time.perf_counter() + duration_s,
+                 max(concurrency, bytes_max // (size * chunks_per_request)))
+
+    async def worker() -> None:
+        while time.perf_counter() < cell.deadline and len(cell.latencies_s) < cell.ops_max:
+            t0 = time.perf_counter()
+            await c.append_chunks(prefix, chunks, epoch_id=epoch_id, csums=csums)
+            cell.latencies_s.append(time.perf_counter() - t0)
+
+    server0, client0 = _proc_sample(pid), time.process_time()
+    start = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for _ in range(concurrency):
+            tg.start_soon(worker)
+    elapsed = time.perf_counter() - start
+    result = summarize(cell.latencies_s, elapsed, size * chunks_per_request)
+    n_chunks = result["ops"] * chunks_per_request
+    result["chunks_per_request"] = chunks_per_request
+    result["chunks"] = n_chunks
+    result["chunks_per_s"] = round(n_chunks / elapsed, 1) if elapsed > 0 else 0.0
+    result.update(_cpu_fields(pid, server0, client0, n_chunks))  # per chunk
+    return result
+
+
 async def read_cell(
     c: FluClient, epoch_id: EpochId, positions: list[tuple[str, int, int]], size: int,
     concurrency: int, duration_s: float, pid: int | None = None,
@@ -212,14 +251,26 @@ async def measure_server(
                     plan.cell_bytes_max, pid)
                 rd = await read_cell(c, ws.epoch_id, positions, size, conc,
                                      plan.duration_s, pid)
+                multi = None
+                if size <= MULTI_SIZE_MAX and c.protocol_version >= 2:
+                    multi = await append_chunks_cell(
+                        c, ws.epoch_id, prefix + "_m", size, conc, plan.duration_s,
+                        plan.cell_bytes_max, pid)
                 progress(
                     f"sync={mode:<6} size={size_label(size):>6} conc={conc:<3} "
                     f"append {app['ops_per_s']:>9.1f} op/s {app['mb_per_s']:>8.1f} MB/s "
                     f"p50 {app['latency_ms_p50']:.2f} ms p99 {app['latency_ms_p99']:.2f} ms | "
                     f"read {rd['gb_per_s']:.3f} GB/s p50 {rd['latency_ms_p50']:.2f} ms"
+                    + ("" if multi is None else
+                       f" | append_chunks x{MULTI_CHUNKS} {multi['chunks_per_s']:.1f} "
+                       f"chunks/s srv {multi.get('server_cpu_us_per_op', '-')} us/chunk")
                 )
-                cells.append({"sync": mode, "size": size, "size_label": size_label(size),
-                              "concurrency": conc, "append": app, "read": rd})
+                cell: dict[str, Any] = {
+                    "sync": mode, "size": size, "size_label": size_label(size),
+                    "concurrency": conc, "append": app, "read": rd}
+                if multi is not None:
+                    cell["append_chunks"] = multi
+                cells.append(cell)
         return cells
 
 
@@ -373,12 +424,16 @@ def format_table(result: dict[str, Any]) -> str:
     ]
     for c in result["cells"]:
         a, r = c["append"], c["read"]
+        m = c.get("append_chunks")
         lines.append(
             f"{c['sync']:<7}{c['size_label']:>7}{c['concurrency']:>5} | "
             f"{a['ops_per_s']:>11.1f}{a['mb_per_s']:>9.1f}{a['latency_ms_p50']:>8.2f}"
             f"{a['latency_ms_p99']:>8.2f}{a.get('server_cpu_us_per_op', '-'):>10} | "
             f"{r['ops_per_s']:>10.1f}{r['gb_per_s']:>8.3f}{r['latency_ms_p50']:>8.2f}"
             f"{r['latency_ms_p99']:>8.2f}{r.get('server_cpu_us_per_op', '-'):>10}"
+            + ("" if m is None else
+               f" | x{m['chunks_per_request']} {m['chunks_per_s']:.1f} chunks/s, "
+               f"srv {m.get('server_cpu_us_per_op', '-')} us/chunk")
         )
     b = result["baseline"]
     lines.append(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -481,11 +481,11 @@ class FluClient:
     async def append_chunks(
         self,
         prefix: str,
-        chunks: list[bytes | bytearray | memoryview],
+        chunks: Sequence[bytes | bytearray | memoryview],
         *,
         epoch_id: EpochId,
-        csums: list[TaggedCsum] | None = None,
-        chunk_extras: list[int] | None = None,
+        csums: Sequence[TaggedCsum] | None = None,
+        chunk_extras: Sequence[int] | None = None,
         locator: int = 0,
     ) -> list[ChunkPos]:
         """One APPEND_CHUNKS request (protocol version 2): the chunks land contiguously in
@@ -521,10 +521,10 @@ class FluClient:
     async def write_chunks(
         self,
         file: str,
-        chunks: list[tuple[int, bytes | bytearray | memoryview]],
+        chunks: Sequence[tuple[int, bytes | bytearray | memoryview]],
         *,
         epoch_id: EpochId,
-        csums: list[TaggedCsum] | None = None,
+        csums: Sequence[TaggedCsum] | None = None,
     ) -> list[TaggedCsum]:
         """One WRITE_CHUNKS request (protocol version 2): ``(offset, bytes)`` in ascending
         offset order, all written (or exact replays) or none."""

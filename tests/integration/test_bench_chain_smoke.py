@@ -46,6 +46,7 @@ def test_bench_chain_quick_json(tmp_path: Path) -> None:
         assert c["append"]["ops"] > 0 and c["append"]["errors"] == 0
         assert c["append"]["latency_ms_p50"] <= c["append"]["latency_ms_p99"]
         assert "vs_single_flu" in c
+        assert c["append"]["chunks_per_request"] >= 1 and c["append"]["batch_splits"] == 0
     base = result["baseline"]
     assert base["fdatasync_4k"]["ops"] > 0 and base["seq_write_1m"]["bytes"] > 0
     assert [(c["sync"], c["concurrency"]) for c in base["single_flu"]] == [

@@ -54,6 +54,8 @@ def test_bench_flu_quick_json(tmp_path: Path) -> None:
             assert c[op]["ops"] > 0
             assert c[op]["latency_ms_p50"] <= c[op]["latency_ms_p99"]
         assert {"server_cpu_us_per_op", "server_minflt_per_op"} <= set(c["append"])
+        multi = c["append_chunks"]  # multi-chunk requests (protocol v2), per chunk
+        assert multi["chunks_per_request"] == 16 and multi["chunks"] == 16 * multi["ops"] > 0
     assert set(result["ratios"]) == {"append_4k_durable_vs_raw_fdatasync",
                                      "append_1m_durable_vs_raw_seq_write", "read_gb_per_s"}
     r4k = result["ratios"]["append_4k_durable_vs_raw_fdatasync"]
