@@ -272,3 +272,39 @@ def test_cancelled_caller_does_not_break_its_batch(tmp_path: Path) -> None:
 
     anyio.run(go)
 
+
+
+def test_cp_batches_skip_the_witness_and_wait_for_its_epoch(tmp_path: Path) -> None:
+    """CP with a witness: batched appends reach a and b only (the witness refuses data),
+    and while the witness is wedged no chunk of a batch is acknowledged; once it reports
+    our epoch again every chunk ends ok."""
+    from machi.core.wedge import after_confirm, wedge
+
+    names = ("w", "a", "b")
+
+    async def go() -> None:
+        async with inproc_chain(tmp_path, names, ("w",)) as nodes:
+            p = await install(nodes, 1, names, mode="cp", witnesses=("w",))
+            async with ChainClient(seeds(nodes)) as cc:
+                await cc.append("cp", b"warm-up")
+                w = nodes["w"][0]
+                w._set_state(wedge(w.state), "test wedges the witness")
+
+                async def unwedge_later() -> None:
+                    await anyio.sleep(0.4)
+                    w._set_state(after_confirm(w.state, p.epoch_id), "test confirms")
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(unwedge_later)
+                    results = await appenders(cc, 16, 2, prefix="cp")
+                assert cc.stats["head_chunks"] > cc.stats["head_requests"]
+            have = await stored(nodes, ("a", "b"))
+            async with FluClient("127.0.0.1", nodes["w"][1]) as wc:
+                assert await wc.list_files() == []
+        for data, oc, _pos, info in results:
+            assert oc is Outcome.OK and info.acked == ["a", "b"]
+            assert all(digest(data) in have[n] for n in ("a", "b"))
+        # the first round of chunks waited (retried) until the witness was back
+        assert sum(info.attempts > 0 for *_x, info in results) >= 16
+
+    anyio.run(go)
