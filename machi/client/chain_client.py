@@ -546,6 +546,8 @@ class ChainClient:
     ) -> ChunkPos:
         """Queue the append for ``prefix``; a batch task (owned by this client, so that a
         cancelled caller cannot break the others of its batch) carries it."""
+        if self._tg is None:
+            raise RuntimeError("use `async with ChainClient(...)`")
         q = self._queues.get(prefix)
         if q is None:
             q = self._queues[prefix] = _PrefixQueue()
@@ -570,8 +572,12 @@ class ChainClient:
         batch task.  The task takes its chunks when it first runs, so that every append
         queued before that (e.g. the callers woken by the previous batch) rides along:
         batches fill up without any timer."""
-        if q.items and q.starting == 0 and q.in_flight < self.batches_in_flight \
-                and self._tg is not None:
+        if self._tg is None:  # the client is closing: nobody will carry these
+            items, q.items = q.items, []
+            for it in items:
+                it.deliver(error=Partition("chain client closed"))
+            return
+        if q.items and q.starting == 0 and q.in_flight < self.batches_in_flight:
             q.starting += 1
             q.in_flight += 1
             self._tg.start_soon(self._run_batch, prefix, q)
@@ -609,8 +615,8 @@ class ChainClient:
             else:
                 await self._append_batch(prefix, batch)
         except Exception as e:  # never into the client's task group: to the callers
-            for it in batch:
-                it.deliver(error=e)
+            for it in batch:  # (a fresh exception each; PARTITION: the outcome is info)
+                it.deliver(error=Partition(f"append batch failed: {e!r}"))
         finally:
             for it in batch:
                 it.deliver(error=Partition("append batch ended without an answer"))
