@@ -561,6 +561,10 @@ class ChainClient:
         except BaseException:
             if not item.taken:  # never sent: just leave the queue
                 q.items.remove(item)
+            elif not item.done.is_set():
+                # cancelled (or our deadline's safety net fired) while the batch carries
+                # the chunk: it may still be written, as with a cancelled request
+                op.progress = op.progress.after(Status.PARTITION)
             raise
         if item.error is not None:
             raise item.error
