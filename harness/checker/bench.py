@@ -16,6 +16,13 @@ positions, crashed appends, final reads) are generated streaming into a JSON Lin
 child process times ``check_write_once_lines`` over the file: decoding + checking, the
 path ``machi-harness check --model write-once`` takes.  Register/kv histories are
 generated in the child's memory (not timed) and ``check_history`` is timed.
+
+With ``--compare-porcupine`` each register/kv history is also written to a JSON Lines
+file and checked by porcupine (Go; ``bench/porcupine/``, built on demand with ``go``
+when porcupine's source is there): the row gains ``porcupine`` (its verdict and CPU
+seconds, one core: ``GOMAXPROCS=1``) and ``cpu_ratio_vs_porcupine`` (our check CPU /
+porcupine's check CPU: below 1 we are faster).  Without ``go`` or the source the rows
+say why and nothing else changes.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -126,13 +134,55 @@ def _child_write_once(path: Path, memory_limit_mb: float, time_limit_s: float) -
     }
 
 
-def _child_general(
-    point: Point, seed: int, memory_limit_mb: float, time_limit_s: float
-) -> dict[str, Any]:
-    from harness.checker.lin_gen import generate_ops
-    from harness.checker.run import check_history
+PORCUPINE_DIR = Path(__file__).resolve().parents[2] / "bench" / "porcupine"
+PORCUPINE_BIN = PORCUPINE_DIR / "bin" / "porcupine-check"
 
-    ops = generate_ops(
+
+def porcupine_binary() -> tuple[Path | None, str]:
+    """The porcupine driver, built with ``bench/porcupine/build.sh`` if needed: (path, "")
+    or (None, why not)."""
+    if PORCUPINE_BIN.exists():
+        return PORCUPINE_BIN, ""
+    if shutil.which("go") is None:
+        return None, "go is not installed (Debian: apt-get install golang-go)"
+    build = PORCUPINE_DIR / "build.sh"
+    if not build.exists():
+        return None, f"{build} is missing"
+    proc = subprocess.run(
+        ["sh", str(build)], capture_output=True, text=True, timeout=600, check=False
+    )
+    if proc.returncode != 0 or not PORCUPINE_BIN.exists():
+        return None, f"build failed: {proc.stderr.strip()[-300:]}"
+    return PORCUPINE_BIN, ""
+
+
+def run_porcupine(binary: Path, model: str, history: Path, time_limit_s: float) -> dict[str, Any]:
+    """Check one JSON Lines history with porcupine on one core; its JSON answer."""
+    env = {**os.environ, "GOMAXPROCS": "1"}
+    cmd = [str(binary), "--model", model, "--timeout", str(time_limit_s), str(history)]
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=time_limit_s * 2 + 60, env=env, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": "porcupine did not stop"}
+    if proc.returncode != 0:
+        return {"error": f"porcupine exited {proc.returncode}: {proc.stderr.strip()[-300:]}"}
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def _child_general(
+    point: Point,
+    seed: int,
+    memory_limit_mb: float,
+    time_limit_s: float,
+    porcupine: str | None = None,
+) -> dict[str, Any]:
+    from harness.checker.lin_gen import generate
+    from harness.checker.run import check_history
+    from harness.history import pair_ops, write_history
+
+    events = generate(
         point.model,
         seed=seed,
         ops=point.ops,
@@ -140,13 +190,15 @@ def _child_general(
         crash_p=point.crash_p,
         keys=point.keys,
     )
+    ops = pair_ops(events)
     crashed = sum(1 for op in ops if op.type == "info")
     t0 = time.perf_counter()
     cpu0 = time.process_time()
     r = check_history(ops, point.model, time_limit_s, memory_limit_mb)
     elapsed = time.perf_counter() - t0
-    return {
-        "cpu_s": round(time.process_time() - cpu0, 3),
+    cpu_s = time.process_time() - cpu0
+    out = {
+        "cpu_s": round(cpu_s, 3),
         "valid": r.valid,
         "checked_ops": len(ops),
         "keys_checked": r.keys,
@@ -154,6 +206,16 @@ def _child_general(
         "crashed_fraction": crashed / max(len(ops), 1),
         "explanation": (r.witness or {}).get("explanation") if r.valid != True else None,  # noqa: E712
     }
+    if porcupine is not None:
+        with tempfile.TemporaryDirectory(prefix="machi-bench-pc-") as td:
+            path = Path(td) / "history.jsonl"
+            write_history(path, events)
+            pc = run_porcupine(Path(porcupine), point.model, path, time_limit_s)
+        out["porcupine"] = pc
+        pc_cpu = pc.get("check_cpu_s")
+        if isinstance(pc_cpu, int | float):
+            out["cpu_ratio_vs_porcupine"] = round(cpu_s / max(pc_cpu, 1e-6), 3)
+    return out
 
 
 def _calibrate_s() -> float:
@@ -175,7 +237,13 @@ def child_main(argv: list[str]) -> None:
     if point.model == "write-once":
         out = _child_write_once(Path(spec["path"]), spec["memory_limit_mb"], spec["time_limit_s"])
     else:
-        out = _child_general(point, spec["seed"], spec["memory_limit_mb"], spec["time_limit_s"])
+        out = _child_general(
+            point,
+            spec["seed"],
+            spec["memory_limit_mb"],
+            spec["time_limit_s"],
+            spec.get("porcupine"),
+        )
     out["calib_s"] = round(calib_s, 3)
     out["loadavg_1m"] = round(load, 2)
     out["peak_rss_mb"] = round(_peak_rss_mb(), 1)
@@ -201,14 +269,18 @@ def run_point(
     memory_limit_mb: float,
     time_limit_s: float,
     keep: bool,
+    porcupine: Path | None = None,
 ) -> dict[str, Any]:
-    """Generate (untimed), then check in a fresh subprocess; the measurement as a dict."""
+    """Generate (untimed), then check in a fresh subprocess; the measurement as a dict.
+    ``porcupine``: the driver binary, to time porcupine on the same register/kv history."""
     spec: dict[str, Any] = {
         "point": point.to_json(),
         "seed": seed,
         "memory_limit_mb": memory_limit_mb,
         "time_limit_s": time_limit_s,
     }
+    if porcupine is not None and point.model != "write-once":
+        spec["porcupine"] = str(porcupine)
     out: dict[str, Any] = point.to_json()
     path = None
     if point.model == "write-once":
@@ -222,7 +294,7 @@ def run_point(
         out["history_mb"] = round(path.stat().st_size / 1048576, 1)
         spec["path"] = str(path)
     try:
-        res = _run_child(spec, timeout_s=time_limit_s * 3 + 120)
+        res = _run_child(spec, timeout_s=time_limit_s * 6 + 240)
     finally:
         if path is not None and not keep:
             path.unlink(missing_ok=True)
@@ -242,6 +314,7 @@ def run_plan(
     memory_limit_mb: float,
     time_limit_s: float,
     keep: bool,
+    porcupine: Path | None = None,
 ) -> Iterator[dict[str, Any]]:
     for p in points:
         yield run_point(
@@ -251,6 +324,7 @@ def run_plan(
             memory_limit_mb=memory_limit_mb,
             time_limit_s=time_limit_s,
             keep=keep,
+            porcupine=porcupine,
         )
 
 
@@ -294,6 +368,11 @@ def run_plan(
     help="Where write-once histories are generated (default: a temp dir).",
 )
 @click.option("--keep", is_flag=True, help="Keep (and reuse) generated write-once histories.")
+@click.option(
+    "--compare-porcupine",
+    is_flag=True,
+    help="Also check each register/kv history with porcupine (Go, bench/porcupine/).",
+)
 def bench_check(
     max_ops: int,
     quick: bool,
@@ -303,12 +382,17 @@ def bench_check(
     time_limit_s: float,
     tmp_dir: Path | None,
     keep: bool,
+    compare_porcupine: bool,
 ) -> None:
     """Time the checkers on generated histories; print one JSON object per history
     (model, ops, processes, crashed fraction, elapsed_s, ops_per_s, peak_rss_mb), then a
     summary line."""
     points = plan(max_ops=max_ops, quick=quick, models=models or ("register", "kv", "write-once"))
     results = []
+    porcupine: Path | None = None
+    porcupine_note = ""
+    if compare_porcupine:
+        porcupine, porcupine_note = porcupine_binary()
     with tempfile.TemporaryDirectory(prefix="machi-bench-") as td:
         where = tmp_dir or Path(td)
         where.mkdir(parents=True, exist_ok=True)
@@ -319,20 +403,26 @@ def bench_check(
             memory_limit_mb=memory_limit_mb,
             time_limit_s=time_limit_s,
             keep=keep,
+            porcupine=porcupine,
         ):
             results.append(res)
             click.echo(json.dumps(res))
-    click.echo(
-        json.dumps(
-            {
-                "summary": True,
-                "histories": len(results),
-                "goals": GOALS,
-                "python": sys.version.split()[0],
-                "cpus": os.cpu_count(),
-            }
-        )
-    )
+    summary: dict[str, Any] = {
+        "summary": True,
+        "histories": len(results),
+        "goals": GOALS,
+        "python": sys.version.split()[0],
+        "cpus": os.cpu_count(),
+    }
+    if compare_porcupine:
+        ratios = [r["cpu_ratio_vs_porcupine"] for r in results if "cpu_ratio_vs_porcupine" in r]
+        summary["porcupine"] = {
+            "binary": str(porcupine) if porcupine else None,
+            "skipped": porcupine_note or None,
+            "compared": len(ratios),
+            "max_cpu_ratio": max(ratios) if ratios else None,
+        }
+    click.echo(json.dumps(summary))
 
 
 def _main() -> None:

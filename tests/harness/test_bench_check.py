@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 
 from harness.checker.bench import Point, plan, run_point
@@ -60,3 +61,50 @@ def _check_row(r: dict[str, Any]) -> None:
     assert r["elapsed_s"] >= 0 and r["cpu_s"] >= 0 and r["ops_per_s"] > 0
     assert r["peak_rss_mb"] > 0 and r["calib_s"] > 0
     assert 0 <= r["crashed_fraction"] < 1
+
+
+def test_porcupine_comparison_on_one_history() -> None:
+    """With go and porcupine's source present, a register and a kv point are checked by both
+    checkers, which agree on the verdict, and the row carries the CPU ratio."""
+    from harness.checker.bench import porcupine_binary
+
+    binary, why = porcupine_binary()
+    if binary is None:
+        pytest.skip(f"porcupine comparison unavailable: {why}")
+    for point in (Point("register", 300, 5, 0.05), Point("kv", 300, 5, 0.05, keys=3)):
+        r = run_point(
+            point,
+            seed=5,
+            tmp_dir=Path("."),
+            memory_limit_mb=512,
+            time_limit_s=30,
+            keep=False,
+            porcupine=binary,
+        )
+        _check_row(r)
+        assert r["porcupine"]["result"] == "Ok", r
+        assert r["cpu_ratio_vs_porcupine"] >= 0
+
+
+def test_porcupine_driver_finds_an_injected_anomaly(tmp_path: Path) -> None:
+    """The porcupine driver is no rubber stamp: a history with an injected stale read is
+    Illegal for it too (the same verdict as ours)."""
+    from harness.checker.bench import porcupine_binary, run_porcupine
+    from harness.checker.lin_gen import generate, inject
+    from harness.checker.run import check_history
+    from harness.history import pair_ops, write_history
+
+    binary, why = porcupine_binary()
+    if binary is None:
+        pytest.skip(f"porcupine comparison unavailable: {why}")
+    for model in ("register", "cas-register", "kv"):
+        events = inject(
+            generate(model, seed=2, ops=200, processes=4, keys=2),
+            "stale-read",
+            seed=2,
+            model=model,
+        )
+        path = tmp_path / f"{model}.jsonl"
+        write_history(path, events)
+        assert check_history(pair_ops(events), model, 30).valid is False
+        assert run_porcupine(binary, model, path, 30)["result"] == "Illegal", model
