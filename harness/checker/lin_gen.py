@@ -132,6 +132,59 @@ def generate(
     return events
 
 
+def generate_appends(
+    *,
+    seed: int,
+    ops: int,
+    processes: int = 10,
+    crash_p: float = 0.0,
+    read_p: float = 0.5,
+    key: str = "k",
+) -> list[Event]:
+    """A linearizable kv history on one hot key: appends of unique values ("a<n>.") and
+    reads of the whole value, by ``processes`` concurrent clients (index = position)."""
+    rng = random.Random(seed)
+    value = ""
+    events: list[Event] = []
+    pending: dict[int, list[Any]] = {}  # process -> [f, arg, applied, result]
+    idle = list(range(processes))
+    next_proc = processes
+    started = 0
+
+    def emit(proc: int, typ: str, f: str, v: Any) -> None:
+        events.append(Event(len(events), len(events) * 1000, proc, typ, f, v, key))
+
+    while started < ops or pending:
+        if idle and started < ops and (not pending or rng.random() < 0.5):
+            proc = idle.pop(rng.randrange(len(idle)))
+            started += 1
+            if rng.random() < read_p:
+                pending[proc] = ["read", None, False, None]
+                emit(proc, "invoke", "read", None)
+            else:
+                pending[proc] = ["append", f"a{started}.", False, None]
+                emit(proc, "invoke", "append", f"a{started}.")
+            continue
+        proc = rng.choice(list(pending))
+        op = pending[proc]
+        if not op[2] and not (crash_p and rng.random() < crash_p / 2):
+            op[2] = True
+            if op[0] == "read":
+                op[3] = value
+            else:
+                value += op[1]
+            continue
+        del pending[proc]
+        if not op[2] or (crash_p and rng.random() < crash_p / 2):  # crashed, took effect or not
+            emit(proc, "info", op[0], op[1])
+            idle.append(next_proc)
+            next_proc += 1
+            continue
+        emit(proc, "ok", op[0], op[3] if op[0] == "read" else op[1])
+        idle.append(proc)
+    return events
+
+
 def generate_ops(model: str, **kw: Any) -> list[Op]:
     """``generate`` then ``pair_ops``."""
     return pair_ops(generate(model, **kw))

@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from harness.checker.append_order import check_append_order
 from harness.checker.models import ANY_STATE, DEPENDS, KEEPS, Item, Model, item_ok, unwrap
 from harness.checker.result import UNKNOWN, CheckResult, Verdict, combine_verdicts
 from harness.history import Op
@@ -105,7 +106,17 @@ def _check_key(
 ) -> KeyResult:
     """Value-from-nowhere precheck; then a short search (most valid keys end there); only if
     that runs out of steps the stale-read precheck (O(n log n) but not free), then the full
-    search."""
+    search. A key of appends and reads whose values reveal the order of the appends is
+    decided without a search (``append_order``)."""
+    if model.appends_concatenate:
+        decided = check_append_order(items, ops)
+        if decided is not None:
+            ok, placed, bad, why = decided
+            stats = {"steps": 0, "memo_entries": 0, "items": len(items), "append_order_keys": 1}
+            prefix = [items[j][0] for j in placed]
+            return KeyResult(
+                ok, [] if ok else prefix, None if bad is None else items[bad][0], why, "", stats
+            )
     pre = model.precheck(items, ops)
     if pre is not None:
         return _witness_search(items, ops, model, budget, steps_used, pre)

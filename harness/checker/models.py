@@ -60,6 +60,9 @@ class Model:
     """Base class: a single-key model; subclasses define ``compile_op`` and ``step``."""
 
     name = "model"
+    # True when a key with only appends and reads may be decided by
+    # ``append_order.check_append_order`` (the state is the concatenation of the appends).
+    appends_concatenate = False
 
     def init(self) -> Hashable:
         """The initial state."""
@@ -305,6 +308,7 @@ class KVModel(Model):
 
     cops: ("r", v), ("w", v), ("c", old, new), ("a", suffix)."""
 
+    appends_concatenate = True
     name = "kv"
 
     def init(self) -> Any:
