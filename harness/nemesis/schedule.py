@@ -3,7 +3,8 @@
 Owns the pure function `make_schedule(seed, nodes, ...) -> list[FaultEvent]` (Jepsen's
 nemesis generator, FoundationDB's seeded faults).  One fault is active at a time: a start
 event (partition, kill, pause, torn-write) is always followed by its end event (heal,
-restart, resume) before the next fault starts, and the schedule ends healed.  Partition
+restart, resume) before the next fault starts, and the schedule ends healed.  A `crash`
+(every node SIGKILLed at once, a cluster-wide power failure) is a kill of every node.  Partition
 grudges are computed here when they depend only on the node list; grudges that depend on
 the chain's state at run time (isolate the head, tail, a middle or a repairing node) carry a
 sub-seed instead, so the executor's choice is reproducible too.
@@ -21,7 +22,7 @@ from typing import Any
 
 from harness.nemesis import partition as p
 
-FAULTS = ("partition", "kill", "pause", "torn-write", "loss")
+FAULTS = ("partition", "kill", "pause", "torn-write", "loss", "crash")
 PARTITION_KINDS = (
     "isolate", "one-way", "halves", "majority-minority", "majorities-ring", "bridge", "random",
     "isolate-head", "isolate-tail", "isolate-middle", "isolate-repairing",
@@ -138,6 +139,10 @@ def _fault_events(
         return [FaultEvent(start, "loss", everyone,
                            (("grudge", grudge_param(g)), ("probability", prob))),
                 FaultEvent(end, "heal", everyone)]
+    if fault == "crash":
+        # the whole cluster loses power at once: SIGKILL every node, restart them all
+        return [FaultEvent(start, "kill", everyone, (("crash", True),)),
+                FaultEvent(end, "restart", everyone)]
     k = rng.randint(1, max(1, (len(ns) - 1) // 2))
     targets = tuple(sorted(rng.sample(ns, k)))
     if fault == "torn-write":
