@@ -38,6 +38,7 @@ PREFIX = "h"
 WRITE_PREFIX = "w"
 ACKED_MAX = 200_000  # positions remembered for reads and the final phase
 FINAL_CHUNKS_MAX = 100_000
+REREADS_MAX = 2  # a probe that saw an in-flight value reads it again this many times
 
 
 @dataclass
@@ -237,10 +238,23 @@ class Workload:
             # there may see it before its ack -- fine -- but must never lose it again)
             last = ps[-1]
             p = (last[0], last[1] + last[2] * rng.randint(1, self.opts.concurrency), last[2])
-        elif r < 0.5:
+            seen = await self._read_at(cc, i, p)
+            # a probe that saw an in-flight value reads it again at once (at most twice):
+            # a value once seen must stay visible (in CP only the tail may answer, so a
+            # value the tail does not hold yet must never be seen)
+            for _ in range(REREADS_MAX):
+                if seen is None or time.monotonic() >= self.stop_at:
+                    break
+                seen = await self._read_at(cc, i, p)
+            return
+        if r < 0.5:
             p = ps[-1]
         else:
             p = ps[rng.randrange(len(ps))]
+        await self._read_at(cc, i, p)
+
+    async def _read_at(self, cc: ChainClient, i: int, p: tuple[str, int, int]) -> str | None:
+        """One recorded read; returns the id it saw (None: unwritten or failed)."""
         value: dict[str, Any] = {"pos": list(p)}
         t0 = self.rec.event(i, "invoke", "read", value)
         info = CallInfo()
@@ -248,14 +262,18 @@ class Workload:
             data = await cc.read(p[0], p[1], p[2], info=info)
         except Exception as e:
             self._done(i, "read", OpKind.READ, value, info, t0, e)
-            return
-        self._done(i, "read", OpKind.READ, {**value, "v": payload_id(data)}, info, t0, None)
+            return None
+        v = payload_id(data)
+        self._done(i, "read", OpKind.READ, {**value, "v": v}, info, t0, None)
+        return v
 
     # ---- final phase -------------------------------------------------------------------
     async def final_reads(self, epoch_id: EpochId, replicas: list[str], *,
+                          authority: str | None = None,
                           process_base: int = 10_000) -> dict[str, Any]:
         """Read every acked and every listed chunk from every replica (direct FLU reads at
-        `epoch_id`, no repair); returns per-file checksum lists per replica."""
+        `epoch_id`, no repair), and the chunks only some replicas hold from `authority`
+        (CP: the UPI tail; None: not read); returns per-file checksum lists per replica."""
         listed: dict[str, dict[str, list[tuple[int, int, str]]]] = {}
         positions = set(self.acked.positions)
         seen: dict[tuple[str, int, int], set[str]] = {}
@@ -276,16 +294,23 @@ class Workload:
                 files = {"error": [(0, 0, repr(e))]}
             listed[r] = files
         # Listed chunks held by every replica are read back too (unknown appends that
-        # landed).  A chunk only some replicas hold is an abandoned attempt (the head took
-        # it, the chain changed before it reached the tail, the client re-appended
-        # elsewhere): reported as divergence, not read -- reading it replica by replica
-        # would look like a value vanishing between two reads.
+        # landed).  A chunk only some replicas hold ("divergent") is read back from the
+        # authoritative replica only (`authority`: the CP UPI tail, where clients read):
+        # an abandoned attempt (the head took it, the chain changed before it reached the
+        # tail, the client re-appended elsewhere) must read as unwritten there, so a client
+        # that saw it earlier (a read from a non-tail) shows up as unwritten-after-read.
+        # Reading it from every replica would look like a value vanishing between two
+        # reads.  Acknowledged positions are never "divergent": they are read everywhere,
+        # and a replica missing one is a loss.
         divergent = sorted(p for p, rs in seen.items()
                            if len(rs) < len(replicas) and p not in positions)
         positions.update(p for p, rs in seen.items() if len(rs) == len(replicas))
         order = sorted(positions)
+        upstream_only = [p for p in divergent if authority is not None
+                         and authority not in seen[p]]
+        on_authority = [p for p in divergent if authority is not None and authority in seen[p]]
 
-        async def one_replica(k: int, r: str) -> None:
+        async def one_replica(k: int, r: str, order: list[tuple[str, int, int]]) -> None:
             proc = process_base + k
             host, port = self.members[r]
             async with FluClient(host, port, timeout_ms=10_000, name="final") as c:
@@ -308,7 +333,14 @@ class Workload:
 
         # one replica after the other: deterministic event order per replica
         for k, r in enumerate(replicas):
-            await one_replica(k, r)
+            await one_replica(k, r, order)
+        if authority is not None and divergent:
+            await one_replica(len(replicas), authority, divergent)
         return {"replicas": replicas, "positions": len(order), "checksum_lists": listed,
+                "authority": authority,
                 "divergent": {"count": len(divergent),
-                              "examples": [[*p, sorted(seen[p])] for p in divergent[:20]]}}
+                              "upstream_only": len(upstream_only),
+                              "on_authority": len(on_authority),
+                              "examples": [[*p, sorted(seen[p])] for p in divergent[:20]],
+                              "on_authority_examples": [[*p, sorted(seen[p])]
+                                                        for p in on_authority[:20]]}}

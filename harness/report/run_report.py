@@ -254,6 +254,15 @@ def _anomalies(results: dict[str, Any]) -> str:
     return "".join(out) or "<p>none</p>"
 
 
+def _warnings(results: dict[str, Any]) -> str:
+    ws = results.get("warnings") or []
+    if not ws:
+        return '<p id="warnings">none</p>'
+    items = "".join(f"<li><b>{_esc(w.get('count'))}</b> {_esc(w.get('kind'))} "
+                    f"({_esc(w.get('check'))}): {_esc(w.get('text'))}</li>" for w in ws)
+    return f'<ul id="warnings">{items}</ul>'
+
+
 def render(run_dir: Path, results: dict[str, Any]) -> str:
     events = _jsonl(run_dir / "history.jsonl")
     t0 = min((e["time"] for e in events), default=0)
@@ -312,6 +321,7 @@ if o.get('canary') else ''}</p>
 <h2>Chain per node (epoch, UPI; red outline: not a full repaired chain)</h2>
 {_chain(records, nodes, t0_ms, dur, bands)}
 <h2>Anomalies</h2>{_anomalies(results)}
+<h2>Warnings (tolerated by a rule, not in the verdict)</h2>{_warnings(results)}
 <details><summary>faults applied</summary><ul>{faults}</ul></details>
 <details><summary>results.json</summary><pre id="results">{_esc(json.dumps(results, indent=1,
 default=str)[:200000])}</pre></details>
