@@ -66,12 +66,17 @@ def _concurrency(text: str, nodes: int) -> int:
 @click.option("--python", default=None,
               help="Interpreter on the hosts [netns: this one; vagrant: /opt/machi/venv; "
               "ssh: python3, dependencies installed with the wheel]")
+@click.option("--install-deps/--no-install-deps", default=None,
+              help="Install the wheel's dependencies on the hosts from the package index "
+              "[default: yes for ssh, no otherwise]; --no-install-deps when the hosts' "
+              "--python already has them (e.g. hosts without internet access).")
 @click.option("--chain-fast", is_flag=True,
               help="Shorter chain manager timers (quicker recovery in short runs).")
 def test(provider: str, hosts_file: str | None, nodes: int, mode: str, witnesses: int,
          workload: str, nemesis: str, time_limit: float, concurrency: str, rate: float,
          mix: str, seed: int | None, leave_running: bool, canary: str | None, store: str,
-         state_dir: str | None, python: str | None, chain_fast: bool) -> None:
+         state_dir: str | None, python: str | None, install_deps: bool | None,
+         chain_fast: bool) -> None:
     """Deploy, run clients under a nemesis, heal, read back, check, report.
 
     Exit status: 0 valid, 1 invalid, 2 unknown (3: could not run)."""
@@ -121,7 +126,8 @@ def test(provider: str, hosts_file: str | None, nodes: int, mode: str, witnesses
         witnesses=witnesses, nemesis=faults, time_limit_s=time_limit,
         concurrency=_concurrency(concurrency, len(names)), rate_per_s=rate, seed=seed,
         canary=canary, leave_running=leave_running, store=store, chain_config=chain_config,
-        python=python, deps=provider == "ssh", mix=mix_w,
+        python=python, deps=provider == "ssh" if install_deps is None else install_deps,
+        mix=mix_w,
     )
     if not faults:
         opts.nemesis = ()

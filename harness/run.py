@@ -3,8 +3,10 @@ checks, results and report -- and `analyze`, which re-checks a stored run.
 
 Owns: the run's store folder `store/<test>/<timestamp>/` (`latest` link): `run.json`
 (options, seed, schedule; written first), `history.jsonl` (incremental), `harness.log`,
-`final.json`, `nodes/<n>/{node.log,metrics.txt,projection-log.jsonl}`, `results.json`
-(every checker's verdict, op counts, convergence) and `index.html`; the wiring of the
+`final.json` (read-back, epoch ids seen per node), `nodes/<n>/{node.log,metrics.txt,
+projection-log.jsonl}`, `results.json` (every checker's verdict, op counts, convergence,
+warnings) and `index.html`; the run-level rules (`epoch_unique`, AP stale reads tolerated
+only near faults, CP divergent chunks; docs/harness-run.md); the wiring of the
 nemesis executor to the schedule clock; the combined verdict and its exit status
 (0 valid, 1 invalid, 2 unknown).
 

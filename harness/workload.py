@@ -38,7 +38,7 @@ PREFIX = "h"
 WRITE_PREFIX = "w"
 ACKED_MAX = 200_000  # positions remembered for reads and the final phase
 FINAL_CHUNKS_MAX = 100_000
-REREADS_MAX = 2  # a probe that saw an in-flight value reads it again this many times
+REREADS_MAX = 3  # a probe that saw an in-flight value reads it again this many times
 
 
 @dataclass
@@ -239,9 +239,9 @@ class Workload:
             last = ps[-1]
             p = (last[0], last[1] + last[2] * rng.randint(1, self.opts.concurrency), last[2])
             seen = await self._read_at(cc, i, p)
-            # a probe that saw an in-flight value reads it again at once (at most twice):
-            # a value once seen must stay visible (in CP only the tail may answer, so a
-            # value the tail does not hold yet must never be seen)
+            # a probe that saw an in-flight value reads it again at once (REREADS_MAX
+            # times at most): a value once seen must stay visible (in CP only the tail
+            # may answer, so a value the tail does not hold yet must never be seen)
             for _ in range(REREADS_MAX):
                 if seen is None or time.monotonic() >= self.stop_at:
                     break

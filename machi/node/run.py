@@ -27,10 +27,10 @@ from .server import FluNode
 
 NONE_FLUSH_INTERVAL_MS = 50
 #: TEST ONLY canary ack-before-sync: metadata reaches the database this late (like a
-#: kernel's dirty write-back, 5-30 s on Linux), so a crash of every node at once loses
-#: what was acknowledged in the last second -- what a power failure does to a store that
-#: acknowledges before fdatasync
-CANARY_WRITEBACK_INTERVAL_MS = 1000
+#: kernel's dirty write-back: every 5 s on Linux by default, pages up to 30 s old), so a
+#: crash of every node at once loses what was acknowledged since -- what a power failure
+#: does to a store that acknowledges before fdatasync
+CANARY_WRITEBACK_INTERVAL_MS = 5000
 
 
 def store_config(cfg: NodeConfig) -> Any:

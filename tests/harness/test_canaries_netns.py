@@ -32,7 +32,7 @@ NODES = 5
 # node SIGKILLed at 2.5 s, restarted at 5.1 s.
 CANARY_RUNS: dict[str, tuple[str, int, float, str]] = {
     # reads of in-flight appends from a non-tail, then again: seen, then unwritten
-    "read-non-tail": ("none", 5, 5, "unwritten-after-read"),
+    "read-non-tail": ("none", 5, 8, "unwritten-after-read"),
     # the tail never gets the chunk: the final read-back finds it missing
     "ack-before-tail": ("none", 5, 5, "lost"),
     # one node holds two different projections at one epoch number

@@ -118,8 +118,10 @@ def _event(i: int, t_ms: float, process: Any, type_: str, f: str, value: Any,
 
 
 def _synthetic_run(run_dir: Path) -> None:
-    """A 3-node CP run: 4 clients append and read back, a partition and its heal, then a
-    final read that finds an acknowledged position holding another client's value."""
+    """A 3-node CP run with the read-non-tail canary: 4 clients append and read back, a
+    partition and its heal, a value of an unfinished append read from a non-tail (n2) and
+    then found unwritten at the tail (n3), then a final read that finds an acknowledged
+    position holding another client's value."""
     nodes = ["n1", "n2", "n3"]
     t0_ms = 5_000_000.0
     evs: list[dict[str, Any]] = []
@@ -146,6 +148,14 @@ def _synthetic_run(run_dir: Path) -> None:
         if k == 25:
             add(t + 30, "nemesis", "info", "heal", {"targets": nodes, "phase": "start"})
             add(t + 31, "nemesis", "info", "heal", {"targets": nodes, "phase": "done"})
+    # the canary's signature: seen at a non-tail before the tail has it, then unwritten
+    probe = [fname, 1024 + 96 * 40, 96]
+    add(1990, 0, "invoke", "append", {"v": "c0-99", "prefix": "h"})
+    add(2000, 1, "invoke", "read", {"pos": probe})
+    add(2004, 1, "ok", "read", {"pos": probe, "v": "c0-99"}, node="n2", epoch=1)
+    add(2010, 2, "invoke", "read", {"pos": probe})
+    add(2014, 2, "ok", "read", {"pos": probe, "v": None}, node="n3", epoch=1)
+    add(2050, 0, "info", "append", {"v": "c0-99", "prefix": "h"}, error="TIMEOUT")
     add(2100, "nemesis", "info", "heal-all", {"phase": "start"})
     add(2101, "nemesis", "info", "heal-all", {"phase": "done", "heal_time_ms": 5_002_101})
     for k, (v, at) in enumerate(pos):
@@ -157,7 +167,7 @@ def _synthetic_run(run_dir: Path) -> None:
     (run_dir / "history.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evs))
     options = {"name": "chunks-cp", "provider": "netns", "nodes": 3, "mode": "cp",
                "witnesses": 0, "nemesis": ["partition"], "time_limit_s": 2.0,
-               "concurrency": 4, "seed": 7, "canary": None}
+               "concurrency": 4, "seed": 7, "canary": "read-non-tail"}
     (run_dir / "run.json").write_text(json.dumps({
         "options": options, "seed": 7, "nodes": nodes, "heal_time_ms": 5_002_101,
         "faults": [{"t_s": 0.53, "fault": "partition", "kind": "isolate"}]}))
@@ -205,6 +215,11 @@ def test_run_report_renders_cleanly(chromium: str, tmp_path: Path) -> None:
     for heading in ("Timeline", "Latency", "Throughput", "Chain per node", "Anomalies"):
         assert heading in check.text
     assert "c9-9" in check.text  # the anomaly's example
+    # the canary is named, and its anomaly is shown with the failing ops and explanation
+    assert "CANARY read-non-tail" in check.text
+    assert "unwritten-after-read" in check.text and "c0-99" in check.text
+    assert "a read found the position unwritten after another read" in check.text
+    assert "Warnings" in check.text
 
 
 def test_a_misbehaving_page_is_reported(chromium: str, tmp_path: Path) -> None:

@@ -1,0 +1,66 @@
+"""The run-level rules of `harness.run` on small hand-made inputs: one projection per epoch
+number per node (`epoch_unique`), and AP stale reads tolerated only near faults
+(`ap_calm_stale_reads`) -- without a cluster."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from harness.run import ap_calm_stale_reads, epoch_unique
+
+A, B = "a" * 64, "b" * 64
+
+
+def test_epoch_unique_flags_one_node_with_two_projections_at_one_epoch() -> None:
+    """A node whose status showed one projection at epoch 3 and whose store holds another
+    is flagged; the same number naming different projections on two nodes is not."""
+    ok = epoch_unique({"n1": {"3": {A: "status"}}, "n2": {"3": {B: "public"}}}, [])
+    assert ok["valid"] is True and ok["reused"] == 0
+    bad = epoch_unique({"n1": {"3": {A: "status", B: "public"}}}, [])
+    assert bad["valid"] is False and bad["reused"] == 1
+    assert bad["witness"]["examples"][0]["node"] == "n1"
+    # the projection log of the same node counts too
+    logged = epoch_unique({"n1": {"3": {A: "status"}}},
+                          [{"node": "n1", "epoch": 3, "epoch_csum": B}])
+    assert logged["valid"] is False
+    assert epoch_unique(None, [])["valid"] == "unknown"
+
+
+def _ev(i: int, t_s: float, process: Any, typ: str, f: str, value: Any,
+        **extra: Any) -> dict[str, Any]:
+    return {"index": i, "time": int(t_s * 1e9), "process": process, "type": typ, "f": f,
+            "value": value, **extra}
+
+
+def _stale_history(read_at_s: float) -> list[dict[str, Any]]:
+    """An append acknowledged at 1 s, a partition from 2 s to 4 s, and a read at
+    `read_at_s` that finds the position unwritten."""
+    pos = ["h^^00000000^x^1", 1024, 96]
+    evs = [
+        _ev(0, 0.5, 0, "invoke", "append", {"v": "c0-1", "prefix": "h"}),
+        _ev(1, 1.0, 0, "ok", "append", {"v": "c0-1", "pos": pos}),
+        _ev(2, 2.0, "nemesis", "info", "partition", {"targets": ["n1"], "phase": "start"}),
+        _ev(3, 2.0, "nemesis", "info", "partition", {"targets": ["n1"], "phase": "done"}),
+        _ev(4, 4.0, "nemesis", "info", "heal", {"targets": ["n1"], "phase": "start"}),
+        _ev(5, 4.0, "nemesis", "info", "heal", {"targets": ["n1"], "phase": "done"}),
+    ]
+    evs += [_ev(6, read_at_s, 1, "invoke", "read", {"pos": pos}),
+            _ev(7, read_at_s + 0.01, 1, "ok", "read", {"pos": pos, "v": None})]
+    evs.sort(key=lambda e: (e["time"], e["index"]))
+    for i, e in enumerate(evs):
+        e["index"] = i
+    return evs
+
+
+def test_ap_stale_read_is_tolerated_only_near_a_fault() -> None:
+    """A stale read during the partition or within the settle time after it is tolerated;
+    one before any fault, or after the settle time, is a real anomaly."""
+    settle_ms = 1_000
+    during = ap_calm_stale_reads(_stale_history(3.0), settle_ms)
+    assert during["count"] == 0 and during["reads_in_fault_windows"] == 1
+    settling = ap_calm_stale_reads(_stale_history(4.5), settle_ms)
+    assert settling["count"] == 0
+    before = ap_calm_stale_reads(_stale_history(1.5), settle_ms)
+    assert before["count"] == 1 and before["kinds"] == {"unwritten-after-ack": 1}
+    after = ap_calm_stale_reads(_stale_history(6.0), settle_ms)
+    assert after["count"] == 1 and after["examples"]
