@@ -31,12 +31,14 @@ def test_vagrant_validates_the_vagrantfile(tmp_path: Path) -> None:
         pytest.skip("vagrant is not installed (Debian: apt-get install vagrant)")
     for nodes in ("5", "1"):
         env = {**os.environ, "MACHI_NODES": nodes, "VAGRANT_HOME": str(tmp_path / "vh"),
+               "VAGRANT_DOTFILE_PATH": str(tmp_path / "dot"),
                "VAGRANT_CHECKPOINT_DISABLE": "1"}
         p = subprocess.run(["vagrant", "validate", "--ignore-provider"], cwd=REPO, env=env,
                            capture_output=True, text=True, timeout=120)
         assert p.returncode == 0, p.stdout + p.stderr
         assert "validated successfully" in p.stdout, p.stdout
-    env = {**os.environ, "MACHI_NODES": "12", "VAGRANT_HOME": str(tmp_path / "vh")}
+    env = {**os.environ, "MACHI_NODES": "12", "VAGRANT_HOME": str(tmp_path / "vh"),
+           "VAGRANT_DOTFILE_PATH": str(tmp_path / "dot")}
     p = subprocess.run(["vagrant", "validate", "--ignore-provider"], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=120)
     assert p.returncode != 0 and "MACHI_NODES must be 1..9" in p.stdout + p.stderr
