@@ -26,11 +26,6 @@ from .metrics import Metrics, serve_metrics
 from .server import FluNode
 
 NONE_FLUSH_INTERVAL_MS = 50
-#: TEST ONLY canary ack-before-sync: metadata reaches the database this late (like a
-#: kernel's dirty write-back: every 5 s on Linux by default, pages up to 30 s old), so a
-#: crash of every node at once loses what was acknowledged since -- what a power failure
-#: does to a store that acknowledges before fdatasync
-CANARY_WRITEBACK_INTERVAL_MS = 5000
 
 
 def store_config(cfg: NodeConfig) -> Any:
@@ -94,6 +89,7 @@ async def _ignore_signals(log: JsonLog, signals: Any) -> None:
 
 async def _serve(cfg: NodeConfig, log: JsonLog, attach: Attach | None, signals: Any) -> None:
     from machi.storage.flu_store import FluStore
+    from machi.storage.group_commit import CANARY_WRITEBACK_INTERVAL_MS
 
     forward_stdlib_logging(log)
     secret = cfg.secret()

@@ -60,7 +60,7 @@ from machi.core.ranges import MIN_OFFSET, Entry, FileIndex, WriteCheck, check_ra
 
 from .data_file import DataFiles
 from .errors import StorageCorrupt
-from .group_commit import GroupCommitter
+from .group_commit import CANARY_WRITEBACK_INTERVAL_MS, NONE_FLUSH_INTERVAL_MS, GroupCommitter
 from .metadata import Batch, MetadataDb
 from .projection_store import Kind, ProjectionCache, check_kind
 from .recovery import build_indexes, scan_tails
@@ -191,6 +191,9 @@ class FluStore:
             sync=self._sync,
             max_delay_ms=config.group_commit_max_delay_ms,
             max_chunks=config.group_commit_max_chunks,
+            # TEST ONLY canary: metadata written back late (machi.node.run, docs/node.md)
+            none_flush_interval_ms=(CANARY_WRITEBACK_INTERVAL_MS if config.test_ack_before_sync
+                                    else NONE_FLUSH_INTERVAL_MS),
         )
 
     # ---- life cycle ---------------------------------------------------------------

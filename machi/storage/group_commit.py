@@ -33,6 +33,11 @@ log = logging.getLogger("machi.storage")
 #: sync "none": a submitter commits the open batch (without fsync) when the last commit is
 #: older than this, so metadata reaches SQLite even without ``background`` running.
 NONE_FLUSH_INTERVAL_MS = 50
+#: TEST ONLY canary ack-before-sync: metadata reaches the database this late (like a
+#: kernel's dirty write-back: every 5 s on Linux by default, pages up to 30 s old), so a
+#: crash of every node at once loses what was acknowledged since -- what a power failure
+#: does to a store that acknowledges before fdatasync (docs/node.md "Test canaries")
+CANARY_WRITEBACK_INTERVAL_MS = 5000
 
 
 class StoreFailed(Exception):
@@ -57,12 +62,15 @@ class GroupCommitter:
         sync: SyncMode,
         max_delay_ms: int,
         max_chunks: int,
+        none_flush_interval_ms: int = NONE_FLUSH_INTERVAL_MS,
     ) -> None:
-        assert max_delay_ms >= 0 and max_chunks >= 1
+        assert max_delay_ms >= 0 and max_chunks >= 1 and none_flush_interval_ms >= 0
         self._flush_fn = flush_fn
         self.sync = sync
         self.max_delay_ms = max_delay_ms
         self.max_chunks = max_chunks
+        #: sync "none": a submit commits inline when the last commit is older than this
+        self.none_flush_interval_ms = none_flush_interval_ms
         self._open = _Pending()
         self._lock = anyio.Lock()
         self.in_flight = 0  # operations between "started" and "submitted"
@@ -86,7 +94,7 @@ class GroupCommitter:
             if self._open.batch.n_ops >= self.max_chunks:
                 await self.flush()  # bounded memory: wait even if another flush runs
             elif (
-                anyio.current_time() - self._last_flush_s >= NONE_FLUSH_INTERVAL_MS / 1000
+                anyio.current_time() - self._last_flush_s >= self.none_flush_interval_ms / 1000
                 and not self._lock.locked()
             ):
                 await self.flush()

@@ -10,6 +10,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from machi.core import chain_manager as cm
@@ -84,6 +85,33 @@ async def test_ack_before_sync_acknowledges_without_fdatasync(tmp_path: Path) ->
     assert during >= 1 and sync == "batch"
     during, after, sync = await _appends_with_fdatasyncs(tmp_path / "on", canary=True)
     assert during == 0 and after == 0 and sync == "batch"
+
+
+async def test_ack_before_sync_writes_metadata_back_late(tmp_path: Path) -> None:
+    """On: acknowledged appends stay out of the metadata database until the canary's
+    write-back interval (5 s) passed, so a SIGKILL in between loses them; a plain
+    sync "none" store commits every 50 ms."""
+    from machi.storage.group_commit import CANARY_WRITEBACK_INTERVAL_MS, NONE_FLUSH_INTERVAL_MS
+
+    for canary, want in ((True, CANARY_WRITEBACK_INTERVAL_MS), (False, NONE_FLUSH_INTERVAL_MS)):
+        store = await FluStore.open(tmp_path / str(canary), StoreConfig(
+            sync="none" if not canary else "batch", test_ack_before_sync=canary))
+        try:
+            assert store._committer.none_flush_interval_ms == want
+            data = b"first"  # creates the file (committed) and starts the interval
+            await store.append("pre", data, client_csum(data), epoch_id=DUMMY_EPOCH_ID)
+            before = store._committer.commits
+            for i in range(3):
+                data = b"chunk-%d" % i
+                await store.append("pre", data, client_csum(data), epoch_id=DUMMY_EPOCH_ID)
+                await anyio.sleep(0.06)  # longer than the plain sync "none" interval
+            if canary:
+                assert store._committer.commits == before  # nothing committed yet
+            else:
+                assert store._committer.commits > before
+        finally:
+            await store.close()
+    assert CANARY_WRITEBACK_INTERVAL_MS >= 1000 > NONE_FLUSH_INTERVAL_MS
 
 
 async def _repair_answer(tmp_path: Path, canary: str) -> cm.RepairDone:
