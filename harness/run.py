@@ -427,7 +427,8 @@ def _warnings(checks: dict[str, Any]) -> list[dict[str, Any]]:
 def ap_calm_stale_reads(events: list[dict[str, Any]], settle_ms: int) -> dict[str, Any]:
     """AP stale reads outside every fault window: the write-once check again on the
     history without the reads invoked while a fault was active or less than `settle_ms`
-    after it ended (the final read-back stays: it follows the heal and the repair).
+    after it ended, or less than `settle_ms` after a client op first reported a new epoch
+    number (the final read-back stays: it follows the heal and the repair).
     Returns the stale-read anomalies that remain (count, kinds, examples)."""
     from harness.checker.write_once import check_write_once
 
@@ -438,6 +439,25 @@ def ap_calm_stale_reads(events: list[dict[str, Any]], settle_ms: int) -> dict[st
     windows = [(times.get(f.start, 0),
                 (times.get(f.end, end_of_history) if f.end is not None else end_of_history)
                 + settle_ns) for f in run_faults(events)]
+    nemesis_windows = len(windows)
+    # a chain change the nemesis did not cause (e.g. a member dropped under load) may
+    # split an AP chain too: each epoch number a client op first reports opens a window
+    # (from that op's invocation: the op that first sees the split may be the stale read)
+    seen_epochs: set[int] = set()
+    invoked: dict[Any, int] = {}
+    for ev in events:
+        e, t = ev.get("epoch"), ev.get("time")
+        if ev.get("final") or not isinstance(t, int):
+            continue
+        if ev.get("type") == "invoke":
+            invoked[ev.get("process")] = t
+            continue
+        t_inv = invoked.pop(ev.get("process"), t)
+        if not isinstance(e, int):
+            continue
+        if seen_epochs and e not in seen_epochs:
+            windows.append((t_inv, t + settle_ns))
+        seen_epochs.add(e)
 
     def in_window(t: Any) -> bool:
         return isinstance(t, int) and any(lo <= t <= hi for lo, hi in windows)
@@ -461,8 +481,8 @@ def ap_calm_stale_reads(events: list[dict[str, Any]], settle_ms: int) -> dict[st
     return {"count": sum(a["count"] for a in stale.values()),
             "kinds": {k: a["count"] for k, a in stale.items()},
             "examples": [ex for a in stale.values() for ex in a["examples"][:5]],
-            "reads_in_fault_windows": dropped, "fault_windows": len(windows),
-            "settle_ms": settle_ms}
+            "reads_in_fault_windows": dropped, "fault_windows": nemesis_windows,
+            "epoch_change_windows": len(windows) - nemesis_windows, "settle_ms": settle_ms}
 
 
 def epoch_unique(seen: dict[str, dict[str, dict[str, str]]] | None,
@@ -477,9 +497,15 @@ def epoch_unique(seen: dict[str, dict[str, dict[str, str]]] | None,
     from harness.checker.result import UNKNOWN
 
     by_key: dict[tuple[str, int], dict[str, str]] = {}
-    for n, es in (seen or {}).items():
-        for e, cs in es.items():
-            by_key[(n, int(e))] = dict(cs)
+    try:
+        for n, es in (seen or {}).items():
+            for e, cs in es.items():
+                if not isinstance(cs, dict):
+                    raise TypeError(f"node {n} epoch {e}: want {{checksum: where}}")
+                by_key[(n, int(e))] = dict(cs)
+    except (AttributeError, TypeError, ValueError) as err:  # e.g. an older final.json
+        return {"valid": UNKNOWN, "epochs": 0,
+                "witness": {"reason": f"final.json epochs_seen is malformed: {err}"}}
     for r in records:
         n, e, c = r.get("node"), r.get("epoch"), r.get("epoch_csum")
         if isinstance(n, str) and isinstance(e, int) and isinstance(c, str):

@@ -24,6 +24,9 @@ def test_epoch_unique_flags_one_node_with_two_projections_at_one_epoch() -> None
                           [{"node": "n1", "epoch": 3, "epoch_csum": B}])
     assert logged["valid"] is False
     assert epoch_unique(None, [])["valid"] == "unknown"
+    # a malformed (e.g. older) final.json gives unknown with the reason, not a crash
+    odd = epoch_unique({"3": {A: "n1:status"}}, [])  # type: ignore[dict-item]
+    assert odd["valid"] == "unknown" and "malformed" in odd["witness"]["reason"]
 
 
 def _ev(i: int, t_s: float, process: Any, typ: str, f: str, value: Any,
@@ -32,20 +35,21 @@ def _ev(i: int, t_s: float, process: Any, typ: str, f: str, value: Any,
             "value": value, **extra}
 
 
-def _stale_history(read_at_s: float) -> list[dict[str, Any]]:
-    """An append acknowledged at 1 s, a partition from 2 s to 4 s, and a read at
-    `read_at_s` that finds the position unwritten."""
+def _stale_history(read_at_s: float, read_epoch: int = 1) -> list[dict[str, Any]]:
+    """An append acknowledged at 1 s (epoch 1), a partition from 2 s to 4 s, and a read at
+    `read_at_s` (epoch `read_epoch`) that finds the position unwritten."""
     pos = ["h^^00000000^x^1", 1024, 96]
     evs = [
         _ev(0, 0.5, 0, "invoke", "append", {"v": "c0-1", "prefix": "h"}),
-        _ev(1, 1.0, 0, "ok", "append", {"v": "c0-1", "pos": pos}),
+        _ev(1, 1.0, 0, "ok", "append", {"v": "c0-1", "pos": pos}, epoch=1),
         _ev(2, 2.0, "nemesis", "info", "partition", {"targets": ["n1"], "phase": "start"}),
         _ev(3, 2.0, "nemesis", "info", "partition", {"targets": ["n1"], "phase": "done"}),
         _ev(4, 4.0, "nemesis", "info", "heal", {"targets": ["n1"], "phase": "start"}),
         _ev(5, 4.0, "nemesis", "info", "heal", {"targets": ["n1"], "phase": "done"}),
     ]
     evs += [_ev(6, read_at_s, 1, "invoke", "read", {"pos": pos}),
-            _ev(7, read_at_s + 0.01, 1, "ok", "read", {"pos": pos, "v": None})]
+            _ev(7, read_at_s + 0.01, 1, "ok", "read", {"pos": pos, "v": None},
+                epoch=read_epoch)]
     evs.sort(key=lambda e: (e["time"], e["index"]))
     for i, e in enumerate(evs):
         e["index"] = i
@@ -64,3 +68,7 @@ def test_ap_stale_read_is_tolerated_only_near_a_fault() -> None:
     assert before["count"] == 1 and before["kinds"] == {"unwritten-after-ack": 1}
     after = ap_calm_stale_reads(_stale_history(6.0), settle_ms)
     assert after["count"] == 1 and after["examples"]
+    # a chain change nobody caused (a new epoch first reported by the read itself) opens a
+    # window too: AP may have split without the nemesis
+    churn = ap_calm_stale_reads(_stale_history(6.0, read_epoch=2), settle_ms)
+    assert churn["count"] == 0 and churn["epoch_change_windows"] == 1
