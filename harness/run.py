@@ -359,7 +359,8 @@ def run_faults(events: list[dict[str, Any]]) -> list[Fault]:
     A partition or loss lasts until the next ``heal``, a kill (or torn write) of a node until
     its ``restart``, a pause until its ``resume`` (the end's "start", or its "done" when no
     "start" was recorded); ``heal-all`` ends everything; a fault that failed to apply is no
-    fault; one never ended lasts to the end of the history.
+    fault, nor is a crash (every node killed at once: nothing can succeed during it); one
+    never ended lasts to the end of the history.
     """
     open_: dict[tuple[str, str], tuple[int, str]] = {}
     out: list[Fault] = []
@@ -369,6 +370,10 @@ def run_faults(events: list[dict[str, Any]]) -> list[Fault]:
         v = ev.get("value") if isinstance(ev.get("value"), dict) else {}
         f, idx = str(ev.get("f")), ev["index"]
         targets = [str(t) for t in v.get("targets") or []]
+        if v.get("crash"):
+            # every node killed at once: no op can succeed while it lasts, so it is no
+            # coverage interval (what a crash tests is the recovery after the restart)
+            continue
         if f in _FAULT_CLASS and v.get("phase") == "done" and not v.get("error"):
             cls = _FAULT_CLASS[f]
             for t in (["*"] if cls == "net" else targets):

@@ -85,7 +85,8 @@ class NemesisExecutor:
             raise ValueError(f"{event.fault} needs a ProcessNemesis")
         t = list(event.targets)
         if event.fault == "kill":
-            return {"was_running": self.procs.kill(t)}
+            crash = {"crash": True} if event.param("crash") else {}
+            return {"was_running": self.procs.kill(t), **crash}
         if event.fault == "pause":
             return {"was_running": self.procs.pause(t)}
         if event.fault == "resume":

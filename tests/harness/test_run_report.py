@@ -151,3 +151,7 @@ def test_run_faults_pairs_each_fault_with_what_ends_it() -> None:
                                Fault(7, 9, "kill")]
     assert run_faults(evs[:8]) == [Fault(0, None, "kill"), Fault(2, 5, "partition"),
                                    Fault(7, None, "kill")]
+    # a crash (every node killed at once) is no coverage interval: nothing can succeed
+    crash = [nem(0, "kill", "done", ["a", "b", "c"], crash=True),
+             nem(1, "restart", "start", ["a", "b", "c"])]
+    assert run_faults(crash) == []
