@@ -87,8 +87,8 @@ class DriverSettings:
     #: an admin op enabled the manager on this node
     auto_join: bool = False
     #: TEST ONLY canary (node key ``test_canary``): "skip-repair" answers StartRepair with
-    #: RepairDone(ok) without copying; "epoch-reuse" writes proposals at the current epoch
-    #: number instead of a higher one.  Anything else: off.
+    #: RepairDone(ok) without copying and skips the CP UPI sync; "epoch-reuse" writes
+    #: proposals at the current epoch number instead of a higher one.  Anything else: off.
     test_canary: str = ""
 
     @classmethod
@@ -569,6 +569,9 @@ class ChainDriver:
         epoch stays current (the other members unwedge when they confirm it too)."""
         from machi.node.repair import run_upi_sync
 
+        if self.settings.test_canary == "skip-repair":  # TEST ONLY canary: no repair at all
+            self.log.warning("CANARY skip-repair: UPI sync skipped", epoch=p.epoch_number)
+            return
         for attempt in range(UPI_SYNC_ATTEMPTS):
             await anyio.sleep(UPI_SYNC_DELAY_MS * (attempt + 1) / 1000)
             cur = await self._latest("private")
