@@ -8,7 +8,7 @@ Stages (names from Machi):
   * monitor   -- a round reads every member's latest public and private projection (and,
                  in CP mode, its newest confirmed private one) plus its fitness reports;
                  a member that does not answer is unreachable this round;
-  * fitness   -- merge reports, publish mine (members missed two rounds in a row),
+  * fitness   -- merge reports, publish mine (members unreachable by fitness.observe),
                  compute the shared up set (fitness.py);
   * confirm   -- every UPI+repairing member uses my epoch -> annotate dbg2 ("CONFIRM
                  epoch") and unwedge (CP: the only way to become writable);
@@ -43,7 +43,16 @@ from dataclasses import dataclass, field, replace
 
 from .calc import calc_projection
 from .epoch import EpochId
-from .fitness import Report, choose_up, merge
+from .fitness import (
+    Liveness,
+    LivenessRule,
+    Report,
+    choose_up,
+    merge,
+    observe,
+    strikes_of,
+    unreachable_of,
+)
 from .projection import JSON, MemberSpec, Mode, Projection, make_projection
 from .rank import Rng, best_key, none_projection, rank, timer_interval_ms
 from .status import Status
@@ -71,6 +80,15 @@ class Config:
     fitness_stale_ms: int = 60_000
     fitness_refresh_ms: int = 10_000
     set_members_epoch_skip: int = 1111
+    #: when missed reads make a member unreachable (fitness.LivenessRule)
+    unreachable_misses: int = 3
+    unreachable_after_ms: int = 2_000
+    unreachable_strikes_max: int = 3
+    unreachable_strike_decay_ms: int = 600_000
+
+    def liveness_rule(self) -> LivenessRule:
+        return LivenessRule(self.unreachable_misses, self.unreachable_after_ms,
+                            self.unreachable_strikes_max, self.unreachable_strike_decay_ms)
 
 
 # ---------------------------------------------------------------------------- events
@@ -222,8 +240,8 @@ class ManagerState:
     removed: bool = False
     latest_epoch_seen: int = 0
     members_hint: tuple[str, ...] = ()
-    #: members that did not answer my previous read round (fitness hysteresis)
-    missed_last: frozenset[str] = frozenset()
+    #: per member: missed rounds, last answer, strikes (fitness.observe)
+    liveness: Mapping[str, Liveness] = field(default_factory=dict)
     #: a Kick arrived while a round was outstanding: look again right after it
     kick_pending: bool = False
     #: how long the projection before ``current`` was held (repair's stability rule)
@@ -407,13 +425,16 @@ def _on_read(
     views = {n: _ours(st.config, v) for n, v in ev.views.items() if isinstance(v, MemberView)}
     if me not in views:
         return st, [_trace(st, "own_store_unreadable", now), ScheduleTick(now + _interval(st, rng))]
-    # A member is reported unreachable only after two missed rounds in a row: one slow
-    # read (load) would otherwise drop it from the up set, send it through repairing
-    # and restart the stability time of every repair - under sporadic timeouts the
-    # chain never settled (bench "chain" run 2; tests/sim/test_slow_reads.py).
-    missed = frozenset(n for n in ev.views if n not in views)
-    unreachable = missed & st.missed_last
-    st = replace(st, missed_last=missed)
+    # A member is reported unreachable only after several missed rounds over a while,
+    # and harder each time it was dropped lately: one slow read (load) would otherwise
+    # drop it from the up set, send it through repairing and restart the stability time
+    # of every repair - under sporadic timeouts the chain never settled (bench "chain"
+    # run 2; tests/sim/test_slow_reads.py), and a member slow for good made the chain
+    # churn forever (tests/sim/test_slow_member.py).
+    live = observe(st.liveness, ev.views, frozenset(views), now_ms=now,
+                   rule=st.config.liveness_rule())
+    unreachable = unreachable_of(live)
+    st = replace(st, liveness=live)
     st, effects = _update_fitness(st, views, unreachable, now)
     publics = [v.public for v in views.values() if v.public is not None]
     latest = max(publics, key=best_key) if publics else None
@@ -437,7 +458,10 @@ def _on_read(
     effects += _maybe_unwedge_again(st, views, now)
     st, more = _maybe_confirm(st, views, now)
     effects += more
-    st, more = _decide(st, views, latest, now, rng)
+    # Members that missed this round but are not (yet) unreachable: their stores may
+    # hold what decides the next proposal, so this round may adopt but not author.
+    pending = frozenset(ev.views) - frozenset(views) - unreachable
+    st, more = _decide(st, views, latest, now, rng, pending)
     effects += more
     if st.kick_pending:
         st = replace(st, kick_pending=False)
@@ -477,12 +501,13 @@ def _update_fitness(
     c = st.config
     merged = merge(st.fitness, *(v.fitness for v in views.values()))
     mine = merged.get(c.name)
+    strikes = strikes_of(st.liveness)
     if (
         mine is None or mine.unreachable != unreachable
-        or mine.admin_down_until_ms != st.loop_hold_until_ms
+        or mine.admin_down_until_ms != st.loop_hold_until_ms or mine.strikes != strikes
         or now - mine.time_ms >= c.fitness_refresh_ms
     ):
-        merged[c.name] = Report(c.name, now, unreachable, st.loop_hold_until_ms)
+        merged[c.name] = Report(c.name, now, unreachable, st.loop_hold_until_ms, strikes)
     keep = set(_members(st))
     merged = {o: r for o, r in merged.items()
               if o in keep and now - r.time_ms <= 2 * c.fitness_stale_ms}
@@ -566,7 +591,18 @@ def _basis(
     """(basis, is_zerf).  CP: don't trust a local current that is not P_latest (A29).
     ``frame`` gives the members and witnesses (current, or a newer set_members)."""
     cur = st.current
-    if cur.mode == "ap" or (latest is not None and latest == cur and cur.upi_non_witnesses):
+    if cur.mode == "ap":
+        if (
+            latest is not None and latest.epoch_number > cur.epoch_number
+            and latest.upi and not _relevant(latest, st.config.name)
+            and _unanimous(latest, views)
+        ):
+            # The chain went on without me (I was dropped): start from where it is, so
+            # that I propose to rejoin it as repairing instead of re-asserting my old
+            # chain at a higher rank (which the others cannot adopt: churn).
+            return latest, False
+        return cur, False
+    if latest is not None and latest == cur and cur.upi_non_witnesses:
         return cur, False
     members = frame.all_members
     if len(up) < majority(len(members)):
@@ -611,7 +647,7 @@ def _reframe(p: Projection, frame: Projection) -> Projection:
 
 def _decide(
     st: ManagerState, views: Mapping[str, MemberView], latest: Projection | None, now: int,
-    rng: Rng,
+    rng: Rng, pending: frozenset[str] = frozenset(),
 ) -> tuple[ManagerState, list[Effect]]:
     c, cur, me = st.config, st.current, st.config.name
     effects: list[Effect] = []
@@ -712,6 +748,13 @@ def _decide(
             _trace(st, "wait", now, author=latest.author_server, latest=latest.epoch_number),
             ScheduleTick(now + c.kick_wait_ms),
         ]
+    if pending & up:
+        # A member I count as up did not answer: this view of the stores is partial (a
+        # slow member's rounds would otherwise author proposals from stale stores and
+        # make the chain churn).  Look again; a member that stays silent becomes
+        # unreachable (fitness.observe) and leaves the up set.
+        return st, [*effects, _trace(st, "partial_round", now, missing=sorted(pending & up)),
+                    ScheduleTick(now + _interval(st, rng))]
     targets = _targets(newprop, me, hosed)
     st = replace(st, waits=0, latest_epoch_seen=newprop.epoch_number)
     return st, [

@@ -1,10 +1,11 @@
 """Fitness: who cannot reach whom, and the one set of servers everybody calls "up".
 
 Owns the reachability reports (one per observer: the members whose projection store it
-could not read in its last iteration, plus an optional self-declared admin-down time),
-their merge (last writer wins per observer, by the observer's own clock), and the
-decision :func:`choose_up`.  Must not: do I/O (the chain manager publishes its merged
-map through an effect; peers read it together with the projection stores).
+could not read lately, plus an optional self-declared admin-down time), the rule that
+turns missed reads into "unreachable" (:func:`observe`), their merge (last writer wins
+per observer, by the observer's own clock), and the decision :func:`choose_up`.  Must
+not: do I/O (the chain manager publishes its merged map through an effect; peers read
+it together with the projection stores).
 
 Design (replaces the unfit graph of reference 5.11; see docs/chain-manager.md):
 a read needs both directions of a link, so "x cannot read y" means x and y cannot work
@@ -21,8 +22,8 @@ members, greedy (deterministic) beyond.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Set
+from dataclasses import dataclass, replace
 
 from .projection import JSON
 
@@ -37,22 +38,29 @@ class Report:
     time_ms: int
     unreachable: frozenset[str]
     admin_down_until_ms: int = 0
+    #: (member, strikes) for members the observer dropped lately (LivenessRule), sorted
+    strikes: tuple[tuple[str, int], ...] = ()
 
-    def key(self) -> tuple[int, tuple[str, ...], int]:
-        return (self.time_ms, tuple(sorted(self.unreachable)), self.admin_down_until_ms)
+    def key(self) -> tuple[int, tuple[str, ...], int, tuple[tuple[str, int], ...]]:
+        return (self.time_ms, tuple(sorted(self.unreachable)), self.admin_down_until_ms,
+                self.strikes)
 
     def to_json(self) -> dict[str, JSON]:
         return {
             "observer": self.observer, "time_ms": self.time_ms,
             "unreachable": sorted(self.unreachable),
             "admin_down_until_ms": self.admin_down_until_ms,
+            "strikes": {m: n for m, n in self.strikes},
         }
 
     @classmethod
     def from_json(cls, d: Mapping[str, JSON]) -> Report:
+        raw = d.get("strikes") or {}
+        strikes = tuple(sorted((str(m), int(n)) for m, n in raw.items())) if isinstance(
+            raw, dict) else ()
         return cls(
             str(d["observer"]), int(d["time_ms"]), frozenset(d["unreachable"]),
-            int(d.get("admin_down_until_ms", 0)),
+            int(d.get("admin_down_until_ms", 0)), strikes,
         )
 
 
@@ -85,6 +93,20 @@ def conflicts(
     return edges
 
 
+def strikes_against(
+    members: Iterable[str], reports: FitnessMap, *, now_ms: int, stale_ms: int
+) -> dict[str, int]:
+    """Per member, the strikes the fresh reports of the other members give it."""
+    out = {m: 0 for m in members}
+    for obs, rep in reports.items():
+        if obs not in out or now_ms - rep.time_ms > stale_ms:
+            continue
+        for m, n in rep.strikes:
+            if m in out and m != obs:
+                out[m] += n
+    return out
+
+
 def admin_down(members: Iterable[str], reports: FitnessMap, *, now_ms: int) -> set[str]:
     """Members that declared themselves down until a time still in the future."""
     ms = set(members)
@@ -103,11 +125,18 @@ def choose_up(
     def independent(s: tuple[str, ...]) -> bool:
         return not any(frozenset(pair) in edges for pair in itertools.combinations(s, 2))
 
+    flaky = strikes_against(cands, reports, now_ms=now_ms, stale_ms=stale_ms)
     if len(cands) <= EXACT_MAX:
         for k in range(len(cands), 0, -1):
+            best: tuple[str, ...] | None = None
             for s in itertools.combinations(cands, k):  # lexicographic order
-                if independent(s):
-                    return frozenset(s)
+                # among the largest sets, keep the members dropped least often lately
+                # (a slow member's reports must not exclude a healthy one)
+                if independent(s) and (best is None or sum(flaky[m] for m in s) < sum(
+                        flaky[m] for m in best)):
+                    best = s
+            if best is not None:
+                return frozenset(best)
         return frozenset()
     degree = {m: sum(1 for e in edges if m in e) for m in cands}
     chosen: list[str] = []
@@ -115,3 +144,69 @@ def choose_up(
         if independent((*chosen, m)):
             chosen.append(m)
     return frozenset(chosen)
+
+
+# ---------------------------------------------------------------------------- liveness
+
+
+@dataclass(frozen=True, slots=True)
+class LivenessRule:
+    """When missed reads make a member unreachable.
+
+    A member is reported unreachable once it missed ``misses_min`` rounds in a row *and*
+    has not answered for ``after_ms`` (the daemon: twice its read timeout), so neither a
+    burst of quick rounds (kicks) nor one slow read under load drops it.  Every time it
+    is dropped it earns a *strike*; with s strikes both thresholds are multiplied by
+    2**min(s, strikes_max).  A slow-but-alive member that keeps being dropped and coming
+    back therefore gets harder to drop each time: churn is bounded (at most
+    strikes_max + 1 drops, then about one per decay period), while a dead member is still
+    dropped, only later.  One strike is forgotten per ``strike_decay_ms`` without a new
+    one.  A member that answers is reachable again at once (a heal is never slowed
+    down)."""
+
+    misses_min: int = 3
+    after_ms: int = 2_000
+    strikes_max: int = 3
+    strike_decay_ms: int = 600_000
+
+
+@dataclass(frozen=True, slots=True)
+class Liveness:
+    """What my read rounds say about one member."""
+
+    misses: int = 0  # consecutive rounds without an answer
+    last_ok_ms: int = 0  # last answer (or when I first asked it)
+    strikes: int = 0  # times it was dropped recently
+    strike_ms: int = 0  # when the last strike was added
+    down: bool = False  # reported unreachable
+
+
+def observe(
+    prev: Mapping[str, Liveness], asked: Iterable[str], answered: Set[str], *,
+    now_ms: int, rule: LivenessRule,
+) -> dict[str, Liveness]:
+    """The liveness of every member asked in one round (members not asked are dropped)."""
+    out: dict[str, Liveness] = {}
+    for m in asked:
+        lv = prev.get(m) or Liveness(last_ok_ms=now_ms)
+        if lv.strikes and not lv.down and now_ms - lv.strike_ms >= rule.strike_decay_ms:
+            lv = replace(lv, strikes=lv.strikes - 1, strike_ms=now_ms)  # one per period
+        if m in answered:
+            out[m] = replace(lv, misses=0, last_ok_ms=now_ms, down=False)
+            continue
+        lv = replace(lv, misses=lv.misses + 1)
+        scale = 1 << min(lv.strikes, rule.strikes_max)
+        if not lv.down and lv.misses >= rule.misses_min * scale and (
+            now_ms - lv.last_ok_ms >= rule.after_ms * scale
+        ):
+            lv = replace(lv, down=True, strikes=lv.strikes + 1, strike_ms=now_ms)
+        out[m] = lv
+    return out
+
+
+def unreachable_of(live: Mapping[str, Liveness]) -> frozenset[str]:
+    return frozenset(m for m, lv in live.items() if lv.down)
+
+
+def strikes_of(live: Mapping[str, Liveness]) -> tuple[tuple[str, int], ...]:
+    return tuple(sorted((m, lv.strikes) for m, lv in live.items() if lv.strikes))

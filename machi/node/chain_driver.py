@@ -21,6 +21,7 @@ import contextlib
 import json
 import math
 import random
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ from machi.core.chain_manager import (
     ManagerState,
     MemberView,
 )
-from machi.core.errors import BadArg, MachiError, NotWritten
+from machi.core.errors import BadArg, ConfigError, MachiError, NotWritten
 from machi.core.projection import JSON, MemberSpec, Projection, valid_name
 from machi.core.status import Status
 from machi.core.wedge import after_confirm, wedge
@@ -82,6 +83,7 @@ class DriverSettings:
     stability_time_ms: int = 3_000
     loop_hold_ms: int = 5_000
     fitness_stale_ms: int = 60_000
+    unreachable_misses: int = 3
     projection_log_max_bytes: int = 16 * 1024 * 1024
     #: start on any stored projection naming this node (reference 7.1.1), not only after
     #: an admin op enabled the manager on this node
@@ -100,6 +102,7 @@ class DriverSettings:
             round_timeout_ms=cfg.chain_round_timeout_ms,
             stability_time_ms=cfg.chain_stability_time_ms,
             loop_hold_ms=cfg.chain_loop_hold_ms, fitness_stale_ms=cfg.chain_fitness_stale_ms,
+            unreachable_misses=cfg.chain_unreachable_misses,
             projection_log_max_bytes=cfg.projection_log_max_bytes,
             auto_join=cfg.chain_auto_join, test_canary=cfg.test_canary,
         )
@@ -112,6 +115,8 @@ class DriverSettings:
             round_timeout_ms=self.round_timeout_ms, stability_time_ms=self.stability_time_ms,
             loop_hold_ms=self.loop_hold_ms, fitness_stale_ms=self.fitness_stale_ms,
             fitness_refresh_ms=max(1, self.fitness_stale_ms // 6),
+            unreachable_misses=self.unreachable_misses,
+            unreachable_after_ms=2 * self.read_timeout_ms,
         )
 
 
@@ -187,12 +192,17 @@ class ChainDriver:
         secret: bytes | None = None,
         seed: int | str | None = None,
         now_ms: Callable[[], int] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        tls_hostname: str | None = None,
     ) -> None:
         self.node = node
         self.name = node.name
         self.settings = settings
         self.log = log
         self.secret = secret
+        #: TLS for every connection to a peer (reads, writes, kicks, repair)
+        self.ssl_context = ssl_context
+        self.tls_hostname = tls_hostname
         self.rng = random.Random(seed if seed is not None else f"machi-chain/{node.name}")
         self._now_ms = now_ms or (lambda: int(anyio.current_time() * 1000))
         self.plog = ProjectionLog(Path(data_dir) / PROJECTION_LOG_NAME,
@@ -397,6 +407,7 @@ class ChainDriver:
             if have is not None:
                 have[2].set()  # address changed: close the old client
             c = FluClient(addr[0], addr[1], secret=self.secret, name=f"chain-{self.name}",
+                          ssl_context=self.ssl_context, tls_hostname=self.tls_hostname,
                           timeout_ms=self.settings.read_timeout_ms,
                           connect_timeout_ms=self.settings.read_timeout_ms)
             done = anyio.Event()
@@ -554,6 +565,7 @@ class ChainDriver:
                     if m != self.name and m not in p.witnesses and addr is not None:
                         clients[m] = await stack.enter_async_context(FluClient(
                             addr[0], addr[1], secret=self.secret, name=f"repair-{self.name}",
+                            ssl_context=self.ssl_context, tls_hostname=self.tls_hostname,
                             timeout_ms=REPAIR_REQUEST_TIMEOUT_MS,
                             connect_timeout_ms=self.settings.read_timeout_ms))
                 res = await run_repair(p, local_name=self.name, store=self.node.store,
@@ -659,16 +671,32 @@ class ChainDriver:
         return out
 
 
+def peer_ssl_context(cfg: NodeConfig) -> ssl.SSLContext | None:
+    """The client context for peer connections: a TLS node talks TLS to its peers,
+    verifying them with ``tls_ca`` (default: its own ``tls_cert``); a plain node, plain."""
+    if cfg.tls_cert is None:
+        return None
+    ca = cfg.tls_ca or cfg.tls_cert
+    try:
+        return ssl.create_default_context(cafile=str(ca))
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(f"tls_ca: cannot load {ca}: {e}") from None
+
+
 def attacher(cfg: NodeConfig, log: JsonLog | None = None) -> Any:
     """An ``attach`` for ``run_node``: a chain driver in the node's task group."""
 
+    ctx = peer_ssl_context(cfg)  # a bad CA file stops the start-up, not a task
+
     async def attach(node: FluNode, tg: anyio.abc.TaskGroup) -> None:
         driver = ChainDriver(node, settings=DriverSettings.from_node_config(cfg),
-                             log=log or node.log, data_dir=cfg.data_dir, secret=cfg.secret())
+                             log=log or node.log, data_dir=cfg.data_dir, secret=cfg.secret(),
+                             ssl_context=ctx, tls_hostname=cfg.tls_server_hostname)
         driver.attach()
         tg.start_soon(driver.run)
 
     return attach
 
 
-__all__ = ["ChainDriver", "DriverSettings", "ProjectionLog", "attacher", "projection_record"]
+__all__ = ["ChainDriver", "DriverSettings", "ProjectionLog", "attacher", "peer_ssl_context",
+           "projection_record"]

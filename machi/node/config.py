@@ -47,6 +47,11 @@ class NodeConfig:
     secret_file: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    #: CA file the chain driver (and repair) verify peers with; default: tls_cert itself
+    #: (a cluster sharing one self-signed certificate).  Only used when tls_cert is set.
+    tls_ca: Path | None = None
+    #: the name peers' certificates are checked against (default: the peer's host)
+    tls_server_hostname: str | None = None
     witness: bool = False
     namespace: str = ""
     max_frame_size: int = wire.MAX_FRAME_SIZE_DEFAULT
@@ -72,6 +77,9 @@ class NodeConfig:
     chain_stability_time_ms: int = 3_000
     chain_loop_hold_ms: int = 5_000
     chain_fitness_stale_ms: int = 60_000
+    #: a peer is unreachable after this many missed reads in a row and twice
+    #: chain_read_timeout_ms without an answer (doubled per recent drop, docs)
+    chain_unreachable_misses: int = 3
     projection_log_max_bytes: int = 16 * 1024 * 1024
     #: TEST ONLY: one of TEST_CANARIES breaks a guarantee on purpose ("" = off)
     test_canary: str = ""
@@ -94,7 +102,7 @@ class NodeConfig:
         return None if self.metrics is None else parse_host_port(self.metrics, "metrics")
 
 
-_PATH_KEYS = {"data_dir", "secret_file", "tls_cert", "tls_key"}
+_PATH_KEYS = {"data_dir", "secret_file", "tls_cert", "tls_key", "tls_ca"}
 _INT_KEYS = {
     "max_frame_size": (wire.HEADER_SIZE + 1024, 2**31),
     "max_connections": (1, 1_000_000),
@@ -114,6 +122,7 @@ _INT_KEYS = {
     "chain_stability_time_ms": (0, 3_600_000),
     "chain_loop_hold_ms": (0, 3_600_000),
     "chain_fitness_stale_ms": (1, 86_400_000),
+    "chain_unreachable_misses": (1, 1_000),
     "projection_log_max_bytes": (4096, 2**40),
 }
 KNOWN_KEYS = frozenset(f.name for f in fields(NodeConfig))

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -44,6 +44,9 @@ from machi.core.transition import transition_problem
 
 from .flu import SimFlu
 
+#: the default read timeout of the simulated driver
+READ_TIMEOUT_MS = 25
+
 
 def sim_config(name: str, chain: str, mode: Mode) -> Config:
     """Chain-manager timing scaled for the simulator (same ratios as the daemon)."""
@@ -51,7 +54,8 @@ def sim_config(name: str, chain: str, mode: Mode) -> Config:
         name=name, chain_name=chain, mode=mode, tick_base_ms=100, tick_spread_ms=200,
         tick_jitter_ms=20, reread_ms=10, kick_wait_ms=40, round_timeout_ms=200,
         stability_time_ms=300, loop_hold_ms=1500, fitness_stale_ms=20_000,
-        fitness_refresh_ms=3_000,
+        fitness_refresh_ms=3_000, unreachable_after_ms=2 * READ_TIMEOUT_MS,
+        unreachable_strike_decay_ms=120_000,
     )
 
 
@@ -84,7 +88,7 @@ class Cluster:
         witnesses: tuple[str, ...] = (),
         chain: str = "c1",
         delay_ms_max: int = 5,
-        read_timeout_ms: int = 25,
+        read_timeout_ms: int = READ_TIMEOUT_MS,
         repair_ms: int = 20,
         client_interval_ms: int = 0,
         on_adopt: Callable[[dict[str, Any]], None] | None = None,
@@ -93,6 +97,7 @@ class Cluster:
         loss_ppm: int = 0,
         slow_ppm: int = 0,
         cp_read_check: bool = True,
+        slow_nodes: Mapping[str, int] | None = None,
     ) -> None:
         #: the CP quorum epoch check on reads that find nothing (cr_plan.absence_verdict);
         #: False only to show in a test what goes wrong without it
@@ -104,6 +109,8 @@ class Cluster:
         #: fault point: each message is delayed by 30-300 ms (past the read timeout, so
         #: it arrives after newer messages) with this probability (parts per million)
         self.slow_ppm = slow_ppm
+        #: the same per node (a member slow for good: every message from or to it)
+        self.slow_nodes = dict(slow_nodes or {})
         self.names = list(names)
         self.mode: Mode = mode
         self.witnesses = tuple(witnesses)
@@ -157,7 +164,8 @@ class Cluster:
     def _send(self, src: str, dst: str, at: int, kind: str, payload: tuple[Any, ...]) -> None:
         """One message over the directed link src -> dst: lost if cut or a fault fires."""
         if dst in self.flus and self.link_ok(src, dst) and not self._fault():
-            if self.slow_ppm and self.rng.randrange(1_000_000) < self.slow_ppm:
+            ppm = max(self.slow_ppm, self.slow_nodes.get(src, 0), self.slow_nodes.get(dst, 0))
+            if ppm and self.rng.randrange(1_000_000) < ppm:
                 at += self.rng.randint(30, 300)  # fault point: a slow message, reordered
             self._push(at, kind, payload)
 

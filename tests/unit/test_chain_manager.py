@@ -87,8 +87,7 @@ def test_ap_hosed_node_suggests_itself_on_its_own_store() -> None:
     public store only."""
     cur = _p("abc", epoch=1)
     st, _ = cm.initial_state(_cfg("b"), cur, now_ms=0)
-    views = _views(cur, cur, "bc", a=Report("a", 5, frozenset("b")))
-    views["a"] = Status.PARTITION
+    views = _views(cur, cur, "abc", a=Report("a", 5, frozenset("b")))
     st, eff = _round(st, 10, views)
     (w,) = _of(eff, cm.WritePublic)
     assert w.members == ("b",) and w.projection.upi == ("b",)
@@ -100,9 +99,10 @@ def test_cp_minority_proposes_none() -> None:
     st, _ = cm.initial_state(_cfg("a", "cp"), cur, now_ms=0)
     views = _views(cur, cur, "a")
     views.update(b=Status.PARTITION, c=Status.PARTITION)
-    st, eff = _round(st, 10, views)
-    assert not _of(eff, cm.WritePublic)  # one missed round is not yet a conflict
-    st, eff = _round(st, 20, views)
+    for now in (10, 1000):  # not yet unreachable (too few misses, too short)
+        st, eff = _round(st, now, views)
+        assert not _of(eff, cm.WritePublic)
+    st, eff = _round(st, 2010, views)
     (w,) = _of(eff, cm.WritePublic)
     assert w.projection.is_none()
 
@@ -184,18 +184,24 @@ def test_confirmed_manager_unwedges_its_flu_wedged_by_a_stray_epoch() -> None:
         assert not _of(eff, cm.SetWedge)
 
 
-def test_one_missed_round_is_not_a_conflict() -> None:
-    """A peer missing one read round is not reported unreachable; two rounds in a row are."""
+def test_missed_rounds_become_a_conflict_only_after_misses_and_time() -> None:
+    """A peer is reported unreachable only after unreachable_misses rounds in a row and
+    unreachable_after_ms without an answer (no proposal before that); one answer clears
+    it."""
     cur = _p("abc", epoch=1)
     st, _ = cm.initial_state(_cfg("a"), cur, now_ms=0)
     views = _views(cur, cur, "a")
     views.update(b=cm.MemberView(cur, cur), c=Status.PARTITION)
-    st, _ = _round(st, 10, views)
-    assert st.fitness["a"].unreachable == frozenset()
-    st, _ = _round(st, 20, views)
+    for now in (10, 20, 30, 1990):
+        st, eff = _round(st, now, views)
+        assert st.fitness["a"].unreachable == frozenset()
+        assert not _of(eff, cm.WritePublic)
+    st, eff = _round(st, 2010, views)
     assert st.fitness["a"].unreachable == frozenset({"c"})
+    assert _of(eff, cm.WritePublic)[0].projection.upi == ("a", "b")
+    assert st.fitness["a"].strikes == (("c", 1),)
     views.update(c=cm.MemberView(cur, cur))
-    st, _ = _round(st, 30, views)
+    st, _ = _round(st, 2030, views)
     assert st.fitness["a"].unreachable == frozenset()
 
 

@@ -44,3 +44,48 @@ def test_greedy_beyond_exact_limit_is_conflict_free() -> None:
     assert len(up) == 8
     for n in up:
         assert not reports[n].unreachable & up
+
+
+def test_observe_drops_after_misses_and_time_and_strikes_double_both() -> None:
+    """A silent member is dropped after misses_min rounds and after_ms; each drop earns a
+    strike that doubles both thresholds (up to strikes_max); one answer makes it
+    reachable again at once; a strike is forgotten per decay period."""
+    from machi.core.fitness import LivenessRule, observe, unreachable_of
+
+    rule = LivenessRule(misses_min=3, after_ms=100, strikes_max=2, strike_decay_ms=10_000)
+    live = observe({}, ["x"], {"x"}, now_ms=0, rule=rule)
+
+    def silent_until_dropped(live, t):  # type: ignore[no-untyped-def]
+        rounds = 0
+        while not unreachable_of(live):
+            t += 10
+            rounds += 1
+            live = observe(live, ["x"], set(), now_ms=t, rule=rule)
+        return live, t, rounds
+
+    drops = []
+    t = 0
+    for _ in range(4):
+        live, t2, rounds = silent_until_dropped(live, t)
+        drops.append((rounds, t2 - t))
+        t = t2 + 10
+        live = observe(live, ["x"], {"x"}, now_ms=t, rule=rule)
+        assert not unreachable_of(live)
+    assert drops == [(10, 100), (20, 200), (40, 400), (40, 400)]
+    assert live["x"].strikes == 4
+    live = observe(live, ["x"], {"x"}, now_ms=t + 10_000, rule=rule)
+    assert live["x"].strikes == 3
+
+
+def test_equal_up_sets_exclude_the_member_with_more_strikes() -> None:
+    """One conflict edge c--d: the largest conflict-free sets tie; the one keeping the
+    member that others dropped less often wins (not the name order)."""
+    reports = {
+        "c": Report("c", 0, frozenset("d")),
+        "a": Report("a", 0, frozenset(), strikes=(("c", 2),)),
+    }
+    assert choose_up("abcde", reports, now_ms=1, stale_ms=100) == frozenset("abde")
+    plain = {"c": Report("c", 0, frozenset("d"))}
+    assert choose_up("abcde", plain, now_ms=1, stale_ms=100) == frozenset("abce")
+    back = Report.from_json(reports["a"].to_json())
+    assert back == reports["a"]
