@@ -132,7 +132,7 @@ def test_tls_and_secret_chain_converges_and_serves(tmp_path: Path, ip_san: bool)
 async def _bootstrap(nodes: dict[str, NodeProcess], ctx: ssl.SSLContext,
                      hostname: str | None) -> None:
     members = {n: x.address for n, x in nodes.items()}
-    for i, (n, x) in enumerate(nodes.items()):
+    for i, x in enumerate(nodes.values()):
         async with FluClient(x.host, x.port, secret=SECRET, ssl_context=ctx,
                              tls_hostname=hostname, timeout_ms=5000) as c:
             await c.chain_admin(Op.CHAIN_BOOTSTRAP, {
