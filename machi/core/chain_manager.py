@@ -594,12 +594,13 @@ def _basis(
     if cur.mode == "ap":
         if (
             latest is not None and latest.epoch_number > cur.epoch_number
-            and latest.upi and not _relevant(latest, st.config.name)
-            and _unanimous(latest, views)
+            and latest.upi and not latest.dbg.get("hosed")
+            and not _relevant(latest, st.config.name) and _unanimous(latest, views)
         ):
             # The chain went on without me (I was dropped): start from where it is, so
             # that I propose to rejoin it as repairing instead of re-asserting my old
-            # chain at a higher rank (which the others cannot adopt: churn).
+            # chain at a higher rank (which the others cannot adopt: churn).  Not from
+            # a hosed member's own quiet chain, which is nobody else's chain.
             return latest, False
         return cur, False
     if latest is not None and latest == cur and cur.upi_non_witnesses:
@@ -748,6 +749,18 @@ def _decide(
             _trace(st, "wait", now, author=latest.author_server, latest=latest.epoch_number),
             ScheduleTick(now + c.kick_wait_ms),
         ]
+    lead = _lead(st, views, newprop, up, hosed or unsafe)
+    if lead is not None:
+        # Somebody else should author this change: everybody who saw the same reports
+        # computes the same shape, and kicks make them look at the same moment, so
+        # several authors would split the epoch and cost a round.  Kick it and wait
+        # (at most max_waits times, then write it myself).
+        st = replace(st, waits=st.waits + 1)
+        return st, [
+            *effects, KickPeer(lead),
+            _trace(st, "wait", now, author=lead, latest=newprop.epoch_number),
+            ScheduleTick(now + c.kick_wait_ms),
+        ]
     if pending & up:
         # A member I count as up did not answer: this view of the stores is partial (a
         # slow member's rounds would otherwise author proposals from stale stores and
@@ -784,6 +797,34 @@ def _resolve_split_bootstrap(
         _trace(st, "resolve_split", now, split=latest.epoch_number, **_proj_fields(p)),
         ScheduleTick(now + st.config.reread_ms),
     ]
+
+
+def _lead(
+    st: ManagerState, views: Mapping[str, MemberView], newprop: Projection,
+    up: frozenset[str], urgent: bool,
+) -> str | None:
+    """Who should write ``newprop`` instead of me, or None (write it myself).
+
+    * A change every up member computes alike (same reports): the head of its UPI.  Not
+      a promotion (only the tail that repaired may author it).
+    * I hold my own quiet chain (I was hosed) and an up member serves a better-ranked
+      chain without me: its author, who will add me as repairing; proposing my solo
+      chain plus everybody repairing would only compete with it."""
+    c, cur, me = st.config, st.current, st.config.name
+    if urgent or st.waits >= c.max_waits or not newprop.upi:
+        return None
+    if cur.dbg.get("hosed") and _is_my_quiet(cur, me):
+        chains = [v.private for n, v in views.items()
+                  if n != me and n in up and v.private is not None
+                  and v.private.upi_non_witnesses and me not in v.private.upi]
+        best = max(chains, key=best_key) if chains else None
+        if best is not None and rank(best) > rank(newprop) and best.author_server in up:
+            return best.author_server
+        return None
+    if (set(newprop.upi) - set(cur.upi)) & set(cur.repairing):
+        return None
+    head = newprop.upi[0]
+    return head if head != me and head in up and head in views else None
 
 
 def _targets(p: Projection, me: str, hosed: bool) -> tuple[str, ...]:
