@@ -40,13 +40,13 @@ CHAIN_TOML = FAST_CHAIN_TOML
 class Cluster:
     """Three ``machi node run`` processes with their chain managers enabled by the CLI."""
 
-    def __init__(self, base: Path, witnesses: tuple[str, ...] = ()) -> None:
+    def __init__(self, base: Path, witnesses: tuple[str, ...] = (), sync: str = "none") -> None:
         base.mkdir(parents=True, exist_ok=True)
         cfg = base / "node.toml"
         cfg.write_text(CHAIN_TOML)
         self.witnesses = witnesses
         self.nodes = {
-            n: NodeProcess(n, base / n, sync="none",
+            n: NodeProcess(n, base / n, sync=sync,
                            extra_args=["--config", str(cfg),
                                        *(["--witness"] if n in witnesses else [])])
             for n in NAMES
@@ -139,8 +139,8 @@ class Cluster:
 def cluster_factory(tmp_path: Path) -> Iterator[Any]:
     made: list[Cluster] = []
 
-    def make(witnesses: tuple[str, ...] = ()) -> Cluster:
-        c = Cluster(tmp_path / f"c{len(made)}", witnesses)
+    def make(witnesses: tuple[str, ...] = (), sync: str = "none") -> Cluster:
+        c = Cluster(tmp_path / f"c{len(made)}", witnesses, sync)
         made.append(c)
         return c.start()
 
@@ -334,11 +334,12 @@ def _wedged_at_start(cluster: Cluster, name: str) -> bool:
 
 
 def test_cp_restart_after_every_node_crashed(cluster_factory: Any) -> None:
-    """CP, three full members ("zerf"): SIGKILL every node under concurrent appends, then
-    restart them all; each FLU restarts wedged, the managers rebuild the chain from the
-    newest confirmed majority projection, appends resume, and every acknowledged chunk
-    (before and after the crash) reads back identically from every UPI member."""
-    cluster = cluster_factory()
+    """CP, three full members ("zerf"), sync=batch: SIGKILL every node under concurrent
+    appends, then restart them all; each FLU restarts wedged, the managers rebuild the
+    chain from the newest confirmed majority projection, appends resume, and every
+    acknowledged chunk (before and after the crash) reads back identically from every UPI
+    member."""
+    cluster = cluster_factory(sync="batch")  # acknowledged = durable on every member
     bootstrap(cluster, "cp")
     full = set(NAMES)
 
