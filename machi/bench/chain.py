@@ -637,6 +637,54 @@ def run_chain_bench(plan: ChainPlan, progress: Progress) -> dict[str, Any]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def run_chain_faults(plan: ChainPlan, progress: Progress) -> dict[str, Any]:
+    """``--faults-only``: a fresh local chain of ``plan.nodes`` daemons (the first sync
+    mode), bootstrap, then only the fault phases (kill, restart, pause/heal): no append
+    cells, no baselines.  A cheap way to measure convergence (seconds, not minutes)."""
+    plan.validate()
+    if plan.members is not None:
+        raise BenchError("--faults-only needs our own local chain (not --members)")
+    mode = plan.sync_modes[0]
+    if plan.data_dir is not None:
+        plan.data_dir.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="machi-bench-chain-", dir=plan.data_dir))
+    started = time.time()
+    chain = LocalChain(root / "chain", plan.nodes, mode)
+    try:
+        chain.start()
+        out: dict[str, Any] = _run_async(_faults_run, chain, progress,
+                                         use_uvloop=plan.uvloop)
+        out["daemons"] = {"sync": mode, "exit_codes": chain.stop_all()}
+    except BaseException:
+        progress(f"daemon log tails:\n{chain.logs()}")
+        raise
+    finally:
+        chain.kill_all()
+        shutil.rmtree(root, ignore_errors=True)
+    conv = {"sync": mode, **out["convergence"]}
+    heal = conv.get("partition", {}).get("heal_converged_s")
+    return {
+        "bench": "chain", "faults_only": True, "version": __version__,
+        "started_unix_s": round(started, 3), "elapsed_s": round(time.time() - started, 3),
+        "host": {"cpus": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2)},
+        "plan": {"nodes": plan.nodes, "mode": "ap", "sync": mode},
+        "bootstrap_s": out["bootstrap_s"], "daemons": out["daemons"], "convergence": conv,
+        "heal_convergence_s": {
+            "value": heal, "target": TARGET_HEAL_CONVERGENCE_S, "nodes": plan.nodes,
+            "met": False if "error" in conv else None if heal is None
+            else heal < TARGET_HEAL_CONVERGENCE_S},
+    }
+
+
+async def _faults_run(chain: LocalChain, progress: Progress) -> dict[str, Any]:
+    seeds = chain.seeds
+    t0 = time.monotonic()
+    await chain_bootstrap(seeds, "bench")
+    _, boot_s = await wait_converged(seeds, list(seeds), set(seeds), t0)
+    progress(f"chain of {len(seeds)} bootstrapped and confirmed in {boot_s:.2f} s")
+    return {"bootstrap_s": _r(boot_s), "convergence": await fault_phases(chain, progress)}
+
+
 def format_table(result: dict[str, Any]) -> str:
     """A short human-readable table of a result object."""
     lines = [f"{'sync':<7}{'size':>7}{'conc':>5} | {'append op/s':>11}{'MB/s':>9}"

@@ -102,6 +102,9 @@ def flu(server: str | None, sync_modes: str, sizes: str, concurrency: str,
 @click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False),
               help="Parent of the temporary dir for the baseline and the daemons' data.")
 @click.option("--no-faults", is_flag=True, help="Skip the kill/restart/pause phases.")
+@click.option("--faults-only", is_flag=True,
+              help="Only the kill/restart/pause phases on a fresh local chain (first sync "
+                   "mode): no append cells, no baselines.")
 @click.option("--batch-max-chunks", type=click.IntRange(1, 1024), default=64,
               show_default=True,
               help="ChainClient natural batching: most chunks per request (1 = off).")
@@ -111,12 +114,12 @@ def flu(server: str | None, sync_modes: str, sizes: str, concurrency: str,
 @click.option("--json", "json_only", is_flag=True, help="Print only the JSON object.")
 def chain(members: str | None, nodes: int, sync_modes: str, sizes: str, concurrency: str,
           duration_s: float | None, data_dir: Path | None, no_faults: bool,
-          batch_max_chunks: int, batches_in_flight: int, quick: bool,
+          faults_only: bool, batch_max_chunks: int, batches_in_flight: int, quick: bool,
           json_only: bool) -> None:
     """Appends through ChainClient on a self-managing chain, convergence after a kill, a
     restart and a SIGSTOP/SIGCONT, next to the single-FLU and raw disk baselines.  Exit 3
     (after printing the JSON) when a fault phase did not converge."""
-    from machi.bench.chain import ChainPlan, format_table, run_chain_bench
+    from machi.bench.chain import ChainPlan, format_table, run_chain_bench, run_chain_faults
     from machi.bench.flu import BenchError
     from machi.cli.chain_io import parse_members
     from machi.core.errors import ConfigError
@@ -140,7 +143,7 @@ def chain(members: str | None, nodes: int, sync_modes: str, sizes: str, concurre
 
     old = signal.signal(signal.SIGTERM, _sigterm)
     try:
-        result = run_chain_bench(plan, progress)
+        result = (run_chain_faults if faults_only else run_chain_bench)(plan, progress)
     except BenchError as e:
         click.echo(f"bench error: {e}", err=True)
         sys.exit(2)
@@ -157,7 +160,7 @@ def chain(members: str | None, nodes: int, sync_modes: str, sizes: str, concurre
         sys.exit(130)
     finally:
         signal.signal(signal.SIGTERM, old)
-    if not json_only:
+    if not json_only and not faults_only:
         click.echo(format_table(result))
     click.echo(json.dumps(result, indent=None if json_only else 2))
     if "error" in result["convergence"]:
