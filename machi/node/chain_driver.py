@@ -8,7 +8,8 @@ every member (the local one straight from the store, peers with CHAIN_VIEW, in p
 each bounded by ``read_timeout_ms``), public writes (local inline, peers in parallel),
 private writes and wedge changes on the local FLU (``machi.core.wedge`` rules only), kicks,
 fitness publication (served by CHAIN_VIEW), repair (``machi.node.repair.run_repair`` in a
-task, answered with ``RepairDone``) -- plus the admin ops, the adoption log lines ("adopted
+task, answered with ``RepairDone``), the CP UPI sync after each confirmation as UPI tail
+(``run_upi_sync``, docs/repair.md) -- plus the admin ops, the adoption log lines ("adopted
 projection" / "CONFIRM epoch") and ``<data-dir>/projection-log.jsonl``.
 Must not: decide anything about chains (only ``step`` does), block the node's request
 handling, or let a peer's failure escape a task (a member that does not answer is simply
