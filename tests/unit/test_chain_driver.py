@@ -242,9 +242,10 @@ def test_stray_newer_epoch_request_unwedges_at_the_same_epoch(tmp_path: Path) ->
             # a newer number, then the same number with another checksum
             for stray in (EpochId(epoch.number + 1, b"\x07" * 32),
                           EpochId(epoch.number, b"\x08" * 32)):
+                # the WEDGED reply is the proof that the stray epoch wedged the FLU; its
+                # manager may already have unwedged it by the time the reply arrives here
                 with pytest.raises(Wedged):
                     await c.append("p", b"x", epoch_id=stray)
-                assert node.state.wedged
                 await wait_for(lambda: not node.state.wedged, 10.0)
                 assert node.state.epoch_id == epoch
                 pos = await c.append("p", b"after", epoch_id=epoch)
