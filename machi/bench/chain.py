@@ -70,7 +70,7 @@ class ChainPlan:
     nodes: int = 3
     sync_modes: tuple[str, ...] = SYNC_MODES
     sizes: tuple[int, ...] = (SMALL_SIZE, LARGE_SIZE)
-    concurrency: tuple[int, ...] = (1, 8, 32)
+    concurrency: tuple[int, ...] = (1, 8, 32, 128)
     duration_s: float = 2.0  # per cell
     baseline_s: float = 2.0  # per raw-disk measurement
     data_dir: Path | None = None

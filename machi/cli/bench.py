@@ -95,7 +95,7 @@ def flu(server: str | None, sync_modes: str, sizes: str, concurrency: str,
 @click.option("--sync", "sync_modes", default="batch,none", show_default=True,
               help="Sync modes to start the daemons with (a fresh chain each).")
 @click.option("--sizes", default="4KiB,1MiB", show_default=True, help="Chunk sizes.")
-@click.option("--concurrency", default="1,8,32", show_default=True,
+@click.option("--concurrency", default="1,8,32,128", show_default=True,
               help="Appends in flight through the one ChainClient.")
 @click.option("--duration-s", type=float, default=None,
               help="Seconds per cell and per baseline test [default: 2, or 0.3 with --quick].")
@@ -130,7 +130,7 @@ def chain(members: str | None, nodes: int, sync_modes: str, sizes: str, concurre
         seeds = parse_members(members) if members is not None else None
     except (ValueError, ConfigError) as e:
         raise click.BadParameter(str(e)) from None
-    if quick and concurrency == "1,8,32":
+    if quick and concurrency == "1,8,32,128":
         conc = (1, 8)
     duration = duration_s if duration_s is not None else (0.3 if quick else 2.0)
     plan = ChainPlan(members=seeds, nodes=nodes, sync_modes=_csv("sync modes", sync_modes),
