@@ -25,6 +25,7 @@ from machi.core.errors import MachiError, NotWritten, Trimmed, Written
 from machi.core.outcome import OpKind, Outcome
 from machi.core.projection import MemberSpec, Projection, make_projection
 from machi.node.process import NodeProcess
+from tests.integration.tls_certs import self_signed
 
 pytestmark = pytest.mark.timeout(120)
 NAMES = ("a", "b", "c")
@@ -393,40 +394,10 @@ def test_outcomes_when_the_chain_cannot_finish(fresh_chain: Chain) -> None:
     anyio.run(go)
 
 
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for "localhost" (cert.pem, key.pem)."""
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]),
-                       critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
-
-
 def test_cli_cluster_file_with_secret_and_tls(tmp_path: Path) -> None:
     """A cluster file's secret_file and [tls] reach every member: append and read work on
     a one-member chain that requires both; a wrong secret is a clean, definite failure."""
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     (tmp_path / "secret").write_bytes(b"cluster secret 0123456789\n")
     n = NodeProcess("s", tmp_path / "s", extra_args=[
         "--secret-file", str(tmp_path / "secret"), "--tls-cert", str(cert),

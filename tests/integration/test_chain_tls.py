@@ -5,8 +5,6 @@ TLS ChainClient, and converge again without a killed member."""
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import ssl
 import subprocess
 import sys
@@ -23,6 +21,7 @@ from machi.core.errors import MachiError
 from machi.core.wire import Op
 from machi.node.config import FAST_CHAIN_TOML
 from machi.node.process import NodeProcess
+from tests.integration.tls_certs import self_signed
 
 pytestmark = pytest.mark.timeout(120)
 NAMES = ("a", "b", "c")
@@ -30,41 +29,11 @@ SECRET = b"chain tls secret 0123456789"
 CONVERGE_TIMEOUT_S = 30.0  # a bound under load, not a performance target
 
 
-def _cert(tmp_path: Path, *, ip_san: bool) -> tuple[Path, Path]:
-    """A self-signed CA certificate for localhost (and 127.0.0.1 when ``ip_san``)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    sans: list[x509.GeneralName] = [x509.DNSName("localhost")]
-    if ip_san:
-        sans.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
-
-
 @pytest.mark.parametrize("ip_san", [True, False])
 def test_tls_and_secret_chain_converges_and_serves(tmp_path: Path, ip_san: bool) -> None:
     """With an IP SAN the peers are checked against their address; without one, against
     ``tls_server_hostname = "localhost"`` from the node config."""
-    cert, key = _cert(tmp_path, ip_san=ip_san)
+    cert, key = self_signed(tmp_path, ip_san=ip_san)
     (tmp_path / "secret").write_bytes(SECRET + b"\n")
     toml = FAST_CHAIN_TOML + ("" if ip_san else 'tls_server_hostname = "localhost"\n')
     (tmp_path / "node.toml").write_text(toml)

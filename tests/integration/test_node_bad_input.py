@@ -5,7 +5,6 @@ everyone else and loses nothing it acknowledged."""
 
 from __future__ import annotations
 
-import datetime
 import os
 import random
 import socket
@@ -36,6 +35,7 @@ from machi.core.projection import make_projection
 from machi.core.status import Status
 from machi.core.wire import Kind, Op
 from machi.node.process import NodeProcess, bootstrap
+from tests.integration.tls_certs import self_signed
 
 pytestmark = pytest.mark.timeout(120)
 SECRET = b"correct horse battery staple"
@@ -314,37 +314,10 @@ def test_wrong_secret(tmp_path: Path) -> None:
         n.kill()
 
 
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]),
-                       critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
-
-
 def test_tls(tmp_path: Path) -> None:
     """A TLS node serves TLS clients that trust its certificate; a plain client fails
     with PARTITION and the node keeps serving."""
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     n = NodeProcess("t1", tmp_path / "t1",
                     extra_args=["--tls-cert", str(cert), "--tls-key", str(key)])
     ctx = ssl.create_default_context(cafile=str(cert))
