@@ -84,6 +84,8 @@ class ChecksumEntry:
     offset: int
     size: int
     csum: TaggedCsum | None  # None: trimmed
+    #: the FLU knows its stored copy fails ``csum`` (repair rewrites it from a good copy)
+    corrupt: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -732,10 +734,10 @@ def _projection(value: object) -> Projection:
 
 
 def _checksum_entry(e: object) -> ChecksumEntry:
-    if not isinstance(e, list) or len(e) != 3:
+    if not isinstance(e, list) or len(e) not in (3, 4) or (len(e) == 4 and e[3] != 1):
         raise RemoteProtocolError(f"checksum_list: bad entry {e!r}")
-    off, size, cs = e
-    return ChecksumEntry(int(off), int(size), None if cs is None else _csum(cs))
+    off, size, cs = e[:3]
+    return ChecksumEntry(int(off), int(size), None if cs is None else _csum(cs), len(e) == 4)
 
 
 def _read_reply(f: wire.Frame, verify_csum: bool) -> ReadReply:

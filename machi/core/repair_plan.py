@@ -53,6 +53,9 @@ class EntryLike(Protocol):
     @property
     def csum(self) -> TaggedCsum | None: ...
 
+    # optional ``corrupt: bool`` (read with getattr, default False): the member's stored
+    # copy is known to fail ``csum``; the planner then rewrites it from a good copy
+
 
 @dataclass(frozen=True, slots=True)
 class Roles:
@@ -147,6 +150,7 @@ class _E:
     offset: int
     size: int
     csum: TaggedCsum | None
+    corrupt: bool = False  # the member's stored copy is known bad: it needs a rewrite
 
     @property
     def end(self) -> int:
@@ -196,7 +200,8 @@ class FilePlanner:
                 self._open.discard(member)
                 break
             self._prev_end[member] = e.offset + e.size
-            buf.append(_E(member, e.offset, e.size, e.csum))
+            buf.append(_E(member, e.offset, e.size, e.csum,
+                          e.csum is not None and getattr(e, "corrupt", False)))
         self._advance()
 
     def end(self, member: str) -> None:
@@ -332,13 +337,22 @@ def _group(file: str, parts: tuple[str, ...], source: str,
                       "conflicting checksums at one place")
         return
     holders = {e.member: e for e in group}
-    missing = tuple(m for m in parts if m not in holders)
+    # a holder whose copy is known corrupt needs the exact rewrite (which heals it) like a
+    # member without the chunk, and is the source only when no holder has a good copy
+    # (then the copy finds no good bytes and the repair reports it, loudly)
+    missing = tuple(m for m in parts if m not in holders or holders[m].corrupt)
     if not missing:
         return
-    src = holders.get(source) or min(group, key=lambda e: parts.index(e.member))
+    good = [e for e in group if not e.corrupt]
+    src = ((holders.get(source) if source in holders and not holders[source].corrupt
+            else None)
+           or min(good or group, key=lambda e: parts.index(e.member)))
     assert src.csum is not None
-    others = tuple(m for m in parts if m in holders and m != src.member)
-    yield Copy(file, src.offset, src.size, src.csum, src.member, missing, others)
+    # fallbacks: the other good holders, then the flagged ones (a flag may be stale)
+    others = tuple(sorted((m for m in parts if m in holders and m != src.member),
+                          key=lambda m: holders[m].corrupt))
+    yield Copy(file, src.offset, src.size, src.csum, src.member,
+               tuple(m for m in missing if m != src.member), others)
 
 
 def _close_cp(file: str, roles: Roles, cluster: list[_E]) -> Iterator[Directive | Problem]:
@@ -370,6 +384,8 @@ def _close_cp(file: str, roles: Roles, cluster: list[_E]) -> Iterator[Directive 
                 if same.csum.digest != e.csum.digest:
                     problems.append(Problem(file, e.offset, e.size, (tail, r),
                                             "conflicting checksums at one place"))
+                elif e.corrupt:  # r's copy is known bad: rewrite it from the tail's
+                    copies.setdefault((e.offset, e.size), []).append(r)
             elif any(t.offset < e.end and e.offset < t.end for t in t_written.values()):
                 problems.append(Problem(file, e.offset, e.size, (tail, r),
                                         "overlapping chunks of different extents"))

@@ -503,8 +503,9 @@ class FluNode:
         batch_size = min(max(1, f.meta.get("batch_size", CHECKSUM_LIST_BATCH_MAX)),
                          CHECKSUM_LIST_BATCH_MAX)
         async for batch in self.store.checksum_list(f.meta["file"], batch_size=batch_size):
-            entries = [[e.offset, e.size, None if e.csum is None else e.csum.hex()]
-                       for e in batch]
+            # a fourth element (1) only on chunks whose stored copy is known corrupt
+            entries = [[e.offset, e.size, None if e.csum is None else e.csum.hex(),
+                        *((1,) if e.corrupt else ())] for e in batch]
             await self._send_reply(peer, f, Reply({"entries": entries}), final=False)
         return Reply({"entries": []})
 

@@ -134,6 +134,9 @@ class ChecksumEntry:
     offset: int
     size: int
     csum: TaggedCsum | None  # None = trimmed
+    #: the stored bytes are known to fail ``csum`` (found at start-up or by a read): the
+    #: place is written, but this copy needs an exact rewrite from a good one (repair)
+    corrupt: bool = False
 
 
 @dataclass(slots=True)
@@ -184,6 +187,9 @@ class FluStore:
         self.healed_chunks = 0
         self.bad_checksum_reads = 0
         self.corrupt_at_start: list[tuple[str, int, int]] = []
+        #: (file, offset) of chunks whose stored bytes are known to fail their checksum
+        #: and not healed since: flagged in checksum lists so that repair rewrites them
+        self._known_corrupt: set[tuple[str, int]] = set()
         #: the sync mode actually used (differs from config.sync only under a test canary)
         self._sync: SyncMode = "none" if config.test_ack_before_sync else config.sync
         self._committer = GroupCommitter(
@@ -245,6 +251,7 @@ class FluStore:
         self._trimmed_files = set(loaded.trimmed_files)
         self.corrupt_at_start, _ = await anyio.to_thread.run_sync(
             lambda: scan_tails(state.files, self._data))
+        self._known_corrupt = {(name, off) for name, off, _size in self.corrupt_at_start}
         self._seqs = dict(loaded.seqs)
         for kind, n, _csum, body in loaded.projections:
             try:
@@ -681,6 +688,7 @@ class FluStore:
         if self._sync != "none":
             await self._data.sync_dirty()
         self.healed_chunks += 1
+        self._known_corrupt.discard((f.name, old.offset))
         log.warning("healed corrupt chunk %s [%d, +%d) with bytes matching its checksum",
                     f.name, old.offset, old.size)
 
@@ -725,6 +733,7 @@ class FluStore:
             if not verify(raw, e.csum):
                 log.error("bad checksum on disk: %s [%d, +%d)", file, e.offset, e.size)
                 self.bad_checksum_reads += 1
+                self._known_corrupt.add((file, e.offset))
                 raise BadChecksum(f"{file} [{e.offset}, +{e.size}): bytes on disk are corrupt")
             if p.clipped:
                 lo = p.offset - e.offset
@@ -866,7 +875,9 @@ class FluStore:
             raise NoSuchFile(f"no file {file}")
         entries = [e for e in f.index.entries() if (file, e.offset) not in self._pending]
         for i in range(0, len(entries), batch_size):
-            yield [ChecksumEntry(e.offset, e.size, e.csum) for e in entries[i:i + batch_size]]
+            yield [ChecksumEntry(e.offset, e.size, e.csum,
+                                 e.csum is not None and (file, e.offset) in self._known_corrupt)
+                   for e in entries[i:i + batch_size]]
 
     async def list_files(self) -> list[tuple[str, int]]:
         """(name, EOF) of every file, sorted by name."""

@@ -20,7 +20,7 @@ import pytest
 
 from machi.client.flu_client import ChecksumEntry, FluClient
 from machi.core.epoch import EpochId
-from machi.core.errors import BadArg, BadEpoch, NotWritten, Trimmed
+from machi.core.errors import BadArg, BadChecksum, BadEpoch, NotWritten, Trimmed
 from machi.core.projection import MemberSpec, Projection, make_projection
 from machi.node.config import KNOWN_KEYS
 from machi.node.log import JsonLog
@@ -338,6 +338,41 @@ def test_bad_source_chunk_is_read_elsewhere_healed_and_the_local_store_path_work
     assert res.stats.per_destination == {"c": {"chunks": 2, "bytes": len(b"good chunk")
                                                + len(b"soon corrupt")}}
     assert not again.ok and again.stats.bad_chunks == 2  # only the twice-corrupt chunk
+
+
+@pytest.mark.parametrize("mode", ["ap", "cp"])
+def test_repair_rewrites_a_copy_its_flu_knows_is_corrupt(tmp_path: Path, mode: str) -> None:
+    """A member coming back with a corrupt copy of an acknowledged chunk (a torn write
+    found by its start-up check or a read) flags it in its checksum list; repair rewrites
+    it from the tail before promotion (AP and CP), so it does not rejoin the UPI with
+    bytes that can never be read (before: the chunk counted as present, nothing copied)."""
+
+    async def go() -> RepairResult:
+        async with inproc_chain(tmp_path, NAMES) as nodes, AsyncExitStack() as stack:
+            cl = await inproc_clients(stack, nodes)
+            p1 = await install(nodes, 1, NAMES, mode=mode)  # type: ignore[arg-type]
+            pos = await chain_append([cl[n] for n in NAMES], "t", b"torn later", p1.epoch_id)
+            store = nodes["c"][0].store
+            with open(store.data_dir / "data" / pos[0], "r+b") as fh:
+                fh.seek(pos[1])
+                fh.write(b"X")
+            with pytest.raises(BadChecksum):  # the read flags the copy
+                await store.read(*pos, len(b"torn later"))
+            flags = [e.corrupt async for b in store.checksum_list(pos[0]) for e in b]
+            assert flags == [True]
+            p2 = await install(nodes, 2, ("a", "b"), repairing=("c",),
+                               mode=mode)  # type: ignore[arg-type]
+            res = await run_repair(p2, local_name="b", store=nodes["b"][0].store,
+                                   clients={n: cl[n] for n in ("a", "c")},
+                                   log=quiet_log(io.StringIO()))
+            assert (await store.read(*pos, len(b"torn later"))).chunks[0].data \
+                == b"torn later"
+            assert [e.corrupt async for b in store.checksum_list(pos[0]) for e in b] == [False]
+            return res
+
+    res = anyio.run(go)
+    assert res.ok, res.detail
+    assert res.stats.per_destination == {"c": {"chunks": 1, "bytes": len(b"torn later")}}
 
 
 class RacingStore:

@@ -230,10 +230,18 @@ async def test_start_up_check_reports_a_torn_chunk_and_an_exact_rewrite_heals_it
     async with s2 as s:
         assert s.corrupt_at_start == [(last.file, last.offset, last.size)]
         assert s.stats()["corrupt_chunks_at_start"] == 1
+        flags = {e.offset: e.corrupt async for b in s.checksum_list(last.file) for e in b}
+        assert flags == {old.offset: False, last.offset: True}  # repair rewrites flagged ones
         with pytest.raises(BadChecksum):
             await s.read(last.file, last.offset, last.size)
         await s.write(last.file, last.offset, b"last chunk", NO_CSUM)
+        flags = {e.offset: e.corrupt async for b in s.checksum_list(last.file) for e in b}
+        assert flags == {old.offset: False, last.offset: False}
         assert (await s.read(last.file, last.offset, last.size)).chunks[0].data == b"last chunk"
         assert s.stats()["healed_chunks"] == 1
     async with await FluStore.open(tmp_path) as s:  # default tail: both found
         assert {c[1] for c in s.corrupt_at_start} == {old.offset}
+        with pytest.raises(BadChecksum):
+            await s.read(old.file, old.offset, old.size)  # a read flags it, too
+        flags = {e.offset: e.corrupt async for b in s.checksum_list(old.file) for e in b}
+        assert flags[old.offset]

@@ -34,6 +34,7 @@ class Ent:
     offset: int
     size: int
     csum: TaggedCsum | None
+    corrupt: bool = False
 
 
 def csum(*key: object) -> TaggedCsum:
@@ -261,6 +262,27 @@ def test_cp_resets_unacknowledged_bytes_and_copies_the_tails() -> None:
     out = list(plan_file("f", roles, {"a": [], "b": [x], "c": [y]}))
     assert out == [Copy("f", B, 10, x.csum, "b", ("c",), ("a",)),  # type: ignore[arg-type]
                    Reset("f", B + 10, 5, ("c",))]
+
+
+def test_known_corrupt_copies_are_rewritten_from_a_good_copy() -> None:
+    """A copy its FLU flags corrupt (checksum list) gets the exact rewrite like a member
+    without the chunk, from a good holder; with no good holder the copy is still planned
+    (from a corrupt source) so that the executor finds no good bytes and reports it; in CP
+    a repairing member's corrupt copy of a tail chunk is rewritten from the tail."""
+    x = Ent(B, 10, csum(1))
+    bad = Ent(B, 10, x.csum, corrupt=True)
+    ap = Roles("ap", "b", ("c",), ("a",))
+    assert list(plan_file("f", ap, {"a": [x], "b": [bad], "c": []})) == [
+        Copy("f", B, 10, x.csum, "a", ("b", "c"), ("b",))]  # type: ignore[arg-type]
+    assert list(plan_file("f", ap, {"a": [x], "b": [x], "c": [bad]})) == [
+        Copy("f", B, 10, x.csum, "b", ("c",), ("a", "c"))]  # type: ignore[arg-type]
+    assert list(plan_file("f", ap, {"a": [bad], "b": [bad], "c": []})) == [
+        Copy("f", B, 10, x.csum, "b", ("a", "c"), ("a",))]  # type: ignore[arg-type]
+    assert list(plan_file("f", ap, {"a": [x], "b": [x], "c": [x]})) == []
+    cp = Roles("cp", "b", ("c",), ("a",))
+    assert list(plan_file("f", cp, {"a": [x], "b": [x], "c": [bad]})) == [
+        Copy("f", B, 10, x.csum, "b", ("c",), ("a",))]  # type: ignore[arg-type]
+    assert list(plan_file("f", cp, {"a": [x], "b": [x], "c": [x]})) == []
 
 
 def test_conflicts_name_file_offset_and_members() -> None:
