@@ -1,9 +1,11 @@
 """General linearizability checker: Wing-Gong-Lowe just-in-time search, per key.
 
 Owns the search. Given paired ops and a model it splits the history by key
-(P-compositionality), refutes cheap impossibilities first (``Model.precheck``), then for
-each key runs Lowe's just-in-time WGL search over a doubly-linked list of call/return
-entries with a memo of (linearized set, model state). Details that make it fast:
+(P-compositionality), then per key runs a short search first (most valid keys end
+there), the cheap sound refutations (``Model.precheck``, ``stale_precheck``) only for keys
+it did not show valid, then the full search: Lowe's just-in-time WGL search over a
+doubly-linked list of call/return entries with a memo of (linearized set, model state).
+Details that make it fast:
   - states are interned to ints and transitions are cached per distinct op and state
     (Knossos' state-space precomputation, done lazily so it never explodes up front);
   - the linearized set is keyed by a 128-bit Zobrist hash (XOR of per-op random words,
@@ -13,7 +15,31 @@ entries with a memo of (linearized set, model state). Details that make it fast:
     return entry: they may linearize any time after their invocation or never; the
     search succeeds once every ok item is linearized;
   - crashed ops with the same compiled op are interchangeable, so only the earliest
-    invoked unlinearized one of such a group is ever tried (symmetry reduction).
+    invoked unlinearized one of such a group is ever tried (symmetry reduction);
+  - forced steps (a legal read-only candidate; the only candidate of a forced stretch,
+    below) are taken with no memo entry, a stretch by a short loop with no pruning test;
+  - the short first search of a key with few ops in flight (``LEAN_IN_FLIGHT_MAX``) is
+    lean: no dead-configuration pruning tables, no state canonicalizer, no
+    ``Model.refine`` (all three only make a search with real choices smaller, at a set-up
+    cost per op); busier keys get them from the start.
+
+Forced steps, and why they keep the search exact. In a configuration (linearized set L,
+state s) the candidates of Lowe's search are the unlinearized ops whose call entry comes
+before the first return entry left in the list. When the first entry is the call of an ok
+op x and the next entry is x's own return, x is the only candidate: every other
+unlinearized op (ok or crashed) was invoked after x completed, so in every linearization
+extending L, x comes next (a forced stretch). A legal read-only candidate may be taken
+next without loss of generality (any linearization placing it later can move it here). So
+such a configuration has exactly the one child that matters, (L + x, step(s, x)), or none
+when x is illegal in s, and the search may take that step without recording the
+configuration in the memo (the memo only spares re-exploring a configuration; skipping it
+can cost time, never change the answer: the configuration is re-entered only through its
+parent, and the next real choice below it is still recorded) and without the
+dead-configuration test (which only abandons a configuration earlier than the search
+would). The step is pushed as forced, so backtracking passes through it to the last real
+choice. Low-concurrency keys are mostly forced steps. ``_search(..., fast=False)`` takes
+stretches one configuration at a time and records forced reads in the memo, as before;
+the property tests compare the variants (tests/harness/test_checker_fast_paths.py).
 Budgets: ``deadline()`` (a callable, no clock here), a step budget and a memory budget
 (memo entries x estimated bytes, plus an optional ``memory_probe()`` of the process RSS).
 Past any of them the verdict is "unknown" with the longest prefix found and counters.
@@ -27,12 +53,24 @@ from __future__ import annotations
 import bisect
 import json
 import random
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import count
+from operator import add, attrgetter, itemgetter
 from typing import Any
 
 from harness.checker.append_order import check_append_order
-from harness.checker.models import ANY_STATE, DEPENDS, KEEPS, Item, Model, item_ok, unwrap
+from harness.checker.models import (
+    ANY_STATE,
+    CRASHED,
+    DEPENDS,
+    KEEPS,
+    Item,
+    Model,
+    item_ok,
+    unwrap,
+)
 from harness.checker.result import UNKNOWN, CheckResult, Verdict, combine_verdicts
 from harness.history import Op
 
@@ -43,8 +81,16 @@ CHECK_EVERY = 1 << 12  # budget checks every this many memo insertions
 CHECK_EVERY_MISSES = 1 << 9  # ... and every this many computed transitions
 PREFIX_TAIL = 20  # ops of the longest prefix shown in a short witness
 WITNESS_SEARCH_STEPS = 200_000  # search for a prefix after a precheck refutation
-QUICK_SEARCH_STEPS_PER_ITEM = 8  # the first, short search before the stale-read precheck
+# The first, short search (lean: no pruning tables) before the stale-read precheck and the
+# full search: memo entries (real choice points) allowed per item, plus a constant.
+QUICK_SEARCH_STEPS_PER_ITEM = 2
+QUICK_SEARCH_STEPS = 512
+QUICK_FULL_SEARCH_STEPS_PER_ITEM = 8  # ... when it runs with the pruning (busy keys)
+LEAN_IN_FLIGHT_MAX = 4.0  # the first search is lean when at most this many ops are in flight
 _ZOBRIST_SEED = 0x5EED_11EA
+_FIRST, _SECOND, _LAST = itemgetter(0), itemgetter(1), itemgetter(-1)
+_TYPE, _INVOKE_INDEX = attrgetter("type"), attrgetter("invoke_index")
+_COMPLETE_INDEX = attrgetter("complete_index")
 
 
 @dataclass(slots=True)
@@ -104,10 +150,11 @@ def check_linearizable(
 def _check_key(
     items: Sequence[Item], ops: Sequence[Op], model: Model, budget: Budget, steps_used: int
 ) -> KeyResult:
-    """Value-from-nowhere precheck; then a short search (most valid keys end there); only if
-    that runs out of steps the stale-read precheck (O(n log n) but not free), then the full
-    search. A key of appends and reads whose values reveal the order of the appends is
-    decided without a search (``append_order``)."""
+    """A short search first (most valid keys end there); for a key it does not show valid,
+    the value-from-nowhere precheck (its explanation wins); only if the short search ran out
+    of steps the stale-read precheck (O(n log n) but not free), then the full search. A key
+    of appends and reads whose values reveal the order of the appends is decided without a
+    search (``append_order``)."""
     if model.appends_concatenate:
         decided = check_append_order(items, ops)
         if decided is not None:
@@ -117,23 +164,49 @@ def _check_key(
             return KeyResult(
                 ok, [] if ok else prefix, None if bad is None else items[bad][0], why, "", stats
             )
-    pre = model.precheck(items, ops)
-    if pre is not None:
-        return _witness_search(items, ops, model, budget, steps_used, pre)
     left = None if budget.max_steps is None else max(0, budget.max_steps - steps_used)
-    quick = QUICK_SEARCH_STEPS_PER_ITEM * len(items) + CHECK_EVERY
+    # The short search: lean (no pruning tables) on keys with few ops in flight, where it
+    # is cheaper and hardly backtracks; with the pruning where the search has real choices.
+    lean = _mean_in_flight(items, ops) <= LEAN_IN_FLIGHT_MAX
+    if lean:
+        quick = QUICK_SEARCH_STEPS_PER_ITEM * len(items) + QUICK_SEARCH_STEPS
+    else:
+        quick = QUICK_FULL_SEARCH_STEPS_PER_ITEM * len(items) + CHECK_EVERY
+    kr = None
     if left is None or left > quick:
         sub = Budget(budget.deadline, budget.memory_limit_bytes, budget.memory_probe, quick)
-        kr = _search(items, ops, model, sub)
-        if kr.verdict != UNKNOWN or kr.reason != "step limit":
-            return kr
+        kr = _search(items, ops, model, sub, lean=lean)
+        if kr.verdict is True:
+            return kr  # the prechecks are sound: they cannot refute a valid key
         steps_used += kr.stats.get("steps", 0)
         left = None if left is None else max(0, left - kr.stats.get("steps", 0))
+    pre = model.precheck(items, ops)
+    if pre is not None:
+        if kr is not None and kr.verdict is False:
+            return _with_precheck(kr, pre)
+        return _witness_search(items, ops, model, budget, steps_used, pre)
+    if kr is not None and (kr.verdict is False or kr.reason != "step limit"):
+        return kr
     pre = stale_precheck(items, ops, model)
     if pre is not None:
         return _witness_search(items, ops, model, budget, steps_used, pre)
     sub = Budget(budget.deadline, budget.memory_limit_bytes, budget.memory_probe, left)
     return _search(items, ops, model, sub)
+
+
+def _mean_in_flight(items: Sequence[Item], ops: Sequence[Op]) -> float:
+    """How many of the key's ok ops are in flight on average between its first invocation
+    and its last completion (event indexes): ~1 on a cold kv key, ~N for N busy clients."""
+    done = [
+        op
+        for op in map(ops.__getitem__, map(_FIRST, items))
+        if op.type == "ok" and op.complete_index is not None
+    ]
+    if not done:
+        return 0.0
+    first = ops[items[0][0]].invoke_index
+    busy = sum(map(_COMPLETE_INDEX, done)) - sum(map(_INVOKE_INDEX, done))
+    return float(busy / max(1, max(map(_COMPLETE_INDEX, done)) - first))
 
 
 def _witness_search(
@@ -150,7 +223,11 @@ def _witness_search(
     if budget.max_steps is not None:
         cap = max(0, min(cap, budget.max_steps - steps_used))
     sub = Budget(budget.deadline, budget.memory_limit_bytes, budget.memory_probe, cap)
-    kr = _search(items, ops, model, sub)
+    return _with_precheck(_search(items, ops, model, sub), pre)
+
+
+def _with_precheck(kr: KeyResult, pre: tuple[int, str]) -> KeyResult:
+    """The verdict False, the precheck's op and explanation, the search's prefix."""
     # A sound precheck and an exhaustive search cannot disagree: that would be a bug here.
     assert kr.verdict is not True, f"precheck refuted a linearizable key: {pre[1]}"
     explanation = (
@@ -197,35 +274,54 @@ def _op_summary(op: Op) -> dict[str, Any]:
     }
 
 
-def _search(items: Sequence[Item], ops: Sequence[Op], model: Model, budget: Budget) -> KeyResult:
-    """Lowe's just-in-time WGL search over one key's items."""
+def _search(
+    items: Sequence[Item],
+    ops: Sequence[Op],
+    model: Model,
+    budget: Budget,
+    *,
+    fast: bool = True,
+    lean: bool = False,
+) -> KeyResult:
+    """Lowe's just-in-time WGL search over one key's items.
+
+    ``fast=False`` turns off the forced stretches (module docstring). ``lean=True`` skips
+    the dead-configuration pruning and the state canonicalizer (cheaper to set up, the
+    same verdict; the short first search of a key). Tests compare the variants."""
+    if not lean:
+        items = model.refine(items)
     m = len(items)
     # Entries: call j -> j, return j -> m + j, HEAD = 2m, TAIL = 2m + 1.
     head, tail = 2 * m, 2 * m + 1
+    size = 2 * m + 2
     is_ret = [False] * m + [True] * m + [False, True]
-    ret = [-1] * m
-    events: list[tuple[int, int, int]] = []  # (event index, 0 call / 1 return, entry)
-    remaining = 0
-    for j, (i, cop) in enumerate(items):
-        op = ops[i]
-        events.append((op.invoke_index, 0, j))
-        if item_ok(ops, i, cop):
-            ret[j] = m + j
-            remaining += 1
-            ci = op.complete_index if op.complete_index is not None else op.invoke_index
-            events.append((ci, 1, m + j))
-    events.sort()
-    nxt = [tail] * (2 * m + 2)
-    prv = [head] * (2 * m + 2)
-    last = head
-    for _idx, _kind, ent in events:
-        nxt[last] = ent
-        prv[ent] = last
-        last = ent
-    nxt[last] = tail
-    prv[tail] = last
+    ret = [-1] * size  # ret[j]: the return entry of ok item j; -1 for crashed items, returns
+    cops = list(map(_SECOND, items))
+    item_ops = list(map(ops.__getitem__, map(_FIRST, items)))
+    invs = list(map(_INVOKE_INDEX, item_ops))
+    # Ok items (models.item_ok): they must take effect before their completion.
+    okj = [j for j, t in enumerate(map(_TYPE, item_ops)) if t == "ok"]
+    if CRASHED in map(_LAST, cops):
+        okj = [j for j in okj if cops[j][-1] is not CRASHED]
+    remaining = len(okj)
+    deque(map(ret.__setitem__, okj, map(m.__add__, okj)), maxlen=0)  # ret[j] = m + j
+    cis = list(map(_COMPLETE_INDEX, map(item_ops.__getitem__, okj)))
+    if None in cis:  # an ok op without a completion event: it returns at its invocation
+        cis = [invs[j] if ci is None else ci for j, ci in zip(okj, cis, strict=True)]
+    # Event order as ints (event index * size + entry): calls sort before returns at equal
+    # indexes, as (index, call/return, entry) tuples would, without building tuples.
+    order = list(map(add, map(size.__mul__, invs), range(m)))
+    order += map(add, map(size.__mul__, cis), map(m.__add__, okj))
+    order.sort()
+    chain = [head, *map(size.__rmod__, order), tail]
+    nxt = [tail] * size
+    prv = [head] * size
+    # nxt[chain[k]] = chain[k + 1] and prv[chain[k + 1]] = chain[k], in C loops.
+    deque(map(nxt.__setitem__, chain[:-1], chain[1:]), maxlen=0)
+    deque(map(prv.__setitem__, chain[1:], chain[:-1]), maxlen=0)
 
-    # Interned states and per-kind transition caches.
+    # Interned states; op kinds (distinct cops); transitions cached per (state, kind)
+    # under the key state * nkinds + kind.
     state_ids: dict[Any, int] = {}
     states: list[Any] = []
 
@@ -237,78 +333,38 @@ def _search(items: Sequence[Item], ops: Sequence[Op], model: Model, budget: Budg
             states.append(s)
         return sid
 
-    kind_ids: dict[Any, int] = {}
-    kind_cops: list[Any] = []
-    kind = [0] * m
-    for j, (_i, cop) in enumerate(items):
-        k = kind_ids.get(cop)
-        if k is None:
-            k = len(kind_cops)
-            kind_ids[cop] = k
-            kind_cops.append(cop)
-        kind[j] = k
-    trans: list[dict[int, int]] = [{} for _ in kind_cops]
-    read_only = model.read_only
-    ro = [read_only(items[j][1]) for j in range(m)]
-
-    # Dead-configuration pruning: req[j] = the state ok op j needs to be legal, prod[j] =
-    # the state op j leaves behind (regardless of the state before); avail[u] = how many
-    # unlinearized ops could still produce state u, need[u] = how many unlinearized ok ops
-    # require it; ``blocked`` counts states u with need[u] > 0 and avail[u] == 0. Unless
-    # u is the current state, such an op can never be linearized: backtrack at once.
-    # An op whose result depends on the prior state (a kv append) may produce several
-    # needed states: multi[j] lists them (from ``Model.producible``).
-    req = [-1] * m
-    prod = [-1] * m
-    multi: list[tuple[int, ...] | None] = [None] * m
-    prune = True
-    dep: list[int] = []
-    for j, (_i, cop) in enumerate(items):
-        p = model.produces(cop)
-        if p is DEPENDS:
-            if not ro[j]:
-                dep.append(j)
-        elif p is not KEEPS and not ro[j]:
-            prod[j] = intern(p)
-        if ret[j] >= 0:
-            rq = model.requires(cop)
-            if rq is not ANY_STATE:
-                req[j] = intern(rq)
-    if dep:
-        needed_ids = sorted({r for r in req if r >= 0})
-        reach = model.producible([states[u] for u in needed_ids], [items[j][1] for j in dep])
-        if reach is None:
-            prune = False
-        else:
-            for j, lst in zip(dep, reach, strict=True):
-                multi[j] = tuple(needed_ids[n] for n in lst)
-    if not prune:
-        req = [-1] * m
-        prod = [-1] * m
-        multi = [None] * m
-    nbase = len(states)
-    avail = [0] * nbase
-    need = [0] * nbase
-    for j in range(m):
-        if prod[j] >= 0:
-            avail[prod[j]] += 1
-        for u in multi[j] or ():
-            avail[u] += 1
-        if req[j] >= 0:
-            need[req[j]] += 1
+    kind_ids = dict(zip(dict.fromkeys(cops), count(), strict=False))
+    kind = list(map(kind_ids.__getitem__, cops))
+    kind_cops: list[Any] = list(kind_ids)
+    nk = len(kind_cops)
+    trans: dict[int, int] = {}
+    tget = trans.get
+    if lean:
+        ro = list(map(model.read_only_list(kind_cops).__getitem__, kind))
+        prod = req = [-1] * m
+        multi: list[tuple[int, ...] | None] = [None] * m
+        avail: list[int] = []
+        need: list[int] = []
+    else:
+        ro, prod, req, multi, avail, need = _pruning_tables(
+            items, model, kind, kind_cops, ret, intern, states
+        )
+    nbase = len(avail)
+    counting = nbase > 0
     blocked = sum(1 for u in range(nbase) if need[u] and not avail[u])
 
     # Symmetry groups of interchangeable crashed ops (same cop), ranked by invocation.
     group = [-1] * m
     grank = [0] * m
     members: dict[int, list[int]] = {}
-    for j in range(m):
-        if ret[j] < 0:
-            members.setdefault(kind[j], []).append(j)
+    if remaining < m:
+        for j in range(m):
+            if ret[j] < 0:
+                members.setdefault(kind[j], []).append(j)
     ngroups = 0
     for js in members.values():
         if len(js) > 1:
-            js.sort(key=lambda j: ops[items[j][0]].invoke_index)
+            js.sort(key=invs.__getitem__)
             for r, j in enumerate(js):
                 group[j] = ngroups
                 grank[j] = r
@@ -317,15 +373,7 @@ def _search(items: Sequence[Item], ops: Sequence[Op], model: Model, budget: Budg
 
     zob = _zobrist_words(m)
 
-    canon = model.canonicalizer(items)
-    if canon is None:
-        step = model.step
-    else:
-        base_step = model.step
-
-        def step(state: Any, cop: Any) -> Any:
-            after = base_step(state, cop)
-            return after if after is None else canon(after)
+    step = model.step if lean else model.stepper(items)
 
     memo: set[int] = set()
     memo_add = memo.add
@@ -345,7 +393,7 @@ def _search(items: Sequence[Item], ops: Sequence[Op], model: Model, budget: Budg
     best_tail: list[int] = []
     best_state = s
     backtracks = 0
-    countdown = CHECK_EVERY
+    countdown = CHECK_EVERY  # budget checks: memo insertions and forced steps
     misses = CHECK_EVERY_MISSES  # transitions computed: expensive for big states
     max_steps = budget.max_steps
     verdict: Verdict = UNKNOWN
@@ -357,41 +405,117 @@ def _search(items: Sequence[Item], ops: Sequence[Op], model: Model, budget: Budg
                 verdict = True
                 break
             if fresh:
-                # A legal read-only op (one that never changes any state it is legal in)
-                # can be linearized now without loss of generality: any linearization
-                # with it later can move it here. So it is forced, not a choice point.
                 fresh = False
-                if blocked and (blocked > 1 or s >= nbase or not need[s] or avail[s]):
-                    e = tail  # some ok op needs a state nothing can produce any more
-                    continue
                 x = nxt[head]
-                while not is_ret[x]:
-                    g = group[x]
-                    if ro[x] and (g < 0 or grank[x] == gcount[g]):
-                        t = trans[kind[x]]
-                        ns = t.get(s)
+                r = ret[x]
+                if fast and r >= 0 and nxt[x] == r:
+                    # A forced stretch (module docstring): while the first pending
+                    # completion is the only op invoked before it, that op is the only
+                    # candidate. Linearize it without memo or pruning test.
+                    depth0 = len(stack_e)
+                    while True:
+                        tk = s * nk + kind[x]
+                        ns = tget(tk)
                         if ns is None:
                             nstate = step(states[s], kind_cops[kind[x]])
-                            ns = -1 if nstate is None else intern(nstate)
+                            if nstate is None:
+                                ns = -1
+                            else:
+                                ns = state_ids.get(nstate)
+                                if ns is None:
+                                    ns = len(states)
+                                    state_ids[nstate] = ns
+                                    states.append(nstate)
+                            trans[tk] = ns
                             misses -= 1
                             if not misses:
                                 misses = CHECK_EVERY_MISSES
                                 reason = _over_budget(budget, len(memo), len(states))
                                 if reason:
                                     raise _OutOfBudget
-                            t[s] = ns
-                        if ns == s:
+                        if ns < 0:
+                            break  # illegal: the general code below backtracks
+                        push_e(~x)
+                        push_s(s)
+                        s = ns
+                        zh ^= zob[x]
+                        y = nxt[r]
+                        nxt[head] = y
+                        prv[y] = head
+                        if counting:
+                            pj = prod[x]
+                            if pj >= 0:
+                                avail[pj] -= 1
+                                if not avail[pj] and need[pj]:
+                                    blocked += 1
+                            mp = multi[x]
+                            if mp is not None:
+                                for pj in mp:
+                                    avail[pj] -= 1
+                                    if not avail[pj] and need[pj]:
+                                        blocked += 1
+                            qj = req[x]
+                            if qj >= 0:
+                                need[qj] -= 1
+                                if not need[qj] and not avail[qj]:
+                                    blocked -= 1
+                        x = y
+                        r = ret[x]
+                        if r < 0 or nxt[x] != r:
                             break
+                    n = len(stack_e) - depth0
+                    if n:
+                        remaining -= n
+                        if n + depth0 > best_depth:
+                            best_depth = n + depth0
+                            best_saved = False
+                        if remaining == 0:
+                            verdict = True
+                            break
+                        countdown -= n
+                        if countdown <= 0:
+                            countdown = CHECK_EVERY
+                            reason = _over_budget(budget, len(memo), len(states))
+                            if reason:
+                                raise _OutOfBudget
+                if blocked and (blocked > 1 or s >= nbase or not need[s] or avail[s]):
+                    e = tail  # some ok op needs a state nothing can produce any more
+                    continue
+                # A legal read-only op (one that never changes any state it is legal in)
+                # can be linearized now without loss of generality: any linearization
+                # with it later can move it here. So it is forced, not a choice point.
+                while not is_ret[x]:
+                    if ro[x]:
+                        g = group[x]
+                        if g < 0 or grank[x] == gcount[g]:
+                            tk = s * nk + kind[x]
+                            ns = tget(tk)
+                            if ns is None:
+                                nstate = step(states[s], kind_cops[kind[x]])
+                                ns = -1 if nstate is None else intern(nstate)
+                                trans[tk] = ns
+                                misses -= 1
+                                if not misses:
+                                    misses = CHECK_EVERY_MISSES
+                                    reason = _over_budget(budget, len(memo), len(states))
+                                    if reason:
+                                        raise _OutOfBudget
+                            if ns == s:
+                                break
                     x = nxt[x]
                 if not is_ret[x]:
                     nzh = zh ^ zob[x]
-                    mk = (s << 128) | nzh
-                    if mk in memo:
-                        e = tail  # explored before and failed: so does this configuration
-                        continue
-                    memo_add(mk)
-                    countdown -= 1
-                    if countdown == 0:
+                    if fast:
+                        # Not a choice point: no memo entry (module docstring).
+                        countdown -= 1
+                    else:
+                        mk = (s << 128) | nzh
+                        if mk in memo:
+                            e = tail  # explored before and failed: so does this one
+                            continue
+                        memo_add(mk)
+                        countdown -= 1
+                    if countdown <= 0:
                         countdown = CHECK_EVERY
                         reason = _over_budget(budget, len(memo), len(states))
                         if reason:
@@ -402,11 +526,12 @@ def _search(items: Sequence[Item], ops: Sequence[Op], model: Model, budget: Budg
                         best_depth = len(stack_e)
                         best_saved = False
                     zh = nzh
-                    qj = req[x]
-                    if qj >= 0:
-                        need[qj] -= 1
-                        if not need[qj] and not avail[qj]:
-                            blocked -= 1
+                    if counting:
+                        qj = req[x]
+                        if qj >= 0:
+                            need[qj] -= 1
+                            if not need[qj] and not avail[qj]:
+                                blocked -= 1
                     r = ret[x]
                     if r >= 0:
                         nxt[prv[r]] = nxt[r]
@@ -414,6 +539,7 @@ def _search(items: Sequence[Item], ops: Sequence[Op], model: Model, budget: Budg
                         remaining -= 1
                     nxt[prv[x]] = nxt[x]
                     prv[nxt[x]] = prv[x]
+                    g = group[x]
                     if g >= 0:
                         gcount[g] += 1
                     fresh = True
@@ -445,22 +571,23 @@ def _search(items: Sequence[Item], ops: Sequence[Op], model: Model, budget: Budg
                     remaining += 1
                 nxt[prv[ce]] = ce
                 prv[nxt[ce]] = ce
-                pj = prod[ce]
-                if pj >= 0:
-                    avail[pj] += 1
-                    if avail[pj] == 1 and need[pj]:
-                        blocked -= 1
-                mp = multi[ce]
-                if mp is not None:
-                    for pj in mp:
+                if counting:
+                    pj = prod[ce]
+                    if pj >= 0:
                         avail[pj] += 1
                         if avail[pj] == 1 and need[pj]:
                             blocked -= 1
-                qj = req[ce]
-                if qj >= 0:
-                    need[qj] += 1
-                    if need[qj] == 1 and not avail[qj]:
-                        blocked += 1
+                    mp = multi[ce]
+                    if mp is not None:
+                        for pj in mp:
+                            avail[pj] += 1
+                            if avail[pj] == 1 and need[pj]:
+                                blocked -= 1
+                    qj = req[ce]
+                    if qj >= 0:
+                        need[qj] += 1
+                        if need[qj] == 1 and not avail[qj]:
+                            blocked += 1
                 g = group[ce]
                 if g >= 0:
                     gcount[g] -= 1
@@ -471,25 +598,25 @@ def _search(items: Sequence[Item], ops: Sequence[Op], model: Model, budget: Budg
                 # A read-only candidate here is illegal: a legal one would have been forced.
                 e = nxt[e]
                 continue
-            t = trans[kind[e]]
-            ns = t.get(s)
+            tk = s * nk + kind[e]
+            ns = tget(tk)
             if ns is None:
                 nstate = step(states[s], kind_cops[kind[e]])
                 ns = -1 if nstate is None else intern(nstate)
+                trans[tk] = ns
                 misses -= 1
                 if not misses:
                     misses = CHECK_EVERY_MISSES
                     reason = _over_budget(budget, len(memo), len(states))
                     if reason:
                         raise _OutOfBudget
-                t[s] = ns
             if ns >= 0:
                 nzh = zh ^ zob[e]
                 mk = (ns << 128) | nzh
                 if mk not in memo:
                     memo_add(mk)
                     countdown -= 1
-                    if countdown == 0:
+                    if countdown <= 0:
                         countdown = CHECK_EVERY
                         reason = _over_budget(budget, len(memo), len(states))
                         if reason:
@@ -508,22 +635,23 @@ def _search(items: Sequence[Item], ops: Sequence[Op], model: Model, budget: Budg
                         remaining -= 1
                     nxt[prv[e]] = nxt[e]
                     prv[nxt[e]] = prv[e]
-                    pj = prod[e]
-                    if pj >= 0:
-                        avail[pj] -= 1
-                        if not avail[pj] and need[pj]:
-                            blocked += 1
-                    mp = multi[e]
-                    if mp is not None:
-                        for pj in mp:
+                    if counting:
+                        pj = prod[e]
+                        if pj >= 0:
                             avail[pj] -= 1
                             if not avail[pj] and need[pj]:
                                 blocked += 1
-                    qj = req[e]
-                    if qj >= 0:
-                        need[qj] -= 1
-                        if not need[qj] and not avail[qj]:
-                            blocked -= 1
+                        mp = multi[e]
+                        if mp is not None:
+                            for pj in mp:
+                                avail[pj] -= 1
+                                if not avail[pj] and need[pj]:
+                                    blocked += 1
+                        qj = req[e]
+                        if qj >= 0:
+                            need[qj] -= 1
+                            if not need[qj] and not avail[qj]:
+                                blocked -= 1
                     if g >= 0:
                         gcount[g] += 1
                     fresh = True
@@ -546,10 +674,10 @@ def _search(items: Sequence[Item], ops: Sequence[Op], model: Model, budget: Budg
         "items": m,
     }
     memo.clear()
-    best = [j if j >= 0 else ~j for j in best]
-    prefix = [items[j][0] for j in best]
     if verdict is True:
         return KeyResult(True, [], None, "", "", stats)
+    best = [j if j >= 0 else ~j for j in best]
+    prefix = [items[j][0] for j in best]
     in_prefix = set(best)
     failing_j = _first_unlinearized_ok(items, ops, ret, in_prefix)
     failing = None if failing_j is None else items[failing_j][0]
@@ -563,6 +691,60 @@ def _search(items: Sequence[Item], ops: Sequence[Op], model: Model, budget: Budg
         f"configurations; the longest linearizable prefix found has {len(best)} of {m} ops"
     )
     return KeyResult(UNKNOWN, prefix, failing, explanation, reason, stats)
+
+
+def _pruning_tables(
+    items: Sequence[Item],
+    model: Model,
+    kind: list[int],
+    kind_cops: list[Any],
+    ret: list[int],
+    intern: Callable[[Any], int],
+    states: list[Any],
+) -> tuple[list[bool], list[int], list[int], list[tuple[int, ...] | None], list[int], list[int]]:
+    """ro, prod, req, multi, avail, need for the dead-configuration pruning.
+
+    req[j] = the state ok op j needs to be legal, prod[j] = the state op j leaves behind
+    (regardless of the state before); avail[u] = how many unlinearized ops could still
+    produce state u, need[u] = how many unlinearized ok ops require it; the search counts
+    as ``blocked`` the states u with need[u] > 0 and avail[u] == 0: unless u is the current
+    state, such an op can never be linearized, so it backtracks at once. An op whose result
+    depends on the prior state (a kv append) may produce several needed states: multi[j]
+    lists them (from ``Model.producible``). The states interned here (ids < len(avail))
+    are the only ones counted."""
+    m = len(items)
+    k_ro, k_prod, k_req = model.facts(kind_cops)
+    ro = list(map(k_ro.__getitem__, kind))
+    k_prod_id = [
+        -1 if p is DEPENDS or p is KEEPS or r else intern(p)
+        for p, r in zip(k_prod, k_ro, strict=True)
+    ]
+    k_req_id = [-1 if rq is ANY_STATE else intern(rq) for rq in k_req]
+    prod = list(map(k_prod_id.__getitem__, kind))
+    req = [k_req_id[k] if r >= 0 else -1 for k, r in zip(kind, ret, strict=False)]
+    multi: list[tuple[int, ...] | None] = [None] * m
+    dep_kinds = {k for k, p in enumerate(k_prod) if p is DEPENDS and not k_ro[k]}
+    dep = [j for j in range(m) if kind[j] in dep_kinds] if dep_kinds else []
+    if dep:
+        needed_ids = sorted({r for r in req if r >= 0})
+        reach = model.producible([states[u] for u in needed_ids], [items[j][1] for j in dep])
+        if reach is None:  # no pruning
+            return ro, [-1] * m, [-1] * m, multi, [0] * len(states), [0] * len(states)
+        for j, lst in zip(dep, reach, strict=True):
+            multi[j] = tuple(needed_ids[n] for n in lst)
+    nbase = len(states)
+    avail = [0] * nbase
+    need = [0] * nbase
+    for u, c in Counter(prod).items():
+        if u >= 0:
+            avail[u] += c
+    for j in dep:
+        for u in multi[j] or ():
+            avail[u] += 1
+    for u, c in Counter(req).items():
+        if u >= 0:
+            need[u] += c
+    return ro, prod, req, multi, avail, need
 
 
 def stale_precheck(

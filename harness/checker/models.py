@@ -11,7 +11,10 @@ no information and are dropped; crashed writes / cas / appends / acquires keep t
 effect and the search may linearize them at any time after invocation, or never. An item
 whose cop ends with ``CRASHED`` counts as crashed even when its op is ok (a write-once
 append's abandoned copy at a position other than the acknowledged one): use ``item_ok``,
-never ``ops[i].type`` alone, to tell whether an item must be linearized.
+never ``ops[i].type`` alone, to tell whether an item must be linearized. ``partition``
+may drop crashed ops that provably cannot matter (a register write nothing reads, a kv
+write or append no read or cas could ever match): "never took effect" is then always at
+least as permissive.
 Initial values: register, cas-register and multi-register start at nil (None), a kv key
 starts as "" (a kv read of nil is read as ""), the mutex starts free, a write-once
 position starts unwritten (None).
@@ -22,6 +25,8 @@ from __future__ import annotations
 import bisect
 from collections import defaultdict
 from collections.abc import Hashable, Sequence
+from itertools import pairwise
+from operator import attrgetter
 from typing import Any
 
 from harness.history import HistoryError, Op
@@ -33,6 +38,9 @@ SINGLE_KEY = None
 
 
 _CONTAINERS = (list, tuple, dict)
+_SCALARS = frozenset((str, int, float, bool, type(None)))  # freeze() returns these as they are
+_KV_FIELDS = attrgetter("type", "f", "key", "value", "result")
+_REGISTER_FIELDS = attrgetter("type", "f", "value", "result")
 
 
 def freeze(v: Any) -> Any:
@@ -114,10 +122,44 @@ class Model:
         ``DEPENDS`` op in a key disables that (and the stale-read precheck)."""
         return DEPENDS
 
+    def refine(self, items: Sequence[Item]) -> Sequence[Item]:
+        """The key's items for the full search: the same ops in the same order, cops
+        possibly replaced by equivalent ones that let the search merge states (kv: the
+        poisoned appends). The first, lean search and the prechecks skip it."""
+        return items
+
+    def facts(self, cops: Sequence[Cop]) -> tuple[list[bool], list[Any], list[Any]]:
+        """``read_only``, ``produces`` and ``requires`` of each cop, as three lists (the
+        search asks once per distinct cop; models override this with a faster loop that
+        must give the same answers)."""
+        return (
+            self.read_only_list(cops),
+            [self.produces(c) for c in cops],
+            [self.requires(c) for c in cops],
+        )
+
+    def read_only_list(self, cops: Sequence[Cop]) -> list[bool]:
+        """``read_only`` of each cop (models may override it with a faster loop)."""
+        return [self.read_only(c) for c in cops]
+
     def canonicalizer(self, items: Sequence[Item]) -> Any:
         """None, or a function mapping a state to an equivalent canonical one for this
         key's ops (states that no op can tell apart may be merged so the memo sees it)."""
         return None
+
+    def stepper(self, items: Sequence[Item]) -> Any:
+        """``step`` followed by this key's ``canonicalizer`` (a legal result), as one
+        function of (state, cop); models may override it with a faster equivalent."""
+        canon = self.canonicalizer(items)
+        if canon is None:
+            return self.step
+        base_step = self.step
+
+        def step(state: Any, cop: Cop) -> Any:
+            after = base_step(state, cop)
+            return after if after is None else canon(after)
+
+        return step
 
     def producible(self, needed: Sequence[Any], cops: Sequence[Cop]) -> list[list[int]] | None:
         """For ``DEPENDS`` ops: per cop, the indexes into ``needed`` of the states it could
@@ -223,9 +265,38 @@ class RegisterModel(Model):
         k = cop[0]
         return cop[1] if k == "w" else cop[2] if k == "c" else KEEPS
 
+    def read_only_list(self, cops: Sequence[Cop]) -> list[bool]:
+        return [c[0] == "r" or (c[0] == "c" and c[1] == c[2]) for c in cops]
+
+    def facts(self, cops: Sequence[Cop]) -> tuple[list[bool], list[Any], list[Any]]:
+        ro = self.read_only_list(cops)
+        prod = [c[1] if c[0] == "w" else c[2] if c[0] == "c" else KEEPS for c in cops]
+        req = [c[1] if c[0] != "w" else ANY_STATE for c in cops]
+        return ro, prod, req
+
     def partition(self, ops: Sequence[Op]) -> dict[Any, list[Item]]:
-        parts = super().partition(ops)
-        return {k: _drop_unobserved_crashed_writes(v, ops) for k, v in parts.items()}
+        """``compile_op`` for every op, inlined (the same cops, faster for long histories)."""
+        items: list[Item] = []
+        add = items.append
+        allow_cas = self.allow_cas
+        for i, (t, f, v, res) in enumerate(map(_REGISTER_FIELDS, ops)):
+            if f == "read":
+                if t == "ok":
+                    if type(res) not in _SCALARS:
+                        res = freeze(res)
+                    add((i, ("r", NIL if res is None else res)))
+            elif t == "fail":
+                continue
+            elif f == "write":
+                if type(v) not in _SCALARS:
+                    v = freeze(v)
+                add((i, ("w", NIL if v is None else v)))
+            elif f == "cas" and allow_cas:
+                old, new = _pair(v, "cas", ops[i])
+                add((i, ("c", wrap(old), wrap(new))))
+            else:
+                self.compile_op(ops[i])  # raises the usual HistoryError
+        return {SINGLE_KEY: _drop_unobserved_crashed_writes(items, ops)} if items else {}
 
     def precheck(self, items: Sequence[Item], ops: Sequence[Op]) -> tuple[int, str] | None:
         return _value_from_nowhere(items, ops, self.init(), _register_producers)
@@ -354,41 +425,129 @@ class KVModel(Model):
             return GARBAGE
         return cop[1] if k == "w" else cop[2] if k == "c" else KEEPS
 
+    def read_only_list(self, cops: Sequence[Cop]) -> list[bool]:
+        return [c[0] == "r" or (c[0] == "c" and c[1] == c[2]) for c in cops]
+
+    def facts(self, cops: Sequence[Cop]) -> tuple[list[bool], list[Any], list[Any]]:
+        ro = self.read_only_list(cops)
+        prod = [
+            c[1]
+            if c[0] == "w"
+            else c[2]
+            if c[0] == "c"
+            else KEEPS
+            if c[0] == "r" or c[1:] == ("",)
+            else DEPENDS
+            if c[0] == "a"
+            else GARBAGE
+            for c in cops
+        ]
+        req = [c[1] if c[0] == "r" or c[0] == "c" else ANY_STATE for c in cops]
+        return ro, prod, req
+
     def partition(self, ops: Sequence[Op]) -> dict[Any, list[Item]]:
-        return {k: _poison_appends(v) for k, v in super().partition(ops).items()}
+        """``compile_op`` for every op, inlined (the same cops, faster for long histories);
+        then, in keys with crashed ops, the crashed ops nothing can observe are dropped
+        (``_drop_unobserved_kv``). Poisoning the unobserved ok appends waits for
+        ``refine`` (only the full search needs it)."""
+        parts: defaultdict[Any, list[Item]] = defaultdict(list)
+        crashed: set[Any] = set()  # keys with a crashed op
+        for i, (t, f, key, v, res) in enumerate(map(_KV_FIELDS, ops)):
+            if f == "read":
+                if t != "ok":
+                    continue
+                cop: Cop = ("r", "" if res is None else res)
+            elif t == "fail":
+                continue
+            elif f == "write":
+                cop = ("w", v) if type(v) is str else ("w", _kv_str(v, ops[i]))
+            elif f == "append":
+                cop = ("a", v) if type(v) is str else ("a", _kv_str(v, ops[i]))
+            elif f == "cas" and type(v) is list and len(v) == 2 and type(v[0]) is type(v[1]) is str:
+                cop = ("c", v[0], v[1])
+            else:
+                ((_k, cop),) = self.compile_op(ops[i])  # cas, or the usual HistoryError
+            if type(key) is not str and type(key) not in _SCALARS:
+                key = freeze(key)
+            parts[key].append((i, cop))
+            if t != "ok":
+                crashed.add(key)
+        for key in crashed:
+            parts[key] = _drop_unobserved_kv(parts[key], ops)
+        return dict(parts)
+
+    def refine(self, items: Sequence[Item]) -> Sequence[Item]:
+        return _poison_appends(items, _maximal_expected(items))
 
     def canonicalizer(self, items: Sequence[Item]) -> Any:
         """With appends: a value that is a prefix of no value a read or cas expects can never
         become one (appends only extend it) and matches nothing: it is GARBAGE."""
         if not any(cop[0] == "a" for _i, cop in items):
             return None
-        expected = sorted({cop[1] for _i, cop in items if cop[0] in ("r", "c")})
+        # A prefix of some expected value is a prefix of a maximal one, and the values
+        # starting with ``state`` come first among those >= it: one bisect decides.
+        expected = _maximal_expected(items)
+        n = len(expected)
+        bisect_left = bisect.bisect_left
 
         def canon(state: Any) -> Any:
             if state is GARBAGE:
                 return state
-            k = bisect.bisect_left(expected, state)
-            if k < len(expected) and expected[k].startswith(state):
+            k = bisect_left(expected, state)
+            if k < n and expected[k].startswith(state):
                 return state
             return GARBAGE
 
         return canon
 
+    def stepper(self, items: Sequence[Item]) -> Any:
+        canon = self.canonicalizer(items)
+        if canon is None:
+            return self.step
+        expected = _maximal_expected(items)
+        n = len(expected)
+        bisect_left = bisect.bisect_left
+
+        def step(state: Any, cop: Cop) -> Any:
+            # ``step`` then ``canon``, fused (the search calls this once per transition).
+            k = cop[0]
+            if k == "r":
+                return state if state == cop[1] else None  # a legal read keeps a canonical state
+            if k == "a":
+                if state is GARBAGE:
+                    return state
+                v = state + cop[1]
+            elif k == "w":
+                v = cop[1]
+            elif k == "a!":
+                return GARBAGE
+            elif state == cop[1]:
+                v = cop[2]
+            else:
+                return None
+            j = bisect_left(expected, v)
+            if j < n and expected[j].startswith(v):
+                return v
+            return GARBAGE
+
+        return step
+
     def producible(self, needed: Sequence[Any], cops: Sequence[Cop]) -> list[list[int]] | None:
-        # An append of x can leave exactly the strings that end with x.
-        lengths = {len(c[1]) for c in cops if c[0] == "a"}
-        index: dict[tuple[int, str], list[int]] = {}
-        for n, u in enumerate(needed):
-            if not isinstance(u, str):
-                continue
-            for length in lengths:
-                if len(u) >= length:
-                    index.setdefault((length, u[len(u) - length :]), []).append(n)
+        # An append of x can leave exactly the strings that end with x: with the needed
+        # strings sorted reversed, those ending with x are one run starting at x reversed.
+        if any(c[0] != "a" for c in cops):
+            return None
+        rev = sorted((u[::-1], n) for n, u in enumerate(needed) if type(u) is str)
+        keys = [r for r, _n in rev]
+        nkeys = len(keys)
+        bisect_left = bisect.bisect_left
         out: list[list[int]] = []
         for c in cops:
-            if c[0] != "a":
-                return None
-            out.append(index.get((len(c[1]), c[1]), []))
+            x = c[1][::-1]
+            lo = hi = bisect_left(keys, x)
+            while hi < nkeys and keys[hi].startswith(x):
+                hi += 1
+            out.append([rev[t][1] for t in range(lo, hi)])
         return out
 
     def precheck(self, items: Sequence[Item], ops: Sequence[Op]) -> tuple[int, str] | None:
@@ -400,23 +559,72 @@ class KVModel(Model):
 POISON_SCAN_CHARS_MAX = 200_000_000  # skip the poison analysis beyond this much scanning
 
 
-def _poison_appends(items: list[Item]) -> list[Item]:
+def _poison_appends(items: Sequence[Item], maximal: list[str]) -> Sequence[Item]:
     """Appends whose suffix occurs in no value any read or cas expects become ("a!",).
 
     After such an append the value contains that suffix until the next write or cas, so no
     read or cas can be legal until then: every such value is equivalent to one GARBAGE
     state. Merging them lets the memo and the symmetry reduction see that placing one
-    unobserved append or another makes no difference."""
+    unobserved append or another makes no difference. ``maximal``: ``_maximal_expected``."""
     appends = [cop[1] for _i, cop in items if cop[0] == "a" and cop[1]]
     if not appends:
         return items
-    expected = "\x00".join({cop[1] for _i, cop in items if cop[0] in ("r", "c")})
+    expected = "\x00".join(maximal)
     if len(expected) * len(appends) > POISON_SCAN_CHARS_MAX:
         return items
     poison = {x for x in set(appends) if "\x00" not in x and x not in expected}
     if not poison:
         return items
     return [(i, ("a!",)) if cop[0] == "a" and cop[1] in poison else (i, cop) for i, cop in items]
+
+
+def _drop_unobserved_kv(items: list[Item], ops: Sequence[Op]) -> list[Item]:
+    """Crashed writes, cas and appends that leave a value no read or cas can ever match (a
+    write or cas of a prefix of no expected value; an append of a string that occurs in no
+    expected value, as ``_poison_appends``) cannot matter: drop them.
+
+    Sound: after such an op, appends only extend the value (so it stays a prefix of nothing)
+    and no read or cas is legal until the next write; the ops in between are appends,
+    always legal without it too, and after that write the state is the same. So "never
+    took effect" is always at least as permissive (as ``_drop_unobserved_crashed_writes``
+    for registers)."""
+    crashed = [n for n, (i, cop) in enumerate(items) if ops[i].type != "ok" or cop[-1] is CRASHED]
+    if not crashed:
+        return items
+    expected = _maximal_expected(items)
+    nexp = len(expected)
+    text = "\x00".join(expected)
+
+    def matters(cop: Cop) -> bool:
+        k = cop[0]
+        if k == "a!":
+            return False
+        if k == "a":
+            return not cop[1] or "\x00" in cop[1] or cop[1] in text
+        if k == "w":
+            v = cop[1]
+        elif k == "c":
+            v = cop[2]
+        else:
+            return True
+        j = bisect.bisect_left(expected, v)
+        return j < nexp and expected[j].startswith(v)
+
+    drop = {n for n in crashed if not matters(items[n][1])}
+    if not drop:
+        return items
+    return [it for n, it in enumerate(items) if n not in drop]
+
+
+def _maximal_expected(items: Sequence[Item]) -> list[str]:
+    """The string values reads and cas expect, sorted, without those that are a prefix of
+    another (a substring or prefix of a dropped value is one of the one kept)."""
+    exp = sorted({c[1] for _i, c in items if (c[0] == "r" or c[0] == "c") and type(c[1]) is str})
+    # Sorted, a value that is a prefix of another is a prefix of the next one.
+    keep = [e for e, f in pairwise(exp) if not f.startswith(e)]
+    if exp:
+        keep.append(exp[-1])
+    return keep
 
 
 def _kv_str(v: Any, op: Op) -> str:
