@@ -16,15 +16,57 @@ from __future__ import annotations
 import contextlib
 import functools
 import http.server
+import json
 import sys
 from pathlib import Path
 
 import click
 
+from harness.checker.cli_check import USAGE_EXIT
 from harness.deploy import CANARIES
 from harness.hosts import netns
 from harness.hosts.providers import PROVIDERS, open_hosts
 from harness.nemesis.schedule import FAULTS
+
+#: exit status when the run could not be made: hosts unreachable, a bad hosts file, a
+#: failed deploy or bootstrap, a netns cluster that cannot be brought up
+COULD_NOT_RUN_EXIT = 3
+EXIT_HELP = ("Exit status: 0 valid, 1 invalid, 2 unknown, 3 could not run (hosts, "
+             f"deploy, configuration), {USAGE_EXIT} usage error (bad options; as "
+             "`machi-harness check`), 130 interrupted.")
+
+
+class _HarnessCommand(click.Command):
+    """A click command whose usage errors (parsing and BadParameter raised by the command
+    itself) exit with USAGE_EXIT, like `machi-harness check`, not click's 2 (= unknown)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            exc.exit_code = USAGE_EXIT
+            raise
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            exc.exit_code = USAGE_EXIT
+            raise
+
+
+class CouldNotRun(click.ClickException):
+    """The run could not be made; one line on stderr, exit 3."""
+
+    exit_code = COULD_NOT_RUN_EXIT
+
+    def __init__(self, what: str, e: BaseException | None = None) -> None:
+        from harness.run import one_line
+
+        super().__init__(f"could not run: {what}" + (f": {one_line(e)}" if e else ""))
+
+    def show(self, file: object = None) -> None:
+        click.echo(self.format_message(), err=True)
 
 
 def _concurrency(text: str, nodes: int) -> int:
@@ -38,7 +80,7 @@ def _concurrency(text: str, nodes: int) -> int:
     return n
 
 
-@click.command("test")
+@click.command("test", cls=_HarnessCommand, epilog=EXIT_HELP)
 @click.option("--hosts", "provider", type=click.Choice(PROVIDERS), default="netns",
               show_default=True, help="Where the nodes run.")
 @click.option("--hosts-file", type=click.Path(dir_okay=False), default=None,
@@ -77,9 +119,7 @@ def test(provider: str, hosts_file: str | None, nodes: int, mode: str, witnesses
          mix: str, seed: int | None, leave_running: bool, canary: str | None, store: str,
          state_dir: str | None, python: str | None, install_deps: bool | None,
          chain_fast: bool) -> None:
-    """Deploy, run clients under a nemesis, heal, read back, check, report.
-
-    Exit status: 0 valid, 1 invalid, 2 unknown (3: could not run)."""
+    """Deploy, run clients under a nemesis, heal, read back, check, report."""
     import random
 
     from harness.deploy import CANARIES_IMPLEMENTED
@@ -102,7 +142,10 @@ def test(provider: str, hosts_file: str | None, nodes: int, mode: str, witnesses
         seed = random.SystemRandom().randrange(2**31)
     sd = Path(state_dir) if state_dir else None
     if provider == "netns" and not netns.in_control_namespace():
-        _netns_ready(nodes, sd)
+        try:
+            _netns_ready(nodes, sd)
+        except netns.NetnsError as e:
+            raise CouldNotRun("netns cluster", e) from e
         args = sys.argv[1:]
         if "--seed" not in args:
             args = [*args, "--seed", str(seed)]  # the re-exec'd run uses the same seed
@@ -111,8 +154,8 @@ def test(provider: str, hosts_file: str | None, nodes: int, mode: str, witnesses
         netns.reexec_in_control_ns(args)
     try:
         hosts = open_hosts(provider, hosts_file=hosts_file, state_dir=sd, nodes=nodes)
-    except Exception as e:  # reported as one line
-        raise click.ClickException(str(e)) from e
+    except Exception as e:  # a bad hosts file, no cluster, vagrant missing: one line
+        raise CouldNotRun(f"{provider} hosts", e) from e
     names = hosts.names
     if python is None:
         python = {"netns": sys.executable, "vagrant": "/opt/machi/venv/bin/python"}.get(
@@ -141,6 +184,15 @@ def test(provider: str, hosts_file: str | None, nodes: int, mode: str, witnesses
         click.echo("interrupted: nemesis rules flushed, daemons stopped, logs downloaded",
                    err=True)
         sys.exit(130)
+    except Exception as e:  # a harness bug: the traceback, then the one-line verdict
+        import traceback
+
+        traceback.print_exc()
+        raise CouldNotRun("harness error", e) from e
+    if code == COULD_NOT_RUN_EXIT:
+        run = json.loads((out / "run.json").read_text())
+        click.echo(f"report: {out / 'index.html'}")
+        raise CouldNotRun("setup failed", RuntimeError(run.get("setup_error")))
     verdict = {0: "valid", 1: "INVALID", 2: "unknown"}[code]
     click.echo(f"verdict: {verdict}")
     click.echo(f"report: {out / 'index.html'}")
@@ -153,19 +205,19 @@ def _netns_ready(nodes: int, state_dir: Path | None) -> None:
     if state and not state.get("corrupt"):
         have = len(state.get("nodes", []))
         if have < nodes:
-            raise click.ClickException(
+            raise CouldNotRun(
                 f"a netns cluster with {have} nodes is up ({sd}); run "
                 "`machi-harness cluster down` first or ask for fewer nodes")
         return
     why = netns.preflight()
     if why:
-        raise click.ClickException(f"netns hosts need root and `ip netns`: {why}")
+        raise CouldNotRun(f"netns hosts need root and `ip netns`: {why}")
     click.echo(f"bringing up a {nodes}-node netns cluster ({sd})", err=True)
     netns.cluster_up(nodes, state_dir=sd)
     netns.call_in_control_ns("harness.cli_cluster:_netns_check", {"state_dir": str(sd)})
 
 
-@click.command("analyze")
+@click.command("analyze", cls=_HarnessCommand)
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 def analyze(run_dir: str) -> None:
     """Re-check a stored run (history, projection logs); rewrite results.json, index.html."""
@@ -181,7 +233,7 @@ def analyze(run_dir: str) -> None:
     sys.exit(code)
 
 
-@click.command("serve")
+@click.command("serve", cls=_HarnessCommand)
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
 @click.option("--store", type=click.Path(file_okay=False), default="store", show_default=True)
 def serve(port: int, store: str) -> None:

@@ -3,7 +3,8 @@ checks, results and report -- and `analyze`, which re-checks a stored run.
 
 Owns: the run's store folder `store/<test>/<timestamp>/` (`latest` link): `run.json`
 (options, seed, schedule; written first), `history.jsonl` (incremental), `harness.log`,
-`final.json` (read-back, epoch ids seen per node), `nodes/<n>/{node.log,metrics.txt,
+`final.json` (read-back, epoch ids seen per node), `status.jsonl` (the ~1 s CHAIN_STATUS
+polls), `nodes/<n>/{node.log,metrics.txt,
 projection-log.jsonl}`, `results.json` (every checker's verdict, op counts, convergence,
 warnings) and `index.html`; the run-level rules (`epoch_unique`, AP stale reads tolerated
 only near faults, CP divergent chunks; docs/harness-run.md); the wiring of the
@@ -26,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import anyio
 import anyio.to_thread
@@ -34,21 +35,33 @@ import anyio.to_thread
 from harness.checker.coverage import Fault
 from harness.deploy import DAEMON, DeployError, Deployment, DeployOptions
 from harness.history import HistoryWriter
-from harness.hosts.base import HostSet
+from harness.hosts.base import HostError, HostSet, MultiHostError
 from harness.nemesis.executor import NemesisExecutor
-from harness.nemesis.partition import IptablesNet
+from harness.nemesis.partition import IptablesNet, PartitionError
 from harness.nemesis.process import ProcessNemesis
 from harness.nemesis.schedule import FaultEvent, ScheduleOptions, make_schedule
 from harness.workload import Recorder, Workload, WorkloadOptions
+from machi.core.errors import ConfigError
 
 STORE_DEFAULT = Path("store")
 FINAL_STABLE_TIMEOUT_S = 60.0
 EPOCHS_SEEN_MAX = 10_000  # epoch numbers remembered for the epoch_unique check
+STATUS_LINES_MAX = 100_000  # status.jsonl lines (one per ~1 s poll)
 #: write-once anomalies that AP mode allows during partitions (stale reads)
 AP_STALE_KINDS = frozenset({"unwritten-after-ack", "unwritten-after-read"})
 #: AP: stale reads are tolerated while a fault is active and this long after it ends (the
 #: sides merge again: measured 0.4-17.6 s to converge after a heal on netns)
 AP_SETTLE_MS = 20_000
+#: what a run's partitions are drawn from: the fixed shapes and the chain roles, chosen
+#: at run time from the polled chain status (a role with no node, e.g. no repairing node
+#: now, is skipped and recorded so)
+RUN_PARTITION_KINDS = (*ScheduleOptions().partition_kinds, "isolate-head", "isolate-tail",
+                       "isolate-middle", "isolate-repairing")
+#: exit status of a run that could not be made (hosts, deploy, configuration); the
+#: checkers' statuses are 0 valid, 1 invalid, 2 unknown
+COULD_NOT_RUN_EXIT = 3
+#: what makes a run impossible (or unfinishable) rather than a bug of the harness
+SETUP_ERRORS = (DeployError, HostError, MultiHostError, ConfigError, PartitionError, OSError)
 log = logging.getLogger("harness.run")
 
 
@@ -119,10 +132,13 @@ class Runner:
         self.schedule: list[FaultEvent] = make_schedule(
             opts.seed, hosts.names, ScheduleOptions(
                 time_limit_s=opts.time_limit_s, faults=tuple(opts.nemesis),
-                partition_kinds=(*ScheduleOptions().partition_kinds, "isolate-head",
-                                 "isolate-tail")),
+                partition_kinds=RUN_PARTITION_KINDS),
         ) if opts.nemesis else []
         self.status: dict[str, Any] = {}
+        #: the ~1 s CHAIN_STATUS polls, one JSON line each (status.jsonl; the report draws
+        #: each node's wedged periods from it)
+        self.status_log: IO[str] | None = None
+        self.status_lines = 0
         self.current_fault = ""
         self.faults: list[dict[str, Any]] = []
         #: node -> epoch number -> {projection checksum (hex): where it was first seen}
@@ -164,24 +180,35 @@ class Runner:
         }
         (self.out / "run.json").write_text(json.dumps(run_json, indent=1))
         info: dict[str, Any] = {"setup_error": None}
+        phase = "setup"
         try:
             self.progress("deploying")
             self.dep.setup()
             info["setup_s"] = self.dep.setup_s
             log.info("deployed: %s", self.dep.setup_s)
             with IptablesNet(self.hosts) as net:
+                phase = "run"
                 procs = ProcessNemesis(self.hosts, DAEMON)
                 ex = NemesisExecutor(net, procs, chain_view=self.chain_view,
                                      data_files=self.dep.data_files)
-                with HistoryWriter(self.out / "history.jsonl") as w:
+                with (HistoryWriter(self.out / "history.jsonl") as w,
+                      (self.out / "status.jsonl").open("w") as status_log):
+                    self.status_log = status_log
                     rec = Recorder(w, time.monotonic_ns())
                     info.update(anyio.run(self._main, ex, rec))
-        except DeployError as e:
-            info["setup_error"] = str(e)
-            log.error("deploy failed: %s", e)
+        except SETUP_ERRORS as e:
+            # hosts unreachable, a failed install, a bad config: the run could not be made
+            # (exit 3) -- or, once the load ran, could not be finished (unknown)
+            info[f"{phase}_error"] = one_line(e)
+            log.error("%s failed: %s", phase, e)
         finally:
             self.progress("teardown")
-            info["teardown"] = self.dep.teardown(self.out, leave_running=self.opts.leave_running)
+            try:
+                info["teardown"] = self.dep.teardown(
+                    self.out, leave_running=self.opts.leave_running)
+            except Exception as e:  # reported; the daemons may be left running
+                info["teardown"] = {"error": one_line(e)}
+                log.exception("teardown failed")
         run_json.update(info)
         (self.out / "run.json").write_text(json.dumps(run_json, indent=1, default=str))
         return run_json
@@ -202,8 +229,23 @@ class Runner:
             for n, s in self.status.items():
                 if isinstance(s, dict):
                     self._see_epoch(n, s.get("epoch"), s.get("epoch_csum"), "status")
+            self._log_status(self.status)
             with anyio.move_on_after(1.0):
                 await stop.wait()
+
+    def _log_status(self, status: dict[str, Any]) -> None:
+        """One status.jsonl line per poll: harness monotonic and wall-clock ms, and per node
+        the fields the report draws (or the error string of a node that did not answer)."""
+        if self.status_log is None or self.status_lines >= STATUS_LINES_MAX:
+            return
+        keep = ("wedged", "epoch", "confirmed", "upi", "repairing", "running")
+        nodes = {n: ({k: s.get(k) for k in keep} if isinstance(s, dict) else {"error": s})
+                 for n, s in sorted(status.items())}
+        self.status_log.write(json.dumps({"time_ms": int(time.monotonic() * 1000),
+                                          "time_unix_ms": int(time.time() * 1000),
+                                          "nodes": nodes}) + "\n")
+        self.status_log.flush()
+        self.status_lines += 1
 
     async def _nemesis(self, ex: NemesisExecutor, rec: Recorder) -> None:
         t0 = time.monotonic()
@@ -256,9 +298,15 @@ class Runner:
             # heal everything, then read back
             self.progress("healing")
             rec.event("nemesis", "info", "heal-all", {"phase": "start"})
-            await anyio.to_thread.run_sync(ex.heal_all)
+            try:
+                healed: dict[str, Any] = await anyio.to_thread.run_sync(ex.heal_all)
+            except (PartitionError, HostError, MultiHostError) as e:
+                # not proven healed: the final phase is judged unknown (final_phase)
+                healed = {"error": one_line(e)}
+                log.warning("final heal: %s", e)
             heal_ms = int(time.monotonic() * 1000)
-            rec.event("nemesis", "info", "heal-all", {"phase": "done", "heal_time_ms": heal_ms})
+            rec.event("nemesis", "info", "heal-all", {"phase": "done", "heal_time_ms": heal_ms,
+                                                      **healed})
             self.progress("waiting for a stable chain")
             stable: dict[str, Any] | None = None
             try:
@@ -267,7 +315,7 @@ class Runner:
                 log.warning("final: %s", e)
             stable_ms = int(time.monotonic() * 1000)
             final: dict[str, Any] = {"stable": stable is not None,
-                                     "wait_stable_ms": stable_ms - heal_ms}
+                                     "wait_stable_ms": stable_ms - heal_ms, "heal": healed}
             st = stable or await self.dep.status_all()
             s0 = next((s for s in st.values() if isinstance(s, dict) and s.get("upi")), None)
             if s0 is not None:
@@ -302,7 +350,8 @@ class Runner:
 
 
 def run_test(hosts: HostSet, opts: TestOptions, *, verbose: bool = True) -> tuple[int, Path]:
-    """Run, analyze, report; returns (exit status, store dir)."""
+    """Run, analyze, report; returns (exit status, store dir): 0 valid, 1 invalid, 2
+    unknown, 3 could not run (`setup_error` in run.json and results.json)."""
     out = new_store_dir(Path(opts.store), opts.name)
     handler = _setup_log(out / "harness.log")
 
@@ -317,7 +366,7 @@ def run_test(hosts: HostSet, opts: TestOptions, *, verbose: bool = True) -> tupl
 
     old_term = signal.signal(signal.SIGTERM, on_term)  # SIGTERM cleans up like Ctrl-C
     try:
-        Runner(hosts, opts, out, progress).run()
+        run_json = Runner(hosts, opts, out, progress).run()
     finally:
         signal.signal(signal.SIGTERM, old_term)
         logging.getLogger().removeHandler(handler)
@@ -327,7 +376,15 @@ def run_test(hosts: HostSet, opts: TestOptions, *, verbose: bool = True) -> tupl
     results = analyze(out)
     from harness.checker.result import exit_code
 
+    if run_json.get("setup_error"):
+        return COULD_NOT_RUN_EXIT, out
     return exit_code(results["valid"]), out
+
+
+def one_line(e: BaseException, limit: int = 2000) -> str:
+    """An error as one line (host errors carry stdout/stderr on several lines)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 # ---------------------------------------------------------------------------------------
@@ -374,7 +431,8 @@ def run_faults(events: list[dict[str, Any]]) -> list[Fault]:
             # every node killed at once: no op can succeed while it lasts, so it is no
             # coverage interval (what a crash tests is the recovery after the restart)
             continue
-        if f in _FAULT_CLASS and v.get("phase") == "done" and not v.get("error"):
+        if (f in _FAULT_CLASS and v.get("phase") == "done" and not v.get("error")
+                and not v.get("skipped")):
             cls = _FAULT_CLASS[f]
             for t in (["*"] if cls == "net" else targets):
                 open_.setdefault((cls, t), (idx, f))
@@ -421,11 +479,85 @@ def _warnings(checks: dict[str, Any]) -> list[dict[str, Any]]:
                     "count": div["upstream_only"],
                     "text": "chunks held upstream of the CP tail only (abandoned appends; "
                             "read back unwritten at the tail)"})
-    errs = (checks.get("final_read_errors") or {}).get("errors") or {}
-    if errs:
-        out.append({"check": "final_read_errors", "kind": "final-read-errors",
-                    "count": sum(errs.values()),
-                    "text": "final reads that failed on a replica (e.g. a torn file)"})
+    other = (checks.get("final_reads") or {}).get("unacked_errors") or {}
+    if other:
+        out.append({"check": "final_reads", "kind": "final-read-errors-unacked",
+                    "count": sum(other.values()),
+                    "text": "final reads of chunks nobody acknowledged (listed by every "
+                            "replica) that failed on a replica"})
+    return out
+
+
+def final_reads_check(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """The final read-back of acknowledged positions, replica by replica.
+
+    Every final read (`final: true`) is on a replica that must hold every acknowledged
+    chunk (CP: a UPI member at the stable epoch; AP: every replica after repair).  For an
+    acknowledged position (an ok append or write; the value it wrote):
+    - BAD_CHECKSUM, or an ok read of different bytes: that replica lost the chunk's
+      integrity -> invalid (one good replica does not make up for it: the bad one may
+      become the tail and serve it);
+    - any other error (timeout, PARTITION, WEDGED, no connection...): the read proves
+      nothing -> unknown (coverage);
+    - an ok read of null (unwritten) is `lost` in write_once, not here.
+    Errors on final reads of unacknowledged chunks are counted (`unacked_errors`, a
+    warning), not judged."""
+    from harness.checker.result import UNKNOWN
+
+    acked: dict[tuple[Any, ...], Any] = {}
+    for ev in events:
+        if (ev.get("type") == "ok" and ev.get("f") in ("append", "write")
+                and not ev.get("final") and isinstance(ev.get("value"), dict)):
+            pos = ev["value"].get("pos")
+            if isinstance(pos, list) and len(pos) == 3:
+                acked.setdefault(tuple(pos), ev["value"].get("v"))
+    invoked: dict[Any, dict[str, Any]] = {}
+    bad: list[dict[str, Any]] = []
+    inconclusive: list[dict[str, Any]] = []
+    errors: dict[str, int] = {}
+    unacked: dict[str, int] = {}
+    reads = 0
+    for ev in events:
+        if not ev.get("final") or ev.get("f") != "read":
+            continue
+        if ev.get("type") == "invoke":
+            invoked[ev.get("process")] = ev
+            continue
+        inv = invoked.pop(ev.get("process"), {})
+        raw = ev.get("value")
+        value: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        pos_l = value.get("pos") or (inv.get("value") or {}).get("pos")
+        pos = tuple(pos_l) if isinstance(pos_l, list) else None
+        node = ev.get("node") or inv.get("node")
+        reads += 1
+        if pos not in acked:
+            if ev.get("type") != "ok":
+                k = f"{node}:{ev.get('error')}"
+                unacked[k] = unacked.get(k, 0) + 1
+            continue
+        want = acked[pos]
+        where = {"node": node, "pos": list(pos), "v": want, "index": ev.get("index")}
+        if ev.get("type") == "ok":
+            got = value.get("v")
+            if got is not None and got != want:
+                bad.append({**where, "error": f"different bytes: read {got!r}"})
+            continue
+        err = str(ev.get("error"))
+        errors[f"{node}:{err}"] = errors.get(f"{node}:{err}", 0) + 1
+        (bad if err == "BAD_CHECKSUM" else inconclusive).append({**where, "error": err})
+    out: dict[str, Any] = {"valid": False if bad else UNKNOWN if inconclusive else True,
+                           "reads": reads, "acked_positions": len(acked),
+                           "bad": len(bad), "inconclusive": len(inconclusive),
+                           "errors": errors, "unacked_errors": unacked}
+    if bad or inconclusive:
+        worst = bad or inconclusive
+        ex = worst[0]
+        what = ("acknowledged chunk(s) read back corrupt on a replica that must hold them"
+                if bad else "final read(s) of acknowledged chunks failed: nothing proven")
+        out["witness"] = {
+            "explanation": f"{len(worst)} {what}; e.g. node {ex['node']} position "
+                           f"{ex['pos']}: {ex['error']}",
+            "examples": bad[:10] + inconclusive[:max(0, 10 - len(bad))]}
     return out
 
 
@@ -594,12 +726,17 @@ def analyze(run_dir: Path) -> dict[str, Any]:
         except ValueError as e:
             convergence = {"converged": False, "reason": str(e)}
     # the run itself: did it reach the final phase?
-    final_ok = bool(final.get("positions") is not None and final.get("stable"))
+    # (a final heal whose connectivity proof failed leaves the read-back unproven)
+    heal_error = (final.get("heal") or {}).get("error")
+    final_ok = bool(final.get("positions") is not None and final.get("stable")
+                    and not heal_error)
     checks["final_phase"] = {
         "valid": True if final_ok else UNKNOWN,
         "stable": final.get("stable"), "wait_stable_ms": final.get("wait_stable_ms"),
+        "heal": final.get("heal"),
         "positions": final.get("positions"), "error": final.get("error"),
-        "setup_error": run.get("setup_error"),
+        "setup_error": run.get("setup_error"), "run_error": run.get("run_error"),
+        "final_heal": final.get("heal"),
     }
     if final.get("checksum_lists"):
         # AP: after heal and repair every replica must hold the same chunks.  CP: chunks of
@@ -618,23 +755,15 @@ def analyze(run_dir: Path) -> dict[str, Any]:
             "differ": diff, "divergent_chunks": div,
             "counts_in_verdict": opts["mode"] == "ap" or bool(div.get("on_authority"))}
     counts: dict[str, dict[str, int]] = {}
-    final_errors: dict[str, int] = {}
-    final_error_examples: list[dict[str, Any]] = []
     for ev in events:
-        if ev.get("final") and ev.get("type") == "fail":
-            k = f"{ev.get('node')}:{ev.get('error')}"
-            final_errors[k] = final_errors.get(k, 0) + 1
-            if len(final_error_examples) < 10:
-                final_error_examples.append(ev)
         if ev.get("type") == "invoke" or ev.get("process") == "nemesis":
             continue
         key = ev["f"] + (" (final)" if ev.get("final") else "")
         c = counts.setdefault(key, {})
         c[ev["type"]] = c.get(ev["type"], 0) + 1
-    # A final read that fails (e.g. BAD_CHECKSUM on a replica whose file was torn) says
-    # nothing about the history; it is reported so a person sees damaged replicas.
-    checks["final_read_errors"] = {"valid": True, "counts_in_verdict": False,
-                                   "errors": final_errors, "examples": final_error_examples}
+    # BAD_CHECKSUM (or other bytes) for an acknowledged chunk on a replica that must hold
+    # it is invalid; any other failed final read of one leaves the run unknown
+    checks["final_reads"] = final_reads_check(events)
     valid = combine_verdicts(c.get("valid", UNKNOWN) for c in checks.values())
     results = {
         "valid": valid, "checks": checks, "counts": counts, "seed": run.get("seed"),
@@ -642,6 +771,8 @@ def analyze(run_dir: Path) -> dict[str, Any]:
         "options": opts, "test_canary": opts.get("canary"), "nodes": run.get("nodes"),
         "convergence": convergence, "setup_s": run.get("setup_s"),
         "faults": run.get("faults", []), "heal_time_ms": heal,
+        "setup_error": run.get("setup_error"), "run_error": run.get("run_error"),
+        "final_heal": final.get("heal"),
     }
     (run_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
     try:

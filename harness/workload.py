@@ -16,6 +16,7 @@ or run from outside the control namespace when the hosts are netns hosts.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 import time
@@ -313,10 +314,21 @@ class Workload:
         async def one_replica(k: int, r: str, order: list[tuple[str, int, int]]) -> None:
             proc = process_base + k
             host, port = self.members[r]
-            async with FluClient(host, port, timeout_ms=10_000, name="final") as c:
+            async with contextlib.AsyncExitStack() as stack:
+                c: FluClient | None = None
+                conn_err = ""
+                try:
+                    c = await stack.enter_async_context(
+                        FluClient(host, port, timeout_ms=10_000, name="final"))
+                except Exception as e:  # every read of this replica fails: recorded
+                    conn_err = type(e).__name__
                 for p in order:
                     value: dict[str, Any] = {"pos": list(p)}
                     self.rec.event(proc, "invoke", "read", value, final=True, node=r)
+                    if c is None:
+                        self.rec.event(proc, "fail", "read", value, final=True, node=r,
+                                       error=f"no connection: {conn_err}")
+                        continue
                     try:
                         rep = await c.read(p[0], p[1], p[2], epoch_id=epoch_id)
                         data = rep.data()
@@ -326,7 +338,7 @@ class Workload:
                     except NotWritten:
                         self.rec.event(proc, "ok", "read", {**value, "v": None}, final=True,
                                        node=r, epoch=epoch_id.number)
-                    except Exception as e:  # a failed read says nothing
+                    except Exception as e:  # judged by harness.run.final_reads_check
                         self.rec.event(proc, "fail", "read", value, final=True, node=r,
                                        error=getattr(getattr(e, "status", None), "name",
                                                      type(e).__name__))

@@ -7,7 +7,8 @@ data files to tear (asked from `data_files`).  Every choice uses the event's sub
 run with the same seed and the same chain history makes the same choices.
 
 Must not: decide *when* faults happen (that is the schedule and the caller's clock), or leave
-faults behind: `heal_all` flushes rules and resumes/restarts the daemon everywhere.
+faults behind: `heal_all` flushes rules (proving connectivity like every heal) and
+resumes/restarts the daemon everywhere.
 """
 
 from __future__ import annotations
@@ -106,9 +107,15 @@ class NemesisExecutor:
                     torn.append({"node": node, "path": path, "skipped": str(e)})
         return {"torn": torn}
 
-    def heal_all(self) -> None:
-        """End of a test (or Ctrl-C): no rule, no paused or dead daemon left."""
-        self.net.heal()
-        if self.procs is not None:
-            self.procs.resume(self.nodes)
-            self.procs.restart(self.nodes)
+    def heal_all(self) -> dict[str, Any]:
+        """End of a test (or Ctrl-C): no rule, no paused or dead daemon left, with the same
+        connectivity proof as a scheduled heal (every host reaches every other host).
+        Returns the proof's record (`connected_pairs`); raises `PartitionError` when the
+        proof fails -- after resuming and restarting every daemon all the same."""
+        try:
+            report = self.net.heal_and_check()
+        finally:
+            if self.procs is not None:
+                self.procs.resume(self.nodes)
+                self.procs.restart(self.nodes)
+        return {"connected_pairs": len(report.ok)}

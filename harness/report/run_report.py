@@ -2,8 +2,9 @@
 
 Owns the page: verdict at the top, op counts per type and outcome, a timeline of operations
 per client with fault periods shaded, latency (raw points, quantiles) and throughput over
-time with fault bands, each node's epoch / UPI / repairing / wedged over time (from the
-projection logs), and for each anomaly the failing ops and the explanation.
+time with fault bands, each node's epoch / UPI / repairing over time (from the projection
+logs) with its wedged and silent periods (from the harness's status polls, status.jsonl),
+and for each anomaly the failing ops and the explanation.
 
 Must not: load anything from the network, or decide verdicts (it shows `results.json`).
 """
@@ -163,9 +164,52 @@ def _throughput(ops: list[dict[str, Any]], bands: list[tuple[float, float, str]]
     return "".join(parts)
 
 
+def status_periods(polls: list[dict[str, Any]], nodes: list[str],
+                   t0_ms: int) -> dict[str, list[tuple[float, float, str]]]:
+    """Per node, (start_s, end_s, state) from the ~1 s CHAIN_STATUS polls (status.jsonl,
+    harness clock): "wedged", or "no answer" (down, paused or cut off from the harness).
+    A period runs from the first poll that showed it to the next poll that did not."""
+    out: dict[str, list[tuple[float, float, str]]] = {n: [] for n in nodes}
+    open_: dict[str, tuple[float, str]] = {}
+    t = 0.0
+    ps = sorted((p for p in polls if isinstance(p.get("time_ms"), int)),
+                key=lambda p: p["time_ms"])
+    for p in ps:
+        t = (p["time_ms"] - t0_ms) / 1000
+        per = p.get("nodes") if isinstance(p.get("nodes"), dict) else {}
+        for n in nodes:
+            st = per.get(n)
+            state = ("no answer" if not isinstance(st, dict) or "error" in st
+                     else "wedged" if st.get("wedged") else "")
+            cur = open_.get(n)
+            if cur is not None and cur[1] != state:
+                out[n].append((cur[0], t, cur[1]))
+                del open_[n]
+            if state and n not in open_:
+                open_[n] = (t, state)
+    for n, (start, state) in open_.items():
+        out[n].append((start, t + 1.0, state))
+    return out
+
+
+STATUS_COLOR = {"wedged": "#6a040f", "no answer": "#6c757d"}
+
+
+def _status_summary(periods: dict[str, list[tuple[float, float, str]]]) -> str:
+    items = [f"{_esc(n)} {_esc(k)} {s:.1f}-{e:.1f} s" for n, ps in periods.items()
+             for s, e, k in ps]
+    if not items:
+        return '<p id="status-periods">no node was wedged or silent in a status poll</p>'
+    shown = "; ".join(items[:60]) + (f"; ... ({len(items) - 60} more)" if len(items) > 60
+                                     else "")
+    return f'<p id="status-periods">status polls: {shown}</p>'
+
+
 def _chain(records: list[dict[str, Any]], nodes: list[str], t0_ms: int | None, dur: float,
-           bands: list[tuple[float, float, str]]) -> str:
-    """Per node: one segment per adopted projection (epoch, UPI, repairing)."""
+           bands: list[tuple[float, float, str]],
+           periods: dict[str, list[tuple[float, float, str]]] | None = None) -> str:
+    """Per node: one segment per adopted projection (epoch, UPI, repairing), and a bar under
+    it while status polls showed the node wedged (dark red) or not answering (grey)."""
     if not records:
         return "<p>no projection logs</p>"
     lane_h = 26
@@ -201,6 +245,12 @@ def _chain(records: list[dict[str, Any]], nodes: list[str], t0_ms: int | None, d
             if (e - s) * sx > 40:
                 parts.append(f'<text x="{max(0.0, s) * sx + 2:.1f}" y="{y + 14}" font-size="9">'
                              f'e{r.get("epoch")} {_esc(",".join(r.get("upi", [])))}</text>')
+        for s, e, k in (periods or {}).get(n, []):
+            parts.append(
+                f'<rect x="{max(0.0, s) * sx:.1f}" y="{y + lane_h - 10}" '
+                f'width="{max(1.0, (e - s) * sx):.1f}" height="5" '
+                f'fill="{STATUS_COLOR.get(k, "#000")}"><title>{_esc(n)}: {_esc(k)} '
+                f'{s:.1f}-{e:.1f}s (status polls)</title></rect>')
         parts.append(f'<text x="{W - 24}" y="{y + 14}" font-size="10">{_esc(n)}</text>')
     parts.append(_axis(span, sx, h))
     parts.append("</svg>")
@@ -275,6 +325,7 @@ def render(run_dir: Path, results: dict[str, Any]) -> str:
         records.extend(_jsonl(d / "projection-log.jsonl"))
     t0_ms = t0 // 1_000_000 if t0 else None
     nodes = list(results.get("nodes") or sorted({r["node"] for r in records}))
+    periods = status_periods(_jsonl(run_dir / "status.jsonl"), nodes, t0_ms or 0)
     v = results.get("valid")
     verdict = {True: "valid", False: "INVALID"}.get(v, "unknown") if isinstance(v, bool) \
         else "unknown"
@@ -318,8 +369,11 @@ if o.get('canary') else ''}</p>
 <h2>Timeline (one lane per client; faults shaded)</h2>{_timeline(ops, bands, dur)}
 <h2>Latency (raw points, p50/p95/p99 per second; log scale)</h2>{_latency(run_ops, bands, dur)}
 <h2>Throughput (completions per second by outcome)</h2>{_throughput(run_ops, bands, dur)}
-<h2>Chain per node (epoch, UPI; red outline: not a full repaired chain)</h2>
-{_chain(records, nodes, t0_ms, dur, bands)}
+<h2>Chain per node (epoch, UPI; red outline: not a full repaired chain; bar below:
+<span class="sw" style="background:{STATUS_COLOR['wedged']}"></span>wedged
+<span class="sw" style="background:{STATUS_COLOR['no answer']}"></span>no status answer)</h2>
+{_chain(records, nodes, t0_ms, dur, bands, periods)}
+{_status_summary(periods)}
 <h2>Anomalies</h2>{_anomalies(results)}
 <h2>Warnings (tolerated by a rule, not in the verdict)</h2>{_warnings(results)}
 <details><summary>faults applied</summary><ul>{faults}</ul></details>

@@ -327,8 +327,9 @@ def executor(payload: dict[str, Any]) -> dict[str, Any]:
             records = [ex.apply(e) for e in events]
             procs.kill(["n1"])
             procs.pause(["n3"])
-            ex.heal_all()
-            after = {"alive": procs.alive(), "rules": net.rule_counts(),
+            net.apply(halves)
+            healed = ex.heal_all()
+            after = {"alive": procs.alive(), "rules": net.rule_counts(), "healed": healed,
                      "states": {h.name: _state(h, h.daemon_pid("dummy") or 0) for h in hosts}}
         hosts.map(lambda h: h.stop_daemon("dummy"))
         return {"records": records, "after": after}

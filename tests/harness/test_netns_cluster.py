@@ -118,6 +118,7 @@ def test_one_way_partition_then_heal(cluster: Cluster) -> None:
     assert sorted(map(tuple, during["probe_failed"])) == [("n1", "n2"), ("n2", "n1")]
     after = out["after"]
     assert after["rules"] == {"n1": 0, "n2": 0, "n3": 0}
+    assert after["healed"] == {"connected_pairs": 6}  # the final heal is proven too
     assert after["ok_pairs"] == 6
     assert after["tcp_n1_n2"] is True
     assert "10.77.0.11 healed-1to2" in after["n2_got"]
@@ -165,7 +166,7 @@ def test_pause_resume_kill_restart(cluster: Cluster) -> None:
 
 def test_executor_carries_out_a_schedule_and_heals_everything(cluster: Cluster) -> None:
     """Schedule events become rules and signals; role partitions follow the chain view;
-    heal_all leaves no rule and every daemon running."""
+    heal_all leaves no rule and every daemon running, and proves every pair connects."""
     out = cluster.step("executor")
     r = out["records"]
     assert r[0]["components"] == [["n1"], ["n2", "n3"]]
@@ -182,6 +183,7 @@ def test_executor_carries_out_a_schedule_and_heals_everything(cluster: Cluster) 
     after = out["after"]
     assert after["alive"] == {"n1": True, "n2": True, "n3": True}
     assert after["rules"] == {"n1": 0, "n2": 0, "n3": 0}
+    assert after["healed"] == {"connected_pairs": 6}  # the final heal is proven too
     assert set(after["states"].values()) <= {"S", "R"}
 
 

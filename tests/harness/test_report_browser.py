@@ -184,6 +184,16 @@ def _synthetic_run(run_dir: Path) -> None:
         recs += [_projection(n, 3, ["n1", "n2"], ["n3"], 5_001_400 + 10 * len(n)),
                  _projection(n, 4, nodes, [], 5_002_150)]
         (d / "projection-log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    # the harness's status polls: n3 wedged while cut off (0.6-1.4 s), n2 silent once
+    polls = []
+    for k in range(5):
+        t = int(t0_ms) + 200 + 400 * k
+        per: dict[str, Any] = {n: {"wedged": n == "n3" and 1 <= k <= 2, "epoch": 1}
+                               for n in nodes}
+        if k == 3:
+            per["n2"] = {"error": "TimeoutError()"}
+        polls.append({"time_ms": t, "time_unix_ms": 1_700_000_000_000 + t, "nodes": per})
+    (run_dir / "status.jsonl").write_text("".join(json.dumps(p) + "\n" for p in polls))
 
 
 def _projection(node: str, epoch: int, upi: list[str], repairing: list[str],
@@ -207,6 +217,7 @@ def test_run_report_renders_cleanly(chromium: str, tmp_path: Path) -> None:
     results = json.loads((run_dir / "results.json").read_text())
     verdicts = {name: c["valid"] for name, c in results["checks"].items()}
     assert verdicts.pop("write_once") is False, verdicts  # the one anomaly
+    assert verdicts.pop("final_reads") is False, verdicts  # ... read back on node n1
     assert verdicts and all(v is True for v in verdicts.values()), verdicts
     check = _open(chromium, run_dir / "index.html", tmp_path / "run-report.png")
     _assert_clean(check)
@@ -220,6 +231,9 @@ def test_run_report_renders_cleanly(chromium: str, tmp_path: Path) -> None:
     assert "unwritten-after-read" in check.text and "c0-99" in check.text
     assert "a read found the position unwritten after another read" in check.text
     assert "Warnings" in check.text
+    # wedged and silent periods from the status polls are drawn and listed
+    assert "n3 wedged 0.6-1.4 s" in check.text and "n2 no answer 1.4-1.8 s" in check.text
+    assert (run_dir / "index.html").read_text().count("(status polls)</title>") == 2
 
 
 def test_a_misbehaving_page_is_reported(chromium: str, tmp_path: Path) -> None:

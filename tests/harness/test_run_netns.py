@@ -1,6 +1,7 @@
 """`machi-harness test` end to end on a 3-node netns cluster: deploy over sshd, clients under
-partitions and kills, heal, read-back, checks, store folder and report -- a correct store is
-valid (the canaries, which must make runs invalid, are in test_canaries_netns.py).
+partitions and kills (CP and AP) and under pauses and torn writes (CP), heal, read-back,
+checks, store folder and report -- a correct store is valid (the canaries, which must make
+runs invalid, are in test_canaries_netns.py).
 
 The cluster has its own namespace prefix (machi-t<pid>-) and is always taken down; the runs
 are the real CLI in a subprocess (it re-execs itself into the control namespace).
@@ -70,6 +71,17 @@ def test_cp_run_with_partitions_and_kills_is_valid(cluster: Path, tmp_path: Path
     assert "valid" in page and "<svg" in page and "http://" not in page.replace(
         "http://www.w3.org", "")
     assert f"report: {run_dir}" in out or "report:" in out
+    # the final heal is proven like every heal: all 6 ordered pairs connect
+    assert res["final_heal"] == {"connected_pairs": 6}
+    heal_all = [json.loads(ln) for ln in (run_dir / "history.jsonl").read_text().splitlines()
+                if '"heal-all"' in ln]
+    assert heal_all[-1]["value"]["connected_pairs"] == 6
+    # the ~1 s status polls are stored (the report draws wedged periods from them)
+    polls = [json.loads(ln) for ln in (run_dir / "status.jsonl").read_text().splitlines()]
+    assert len(polls) >= 12 and set(polls[0]["nodes"]) == {"n1", "n2", "n3"}
+    assert all("wedged" in s or "error" in s for p in polls for s in p["nodes"].values())
+    assert res["checks"]["final_reads"]["valid"] is True
+    assert res["checks"]["final_reads"]["reads"] >= 3 * res["counts"]["append"]["ok"]
     # nothing left behind inside the namespaces: no daemon, no nemesis rule
     st = netns.cluster_status(state_dir=cluster)
     assert all(not any(n["daemons"].values()) for n in st["nodes"]), st
@@ -80,17 +92,35 @@ def test_cp_run_with_partitions_and_kills_is_valid(cluster: Path, tmp_path: Path
     assert p.returncode == 0 and "verdict: valid" in p.stdout
 
 
-def test_ap_run_with_a_partition_is_valid_and_replicas_converge(
+def test_ap_run_with_partitions_and_kills_is_valid_and_replicas_converge(
     cluster: Path, tmp_path: Path
 ) -> None:
-    """A short AP run (appends on both sides of a partition) ends valid with equal replicas
-    and a reported convergence time."""
-    # seed 7 over 8 s: a bridge partition from 2.3 s to 6.4 s
+    """A short AP run (appends on every side of a partition, a node killed and restarted)
+    ends valid with equal replicas and a reported convergence time."""
+    # seed 5 over 12 s: n1 killed at 2.5 s, restarted at 5.1 s; majority/minority partition
+    # from 7.8 s to 11.5 s
     code, out, res, _run_dir = _run(cluster, tmp_path, "--mode", "ap", "--nemesis",
-                                    "partition", "--time-limit", "8", "--seed", "7")
+                                    "partition,kill", "--time-limit", "12", "--seed", "5")
     assert code == 0, (out[-3000:], json.dumps(res["checks"], default=str)[:3000])
     assert res["checks"]["replicas_equal"]["valid"] is True
     assert res["checks"]["replicas_equal"]["counts_in_verdict"] is True
-    assert [f["fault"] for f in res["faults"]] == ["partition", "heal"]
+    assert [f["fault"] for f in res["faults"]] == ["kill", "restart", "partition", "heal"]
     assert res["convergence"]["converged"] is True
     assert res["convergence"]["time_to_converge"] >= 0
+
+
+def test_cp_run_with_a_torn_write_and_a_pause_is_valid(cluster: Path, tmp_path: Path) -> None:
+    """A short CP run where a node's data file is torn while it is down, and later a node is
+    paused, ends valid: the restarted node's corrupt chunks are repaired before it serves
+    them again, so every UPI member returns every acknowledged chunk intact."""
+    # seed 66 over 12 s: n2 killed at 2.3 s, its data files torn at 3.5 s, restarted at
+    # 4.7 s; n2 paused from 8.0 s to 10.6 s
+    code, out, res, _run_dir = _run(cluster, tmp_path, "--mode", "cp", "--nemesis",
+                                    "pause,torn-write", "--time-limit", "12", "--seed", "66")
+    assert code == 0, (out[-3000:], json.dumps(res["checks"], default=str)[:3000])
+    faults = [f["fault"] for f in res["faults"]]
+    assert faults == ["kill", "torn-write", "restart", "pause", "resume"], faults
+    torn = [t for f in res["faults"] if f["fault"] == "torn-write" for t in f["torn"]]
+    assert torn and all("skipped" not in t for t in torn), torn
+    fr = res["checks"]["final_reads"]
+    assert fr["valid"] is True and fr["bad"] == 0 and fr["reads"] > 0

@@ -23,9 +23,11 @@ def _ev(i: int, t_ms: int, proc: Any, typ: str, f: str, value: Any, **extra: Any
                        "f": f, "value": value, **extra})
 
 
-def _run_dir(tmp: Path, *, lose: bool, read: str = "fail") -> Path:
+def _run_dir(tmp: Path, *, lose: bool, read: str = "fail", final_error: str | None = None,
+             final: dict[str, Any] | None = None) -> Path:
     """A stored run; ``read``: the workload read fails, or succeeds "during" the partition,
-    or "after" it was healed."""
+    or "after" it was healed; ``final_error``: node b's final read of the first chunk fails
+    with that error (node a reads it back fine); ``final``: extra final.json fields."""
     d = tmp / "run"
     (d / "nodes" / "a").mkdir(parents=True)
     (d / "nodes" / "b").mkdir(parents=True)
@@ -55,15 +57,21 @@ def _run_dir(tmp: Path, *, lose: bool, read: str = "fail") -> Path:
         _ev(10, 3002, 10000, "invoke", "read", {"pos": POS2}, final=True, node="b"),
         _ev(11, 3003, 10000, "ok", "read", {"pos": POS2, "v": final_b}, final=True, node="b"),
     ]
+    if final_error is not None:
+        lines[9] = _ev(9, 3001, 10000, "fail", "read", {"pos": POS}, final=True, node="b",
+                       error=final_error)
+        lines += [_ev(12, 3004, 10001, "invoke", "read", {"pos": POS}, final=True, node="a"),
+                  _ev(13, 3005, 10001, "ok", "read", {"pos": POS, "v": "c0-1"}, final=True,
+                      node="a")]
     (d / "history.jsonl").write_text("\n".join(lines) + "\n")
     run = {"options": {"name": "chunks-cp", "mode": "cp", "nodes": 2, "provider": "netns",
                        "nemesis": ["partition"], "time_limit_s": 2, "concurrency": 2,
                        "canary": None},
            "seed": 9, "nodes": ["a", "b"], "heal_time_ms": 2500, "faults": []}
     (d / "run.json").write_text(json.dumps(run))
-    final = {"stable": True, "positions": 2, "heal_time_ms": 2500, "end_time_ms": 4000,
+    fin = {"stable": True, "positions": 2, "heal_time_ms": 2500, "end_time_ms": 4000,
              "checksum_lists": {"a": {}, "b": {}}, "divergent": {"count": 0}}
-    (d / "final.json").write_text(json.dumps(final))
+    (d / "final.json").write_text(json.dumps({**fin, **(final or {})}))
     for i, n in enumerate(("a", "b")):
         rec = {"node": n, "epoch": 1, "epoch_csum": "ab" * 32, "author": "a", "chain": "c1",
                "mode": "cp", "upi": ["a", "b"], "repairing": [], "down": [], "witnesses": [],
@@ -107,6 +115,33 @@ def test_no_read_succeeding_during_a_fault_makes_a_valid_run_unknown(tmp_path: P
     res = analyze(_run_dir(tmp_path / "during", lose=False, read="during"))
     assert res["valid"] is True and res["checks"]["coverage"]["uncovered"] == []
     assert res["checks"]["coverage"]["ok_during_fault"] == {"append": 1, "read": 1}
+
+
+def test_a_corrupt_acknowledged_chunk_on_one_replica_makes_the_run_invalid(
+    tmp_path: Path,
+) -> None:
+    """BAD_CHECKSUM for an acknowledged chunk on one replica is invalid although another
+    replica returns it intact; results.json and the page name node, position and error."""
+    d = _run_dir(tmp_path, lose=False, read="during", final_error="BAD_CHECKSUM")
+    res = analyze(d)
+    fr = res["checks"]["final_reads"]
+    assert res["valid"] is False and fr["valid"] is False and fr["bad"] == 1
+    assert res["checks"]["write_once"]["valid"] is True  # one good replica satisfies it
+    why = fr["witness"]["explanation"]
+    assert "node b" in why and str(POS) in why and "BAD_CHECKSUM" in why
+    assert fr["witness"]["examples"][0]["node"] == "b"
+    page = (d / "index.html").read_text()
+    assert "INVALID" in page and "final_reads" in page and "BAD_CHECKSUM" in page
+
+
+def test_a_failed_final_read_of_an_acknowledged_chunk_makes_the_run_unknown(
+    tmp_path: Path,
+) -> None:
+    """Any other error on such a final read proves nothing: the run is unknown, not valid."""
+    res = analyze(_run_dir(tmp_path, lose=False, read="during", final_error="PARTITION"))
+    fr = res["checks"]["final_reads"]
+    assert res["valid"] == "unknown" and fr["valid"] == "unknown" and fr["inconclusive"] == 1
+    assert "node b" in fr["witness"]["explanation"]
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed")
