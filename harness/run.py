@@ -177,6 +177,10 @@ class Runner:
             "options": self.opts.to_json(), "seed": self.opts.seed,
             "nodes": self.hosts.names, "schedule": [e.to_json() for e in self.schedule],
             "members": self.dep.members_meta(),
+            # the harness's monotonic and wall clocks read together: projection-log lines
+            # of hosts on other kernels are placed by their wall clock (on_harness_clock)
+            "clock": {"monotonic_ms": int(time.monotonic() * 1000),
+                      "unix_ms": int(time.time() * 1000)},
         }
         (self.out / "run.json").write_text(json.dumps(run_json, indent=1))
         info: dict[str, Any] = {"setup_error": None}
@@ -622,6 +626,32 @@ def ap_calm_stale_reads(events: list[dict[str, Any]], settle_ms: int) -> dict[st
             "epoch_change_windows": len(windows) - nemesis_windows, "settle_ms": settle_ms}
 
 
+def on_harness_clock(records: list[dict[str, Any]],
+                     run: dict[str, Any]) -> list[dict[str, Any]]:
+    """Projection-log records with `time_ms` on the harness's monotonic clock (the clock of
+    the history, heal time and status polls).
+
+    netns hosts share this kernel's monotonic clock, so their `time_ms` is used as logged.
+    Other hosts (VMs, SSH) each have their own monotonic clock: a record's `time_ms` is
+    rebuilt from its wall clock `time_unix_ms` and the harness's (monotonic, wall) pair
+    read at the run's start (`run.json` `clock`); the daemon's own value is kept as
+    `time_ms_daemon`.  Accurate to the offset between the hosts' wall clocks (NTP: a few
+    ms); a host whose wall clock is off by seconds misplaces its lines by as much.  Records
+    without `time_unix_ms` (daemons older than the field) are left as logged."""
+    clock = run.get("clock") or {}
+    provider = (run.get("options") or {}).get("provider")
+    mono, unix = clock.get("monotonic_ms"), clock.get("unix_ms")
+    if provider == "netns" or not isinstance(mono, int) or not isinstance(unix, int):
+        return records
+    offset = unix - mono
+    out = []
+    for r in records:
+        u = r.get("time_unix_ms")
+        out.append({**r, "time_ms": u - offset, "time_ms_daemon": r.get("time_ms")}
+                   if isinstance(u, int) else r)
+    return out
+
+
 def epoch_unique(seen: dict[str, dict[str, dict[str, str]]] | None,
                  records: list[dict[str, Any]]) -> dict[str, Any]:
     """On one node, one epoch number names one projection (its projection stores are
@@ -698,6 +728,7 @@ def analyze(run_dir: Path) -> dict[str, Any]:
     records: list[dict[str, Any]] = []
     for d in sorted((run_dir / "nodes").glob("*")) if (run_dir / "nodes").exists() else []:
         records.extend(_jsonl(d / "projection-log.jsonl"))
+    records = on_harness_clock(records, run)
     records.sort(key=lambda r: (r.get("time_ms") or 0))
     heal = run.get("heal_time_ms") or final.get("heal_time_ms")
     if records:
@@ -736,7 +767,7 @@ def analyze(run_dir: Path) -> dict[str, Any]:
         "heal": final.get("heal"),
         "positions": final.get("positions"), "error": final.get("error"),
         "setup_error": run.get("setup_error"), "run_error": run.get("run_error"),
-        "final_heal": final.get("heal"),
+        "final_heal": final.get("heal"), "clock": run.get("clock"),
     }
     if final.get("checksum_lists"):
         # AP: after heal and repair every replica must hold the same chunks.  CP: chunks of
@@ -772,7 +803,7 @@ def analyze(run_dir: Path) -> dict[str, Any]:
         "convergence": convergence, "setup_s": run.get("setup_s"),
         "faults": run.get("faults", []), "heal_time_ms": heal,
         "setup_error": run.get("setup_error"), "run_error": run.get("run_error"),
-        "final_heal": final.get("heal"),
+        "final_heal": final.get("heal"), "clock": run.get("clock"),
     }
     (run_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
     try:

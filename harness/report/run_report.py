@@ -323,6 +323,10 @@ def render(run_dir: Path, results: dict[str, Any]) -> str:
     records = []
     for d in sorted((run_dir / "nodes").glob("*")) if (run_dir / "nodes").exists() else []:
         records.extend(_jsonl(d / "projection-log.jsonl"))
+    from harness.run import on_harness_clock
+
+    records = on_harness_clock(records, {"options": results.get("options") or {},
+                                         "clock": results.get("clock")})
     t0_ms = t0 // 1_000_000 if t0 else None
     nodes = list(results.get("nodes") or sorted({r["node"] for r in records}))
     periods = status_periods(_jsonl(run_dir / "status.jsonl"), nodes, t0_ms or 0)

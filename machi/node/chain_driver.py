@@ -23,6 +23,7 @@ import json
 import math
 import random
 import ssl
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,16 +123,22 @@ class DriverSettings:
 
 
 def projection_record(
-    node: str, p: Projection, *, confirmed: bool, time_ms: int
+    node: str, p: Projection, *, confirmed: bool, time_ms: int,
+    time_unix_ms: int | None = None,
 ) -> dict[str, JSON]:
-    """One line of the projection log (docs/history-write-once.md, "Projection logs")."""
-    return {
+    """One line of the projection log (docs/history-write-once.md, "Projection logs").
+    `time_ms` is the daemon's monotonic clock (comparable only on one kernel);
+    `time_unix_ms`, the wall clock, lets a harness on another machine place the line."""
+    rec: dict[str, JSON] = {
         "node": node, "epoch": p.epoch_number, "epoch_csum": p.epoch_csum.hex(),
         "author": p.author_server, "chain": p.chain_name, "mode": p.mode,
         "upi": list(p.upi), "repairing": list(p.repairing), "down": list(p.down),
         "witnesses": list(p.witnesses), "all_members": list(p.all_members),
         "confirmed": confirmed, "time_ms": time_ms, "projection": p.to_json(),
     }
+    if time_unix_ms is not None:
+        rec["time_unix_ms"] = time_unix_ms
+    return rec
 
 
 class ProjectionLog:
@@ -521,7 +528,8 @@ class ChainDriver:
                 self._spawn(self._upi_sync, p)
 
     def _log_adoption(self, msg: str, p: Projection, *, confirmed: bool, now: int) -> None:
-        rec = projection_record(self.name, p, confirmed=confirmed, time_ms=now)
+        rec = projection_record(self.name, p, confirmed=confirmed, time_ms=now,
+                                time_unix_ms=int(time.time() * 1000))
         short = {k: v for k, v in rec.items() if k != "projection"}
         self.log.info(msg, **short)
         try:

@@ -118,7 +118,6 @@ def test_one_way_partition_then_heal(cluster: Cluster) -> None:
     assert sorted(map(tuple, during["probe_failed"])) == [("n1", "n2"), ("n2", "n1")]
     after = out["after"]
     assert after["rules"] == {"n1": 0, "n2": 0, "n3": 0}
-    assert after["healed"] == {"connected_pairs": 6}  # the final heal is proven too
     assert after["ok_pairs"] == 6
     assert after["tcp_n1_n2"] is True
     assert "10.77.0.11 healed-1to2" in after["n2_got"]

@@ -72,3 +72,31 @@ def test_ap_stale_read_is_tolerated_only_near_a_fault() -> None:
     # window too: AP may have split without the nemesis
     churn = ap_calm_stale_reads(_stale_history(6.0, read_epoch=2), settle_ms)
     assert churn["count"] == 0 and churn["epoch_change_windows"] == 1
+
+
+def test_projection_lines_of_other_kernels_are_placed_by_their_wall_clock() -> None:
+    """On hosts that are not netns a daemon's monotonic `time_ms` means nothing to the
+    harness: records are moved to the harness clock by `time_unix_ms` and the run's clock
+    pair; netns records and records without the wall clock stay as logged."""
+    from harness.run import on_harness_clock
+
+    clock = {"monotonic_ms": 1_000, "unix_ms": 1_700_000_000_000}
+    recs = [{"node": "n1", "epoch": 2, "time_ms": 77, "time_unix_ms": 1_700_000_002_500},
+            {"node": "n2", "epoch": 2, "time_ms": 88}]
+    moved = on_harness_clock(recs, {"options": {"provider": "ssh"}, "clock": clock})
+    assert moved[0]["time_ms"] == 3_500 and moved[0]["time_ms_daemon"] == 77
+    assert moved[1] == recs[1]
+    assert on_harness_clock(recs, {"options": {"provider": "netns"}, "clock": clock}) == recs
+    assert on_harness_clock(recs, {"options": {"provider": "vagrant"}}) == recs  # no clock
+
+
+def test_the_daemon_logs_each_adoption_with_its_wall_clock() -> None:
+    """A projection-log line carries `time_unix_ms` next to the monotonic `time_ms`."""
+    from machi.core.projection import make_projection
+    from machi.node.chain_driver import projection_record
+
+    p = make_projection(epoch_number=1, author_server="n1", chain_name="c1",
+                        all_members=["n1"], upi=["n1"])
+    rec = projection_record("n1", p, confirmed=True, time_ms=5, time_unix_ms=1_700_000_000_001)
+    assert rec["time_ms"] == 5 and rec["time_unix_ms"] == 1_700_000_000_001
+    assert "time_unix_ms" not in projection_record("n1", p, confirmed=True, time_ms=5)
