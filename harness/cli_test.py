@@ -189,10 +189,12 @@ def test(provider: str, hosts_file: str | None, nodes: int, mode: str, witnesses
 
         traceback.print_exc()
         raise CouldNotRun("harness error", e) from e
+    run = json.loads((out / "run.json").read_text())
     if code == COULD_NOT_RUN_EXIT:
-        run = json.loads((out / "run.json").read_text())
         click.echo(f"report: {out / 'index.html'}")
         raise CouldNotRun("setup failed", RuntimeError(run.get("setup_error")))
+    if run.get("run_error"):  # the load ran, the run could not be finished: unknown
+        click.echo(f"run error: {run['run_error']}", err=True)
     verdict = {0: "valid", 1: "INVALID", 2: "unknown"}[code]
     click.echo(f"verdict: {verdict}")
     click.echo(f"report: {out / 'index.html'}")
