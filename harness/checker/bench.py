@@ -110,19 +110,30 @@ def write_write_once_history(path: Path, point: Point, seed: int) -> int:
     return n
 
 
-def _child_write_once(path: Path, memory_limit_mb: float, time_limit_s: float) -> dict[str, Any]:
+def _child_write_once(
+    path: Path, memory_limit_mb: float, time_limit_s: float, fast: bool = True
+) -> dict[str, Any]:
+    """Time ``check_write_once_lines`` over the file; with ``fast`` it is what the function
+    does by default (the columnar fast path, then the Python checker if that hands over),
+    spelled out so the row can say which one answered."""
+    from harness.checker import write_once_fast
     from harness.checker.run import make_deadline
     from harness.checker.write_once import check_write_once_lines
 
+    deadline = make_deadline(time_limit_s)
     t0 = time.perf_counter()
     cpu0 = time.process_time()
     with path.open("rb", buffering=1 << 20) as fh:
-        r = check_write_once_lines(
-            fh,
-            name=str(path),
-            memory_limit_mb=memory_limit_mb,
-            deadline=make_deadline(time_limit_s),
-        )
+        r = None
+        if fast:
+            r = write_once_fast.try_check_file(
+                fh, memory_limit_mb=memory_limit_mb, deadline=deadline
+            )
+        answered_fast = r is not None
+        if r is None:
+            r = check_write_once_lines(
+                fh, name=str(path), memory_limit_mb=memory_limit_mb, deadline=deadline, fast=False
+            )
     elapsed = time.perf_counter() - t0
     return {
         "cpu_s": round(time.process_time() - cpu0, 3),
@@ -131,6 +142,8 @@ def _child_write_once(path: Path, memory_limit_mb: float, time_limit_s: float) -
         "positions": r.keys,
         "elapsed_s": elapsed,
         "crashed_fraction": r.stats.get("info", 0) / max(r.ops, 1),
+        "path": "fast" if answered_fast else ("python-after-fast" if fast else "python"),
+        "engine_threads": write_once_fast.engine_threads() if answered_fast else 1,
     }
 
 
@@ -235,7 +248,12 @@ def child_main(argv: list[str]) -> None:
     calib_s = _calibrate_s()
     load = os.getloadavg()[0]
     if point.model == "write-once":
-        out = _child_write_once(Path(spec["path"]), spec["memory_limit_mb"], spec["time_limit_s"])
+        out = _child_write_once(
+            Path(spec["path"]),
+            spec["memory_limit_mb"],
+            spec["time_limit_s"],
+            fast=spec.get("fast", True),
+        )
     else:
         out = _child_general(
             point,
@@ -270,9 +288,12 @@ def run_point(
     time_limit_s: float,
     keep: bool,
     porcupine: Path | None = None,
+    baseline: bool = False,
 ) -> dict[str, Any]:
     """Generate (untimed), then check in a fresh subprocess; the measurement as a dict.
-    ``porcupine``: the driver binary, to time porcupine on the same register/kv history."""
+    ``porcupine``: the driver binary, to time porcupine on the same register/kv history.
+    ``baseline``: write-once also timed without the fast path (Python checker only), in
+    another fresh subprocess right after: the row's ``python_baseline``."""
     spec: dict[str, Any] = {
         "point": point.to_json(),
         "seed": seed,
@@ -295,6 +316,13 @@ def run_point(
         spec["path"] = str(path)
     try:
         res = _run_child(spec, timeout_s=time_limit_s * 6 + 240)
+        if baseline and path is not None:
+            base = _run_child({**spec, "fast": False}, timeout_s=time_limit_s * 6 + 240)
+            out["python_baseline"] = {
+                k: (round(v, 3) if isinstance(v, float) else v)
+                for k, v in base.items()
+                if k in ("cpu_s", "elapsed_s", "peak_rss_mb", "valid", "loadavg_1m", "error")
+            }
     finally:
         if path is not None and not keep:
             path.unlink(missing_ok=True)
@@ -315,6 +343,7 @@ def run_plan(
     time_limit_s: float,
     keep: bool,
     porcupine: Path | None = None,
+    baseline: bool = False,
 ) -> Iterator[dict[str, Any]]:
     for p in points:
         yield run_point(
@@ -325,6 +354,7 @@ def run_plan(
             time_limit_s=time_limit_s,
             keep=keep,
             porcupine=porcupine,
+            baseline=baseline,
         )
 
 
@@ -373,6 +403,11 @@ def run_plan(
     is_flag=True,
     help="Also check each register/kv history with porcupine (Go, bench/porcupine/).",
 )
+@click.option(
+    "--write-once-baseline",
+    is_flag=True,
+    help="Also time each write-once history without the fast path (Python checker only).",
+)
 def bench_check(
     max_ops: int,
     quick: bool,
@@ -383,6 +418,7 @@ def bench_check(
     tmp_dir: Path | None,
     keep: bool,
     compare_porcupine: bool,
+    write_once_baseline: bool,
 ) -> None:
     """Time the checkers on generated histories; print one JSON object per history
     (model, ops, processes, crashed fraction, elapsed_s, ops_per_s, peak_rss_mb), then a
@@ -404,6 +440,7 @@ def bench_check(
             time_limit_s=time_limit_s,
             keep=keep,
             porcupine=porcupine,
+            baseline=write_once_baseline,
         ):
             results.append(res)
             click.echo(json.dumps(res))

@@ -1033,8 +1033,23 @@ def check_write_once_lines(
     name: str = "history",
     memory_limit_mb: float | None = None,
     deadline: Callable[[], bool] | None = None,
+    fast: bool = True,
 ) -> CheckResult:
-    """Check a JSON Lines history given as its lines (e.g. an open binary file)."""
+    """Check a JSON Lines history given as its lines (e.g. an open binary file).
+
+    With ``fast`` (the default) and ``lines`` a regular file opened by the caller and not
+    yet read from, the columnar fast path (``write_once_fast``, DuckDB) runs first: it
+    returns the result only for a history it proved valid (the same result this checker
+    builds); anything else is checked here, from the start of the file.
+    """
+    if fast:
+        from harness.checker import write_once_fast
+
+        res = write_once_fast.try_check_file(
+            lines, memory_limit_mb=memory_limit_mb, deadline=deadline
+        )
+        if res is not None:
+            return res
     checker = WriteOnceChecker(memory_limit_mb=memory_limit_mb, deadline=deadline)
     with _gc_paused():  # one pause over feeding and the verdict passes
         if msgspec is not None:

@@ -40,7 +40,8 @@ def test_bench_check_quick_run() -> None:
 
 
 def test_write_once_point(tmp_path: Path) -> None:
-    """A write-once point is generated to a file, checked in a subprocess, and removed."""
+    """A write-once point is generated to a file, checked in a subprocess (by the fast
+    path, with the Python checker's baseline beside it), and removed."""
     r = run_point(
         Point("write-once", 2000, 5, 0.05),
         seed=3,
@@ -48,10 +49,13 @@ def test_write_once_point(tmp_path: Path) -> None:
         memory_limit_mb=512,
         time_limit_s=60,
         keep=False,
+        baseline=True,
     )
     _check_row(r)
     assert r["checked_ops"] > 2000  # final reads come on top
     assert r["history_mb"] > 0
+    assert r["path"] == "fast" and r["engine_threads"] >= 1
+    assert r["python_baseline"]["valid"] is True and r["python_baseline"]["cpu_s"] >= 0
     assert list(tmp_path.iterdir()) == []
 
 
