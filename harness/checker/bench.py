@@ -111,23 +111,31 @@ def write_write_once_history(path: Path, point: Point, seed: int) -> int:
 
 
 def _child_write_once(
-    path: Path, memory_limit_mb: float, time_limit_s: float, fast: bool = True
+    path: Path,
+    memory_limit_mb: float,
+    time_limit_s: float,
+    fast: bool = True,
+    min_bytes: int | None = None,
 ) -> dict[str, Any]:
     """Time ``check_write_once_lines`` over the file; with ``fast`` it is what the function
-    does by default (the columnar fast path, then the Python checker if that hands over),
-    spelled out so the row can say which one answered."""
+    does by default (the columnar fast path for files of ``min_bytes`` or more -- default
+    ``FAST_MIN_BYTES`` --, then the Python checker if that hands over), spelled out so the
+    row can say which one answered."""
     from harness.checker import write_once_fast
     from harness.checker.run import make_deadline
     from harness.checker.write_once import check_write_once_lines
 
     deadline = make_deadline(time_limit_s)
+    if min_bytes is None:
+        min_bytes = write_once_fast.FAST_MIN_BYTES
+    tried = fast and path.stat().st_size >= min_bytes
     t0 = time.perf_counter()
     cpu0 = time.process_time()
     with path.open("rb", buffering=1 << 20) as fh:
         r = None
-        if fast:
+        if tried:
             r = write_once_fast.try_check_file(
-                fh, memory_limit_mb=memory_limit_mb, deadline=deadline
+                fh, memory_limit_mb=memory_limit_mb, deadline=deadline, min_bytes=min_bytes
             )
         answered_fast = r is not None
         if r is None:
@@ -142,7 +150,7 @@ def _child_write_once(
         "positions": r.keys,
         "elapsed_s": elapsed,
         "crashed_fraction": r.stats.get("info", 0) / max(r.ops, 1),
-        "path": "fast" if answered_fast else ("python-after-fast" if fast else "python"),
+        "path": "fast" if answered_fast else ("python-after-fast" if tried else "python"),
         "engine_threads": write_once_fast.engine_threads() if answered_fast else 1,
     }
 
@@ -253,6 +261,7 @@ def child_main(argv: list[str]) -> None:
             spec["memory_limit_mb"],
             spec["time_limit_s"],
             fast=spec.get("fast", True),
+            min_bytes=spec.get("fast_min_bytes"),
         )
     else:
         out = _child_general(

@@ -12,6 +12,10 @@ what the verdict needs: a position costs one dict entry and one small list, an
 unacknowledged attempt one tuple.  Past its memory budget (estimated from entry counts,
 so deterministic) the verdict is ``"unknown"``.
 
+Big histories (a file of 64 MiB or more) first go to the columnar fast path
+(``write_once_fast``, DuckDB), which answers only "valid", with this checker's result;
+anything else is decided here.
+
 Input: JSONL lines via :func:`check_write_once_lines` (fastest: an open binary file, read
 in 8 MiB blocks, each decoded by one msgspec ``decode_lines`` call into typed records),
 raw event dicts, or ``Event`` / ``Op`` objects from ``harness.history`` via
@@ -1034,19 +1038,26 @@ def check_write_once_lines(
     memory_limit_mb: float | None = None,
     deadline: Callable[[], bool] | None = None,
     fast: bool = True,
+    fast_min_bytes: int | None = None,
 ) -> CheckResult:
     """Check a JSON Lines history given as its lines (e.g. an open binary file).
 
-    With ``fast`` (the default) and ``lines`` a regular file opened by the caller and not
-    yet read from, the columnar fast path (``write_once_fast``, DuckDB) runs first: it
-    returns the result only for a history it proved valid (the same result this checker
-    builds); anything else is checked here, from the start of the file.
+    With ``fast`` (the default) and ``lines`` a regular file opened by the caller, not yet
+    read from and of at least ``fast_min_bytes`` (default ``FAST_MIN_BYTES``, 64 MiB), the
+    columnar fast path (``write_once_fast``, DuckDB) runs first: it returns the result only
+    for a history it proved valid (the same result this checker builds); anything else is
+    checked here, from the start of the file.
     """
     if fast:
         from harness.checker import write_once_fast
 
         res = write_once_fast.try_check_file(
-            lines, memory_limit_mb=memory_limit_mb, deadline=deadline
+            lines,
+            memory_limit_mb=memory_limit_mb,
+            deadline=deadline,
+            min_bytes=(
+                write_once_fast.FAST_MIN_BYTES if fast_min_bytes is None else fast_min_bytes
+            ),
         )
         if res is not None:
             return res

@@ -54,7 +54,7 @@ def test_write_once_point(tmp_path: Path) -> None:
     _check_row(r)
     assert r["checked_ops"] > 2000  # final reads come on top
     assert r["history_mb"] > 0
-    assert r["path"] == "fast" and r["engine_threads"] >= 1
+    assert r["path"] == "python"  # below FAST_MIN_BYTES: what the CLI does too
     assert r["python_baseline"]["valid"] is True and r["python_baseline"]["cpu_s"] >= 0
     assert list(tmp_path.iterdir()) == []
 

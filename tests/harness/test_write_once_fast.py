@@ -42,7 +42,8 @@ def _run(data: bytes, *, both: bool = False, **kw: Any) -> tuple[Any, Any, Any]:
         for fast in (True, False) if both else (False,):
             fh.seek(0)
             try:
-                out.append(check_write_once_lines(fh, fast=fast, **kw).to_json())
+                res = check_write_once_lines(fh, fast=fast, fast_min_bytes=0, **kw)
+                out.append(res.to_json())
             except HistoryError as exc:
                 out.append(("HistoryError", str(exc)))
     if not both:
@@ -223,6 +224,11 @@ def test_hands_over_without_duckdb_budget_or_file(monkeypatch: pytest.MonkeyPatc
     assert fast_only is None
     assert wof.try_check_file(data.splitlines(keepends=True)) is None
     assert check_write_once_lines(data.splitlines(keepends=True)).valid is True
+    with tempfile.TemporaryFile() as fh:
+        fh.write(data)
+        fh.seek(0)
+        assert wof.try_check_file(fh, min_bytes=len(data) + 1) is None
+        assert wof.try_check_file(fh, min_bytes=len(data)) is not None
     monkeypatch.setattr(wof, "duckdb", None)
     fast_only, with_fast, python = _run(data, both=True)
     assert fast_only is None and with_fast == python and python["valid"] is True
