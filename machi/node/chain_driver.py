@@ -559,11 +559,11 @@ class ChainDriver:
                              epoch=p.epoch_number, repairing=list(p.repairing))
             await self.feed(cm.RepairDone(p.epoch_id, True, "CANARY skip-repair: nothing copied"))
             return
-        try:
-            from machi.node.repair import run_repair
-        except ImportError:
-            await self.feed(cm.RepairDone(p.epoch_id, False, "repair not available"))
-            return
+        from machi.node.repair import RepairStats, run_repair
+
+        stats = RepairStats()
+        token = self.node.metrics.repair.started("repair", stats)
+        ok = False
         try:
             # own clients: repair moves big chunks, the manager's clients have short
             # timeouts meant for projection reads
@@ -578,17 +578,19 @@ class ChainDriver:
                             timeout_ms=REPAIR_REQUEST_TIMEOUT_MS,
                             connect_timeout_ms=self.settings.read_timeout_ms))
                 res = await run_repair(p, local_name=self.name, store=self.node.store,
-                                       clients=clients, log=self.log)
+                                       clients=clients, log=self.log, stats=stats)
                 ok, detail = res.ok, res.detail
         except Exception as err:  # repair must answer, whatever happened
             ok, detail = False, f"repair raised {err!r}"
+        finally:
+            self.node.metrics.repair.finished(token, ok)
         await self.feed(cm.RepairDone(p.epoch_id, ok, detail))
 
     async def _upi_sync(self, p: Projection) -> None:
         """CP, as the UPI tail of a newly confirmed epoch: make the UPI members agree
         (machi.node.repair.run_upi_sync; docs/repair.md).  Bounded retries while the
         epoch stays current (the other members unwedge when they confirm it too)."""
-        from machi.node.repair import run_upi_sync
+        from machi.node.repair import RepairStats, run_upi_sync
 
         if self.settings.test_canary == "skip-repair":  # TEST ONLY canary: no repair at all
             self.log.warning("CANARY skip-repair: UPI sync skipped", epoch=p.epoch_number)
@@ -598,6 +600,9 @@ class ChainDriver:
             cur = await self._latest("private")
             if cur is None or cur.epoch_id != p.epoch_id:
                 return  # a newer epoch: its own confirmation syncs again
+            stats = RepairStats()
+            token = self.node.metrics.repair.started("upi_sync", stats)
+            ok = False
             try:
                 async with contextlib.AsyncExitStack() as stack:
                     clients: dict[str, FluClient] = {}
@@ -606,15 +611,20 @@ class ChainDriver:
                         if m != self.name and addr is not None:
                             clients[m] = await stack.enter_async_context(FluClient(
                                 addr[0], addr[1], secret=self.secret,
-                                name=f"sync-{self.name}", timeout_ms=REPAIR_REQUEST_TIMEOUT_MS,
+                                name=f"sync-{self.name}", ssl_context=self.ssl_context,
+                                tls_hostname=self.tls_hostname,
+                                timeout_ms=REPAIR_REQUEST_TIMEOUT_MS,
                                 connect_timeout_ms=self.settings.read_timeout_ms))
                     res = await run_upi_sync(p, local_name=self.name, store=self.node.store,
-                                             clients=clients, log=self.log)
-                if res.ok:
+                                             clients=clients, log=self.log, stats=stats)
+                ok = res.ok
+                if ok:
                     return
             except (MachiError, OSError, TimeoutError) as err:
                 self.log.warning("upi sync attempt failed", epoch=p.epoch_number,
                                  error=repr(err))
+            finally:
+                self.node.metrics.repair.finished(token, ok)
         self.log.error("upi sync gave up", epoch=p.epoch_number, attempts=UPI_SYNC_ATTEMPTS)
 
     # ---- admin -------------------------------------------------------------------------

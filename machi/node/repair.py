@@ -5,7 +5,8 @@ file inventories, streaming checksum lists, executing directives (copy with chec
 verification, taking another holder when a source's copy is corrupt and healing that
 copy; CP reset; trim) with bounded concurrency and an overall deadline, the CP UPI sync
 pass (``run_upi_sync``, and first in every CP ``run_repair``), progress as JSON log lines
-and a ``RepairStats`` object the daemon's metrics can export.  Must not: decide *when* to
+and a live ``RepairStats`` object (the daemon's metrics export it while the run goes on,
+``machi.node.metrics.RepairMetrics``).  Must not: decide *when* to
 repair or promote anyone (the chain manager does, from ``RepairDone``), overwrite written
 bytes (a heal rewrites only bytes that fail their own checksum, with bytes that match
 it), copy corrupt bytes, or run any directive of a file whose plan has a problem.
@@ -87,11 +88,6 @@ class RepairStats:
             "errors": self.errors, "seconds": round(self.seconds, 3),
             "per_destination": {m: dict(d) for m, d in sorted(self.per_destination.items())},
         }
-
-    def gauges(self) -> dict[str, float]:
-        """Flat numbers for the metrics endpoint (``repair_<name>``)."""
-        return {f"repair_{k}": float(v) for k, v in self.to_json().items()
-                if isinstance(v, (int, float))}
 
 
 @dataclass(frozen=True, slots=True)
