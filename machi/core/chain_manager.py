@@ -740,6 +740,12 @@ def _decide(
         latest is None or hosed or unsafe or rank(newprop) > rank(latest)
         or latest.author_server == me or latest.author_server not in up
         or latest.epoch_number < cur.epoch_number or st.waits >= c.max_waits
+        # Nobody proposed anything newer than my current projection and I am the one
+        # member everybody else defers to for this change (_lead): waiting for the
+        # current projection's author would wait for someone who waits for me -- both
+        # gave up after max_waits at the same moment and split the epoch (CP a,b + witness
+        # c, kill b: c waited for a, a for c, then both proposed).
+        or (latest.epoch_id == cur.epoch_id and _designated(st, newprop, up) == me)
     )
     if not must_write:
         assert latest is not None
@@ -821,10 +827,18 @@ def _lead(
         if best is not None and rank(best) > rank(newprop) and best.author_server in up:
             return best.author_server
         return None
-    if (set(newprop.upi) - set(cur.upi)) & set(cur.repairing):
+    head = _designated(st, newprop, up)
+    return head if head is not None and head != me and head in views else None
+
+
+def _designated(st: ManagerState, newprop: Projection, up: frozenset[str]) -> str | None:
+    """The one member that should author ``newprop`` when every up member computes it
+    alike: the head of its UPI if up; None for a promotion (only the tail that repaired
+    may author it) or an empty chain.  Deterministic: the same on every member."""
+    if not newprop.upi or (set(newprop.upi) - set(st.current.upi)) & set(st.current.repairing):
         return None
     head = newprop.upi[0]
-    return head if head != me and head in up and head in views else None
+    return head if head in up else None
 
 
 def _targets(p: Projection, me: str, hosed: bool) -> tuple[str, ...]:
