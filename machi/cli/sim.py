@@ -37,16 +37,21 @@ def _names(value: str, what: str) -> list[str]:
 )
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of text.")
 @click.option("--no-clients", is_flag=True, help="Do not run simulated clients.")
+@click.option(
+    "--heal-ticks-max", type=click.IntRange(1, 10**7), default=None,
+    help="Ticks allowed after the heal to converge (stable for 500 ticks), default "
+    "30000; past that the run ends not converged (exit 1).",
+)
 def sim(
     nodes: str, mode: str, witnesses: str, seed: int, scenario: str | None, as_json: bool,
-    no_clients: bool,
+    no_clients: bool, heal_ticks_max: int | None,
 ) -> None:
     """Run N chain managers, in-memory FLUs and clients over one-way links, from a seed.
 
     Exit status 0 only when no invariant was violated and the chain converged after
     every partition was healed.
     """
-    from machi.sim.run import load_scenario, run
+    from machi.sim.run import HEAL_TICKS_MAX, load_scenario, run
 
     names = _names(nodes, "--nodes")
     if not names:
@@ -82,6 +87,7 @@ def sim(
         names, mode=mode,  # type: ignore[arg-type]
         seed=seed, witnesses=wit, phases=phases, clients=not no_clients, on_adopt=on_adopt,
         on_change=None if as_json else out,
+        heal_ticks_max=heal_ticks_max or HEAL_TICKS_MAX,
     )
     if as_json:
         out(json.dumps(result.final_json(), sort_keys=True))

@@ -48,3 +48,26 @@ def test_bad_arguments_are_clear_errors(tmp_path: pathlib.Path) -> None:
     res = runner.invoke(main, ["sim", "--nodes", "a,b", "--mode", "ap", "--scenario",
                                str(scenario)])
     assert res.exit_code == 2 and "bad partition" in res.output
+
+
+def test_no_convergence_exits_1_with_the_verdict(tmp_path: pathlib.Path) -> None:
+    """A heal too short to converge in (--heal-ticks-max 1; convergence needs 500 stable
+    ticks) ends the run not converged: exit 1, and the verdict says so in both formats."""
+    scenario = tmp_path / "s.json"
+    scenario.write_text(json.dumps([{"partitions": [["a", "b"]], "ticks": 500}]))
+    args = ["sim", "--nodes", "a,b,c", "--mode", "ap", "--seed", "3", "--no-clients",
+            "--scenario", str(scenario)]
+    runner = CliRunner()
+    text = runner.invoke(main, [*args, "--heal-ticks-max", "1"])
+    assert text.exit_code == 1, text.output
+    last = text.output.splitlines()[-1]
+    assert "converged=False" in last and "ticks_to_converge=-1" in last
+    assert "violations=0" in last
+    js = runner.invoke(main, [*args, "--heal-ticks-max", "1", "--json"])
+    assert js.exit_code == 1, js.output
+    assert json.loads(js.output.splitlines()[-1]) == {
+        "converged": False, "ticks_to_converge": -1, "violations": [], "lost_acked_writes": 0}
+    ok = runner.invoke(main, args)
+    assert ok.exit_code == 0 and "converged=True" in ok.output.splitlines()[-1]
+    bad = runner.invoke(main, [*args, "--heal-ticks-max", "0"])
+    assert bad.exit_code == 2 and "heal-ticks-max" in bad.output
