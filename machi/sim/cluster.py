@@ -46,6 +46,8 @@ from .flu import SimFlu
 
 #: the default read timeout of the simulated driver
 READ_TIMEOUT_MS = 25
+#: queued events that are messages over a link (``deliver`` may take any of them early)
+MESSAGE_KINDS = frozenset({"read_req", "read_reply", "write_req", "kick"})
 
 
 def sim_config(name: str, chain: str, mode: Mode) -> Config:
@@ -176,6 +178,27 @@ class Cluster:
             self.stats.events += 1
             getattr(self, "_ev_" + kind)(*payload)
         self.now = max(self.now, t_end)
+
+    def pending_messages(self) -> list[tuple[int, str]]:
+        """(due time, kind) of every message in flight, in delivery order."""
+        return [(e[0], e[2]) for e in sorted(self._queue, key=lambda e: (e[0], e[1]))
+                if e[2] in MESSAGE_KINDS]
+
+    def deliver(self, pick: int) -> str | None:
+        """Deliver the ``pick``-th (modulo their number) message in flight now, ahead of
+        everything queued before it: a reordering chosen by a test (Hypothesis), which
+        is a shorter delay on that link, so every guarantee must hold.  Returns its kind,
+        or None when nothing is in flight."""
+        msgs = sorted((e for e in self._queue if e[2] in MESSAGE_KINDS),
+                      key=lambda e: (e[0], e[1]))
+        if not msgs:
+            return None
+        entry = msgs[pick % len(msgs)]
+        self._queue.remove(entry)
+        heapq.heapify(self._queue)
+        self.stats.events += 1
+        getattr(self, "_ev_" + entry[2])(*entry[3])
+        return entry[2]
 
     # ---- network ----------------------------------------------------------------------
     def link_ok(self, src: str, dst: str) -> bool:

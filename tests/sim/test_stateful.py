@@ -1,9 +1,12 @@
 """Hypothesis stateful tests over the simulator: any interleaving of ticks, cut links,
-heals, message loss, slow (reordered) messages, crashes, restarts, appends and reads
+heals, message loss, slow (reordered) messages, delivery of one chosen message in flight
+ahead of the others, crashes, restarts, appends and reads
 keeps every invariant, and after healing and restarting everything the chain converges
 with no acknowledged write lost."""
 
 from __future__ import annotations
+
+from collections import Counter
 
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -56,6 +59,10 @@ class _SimMachine(RuleBasedStateMachine):
     @rule(ppm=st.sampled_from([0, 0, 50_000, 200_000]))
     def slow_messages(self, ppm: int) -> None:
         self.c.slow_ppm = ppm
+
+    @rule(pick=st.integers(0, 63))
+    def deliver(self, pick: int) -> None:
+        self.c.deliver(pick)
 
     @rule()
     def heal(self) -> None:
@@ -142,3 +149,24 @@ CP5Machine.TestCase.settings = settings(max_examples=15, stateful_step_count=30,
 TestAPSimulator = APMachine.TestCase
 TestCPSimulator = CPMachine.TestCase
 TestCP5Simulator = CP5Machine.TestCase
+
+
+def test_deliver_takes_the_chosen_message_first() -> None:
+    """``Cluster.deliver`` runs exactly the chosen in-flight message now (not the first
+    one due), leaves the others queued, and does nothing when no message is in flight."""
+    c = Cluster(NODES, mode="ap", seed=5)
+    c.bootstrap()
+    while len(c.pending_messages()) < 2:
+        c.run_until(c.now + 1)
+    before = c.pending_messages()
+    now = c.now
+    kind = c.deliver(len(before) - 1)
+    assert kind == before[-1][1] and c.now == now
+    left = Counter(c.pending_messages())
+    assert not Counter(before[:-1]) - left  # the others are still in flight
+    c.run_until(c.now + 5_000)
+    c.set_partitions({(a, b) for a in NODES for b in NODES if a != b})
+    c.run_until(c.now + 1_000)  # every message in flight is delivered or lost
+    while c.pending_messages():
+        c.run_until(c.now + 1)
+    assert c.deliver(3) is None
