@@ -2,7 +2,8 @@
 formed by projection writes) appends and reads concurrently, through the library and the
 CLI, read-repairs, survives a SIGKILLed tail replaced by a new projection, and feeds a
 re-added repairing member; every acknowledged chunk reads back identically from every UPI
-member.  (CP needs the chain manager to confirm epochs: covered by unit tests for now.)"""
+member.  (CP with confirmed epochs: test_chain_client_cp.py in-process, and
+test_chain_daemons.py with the daemons' chain managers.)"""
 
 from __future__ import annotations
 

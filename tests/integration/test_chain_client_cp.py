@@ -2,9 +2,9 @@
 with one witness: data never reaches the witness, an ack waits until the witness reports
 our epoch unwedged, and CP read repair never takes bytes from outside the UPI tail.
 
-There is no chain manager in the daemon yet, so the test confirms CP epochs itself (the
-manager's job: ``after_confirm`` once every UPI member stored the epoch).  Replace with a
-real-daemon test once the manager lands.
+The test confirms CP epochs itself (the manager's job: ``after_confirm`` once every UPI
+member stored the epoch) to control exactly which member is at which epoch; the client
+against daemons whose managers confirm epochs is tests/integration/test_chain_daemons.py.
 """
 
 from __future__ import annotations
