@@ -666,10 +666,15 @@ class FluClient:
         raw = m.get("fitness", [])
         try:
             reports = [Report.from_json(r) for r in raw]
-        except (TypeError, KeyError, ValueError):
+            # age on the member's clock when it answered; absent from older nodes (0)
+            ages = {r.observer: int(d.get("age_ms", 0)) for r, d in zip(reports, raw,
+                                                                        strict=True)}
+        except (TypeError, KeyError, ValueError, AttributeError):
             raise RemoteProtocolError("chain_view: malformed fitness reports") from None
+        if any(a < 0 for a in ages.values()):
+            raise RemoteProtocolError("chain_view: negative fitness report age")
         return MemberView(opt("public"), opt("private"), opt("private_confirmed"),
-                          {r.observer: r for r in reports})
+                          {r.observer: r for r in reports}, fitness_age_ms=ages)
 
     async def chain_admin(self, op: Op, meta: dict[str, Any]) -> dict[str, Any]:
         """CHAIN_BOOTSTRAP / CHAIN_SET_MEMBERS / CHAIN_STATUS: the node's chain status."""

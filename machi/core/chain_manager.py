@@ -47,6 +47,7 @@ from .fitness import (
     Liveness,
     LivenessRule,
     Report,
+    born_of,
     choose_up,
     merge,
     observe,
@@ -114,6 +115,8 @@ class MemberView:
     private: Projection | None
     private_confirmed: Projection | None = None
     fitness: Mapping[str, Report] = field(default_factory=dict)
+    #: per observer, the age in ms of its report as this member holds it (served with it)
+    fitness_age_ms: Mapping[str, int] = field(default_factory=dict)
     #: the FLU is wedged (filled for the local member; peers may leave it False)
     wedged: bool = False
 
@@ -202,6 +205,9 @@ class KickPeer:
 @dataclass(frozen=True, slots=True)
 class PublishFitness:
     reports: Mapping[str, Report]
+    #: per observer, the report's birth time on my clock: the driver serves each report
+    #: with its age (its clock now minus this), never the birth time itself
+    born_ms: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +239,8 @@ class ManagerState:
     not_sane: int = 0
     sane_streak: int = 0
     fitness: Mapping[str, Report] = field(default_factory=dict)
+    #: per observer, its report's birth time on my clock (fitness.born_of)
+    fitness_born_ms: Mapping[str, int] = field(default_factory=dict)
     loop_hold_until_ms: int = 0
     repair_epoch: EpochId | None = None
     repair_status: str = ""
@@ -499,7 +507,10 @@ def _update_fitness(
     st: ManagerState, views: Mapping[str, MemberView], unreachable: frozenset[str], now: int
 ) -> tuple[ManagerState, list[Effect]]:
     c = st.config
-    merged = merge(st.fitness, *(v.fitness for v in views.values()))
+    mine_aged = {o: now - b for o, b in st.fitness_born_ms.items()}
+    sources = [(st.fitness, mine_aged),
+               *((v.fitness, v.fitness_age_ms) for v in views.values())]
+    merged = merge(*(reports for reports, _ in sources))
     mine = merged.get(c.name)
     strikes = strikes_of(st.liveness)
     if (
@@ -508,17 +519,20 @@ def _update_fitness(
         or now - mine.time_ms >= c.fitness_refresh_ms
     ):
         merged[c.name] = Report(c.name, now, unreachable, st.loop_hold_until_ms, strikes)
+    # Ages on my clock, never the observers' (their clocks have unrelated origins).
+    born = born_of(merged, sources, now_ms=now)
     keep = set(_members(st))
     merged = {o: r for o, r in merged.items()
-              if o in keep and now - r.time_ms <= 2 * c.fitness_stale_ms}
+              if o in keep and now - born[o] <= 2 * c.fitness_stale_ms}
+    born = {o: born[o] for o in merged}
     effects: list[Effect] = []
-    if merged != dict(st.fitness):
-        effects.append(PublishFitness(merged))
+    if merged != dict(st.fitness) or born != dict(st.fitness_born_ms):
+        effects.append(PublishFitness(merged, born))
     if mine is not None and mine.unreachable != unreachable:
         # Gossip is by pull: kick the members I can read so that they fetch my changed
         # report now instead of on their next timer (a heal is noticed one round sooner).
         effects += [KickPeer(n) for n in sorted(views) if n != c.name]
-    return replace(st, fitness=merged), effects
+    return replace(st, fitness=merged, fitness_born_ms=born), effects
 
 
 def _self_remove(
@@ -668,7 +682,8 @@ def _decide(
         and me in latest.all_members and latest.all_members != cur.all_members
     )
     frame = latest if moved and latest is not None else cur
-    up = choose_up(frame.all_members, st.fitness, now_ms=now, stale_ms=c.fitness_stale_ms)
+    up = choose_up(frame.all_members, st.fitness, now_ms=now, stale_ms=c.fitness_stale_ms,
+                   born_ms=st.fitness_born_ms)
     holding = now < st.loop_hold_until_ms
     hosed = me not in up or holding
     unsafe = False

@@ -3,7 +3,16 @@
 Owns the reachability reports (one per observer: the members whose projection store it
 could not read lately, plus an optional self-declared admin-down time), the rule that
 turns missed reads into "unreachable" (:func:`observe`), their merge (last writer wins
-per observer, by the observer's own clock), and the decision :func:`choose_up`.  Must
+per observer, by the observer's own clock), their ages (:func:`born_of`), and the
+decision :func:`choose_up`.
+
+Clocks: a report's ``time_ms`` and ``admin_down_until_ms`` are on the observer's clock
+(a host's monotonic clock: its origin is unrelated to any other host's), so they are
+only compared with each other.  How old a report is, is judged on the receiver's own
+clock: each holder keeps a *birth time* per report on its clock, and passes reports on
+with their *age* (``age_ms`` on the wire), from which the next holder computes its own
+birth time.  Ages only grow as a report travels (the largest age any holder gives it
+wins), so a report nobody renews goes stale everywhere and dies out.  Must
 not: do I/O (the chain manager publishes its merged map through an effect; peers read
 it together with the projection stores).
 
@@ -78,14 +87,44 @@ def merge(*maps: FitnessMap) -> dict[str, Report]:
     return out
 
 
+BornMap = Mapping[str, int]
+
+
+def born_of(
+    merged: FitnessMap, sources: Iterable[tuple[FitnessMap, Mapping[str, int]]], *,
+    now_ms: int,
+) -> dict[str, int]:
+    """Birth time on my clock (``now_ms``) of each merged report: ``now_ms`` minus the
+    largest age that a source holding that very report (same ``key``) gave it; a report
+    no source gave an age (new, or from a peer that sends none) is born now.
+    ``sources`` are (reports, ages in ms) pairs: my previous map with its ages, and
+    every member's published map."""
+    oldest: dict[str, int] = {}
+    for reports, ages in sources:
+        for obs, rep in reports.items():
+            m = merged.get(obs)
+            if m is not None and rep.key() == m.key():
+                oldest[obs] = max(oldest.get(obs, 0), max(0, ages.get(obs, 0)))
+    return {obs: now_ms - oldest.get(obs, 0) for obs in merged}
+
+
+def _age_ms(rep: Report, born_ms: BornMap | None, now_ms: int) -> int:
+    """How old ``rep`` is: on my clock when I know its birth time (``born_ms``); without
+    ``born_ms`` (every observer on one clock, as in unit tests) from its own time."""
+    if born_ms is None:
+        return now_ms - rep.time_ms
+    return now_ms - born_ms.get(rep.observer, now_ms)
+
+
 def conflicts(
-    members: Iterable[str], reports: FitnessMap, *, now_ms: int, stale_ms: int
+    members: Iterable[str], reports: FitnessMap, *, now_ms: int, stale_ms: int,
+    born_ms: BornMap | None = None,
 ) -> set[frozenset[str]]:
     """Undirected conflict edges among ``members`` from the fresh reports."""
     ms = set(members)
     edges: set[frozenset[str]] = set()
     for obs, rep in reports.items():
-        if obs not in ms or now_ms - rep.time_ms > stale_ms:
+        if obs not in ms or _age_ms(rep, born_ms, now_ms) > stale_ms:
             continue
         for other in rep.unreachable:
             if other in ms and other != obs:
@@ -94,12 +133,13 @@ def conflicts(
 
 
 def strikes_against(
-    members: Iterable[str], reports: FitnessMap, *, now_ms: int, stale_ms: int
+    members: Iterable[str], reports: FitnessMap, *, now_ms: int, stale_ms: int,
+    born_ms: BornMap | None = None,
 ) -> dict[str, int]:
     """Per member, the strikes the fresh reports of the other members give it."""
     out = {m: 0 for m in members}
     for obs, rep in reports.items():
-        if obs not in out or now_ms - rep.time_ms > stale_ms:
+        if obs not in out or _age_ms(rep, born_ms, now_ms) > stale_ms:
             continue
         for m, n in rep.strikes:
             if m in out and m != obs:
@@ -107,25 +147,33 @@ def strikes_against(
     return out
 
 
-def admin_down(members: Iterable[str], reports: FitnessMap, *, now_ms: int) -> set[str]:
-    """Members that declared themselves down until a time still in the future."""
+def admin_down(
+    members: Iterable[str], reports: FitnessMap, *, now_ms: int, born_ms: BornMap | None = None
+) -> set[str]:
+    """Members that declared themselves down for a time that has not passed yet: the
+    hold left when the report was made (its own clock) is longer than the report's age
+    (mine)."""
     ms = set(members)
-    return {o for o, r in reports.items() if o in ms and r.admin_down_until_ms > now_ms}
+    return {o for o, r in reports.items() if o in ms
+            and r.admin_down_until_ms - r.time_ms > _age_ms(r, born_ms, now_ms)}
 
 
 def choose_up(
-    members: Iterable[str], reports: FitnessMap, *, now_ms: int, stale_ms: int
+    members: Iterable[str], reports: FitnessMap, *, now_ms: int, stale_ms: int,
+    born_ms: BornMap | None = None,
 ) -> frozenset[str]:
     """The up set everybody with the same reports agrees on (module docstring)."""
-    cands = sorted(set(members) - admin_down(members, reports, now_ms=now_ms))
-    edges = conflicts(cands, reports, now_ms=now_ms, stale_ms=stale_ms)
+    cands = sorted(set(members) - admin_down(members, reports, now_ms=now_ms,
+                                             born_ms=born_ms))
+    edges = conflicts(cands, reports, now_ms=now_ms, stale_ms=stale_ms, born_ms=born_ms)
     if not edges:
         return frozenset(cands)
 
     def independent(s: tuple[str, ...]) -> bool:
         return not any(frozenset(pair) in edges for pair in itertools.combinations(s, 2))
 
-    flaky = strikes_against(cands, reports, now_ms=now_ms, stale_ms=stale_ms)
+    flaky = strikes_against(cands, reports, now_ms=now_ms, stale_ms=stale_ms,
+                            born_ms=born_ms)
     if len(cands) <= EXACT_MAX:
         for k in range(len(cands), 0, -1):
             best: tuple[str, ...] | None = None

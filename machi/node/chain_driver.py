@@ -387,11 +387,23 @@ class ChainDriver:
         elif isinstance(e, cm.KickPeer):
             self._spawn(self._kick_peer, e.name)
         elif isinstance(e, cm.PublishFitness):
-            self.node.fitness = [r.to_json() for r in e.reports.values()]
+            self._publish_fitness(e)
         elif isinstance(e, cm.Trace):
             self._trace(e)
         else:  # pragma: no cover - a new effect type needs a driver line
             raise TypeError(f"unhandled effect {e!r}")
+
+    def _publish_fitness(self, e: cm.PublishFitness) -> None:
+        """CHAIN_VIEW serves the reports with their ages on my clock at serving time
+        (never a birth time: clocks of different hosts have unrelated origins)."""
+        reports = [(r.to_json(), e.born_ms.get(o)) for o, r in e.reports.items()]
+
+        def view() -> list[dict[str, Any]]:
+            now = self._now_ms()
+            return [{**d, "age_ms": 0 if born is None else max(0, now - born)}
+                    for d, born in reports]
+
+        self.node.fitness_view = view
 
     def _trace(self, e: cm.Trace) -> None:
         what = str(e.fields.get("event", "trace"))
@@ -437,6 +449,8 @@ class ChainDriver:
             private_confirmed=self.node.confirmed_private if want_confirmed else None,
             fitness=dict(self.state.fitness) if self.state is not None else {},
             wedged=self.node.state.wedged,
+            fitness_age_ms={} if self.state is None else {
+                o: max(0, self._now_ms() - b) for o, b in self.state.fitness_born_ms.items()},
         )
 
     async def _read_members(self, e: cm.ReadMembers) -> None:

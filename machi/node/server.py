@@ -115,8 +115,9 @@ class FluNode:
         #: the chain driver's admin entry (CHAIN_BOOTSTRAP / CHAIN_SET_MEMBERS /
         #: CHAIN_STATUS): ``await chain_admin(op, meta) -> reply meta``.
         self.chain_admin: Callable[[Op, dict[str, Any]], Awaitable[dict[str, Any]]] | None = None
-        #: the fitness reports the chain manager last published (served by CHAIN_VIEW)
-        self.fitness: list[dict[str, Any]] = []
+        #: the fitness reports the chain manager last published, as CHAIN_VIEW serves
+        #: them (set by the chain driver: each with its ``age_ms`` at serving time)
+        self.fitness_view: Callable[[], list[dict[str, Any]]] = list
         #: newest private projection annotated ``confirmed`` (CP zerf basis)
         self.confirmed_private: Projection | None = None
         self._peers: set[_Peer] = set()
@@ -551,7 +552,7 @@ class FluNode:
         self._set_state(new, why)
 
     async def _chain_view(self, f: wire.Frame, peer: _Peer) -> Reply:
-        out: dict[str, Any] = {"fitness": list(self.fitness)}
+        out: dict[str, Any] = {"fitness": self.fitness_view()}
         for kind in ("public", "private"):
             try:
                 out[kind] = (await self.store.projection_read_latest(kind)).to_json()

@@ -100,7 +100,13 @@ class Cluster:
         slow_ppm: int = 0,
         cp_read_check: bool = True,
         slow_nodes: Mapping[str, int] | None = None,
+        clock_skew_ms: Mapping[str, int] | None = None,
     ) -> None:
+        #: per node, how far its clock (the ``now_ms`` its manager sees) is ahead of the
+        #: simulation's: hosts' monotonic clocks have unrelated origins (>= 0 each)
+        self.clock_skew_ms = dict(clock_skew_ms or {})
+        if any(v < 0 for v in self.clock_skew_ms.values()):
+            raise ValueError("clock_skew_ms: offsets must be >= 0")
         #: the CP quorum epoch check on reads that find nothing (cr_plan.absence_verdict);
         #: False only to show in a test what goes wrong without it
         self.cp_read_check = cp_read_check
@@ -216,12 +222,16 @@ class Cluster:
             self.on_change(f"{self.now:>8} {node:<6} {what}")
 
     # ---- node lifecycle ---------------------------------------------------------------
+    def clock(self, n: str) -> int:
+        """Node ``n``'s own clock now (the simulation's plus its skew)."""
+        return self.now + self.clock_skew_ms.get(n, 0)
+
     def _start(self, n: str) -> None:
         self.incarnation[n] += 1
         self.flus[n].restart()
         st, effects = cm.initial_state(
             sim_config(n, self.chain, self.mode), self.flus[n].latest("private"),
-            now_ms=self.now,
+            now_ms=self.clock(n),
         )
         self.mgr[n] = st
         self._perform_all(n, effects)
@@ -247,7 +257,7 @@ class Cluster:
         st = self.mgr[n]
         if st is None:
             return
-        st, effects = cm.step(st, event, now_ms=self.now, rng=self.mgr_rng[n])
+        st, effects = cm.step(st, event, now_ms=self.clock(n), rng=self.mgr_rng[n])
         self.mgr[n] = st
         self._perform_all(n, effects)
 
@@ -260,7 +270,8 @@ class Cluster:
         flu = self.flus[n]
         if isinstance(e, cm.ScheduleTick):
             self.tick_gen[n] += 1
-            self._push(e.at_ms, "tick", (n, inc, self.tick_gen[n]))
+            at = e.at_ms - self.clock_skew_ms.get(n, 0)  # the node's clock -> simulation's
+            self._push(at, "tick", (n, inc, self.tick_gen[n]))
         elif isinstance(e, cm.ReadMembers):
             self._read_members(n, inc, e)
         elif isinstance(e, cm.WritePublic):
@@ -281,6 +292,7 @@ class Cluster:
             self._send(n, e.name, self.now + self._delay(), "kick", (e.name, n))
         elif isinstance(e, cm.PublishFitness):
             flu.fitness = dict(e.reports)
+            flu.fitness_born_ms = dict(e.born_ms)
         elif isinstance(e, cm.Trace):
             if self.on_trace is not None:
                 self.on_trace(e.fields)
@@ -293,7 +305,8 @@ class Cluster:
         self.batches[key] = batch
         for m in e.members:
             if m == n:
-                batch.views[m] = self.flus[m].view(want_confirmed=e.want_confirmed)
+                batch.views[m] = self.flus[m].view(want_confirmed=e.want_confirmed,
+                                                   now_ms=self.clock(m))
             else:
                 self._send(n, m, self.now + self._delay(), "read_req", (key, m, e.want_confirmed))
         self._push(self.now + self.read_timeout_ms, "read_done", (key,))
@@ -302,7 +315,7 @@ class Cluster:
     def _ev_read_req(self, key: tuple[str, int, int], m: str, want: bool) -> None:
         if not self.alive(m):
             return
-        view = self.flus[m].view(want_confirmed=want)
+        view = self.flus[m].view(want_confirmed=want, now_ms=self.clock(m))
         self._send(m, key[0], self.now + self._delay(), "read_reply", (key, m, view))
 
     def _ev_read_reply(self, key: tuple[str, int, int], m: str, view: MemberView) -> None:

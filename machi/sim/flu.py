@@ -27,6 +27,8 @@ class SimFlu:
         self.private: dict[int, Projection] = {}
         self.chunks: dict[str, dict[int, bytes]] = {}
         self.fitness: dict[str, Report] = {}
+        #: birth time of each report on the owning node's clock (PublishFitness)
+        self.fitness_born_ms: dict[str, int] = {}
         self.state = wedge.initial_state(None)
         self._seq = 0
 
@@ -52,11 +54,14 @@ class SimFlu:
                 return self.private[e]
         return None
 
-    def view(self, *, want_confirmed: bool) -> MemberView:
+    def view(self, *, want_confirmed: bool, now_ms: int = 0) -> MemberView:
+        """What a CHAIN_VIEW read answers; ``now_ms`` is this node's clock (report ages)."""
         return MemberView(
             public=self.latest("public"), private=self.latest("private"),
             private_confirmed=self.confirmed_private() if want_confirmed else None,
             fitness=dict(self.fitness), wedged=self.state.wedged,
+            fitness_age_ms={o: max(0, now_ms - self.fitness_born_ms.get(o, now_ms))
+                            for o in self.fitness},
         )
 
     def restart(self) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,12 +105,13 @@ def run(
     on_change: Callable[[str], None] | None = None,
     on_trace: Callable[[Any], None] | None = None,
     heal_ticks_max: int = HEAL_TICKS_MAX,
+    clock_skew_ms: Mapping[str, int] | None = None,
 ) -> Result:
     """Bootstrap, warm up, play the phases, heal, wait for convergence, check data."""
     cluster = Cluster(
         list(nodes), mode=mode, seed=seed, witnesses=tuple(witnesses),
         client_interval_ms=20 if clients else 0, on_adopt=on_adopt, on_change=on_change,
-        on_trace=on_trace,
+        on_trace=on_trace, clock_skew_ms=clock_skew_ms,
     )
     cluster.bootstrap()
     cluster.run_until(WARMUP_TICKS)

@@ -134,8 +134,9 @@ def test_single_node_bootstrap_confirms_and_logs(tmp_path: Path) -> None:
 
 
 def test_effects_on_the_local_flu(tmp_path: Path) -> None:
-    """SetWedge wedges, PublishFitness is served by CHAIN_VIEW, a kick starts a round,
-    and the manager restarts from the store (enabled) after the node restarts."""
+    """SetWedge wedges, PublishFitness is served by CHAIN_VIEW (with report ages), a kick
+    starts a round, and the manager restarts from the store (enabled) after the node
+    restarts."""
 
     async def go() -> None:
         async with one_node(tmp_path) as (node, driver, c):
@@ -146,9 +147,13 @@ def test_effects_on_the_local_flu(tmp_path: Path) -> None:
             async with driver._lock:
                 await driver._perform(cm.SetWedge(True, node.state.epoch_id))
                 rep = Report("zz", 5, frozenset({"q"}))
-                await driver._perform(cm.PublishFitness({"zz": rep}))
+                born = driver._now_ms() - 5_000
+                await driver._perform(cm.PublishFitness({"zz": rep}, {"zz": born}))
             assert node.state.wedged
-            assert (await c.chain_view()).fitness == {"zz": rep}
+            view = await c.chain_view()
+            assert view.fitness == {"zz": rep}
+            # served with its age on the node's clock, never the birth time
+            assert 5_000 <= view.fitness_age_ms["zz"] < 60_000
             rounds = driver.rounds
             await c.kick()
             await wait_for(lambda: driver.rounds > rounds)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from machi.core.fitness import Report, choose_up, merge
+from machi.core.fitness import Report, born_of, choose_up, merge
 
 
 def _r(obs: str, t: int, *unreach: str, down_until: int = 0) -> Report:
@@ -89,3 +89,31 @@ def test_equal_up_sets_exclude_the_member_with_more_strikes() -> None:
     assert choose_up("abcde", plain, now_ms=1, stale_ms=100) == frozenset("abce")
     back = Report.from_json(reports["a"].to_json())
     assert back == reports["a"]
+
+
+def test_ages_are_judged_on_the_receivers_clock() -> None:
+    """With birth times on my clock (born_ms), an observer clock far ahead or behind
+    mine changes nothing: freshness and admin-down holds follow the report's age."""
+    ahead = {"b": _r("b", 9_000_000, "c", down_until=9_000_300)}  # b's clock: far ahead
+    # born at my t=100: fresh until 100 + stale, held down for 300 ms of its age
+    born = {"b": 100}
+    assert choose_up("abc", ahead, now_ms=150, stale_ms=1000, born_ms=born) == frozenset("ac")
+    assert choose_up("abc", ahead, now_ms=500, stale_ms=1000, born_ms=born) == frozenset("ab")
+    assert choose_up("abc", ahead, now_ms=1_200, stale_ms=1000, born_ms=born) == frozenset(
+        "abc")
+    behind = {"a": _r("a", 5, "c")}  # a's clock: far behind mine
+    assert choose_up("abc", behind, now_ms=10**9, stale_ms=1000,
+                     born_ms={"a": 10**9 - 10}) == frozenset("ab")
+    # without birth times (one shared clock) the observer's time decides, as before
+    assert choose_up("abc", behind, now_ms=10**9, stale_ms=1000) == frozenset("abc")
+
+
+def test_born_of_takes_the_largest_age_of_the_same_report() -> None:
+    """The oldest age any holder gives the merged report wins (ages only grow, so an
+    unrenewed report dies out); another version's age and missing ages count as new."""
+    new, old = _r("b", 50, "c"), _r("b", 40)
+    merged = merge({"b": old}, {"b": new})
+    sources = [({"b": new}, {"b": 30}), ({"b": new}, {"b": 70}), ({"b": old}, {"b": 900}),
+               ({"b": new}, {})]
+    assert born_of(merged, sources, now_ms=1_000) == {"b": 930}
+    assert born_of(merged, [({"b": new}, {})], now_ms=1_000) == {"b": 1_000}
