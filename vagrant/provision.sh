@@ -31,7 +31,15 @@ if [ ! -x /opt/machi/venv/bin/python ]; then
   python3 -m venv /opt/machi/venv
 fi
 /opt/machi/venv/bin/pip install --quiet --upgrade --force-reinstall --no-deps "$wheel"
-/opt/machi/venv/bin/pip install --quiet "$wheel"  # its dependencies
+# Its dependencies: from the wheels uploaded next to it when `build-wheel --with-deps` made
+# them and they fit this guest, else from the package index.
+wheel_dir=$(dirname "$wheel")
+if ls "$wheel_dir"/*.whl | grep -qv '/machi_py-' \
+   && /opt/machi/venv/bin/pip install --quiet --no-index --find-links "$wheel_dir" "$wheel"; then
+  echo "provision: $name installed the dependencies from the uploaded wheels"
+else
+  /opt/machi/venv/bin/pip install --quiet "$wheel"
+fi
 ln -sf /opt/machi/venv/bin/machi /usr/local/bin/machi
 rm -rf /tmp/machi-wheel
 

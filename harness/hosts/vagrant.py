@@ -2,9 +2,12 @@
 
 Owns turning `vagrant ssh-config` output into `HostSpec`s.  SSH goes to the forwarded port
 Vagrant reports (usually 127.0.0.1:2222+); the cluster address of n<i> is the VM's private
-network address from the Vagrantfile (192.168.56.<10+i>), which is what the other VMs see
-and what the nemesis drops.  Vagrant itself cannot run in CI: `parse_ssh_config` is a pure
-function tested on sample output; `vagrant_ssh_config` calls the real `vagrant`.
+network address from the Vagrantfile (<prefix><10+i>), which is what the other VMs see and
+what the nemesis drops.  The prefix follows the same environment as the Vagrantfile:
+MACHI_VAGRANT_NET_PREFIX, else 10.77.56. with MACHI_VAGRANT_DOCKER=1 (containers from
+scripts/vagrant-docker-setup), else 192.168.56. (VMs).  `parse_ssh_config` is a pure
+function tested on sample output; `vagrant_ssh_config` calls the real `vagrant`
+(tests/harness/test_vagrant_docker.py runs it against containers `vagrant up` made).
 
 Must not: bring VMs up or down implicitly (that is `vagrant up` / `vagrant destroy`, run by
 the user or `cluster up --provider vagrant`), or trust unknown host keys other than the
@@ -13,14 +16,18 @@ ones Vagrant itself declares as throwaway (`StrictHostKeyChecking no`).
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 from harness.hosts.base import Host, HostSet, HostSpec
 
-PRIVATE_NET_PREFIX = "192.168.56."
+PRIVATE_NET_PREFIX = "192.168.56."  # VMs (VirtualBox / libvirt host-only network)
+DOCKER_NET_PREFIX = "10.77.56."  # MACHI_VAGRANT_DOCKER=1 (a Docker network Vagrant creates)
+_PREFIX_RE = re.compile(r"^\d{1,3}\.\d{1,3}\.\d{1,3}\.$")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _NODE_RE = re.compile(r"^n(\d{1,3})$")
 
@@ -29,14 +36,25 @@ class VagrantError(Exception):
     """`vagrant` is missing, failed, or its ssh-config is not what the Vagrantfile makes."""
 
 
-def cluster_address(name: str) -> str | None:
+def net_prefix(environ: Mapping[str, str] | None = None) -> str:
+    """The private-network prefix the Vagrantfile uses under `environ` (default os.environ)."""
+    env = os.environ if environ is None else environ
+    prefix = env.get("MACHI_VAGRANT_NET_PREFIX") or (
+        DOCKER_NET_PREFIX if env.get("MACHI_VAGRANT_DOCKER") == "1" else PRIVATE_NET_PREFIX)
+    if not _PREFIX_RE.match(prefix):
+        raise VagrantError(f"MACHI_VAGRANT_NET_PREFIX must look like 10.77.56. (got {prefix!r})")
+    return prefix
+
+
+def cluster_address(name: str, prefix: str = PRIVATE_NET_PREFIX) -> str | None:
     """The private-network address the Vagrantfile gives n<i> (None for other names)."""
     m = _NODE_RE.match(name)
-    return f"{PRIVATE_NET_PREFIX}{10 + int(m.group(1))}" if m else None
+    return f"{prefix}{10 + int(m.group(1))}" if m else None
 
 
-def parse_ssh_config(text: str) -> list[HostSpec]:
-    """HostSpecs from the text `vagrant ssh-config` prints (one `Host` block per VM)."""
+def parse_ssh_config(text: str, prefix: str = PRIVATE_NET_PREFIX) -> list[HostSpec]:
+    """HostSpecs from the text `vagrant ssh-config` prints (one `Host` block per VM), with
+    cluster addresses on the private network `prefix` (see `net_prefix`)."""
     import paramiko
 
     cfg = paramiko.SSHConfig.from_text(text)
@@ -58,7 +76,7 @@ def parse_ssh_config(text: str) -> list[HostSpec]:
                 user=d.get("user", "vagrant"),
                 key_path=keys[0] if keys else None,
                 sudo=True,
-                cluster_address=cluster_address(name),
+                cluster_address=cluster_address(name, prefix),
                 probe_port=22,
                 known_hosts_path=None,
                 accept_unknown_host_key=strict == "no",
@@ -83,4 +101,5 @@ def vagrant_ssh_config(vagrant_dir: Path | None = None, *, timeout_s: float = 12
 
 
 def open_hosts(vagrant_dir: Path | None = None) -> HostSet:
-    return HostSet([Host(s) for s in parse_ssh_config(vagrant_ssh_config(vagrant_dir))])
+    prefix = net_prefix()
+    return HostSet([Host(s) for s in parse_ssh_config(vagrant_ssh_config(vagrant_dir), prefix)])

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -139,16 +141,24 @@ puts JSON.generate(Vagrant::LOG)
 """
 
 
+def _load_vagrantfile(tmp_path: Path, **env: str) -> list[Any]:
+    """The calls the Vagrantfile makes on a stub Vagrant, under MACHI_* variables `env` only."""
+    stub = tmp_path / "stub.rb"
+    stub.write_text(_RUBY_STUB)
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("MACHI_", "VAGRANT_"))}
+    p = subprocess.run(["ruby", str(stub), str(REPO / "Vagrantfile")], capture_output=True,
+                       text=True, cwd=REPO, timeout=60, env={**clean, **env})
+    assert p.returncode == 0, p.stderr
+    log: list[Any] = json.loads(p.stdout)
+    return log
+
+
 @pytest.mark.skipif(shutil.which("ruby") is None, reason="ruby is not installed")
 def test_vagrantfile_defines_the_nodes_the_provider_expects(tmp_path: Path) -> None:
     """Loaded with a stub Vagrant, the Vagrantfile defines n1..n5 on 192.168.56.1x, the
     addresses `vagrant.cluster_address` gives, provisioned by scripts that exist."""
-    stub = tmp_path / "stub.rb"
-    stub.write_text(_RUBY_STUB)
-    p = subprocess.run(["ruby", str(stub), str(REPO / "Vagrantfile")], capture_output=True,
-                       text=True, cwd=REPO, timeout=60)
-    assert p.returncode == 0, p.stderr
-    log = json.loads(p.stdout)
+    log = _load_vagrantfile(tmp_path)
     defined = [args[0] for key, args, _ in log if key == "define"]
     assert defined == ["n1", "n2", "n3", "n4", "n5"]
     ips = {key.split(".")[0]: kw["ip"] for key, args, kw in log
@@ -159,11 +169,46 @@ def test_vagrantfile_defines_the_nodes_the_provider_expects(tmp_path: Path) -> N
     assert all((REPO / s).exists() for s in scripts)
     trigger = [args for key, args, _ in log if key.endswith("trigger.before.run")]
     assert trigger and "vagrant/build-wheel" in str(trigger)
+    assert "--with-deps" not in str(trigger)  # real VMs may not have the host's platform
+    assert ["config.vm.box", ["debian/bookworm64"], {}] in log
+    assert vagrant.net_prefix({}) == "192.168.56."
+
+
+@pytest.mark.skipif(shutil.which("ruby") is None, reason="ruby is not installed")
+def test_vagrantfile_docker_route_matches_the_provider(tmp_path: Path) -> None:
+    """With MACHI_VAGRANT_DOCKER=1 the nodes are containers of the local image on 10.77.56.1x
+    (or MACHI_VAGRANT_NET_PREFIX), as `vagrant.net_prefix` says, with the dependency wheels;
+    a malformed prefix is refused by both."""
+    for env in ({"MACHI_VAGRANT_DOCKER": "1", "MACHI_NODES": "3"},
+                {"MACHI_VAGRANT_DOCKER": "1", "MACHI_NODES": "3",
+                 "MACHI_VAGRANT_NET_PREFIX": "10.77.99."}):
+        log = _load_vagrantfile(tmp_path, **env)
+        prefix = vagrant.net_prefix(env)
+        assert prefix == env.get("MACHI_VAGRANT_NET_PREFIX", "10.77.56.")
+        ips = {key.split(".")[0]: kw["ip"] for key, args, kw in log
+               if key.endswith("vm.network") and args == ["private_network"]}
+        assert ips == {f"n{i}": vagrant.cluster_address(f"n{i}", prefix) for i in (1, 2, 3)}
+        calls = {key: args for key, args, _ in log}
+        assert calls["config.vm.provider.image"] == ["machi-vagrant-debian:bookworm"]
+        assert calls["config.vm.provider.has_ssh"] == ["true"]
+        assert "--cap-add=NET_ADMIN" in calls["config.vm.provider.create_args"][0]
+        assert "config.vm.box" not in calls  # no box to download
+        trigger = [args for key, args, _ in log if key.endswith("trigger.before.run")]
+        assert "--with-deps" in str(trigger)
+    bad = {"MACHI_VAGRANT_DOCKER": "1", "MACHI_VAGRANT_NET_PREFIX": "10.77.99"}
+    with pytest.raises(vagrant.VagrantError, match="must look like"):
+        vagrant.net_prefix(bad)
+    p = subprocess.run(["ruby", "-e", "module Vagrant; def self.configure(v) end; end; "
+                        f"load {json.dumps(str(REPO / 'Vagrantfile'))}"],
+                       capture_output=True, text=True, cwd=REPO, timeout=60,
+                       env={**os.environ, **bad})
+    assert p.returncode != 0 and "must look like" in p.stderr
 
 
 def test_vagrant_scripts_parse_as_bash() -> None:
     """The provisioning and wheel scripts are at least valid bash."""
-    for script in ("vagrant/provision.sh", "vagrant/build-wheel", "scripts/install-system-deps"):
+    for script in ("vagrant/provision.sh", "vagrant/build-wheel", "scripts/install-system-deps",
+                   "scripts/vagrant-docker-setup"):
         p = subprocess.run(["bash", "-n", str(REPO / script)], capture_output=True, text=True)
         assert p.returncode == 0, f"{script}: {p.stderr}"
 
