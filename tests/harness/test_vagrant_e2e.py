@@ -1,4 +1,4 @@
-"""The Vagrant set-up without VMs (none can run here): `vagrant validate` accepts the
+"""The Vagrant set-up without machines: `vagrant validate` accepts the
 Vagrantfile, `vagrant/build-wheel` builds a wheel of this checkout, and the unmodified
 `vagrant/provision.sh` installs it (dependencies from the package index) into
 /opt/machi/venv so that `machi` runs -- inside a private mount namespace whose /opt,
@@ -7,8 +7,9 @@ copies, so nothing outside the test changes.
 
 Marked e2e (needs the network for the dependencies, root for the mount namespace, and the
 Debian `vagrant` package for the validate step; each part skips when its tool is missing).
-What is NOT tested here: booting VMs, the private network, `vagrant ssh-config` against
-live VMs and a harness run on them (docs/harness-hosts.md).
+Machines that `vagrant up` made (containers, MACHI_VAGRANT_DOCKER=1) and a harness run on
+them: tests/harness/test_vagrant_docker.py.  Not tested anywhere here: VirtualBox/libvirt
+VMs (docs/harness-hosts.md).
 """
 
 from __future__ import annotations
