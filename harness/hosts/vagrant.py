@@ -4,7 +4,7 @@ Owns turning `vagrant ssh-config` output into `HostSpec`s.  SSH goes to the forw
 Vagrant reports (usually 127.0.0.1:2222+); the cluster address of n<i> is the VM's private
 network address from the Vagrantfile (<prefix><10+i>), which is what the other VMs see and
 what the nemesis drops.  The prefix follows the same environment as the Vagrantfile:
-MACHI_VAGRANT_NET_PREFIX, else 10.77.56. with MACHI_VAGRANT_DOCKER=1 (containers from
+MACHI_VAGRANT_NET_PREFIX, else 10.78.56. with MACHI_VAGRANT_DOCKER=1 (containers from
 scripts/vagrant-docker-setup), else 192.168.56. (VMs).  `parse_ssh_config` is a pure
 function tested on sample output; `vagrant_ssh_config` calls the real `vagrant`
 (tests/harness/test_vagrant_docker.py runs it against containers `vagrant up` made).
@@ -26,7 +26,7 @@ from pathlib import Path
 from harness.hosts.base import Host, HostSet, HostSpec
 
 PRIVATE_NET_PREFIX = "192.168.56."  # VMs (VirtualBox / libvirt host-only network)
-DOCKER_NET_PREFIX = "10.77.56."  # MACHI_VAGRANT_DOCKER=1 (a Docker network Vagrant creates)
+DOCKER_NET_PREFIX = "10.78.56."  # MACHI_VAGRANT_DOCKER=1 (a Docker network Vagrant creates)
 _PREFIX_RE = re.compile(r"^\d{1,3}\.\d{1,3}\.\d{1,3}\.$")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _NODE_RE = re.compile(r"^n(\d{1,3})$")
@@ -42,7 +42,7 @@ def net_prefix(environ: Mapping[str, str] | None = None) -> str:
     prefix = env.get("MACHI_VAGRANT_NET_PREFIX") or (
         DOCKER_NET_PREFIX if env.get("MACHI_VAGRANT_DOCKER") == "1" else PRIVATE_NET_PREFIX)
     if not _PREFIX_RE.match(prefix):
-        raise VagrantError(f"MACHI_VAGRANT_NET_PREFIX must look like 10.77.56. (got {prefix!r})")
+        raise VagrantError(f"MACHI_VAGRANT_NET_PREFIX must look like 10.78.56. (got {prefix!r})")
     return prefix
 
 

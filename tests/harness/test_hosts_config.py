@@ -176,15 +176,15 @@ def test_vagrantfile_defines_the_nodes_the_provider_expects(tmp_path: Path) -> N
 
 @pytest.mark.skipif(shutil.which("ruby") is None, reason="ruby is not installed")
 def test_vagrantfile_docker_route_matches_the_provider(tmp_path: Path) -> None:
-    """With MACHI_VAGRANT_DOCKER=1 the nodes are containers of the local image on 10.77.56.1x
+    """With MACHI_VAGRANT_DOCKER=1 the nodes are containers of the local image on 10.78.56.1x
     (or MACHI_VAGRANT_NET_PREFIX), as `vagrant.net_prefix` says, with the dependency wheels;
     a malformed prefix is refused by both."""
     for env in ({"MACHI_VAGRANT_DOCKER": "1", "MACHI_NODES": "3"},
                 {"MACHI_VAGRANT_DOCKER": "1", "MACHI_NODES": "3",
-                 "MACHI_VAGRANT_NET_PREFIX": "10.77.99."}):
+                 "MACHI_VAGRANT_NET_PREFIX": "10.78.99."}):
         log = _load_vagrantfile(tmp_path, **env)
         prefix = vagrant.net_prefix(env)
-        assert prefix == env.get("MACHI_VAGRANT_NET_PREFIX", "10.77.56.")
+        assert prefix == env.get("MACHI_VAGRANT_NET_PREFIX", "10.78.56.")
         ips = {key.split(".")[0]: kw["ip"] for key, args, kw in log
                if key.endswith("vm.network") and args == ["private_network"]}
         assert ips == {f"n{i}": vagrant.cluster_address(f"n{i}", prefix) for i in (1, 2, 3)}
@@ -195,7 +195,7 @@ def test_vagrantfile_docker_route_matches_the_provider(tmp_path: Path) -> None:
         assert "config.vm.box" not in calls  # no box to download
         trigger = [args for key, args, _ in log if key.endswith("trigger.before.run")]
         assert "--with-deps" in str(trigger)
-    bad = {"MACHI_VAGRANT_DOCKER": "1", "MACHI_VAGRANT_NET_PREFIX": "10.77.99"}
+    bad = {"MACHI_VAGRANT_DOCKER": "1", "MACHI_VAGRANT_NET_PREFIX": "10.78.99"}
     with pytest.raises(vagrant.VagrantError, match="must look like"):
         vagrant.net_prefix(bad)
     p = subprocess.run(["ruby", "-e", "module Vagrant; def self.configure(v) end; end; "

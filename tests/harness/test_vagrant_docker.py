@@ -6,7 +6,7 @@ the wheel of this checkout, `vagrant ssh` into one, then the user's command
 provider reads `vagrant ssh-config`, deploys, runs the nemesis with iptables inside the
 containers) must say `valid`, and `vagrant destroy -f` removes every container and network.
 
-Network safety: the containers sit on a Docker network 10.77.<x>.0/24 that Vagrant creates for
+Network safety: the containers sit on a Docker network 10.78.<x>.0/24 that Vagrant creates for
 this test (x free, chosen per process) and dockerd's own default bridge; SSH goes to ports
 Vagrant publishes on 127.0.0.1.  The root namespace's iptables, which only dockerd touches, is
 compared before and after the harness run: the nemesis's rules live inside the guests.
@@ -84,14 +84,14 @@ def _used_networks() -> list[ipaddress.IPv4Network]:
 
 
 def _free_prefix() -> str:
-    """A 10.77.<x>. prefix (60 <= x < 200) that no Docker network or route uses."""
+    """A 10.78.<x>. prefix (60 <= x < 200) that no Docker network or route uses."""
     used = _used_networks()
     for k in range(140):
         x = 60 + (os.getpid() + k) % 140
-        net = ipaddress.IPv4Network(f"10.77.{x}.0/24")
+        net = ipaddress.IPv4Network(f"10.78.{x}.0/24")
         if not any(net.overlaps(u) for u in used):
-            return f"10.77.{x}."
-    raise AssertionError("no free 10.77.x.0/24 for the test's Docker network")
+            return f"10.78.{x}."
+    raise AssertionError("no free 10.78.x.0/24 for the test's Docker network")
 
 
 def _root_iptables() -> str:
