@@ -177,6 +177,9 @@ class FluStore:
         self._trimmed_files: set[str] = set()
         self._seqs: dict[_Key, int] = {}
         self._targets: dict[_Key, _Target] = {}
+        #: files this store minted since it opened (append targets, current or past): only
+        #: these may be deleted once fully trimmed before they are full (_maybe_delete)
+        self._minted: set[str] = set()
         self._key_locks: dict[_Key, anyio.Lock] = {}
         self._pending: dict[tuple[str, int], anyio.Event] = {}
         self._projections = ProjectionCache(reuse_epochs=config.test_epoch_reuse)
@@ -561,6 +564,7 @@ class FluStore:
         await self._committer.commit_now(batch)
         self._seqs[key] = seq + 1
         self._files[name] = DataFile(name, FileName(prefix, ns, locator, uid, seq), FileIndex())
+        self._minted.add(name)
         old = self._targets.get(key)
         self._targets[key] = _Target(name, epoch_id)
         log.info("new data file %s (epoch %s, previous %s)", name, epoch_id.number,
@@ -748,7 +752,8 @@ class FluStore:
 
     # ---- trim -----------------------------------------------------------------------
     async def trim(self, file: str, offset: int, size: int) -> None:
-        """Mark a range trimmed; delete the file once it is fully trimmed and retired."""
+        """Mark a range trimmed; delete the file once it is fully trimmed and retired
+        (``_retired``)."""
         self._check_open()
         fn = self._parse(file)
         err = check_range(offset, size)
@@ -843,11 +848,22 @@ class FluStore:
     def _is_target(self, name: str) -> bool:
         return any(t.name == name for t in self._targets.values())
 
+    def _retired(self, f: DataFile) -> bool:
+        """No member of a chain can legitimately get new bytes past this FLU's EOF of
+        ``f`` (docs/storage.md, "Whole-file deletion"): the file is full (its EOF reached
+        ``max_file_size``, so no head can append to it), or this store minted it and has
+        moved its key on (every chunk ever placed in it was placed here, below our EOF).
+        A file that only reached us through writes (a replica of the head's current
+        file) is neither: the head may still append to it."""
+        if f.index.eof >= self.config.max_file_size:
+            return True
+        return f.name in self._minted and not self._is_target(f.name)
+
     async def _maybe_delete(self, f: DataFile) -> None:
         if (
             self._files.get(f.name) is not f
-            or self._is_target(f.name)
             or not f.index.fully_trimmed()
+            or not self._retired(f)
             or any(k[0] == f.name for k in self._pending)
         ):
             return

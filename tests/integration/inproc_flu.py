@@ -28,16 +28,18 @@ Nodes = dict[str, tuple[FluNode, int]]
 
 @asynccontextmanager
 async def inproc_chain(
-    base: Path, names: Iterable[str], witnesses: Iterable[str] = ()
+    base: Path, names: Iterable[str], witnesses: Iterable[str] = (),
+    config: StoreConfig | None = None,
 ) -> AsyncIterator[Nodes]:
-    """FluNodes named ``names`` (``witnesses`` among them) serving on 127.0.0.1."""
+    """FluNodes named ``names`` (``witnesses`` among them) serving on 127.0.0.1, their
+    stores opened with ``config`` (default: sync "none")."""
     wits = set(witnesses)
     nodes: Nodes = {}
     stores: list[FluStore] = []
     async with anyio.create_task_group() as tg:
         try:
             for n in names:
-                store = await FluStore.open(base / n, StoreConfig(sync="none"))
+                store = await FluStore.open(base / n, config or StoreConfig(sync="none"))
                 stores.append(store)
                 node = FluNode(n, store, log=JsonLog(n, "warning", stream=io.StringIO()),
                                witness=n in wits)

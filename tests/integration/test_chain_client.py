@@ -213,8 +213,7 @@ def test_trim_and_explicit_write_reach_every_member(chain: Chain) -> None:
             with pytest.raises(Trimmed) as ei:
                 await cc.read(pos.file, pos.offset, pos.size)
             assert outcome_of(ei.value, OpKind.READ) is Outcome.FAIL
-            # (a wholly trimmed file is deleted on b and c but kept open on the head a:
-            # explicit writes go to a file that still has data)
+            # (explicit writes go to a file that still has data)
             other = await cc.append("wr", b"keeps the file")
             wpos = await cc.write(other.file, other.offset + 8192, b"explicit")
             await check_everywhere(chain, p, [(wpos, b"explicit")])
@@ -223,6 +222,22 @@ def test_trim_and_explicit_write_reach_every_member(chain: Chain) -> None:
                 await cc.write(other.file, other.offset + 8192, b"EXPLICIT", info=info)
             assert outcome_of(ei.value, OpKind.WRITE) is Outcome.FAIL
             assert info.stage == "not_sent" and info.acked == []
+
+    anyio.run(go)
+
+
+def test_append_after_trimming_everything_so_far(chain: Chain) -> None:
+    """A consumer that trims every chunk it has read does not break the next append: the
+    replicas keep the head's current file although it is wholly trimmed there."""
+
+    async def go() -> None:
+        async with ChainClient(chain.seeds) as cc:
+            p = await cc.refresh()
+            first = await cc.append("consumed", b"read then trimmed")
+            await cc.trim(first.file, first.offset, first.size)
+            second = await cc.append("consumed", b"the next one")
+            assert second.file == first.file  # same epoch, same head file
+            await check_everywhere(chain, p, [(second, b"the next one")])
 
     anyio.run(go)
 

@@ -26,6 +26,7 @@ from machi.node.config import KNOWN_KEYS
 from machi.node.log import JsonLog
 from machi.node.process import NodeProcess
 from machi.node.repair import RepairResult, run_repair, run_upi_sync
+from machi.storage.flu_store import StoreConfig
 from tests.integration.inproc_flu import Nodes, inproc_chain, install
 
 pytestmark = pytest.mark.timeout(90)
@@ -430,9 +431,11 @@ def test_cp_reset_racing_a_new_write_keeps_the_acknowledged_chunk(tmp_path: Path
 def test_ap_repair_merges_trims_including_a_deleted_file(tmp_path: Path) -> None:
     """Trims made while c was out reach c: a partly trimmed file is trimmed the same way,
     and a file one member deleted once fully trimmed is trimmed (and so deleted) on c."""
+    full = StoreConfig(sync="none", max_file_size=1024 + len(b"soon trimmed"))
 
     async def go() -> RepairResult:
-        async with inproc_chain(tmp_path, NAMES) as nodes, AsyncExitStack() as stack:
+        async with inproc_chain(tmp_path, NAMES, config=full) as nodes, \
+                AsyncExitStack() as stack:
             cl = await inproc_clients(stack, nodes)
             p1 = await install(nodes, 1, NAMES)
             everyone = [cl[n] for n in NAMES]
@@ -443,7 +446,7 @@ def test_ap_repair_merges_trims_including_a_deleted_file(tmp_path: Path) -> None
             for n in ("a", "b"):
                 await cl[n].trim(f, off, len(b"soon trimmed"), epoch_id=p2.epoch_id)
                 await cl[n].trim(g, y1, 2, epoch_id=p2.epoch_id)
-            assert f not in dict(await cl["b"].list_files())  # b deleted it (not its target)
+            assert f not in dict(await cl["b"].list_files())  # b deleted it (it is full)
             p3 = await install(nodes, 3, ("a", "b"), repairing=("c",))
             res = await run_repair(p3, local_name="b", clients=cl, log=quiet_log(io.StringIO()))
             with pytest.raises(Trimmed):

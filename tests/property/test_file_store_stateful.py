@@ -76,6 +76,7 @@ class FileStoreMachine(RuleBasedStateMachine):
         self.files: dict[str, MFile] = {}
         self.deleted: set[str] = set()
         self.targets: dict[str, tuple[str, EpochId]] = {}
+        self.minted: set[str] = set()  # files the store minted since it (re)opened
         # names in creation order: UUIDs are random, so sorting by name would make
         # Hypothesis draws differ between a run and its replay
         self.order: list[str] = [EXTERNAL]
@@ -108,7 +109,10 @@ class FileStoreMachine(RuleBasedStateMachine):
 
     def maybe_delete(self, name: str) -> None:
         f = self.files[name]
-        if f.fully_trimmed() and name not in {t for t, _ in self.targets.values()}:
+        # deleted once fully trimmed and retired: full, or minted here and rolled over
+        retired = f.eof >= MAX_FILE or (
+            name in self.minted and name not in {t for t, _ in self.targets.values()})
+        if f.fully_trimmed() and retired:
             del self.files[name]
             self.deleted.add(name)
 
@@ -133,6 +137,7 @@ class FileStoreMachine(RuleBasedStateMachine):
             self.files[pos.file] = MFile()
             self.order.append(pos.file)
             self.targets[prefix] = (pos.file, epoch)
+            self.minted.add(pos.file)
         f = self.files[pos.file]
         f.chunks[pos.offset] = data
         f.eof = pos.offset + total
@@ -205,6 +210,7 @@ class FileStoreMachine(RuleBasedStateMachine):
             self.files[first.file] = MFile()
             self.order.append(first.file)
             self.targets[prefix] = (first.file, epoch)
+            self.minted.add(first.file)
         f = self.files[first.file]
         off = first.offset
         for (pos, _cs), (d, x) in zip(res, chunks, strict=True):
@@ -349,6 +355,7 @@ class FileStoreMachine(RuleBasedStateMachine):
         self.call(self.store.close)
         self.store = self.call(FluStore.open, self.dir, self.config)
         self.targets.clear()  # a restarted FLU mints new files for every prefix
+        self.minted.clear()  # ... and forgets which ones it minted before
 
     # ---- invariants ---------------------------------------------------------------
     @invariant()

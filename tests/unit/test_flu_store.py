@@ -243,6 +243,35 @@ async def test_fully_trimmed_retired_file_is_deleted(store: FluStore) -> None:
             pass
 
 
+async def test_fully_trimmed_replica_file_stays_writable(tmp_path: Path) -> None:
+    """A file that reached a FLU only through writes (a replica of the head's current
+    file) is kept when fully trimmed: the head's next chunk still lands there."""
+    async with await FluStore.open(tmp_path / "head") as head, \
+            await FluStore.open(tmp_path / "rep") as rep:
+        p1, _ = await head.append("q", b"a" * 100, NO_CSUM, epoch_id=E0)
+        await rep.write(p1.file, p1.offset, b"a" * 100, NO_CSUM)
+        for s in (head, rep):
+            await s.trim(p1.file, p1.offset, 100)
+        assert [n for n, _ in await rep.list_files()] == [p1.file]
+        p2, _ = await head.append("q", b"b" * 100, NO_CSUM, epoch_id=E0)
+        assert p2.file == p1.file
+        await rep.write(p2.file, p2.offset, b"b" * 100, NO_CSUM)
+        assert (await rep.read(p2.file, p2.offset, 100)).chunks[0].data == b"b" * 100
+
+
+async def test_fully_trimmed_full_written_file_is_deleted(store: FluStore) -> None:
+    """A file known only through writes is deleted once it is full (EOF reached
+    max_file_size) and fully trimmed; a non-full one is kept."""
+    await store.write(OTHER, B, b"x" * 60, NO_CSUM)
+    await store.trim(OTHER, B, 60)
+    assert [n for n, _ in await store.list_files()] == [OTHER]  # not full: kept
+    await store.write(OTHER, B + 60, b"y" * 40, NO_CSUM)  # EOF = max_file_size
+    await store.trim(OTHER, B + 60, 40)
+    assert await store.list_files() == []
+    with pytest.raises(Trimmed):
+        await store.write(OTHER, B + 100, b"z", NO_CSUM)
+
+
 async def test_checksum_list_streams_in_batches(store: FluStore) -> None:
     """checksum_list yields bounded batches covering every entry in offset order."""
     for i in range(10):
