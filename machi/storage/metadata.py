@@ -21,13 +21,17 @@ returns) and OFF for "none".
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import aiosqlite
+import anyio
 from sqlalchemy import (
     Column,
+    Connection,
     Integer,
     LargeBinary,
     MetaData,
@@ -39,6 +43,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
+
+log = logging.getLogger("machi.storage")
 
 DB_NAME = "machi.sqlite3"
 SCHEMA_VERSION = 1
@@ -188,13 +194,24 @@ class MetadataDb:
                  sync: SyncMode) -> None:
         self.engine = engine
         self.conn = conn
-        #: the aiosqlite connection under ``conn`` (``apply`` runs on its worker thread)
+        #: the aiosqlite connection under ``conn`` when its private "run this function on
+        #: your thread" API is there (``apply`` then runs on its worker thread in one
+        #: hop); None: ``apply`` takes the public SQLAlchemy path (``_private_api``)
         self._driver = driver
         self.sync = sync
         self.apply_calls = 0  # transactions applied (each one hop to the database thread)
 
+    @property
+    def one_hop_apply(self) -> bool:
+        """True when ``apply`` runs as one call on aiosqlite's thread (private API)."""
+        return self._driver is not None
+
     @classmethod
-    async def open(cls, data_dir: Path, sync: SyncMode) -> MetadataDb:
+    async def open(cls, data_dir: Path, sync: SyncMode, *,
+                   private_api: bool = True) -> MetadataDb:
+        """Open (create) the database.  ``private_api=False`` forces the public
+        SQLAlchemy path for ``apply`` (tests; it is also taken, with a warning, when the
+        installed aiosqlite lacks the private API)."""
         engine = create_async_engine(f"sqlite+aiosqlite:///{data_dir / DB_NAME}",
                                      poolclass=NullPool)
         level = "OFF" if sync == "none" else "FULL"
@@ -215,7 +232,13 @@ class MetadataDb:
                 (str(SCHEMA_VERSION),),
             )
             await conn.commit()
-            driver = (await conn.get_raw_connection()).driver_connection
+            driver = _private_api((await conn.get_raw_connection()).driver_connection)
+            if driver is None and private_api:
+                log.warning("aiosqlite %s has no Connection._execute/_conn: metadata "
+                            "commits take the public SQLAlchemy path (more thread hops)",
+                            getattr(aiosqlite, "__version__", "?"))
+            if not private_api:
+                driver = None
         except BaseException:
             await conn.close()
             await engine.dispose()
@@ -256,39 +279,95 @@ class MetadataDb:
         state is untouched: it has none open between calls).
         """
         force = durable and self.sync == "none"
-        await self._driver._execute(_apply_sync, self._driver._conn, batch, force)
+        stmts = _statements(batch)
+        if self._driver is not None:
+            await self._driver._execute(_apply_sync, self._driver._conn, stmts, force)
+        else:
+            await self._apply_public(stmts, force)
         self.apply_calls += 1
 
+    async def _apply_public(self, stmts: list[_Stmt], force: bool) -> None:
+        """``apply`` through SQLAlchemy's public API only: the same statements in the same
+        transaction, but each call is its own hop to aiosqlite's thread (the fallback when
+        aiosqlite's private API is missing)."""
 
-def _apply_sync(conn: sqlite3.Connection, batch: Batch, force: bool) -> None:
+        def run(sync_conn: Connection) -> None:
+            for sql, rows in stmts:
+                sync_conn.exec_driver_sql(sql, rows)
+
+        c = self.conn
+        if force:
+            await c.exec_driver_sql("PRAGMA synchronous=FULL")
+            await c.commit()
+        try:
+            try:
+                await c.run_sync(run)
+                await c.commit()
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await c.rollback()
+                raise
+        finally:
+            if force:
+                with anyio.CancelScope(shield=True):
+                    await c.exec_driver_sql("PRAGMA synchronous=OFF")
+                    await c.commit()
+
+
+_Stmt = tuple[str, list[tuple[Any, ...]]]
+
+
+def _private_api(driver: Any) -> Any:
+    """``driver`` when it has the aiosqlite internals ``apply`` uses (``_execute`` runs a
+    function on the connection's worker thread; ``_conn`` is the sqlite3 connection),
+    else None.  aiosqlite is pinned below 0.23 in pyproject.toml for this; the check
+    keeps a newer or different version working, only slower."""
+    try:
+        execute = getattr(driver, "_execute", None)
+        conn = getattr(driver, "_conn", None)
+    except Exception:  # a property that raises (e.g. not connected)
+        return None
+    if callable(execute) and isinstance(conn, sqlite3.Connection):
+        return driver
+    return None
+
+
+def _statements(batch: Batch) -> list[_Stmt]:
+    """The SQL of ``batch`` in order: (statement, rows) pairs, each run by executemany."""
+    out: list[_Stmt] = []
+    if batch.seqs:
+        out.append((_SEQ_UPSERT, [(ns, loc, p, n) for (ns, loc, p), n in batch.seqs.items()]))
+    if batch.files:
+        out.append((_FILE_UPSERT, [(name, *row) for name, row in batch.files.items()]))
+    run_kind: str | None = None
+    run: list[tuple[Any, ...]] = []
+    for kind, args in [*batch.ops, ("", ())]:
+        if kind != run_kind and run:
+            assert run_kind is not None
+            out.append((_SQL[run_kind], run))
+            run = []
+        run_kind = kind
+        run.append(args)
+    if batch.deleted_files:
+        names = [(name,) for name in batch.deleted_files]
+        out.append(("DELETE FROM chunks WHERE file = ?", names))
+        out.append(("DELETE FROM trims WHERE file = ?", names))
+        out.append(("DELETE FROM files WHERE name = ?", names))
+        out.append(("INSERT OR IGNORE INTO trimmed_files (name) VALUES (?)", names))
+    if batch.projections:
+        out.append((_PROJ_PUT, list(batch.projections)))
+    return out
+
+
+def _apply_sync(conn: sqlite3.Connection, stmts: list[_Stmt], force: bool) -> None:
     """Runs on aiosqlite's worker thread: the body of :meth:`MetadataDb.apply`."""
     if force:
         conn.execute("PRAGMA synchronous=FULL")
     try:
         if not conn.in_transaction:
             conn.execute("BEGIN")
-        if batch.seqs:
-            conn.executemany(
-                _SEQ_UPSERT, [(ns, loc, p, n) for (ns, loc, p), n in batch.seqs.items()]
-            )
-        if batch.files:
-            conn.executemany(_FILE_UPSERT, [(name, *row) for name, row in batch.files.items()])
-        run_kind: str | None = None
-        run: list[tuple[Any, ...]] = []
-        for kind, args in [*batch.ops, ("", ())]:
-            if kind != run_kind and run:
-                assert run_kind is not None
-                conn.executemany(_SQL[run_kind], run)
-                run = []
-            run_kind = kind
-            run.append(args)
-        for name in batch.deleted_files:
-            conn.execute("DELETE FROM chunks WHERE file = ?", (name,))
-            conn.execute("DELETE FROM trims WHERE file = ?", (name,))
-            conn.execute("DELETE FROM files WHERE name = ?", (name,))
-            conn.execute("INSERT OR IGNORE INTO trimmed_files (name) VALUES (?)", (name,))
-        if batch.projections:
-            conn.executemany(_PROJ_PUT, batch.projections)
+        for sql, rows in stmts:
+            conn.executemany(sql, rows)
         conn.commit()
     except BaseException:
         conn.rollback()
