@@ -67,6 +67,21 @@ def check_epoch(state: WedgeState, request: EpochId) -> tuple[WedgeState, Status
     return replace(state, wedged=True), Status.WEDGED
 
 
+def recheck_epoch(state: WedgeState, request: EpochId) -> Status:
+    """Step 6 of reference 2.3: the append path re-checks a request that already passed
+    :func:`check_epoch`, right before it reserves space in a file or mints one (it may
+    have waited for its key's lock or a file creation since the first check, and a
+    projection write may have moved the FLU on meanwhile).  Changes nothing: wedged ->
+    ``WEDGED``; another epoch id -> ``BAD_EPOCH`` (the FLU's epoch only grows, so it moved
+    past the request: the client refetches); the same -> ``OK``.
+    """
+    if state.wedged:
+        return Status.WEDGED
+    if request != state.epoch_id:
+        return Status.BAD_EPOCH
+    return Status.OK
+
+
 def after_projection_write(state: WedgeState, kind: Kind, p: Projection) -> WedgeState:
     """The wedge state after ``p`` was stored in the ``kind`` half of the projection store.
 

@@ -42,6 +42,7 @@ from machi.core.wedge import (
     after_projection_write,
     check_epoch,
     initial_state,
+    recheck_epoch,
 )
 from machi.core.wire import Op
 
@@ -127,6 +128,8 @@ class FluNode:
         stats = getattr(store, "stats", None)
         if callable(stats):
             self.metrics.store_stats = stats
+        if hasattr(store, "epoch_guard"):
+            store.epoch_guard = self._append_epoch_guard
         self._handlers: dict[Op, Handler] = {
             Op.ECHO: self._echo, Op.APPEND: self._append, Op.WRITE: self._write,
             Op.READ: self._read, Op.TRIM: self._trim, Op.CHECKSUM_LIST: self._checksum_list,
@@ -429,6 +432,15 @@ class FluNode:
                     raise error_for_status(st, f"node epoch {self.state.epoch_id.short()}, "
                                                f"request epoch {f.epoch_id.short()}")
         return await self._handlers[op](f, peer)
+
+    def _append_epoch_guard(self, epoch_id: EpochId) -> None:
+        """The store's re-check inside the append path (reference 2.3 step 6)."""
+        st = recheck_epoch(self.state, epoch_id)
+        if st is not Status.OK:
+            raise error_for_status(st, f"append re-check: node epoch "
+                                       f"{self.state.epoch_id.short()}"
+                                       f"{' (wedged)' if self.state.wedged else ''}, "
+                                       f"request epoch {epoch_id.short()}")
 
     async def _echo(self, f: wire.Frame, peer: _Peer) -> Reply:
         return Reply(payload=[f.payload])

@@ -4,9 +4,11 @@ projection store, behind one async API used by the node daemon.
 Owns: the semantics of append / write / read / trim / checksum_list / list_files
 (reference sections 1 and 2.4, rules in ``machi.core.ranges``), file naming and rollover
 per (namespace, locator, prefix) and per epoch, the pending/durable distinction, whole-file
-deletion of fully trimmed files, and the projection store API.  Must not: check epochs or
-wedge state (the node applies ``machi.core.wedge``), speak the wire protocol, or await
-one SQL statement per chunk (records go through ``group_commit``).
+deletion of fully trimmed files, and the projection store API.  Must not: decide epochs or
+wedge state (the node applies ``machi.core.wedge``; the store only calls the node's
+``epoch_guard`` where an append reserves space or mints a file, reference 2.3 step 6),
+speak the wire protocol, or await one SQL statement per chunk (records go through
+``group_commit``).
 
 Visibility: a chunk is visible to reads and ``checksum_list`` only once it is durable as
 configured (acknowledged); while pending it already blocks overlapping writes (a replay
@@ -20,7 +22,7 @@ import fcntl
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -181,6 +183,10 @@ class FluStore:
         #: these may be deleted once fully trimmed before they are full (_maybe_delete)
         self._minted: set[str] = set()
         self._key_locks: dict[_Key, anyio.Lock] = {}
+        #: set by the node: raises (``Wedged`` / ``BadEpoch``) when an append's epoch id is
+        #: no longer the node's current, unwedged epoch; called with no await before the
+        #: reservation (or the mint) it guards.  None: no re-check (store-only users).
+        self.epoch_guard: Callable[[EpochId], None] | None = None
         self._pending: dict[tuple[str, int], anyio.Event] = {}
         self._projections = ProjectionCache(reuse_epochs=config.test_epoch_reuse)
         self._projection_lock = anyio.Lock()
@@ -529,16 +535,26 @@ class FluStore:
 
     async def _reserve(self, key: _Key, epoch_id: EpochId, total: int) -> tuple[DataFile, int]:
         """The file and offset for ``total`` bytes; mints a new file on rollover or when
-        the epoch changed (per key: the original tracked one epoch for all prefixes)."""
+        the epoch changed (per key: the original tracked one epoch for all prefixes).
+
+        The node's ``epoch_guard`` runs right before the reservation and before a mint
+        (reference 2.3 step 6): an append that waited for the key's lock or for a file
+        creation while a projection write moved the node on fails (``BAD_EPOCH`` /
+        ``WEDGED``, nothing written) instead of landing in, or creating, a file of the
+        old epoch."""
         for _ in range(1000):
             f = self._fitting_target(key, epoch_id, total)
             if f is not None:
+                if self.epoch_guard is not None:
+                    self.epoch_guard(epoch_id)
                 return f, f.index.reserve(total)
             # One lock per key, kept (like the key's target): dropping idle locks would let
             # two tasks hold different locks for one key and mint two files at once.
             lock = self._key_locks.setdefault(key, anyio.Lock())
             async with lock:
                 if self._fitting_target(key, epoch_id, total) is None:
+                    if self.epoch_guard is not None:
+                        self.epoch_guard(epoch_id)
                     await self._mint(key, epoch_id)
         raise AssertionError("could not reserve space after 1000 new files")
 

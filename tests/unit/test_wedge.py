@@ -10,6 +10,7 @@ from machi.core.wedge import (
     after_projection_write,
     check_epoch,
     initial_state,
+    recheck_epoch,
 )
 
 
@@ -38,6 +39,17 @@ def test_epoch_rule() -> None:
     s3, st = check_epoch(s, EpochId(5, b"\x01" * 32))
     assert st is Status.WEDGED and s3.wedged
     assert check_epoch(s2, proj(5).epoch_id)[1] is Status.WEDGED
+
+
+def test_append_recheck() -> None:
+    """The append path's re-check (2.3 step 6): the same epoch passes; a FLU that moved
+    on answers BAD_EPOCH, a wedged one WEDGED; the state never changes."""
+    s = initial_state(proj(5))
+    assert recheck_epoch(s, proj(5).epoch_id) is Status.OK
+    moved = after_projection_write(s, "private", proj(6))
+    assert recheck_epoch(moved, proj(5).epoch_id) is Status.BAD_EPOCH
+    wedged = after_projection_write(s, "public", proj(6))
+    assert recheck_epoch(wedged, proj(5).epoch_id) is Status.WEDGED
 
 
 def test_projection_writes() -> None:
