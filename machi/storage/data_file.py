@@ -87,7 +87,7 @@ class DataFiles:
     async def create(self, name: str) -> None:
         await anyio.to_thread.run_sync(create_data_file, self.path(name))
 
-    async def pwrite(self, name: str, data: bytes, offset: int) -> None:
+    async def pwrite(self, name: str, data: bytes | memoryview, offset: int) -> None:
         fd = self._fd(name)
         self._dirty.add(name)
         if len(data) < INLINE_WRITE_MAX:

@@ -272,6 +272,38 @@ async def test_fully_trimmed_full_written_file_is_deleted(store: FluStore) -> No
         await store.write(OTHER, B + 100, b"z", NO_CSUM)
 
 
+async def test_memoryview_chunks_reach_pwrite_without_copy(
+    store: FluStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A byte memoryview (the node's view into a request frame) goes down to pwrite as
+    it is; a bytearray and a view of wider items are copied, sized in bytes."""
+    import array
+
+    seen: list[object] = []
+    real_pwrite = store._data.pwrite
+
+    async def spying_pwrite(name: str, data: bytes | memoryview, offset: int) -> None:
+        seen.append(data)
+        await real_pwrite(name, data, offset)
+
+    monkeypatch.setattr(store._data, "pwrite", spying_pwrite)
+    frame = bytearray(b"head" + b"v" * 20)
+    view = memoryview(frame)[4:]
+    p1, _ = await store.append("mv", view, NO_CSUM, epoch_id=E0)
+    assert isinstance(seen[-1], memoryview) and seen[-1].obj is frame  # no copy
+    ba = bytearray(b"w" * 10)
+    p2, _ = await store.append("mv", ba, NO_CSUM, epoch_id=E0)
+    assert isinstance(seen[-1], bytes)
+    ba[:] = b"X" * 10  # the caller reuses its buffer: the stored chunk is unchanged
+    wide = memoryview(array.array("I", [1, 2]))
+    p3, _ = await store.append("mv", wide, NO_CSUM, epoch_id=E0)
+    assert p3.size == 8 and isinstance(seen[-1], bytes)
+    res = await store.read(p1.file, B, 38)
+    assert b"".join(c.data for c in res.chunks) == (
+        b"v" * 20 + b"w" * 10 + array.array("I", [1, 2]).tobytes())
+    assert p2.offset == B + 20
+
+
 async def test_checksum_list_streams_in_batches(store: FluStore) -> None:
     """checksum_list yields bounded batches covering every entry in offset order."""
     for i in range(10):
