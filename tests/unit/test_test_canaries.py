@@ -117,11 +117,12 @@ async def test_ack_before_sync_writes_metadata_back_late(tmp_path: Path) -> None
 async def _repair_answer(tmp_path: Path, canary: str) -> cm.RepairDone:
     store = await FluStore.open(tmp_path, StoreConfig(sync="none"))
     log = JsonLog("a", "debug", stream=io.StringIO())
+    data = b"only on a"
+    # before the node exists: a node (wedged at epoch 0 here) re-checks appends' epochs
+    await store.append("pre", data, client_csum(data), epoch_id=DUMMY_EPOCH_ID)
     node = FluNode("a", store, log=log)
     try:
         await node.load_state()
-        data = b"only on a"
-        await store.append("pre", data, client_csum(data), epoch_id=DUMMY_EPOCH_ID)
         driver = ChainDriver(node, settings=DriverSettings(test_canary=canary), log=log,
                              data_dir=tmp_path)
         fed: list[cm.Event] = []
