@@ -87,6 +87,7 @@ QUICK_SEARCH_STEPS_PER_ITEM = 2
 QUICK_SEARCH_STEPS = 512
 QUICK_FULL_SEARCH_STEPS_PER_ITEM = 8  # ... when it runs with the pruning (busy keys)
 LEAN_IN_FLIGHT_MAX = 4.0  # the first search is lean when at most this many ops are in flight
+IN_FLIGHT_SAMPLE = 256  # ops sampled to estimate that
 _ZOBRIST_SEED = 0x5EED_11EA
 _FIRST, _SECOND, _LAST = itemgetter(0), itemgetter(1), itemgetter(-1)
 _TYPE, _INVOKE_INDEX = attrgetter("type"), attrgetter("invoke_index")
@@ -195,18 +196,22 @@ def _check_key(
 
 
 def _mean_in_flight(items: Sequence[Item], ops: Sequence[Op]) -> float:
-    """How many of the key's ok ops are in flight on average between its first invocation
-    and its last completion (event indexes): ~1 on a cold kv key, ~N for N busy clients."""
-    done = [
-        op
-        for op in map(ops.__getitem__, map(_FIRST, items))
+    """About how many of the key's ops are in flight on average (~1 on a cold kv key, ~N
+    for N busy clients): the mean duration of up to ``IN_FLIGHT_SAMPLE`` evenly spaced ok
+    ops times the number of ops, over the key's span of invocations (event indexes)."""
+    n = len(items)
+    if n < 2:
+        return 0.0
+    sample = map(ops.__getitem__, map(_FIRST, items[:: max(1, n // IN_FLIGHT_SAMPLE)]))
+    durations = [
+        op.complete_index - op.invoke_index
+        for op in sample
         if op.type == "ok" and op.complete_index is not None
     ]
-    if not done:
+    if not durations:
         return 0.0
-    first = ops[items[0][0]].invoke_index
-    busy = sum(map(_COMPLETE_INDEX, done)) - sum(map(_INVOKE_INDEX, done))
-    return float(busy / max(1, max(map(_COMPLETE_INDEX, done)) - first))
+    span = max(1, ops[items[-1][0]].invoke_index - ops[items[0][0]].invoke_index)
+    return float(sum(durations) * n / (len(durations) * span))
 
 
 def _witness_search(
@@ -492,7 +497,8 @@ def _search(
                             ns = tget(tk)
                             if ns is None:
                                 nstate = step(states[s], kind_cops[kind[x]])
-                                ns = -1 if nstate is None else intern(nstate)
+                                # A legal read-only op leaves the state as it is.
+                                ns = -1 if nstate is None else s
                                 trans[tk] = ns
                                 misses -= 1
                                 if not misses:
@@ -602,7 +608,14 @@ def _search(
             ns = tget(tk)
             if ns is None:
                 nstate = step(states[s], kind_cops[kind[e]])
-                ns = -1 if nstate is None else intern(nstate)
+                if nstate is None:
+                    ns = -1
+                else:
+                    ns = state_ids.get(nstate)
+                    if ns is None:
+                        ns = len(states)
+                        state_ids[nstate] = ns
+                        states.append(nstate)
                 trans[tk] = ns
                 misses -= 1
                 if not misses:

@@ -26,7 +26,7 @@ import bisect
 from collections import defaultdict
 from collections.abc import Hashable, Sequence
 from itertools import pairwise
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from harness.history import HistoryError, Op
@@ -41,6 +41,7 @@ _CONTAINERS = (list, tuple, dict)
 _SCALARS = frozenset((str, int, float, bool, type(None)))  # freeze() returns these as they are
 _KV_FIELDS = attrgetter("type", "f", "key", "value", "result")
 _REGISTER_FIELDS = attrgetter("type", "f", "value", "result")
+_TYPE, _FIRST = attrgetter("type"), itemgetter(0)
 
 
 def freeze(v: Any) -> Any:
@@ -296,7 +297,11 @@ class RegisterModel(Model):
                 add((i, ("c", wrap(old), wrap(new))))
             else:
                 self.compile_op(ops[i])  # raises the usual HistoryError
-        return {SINGLE_KEY: _drop_unobserved_crashed_writes(items, ops)} if items else {}
+        if not items:
+            return {}
+        if all(t == "ok" for t in map(_TYPE, map(ops.__getitem__, map(_FIRST, items)))):
+            return {SINGLE_KEY: items}  # nothing crashed: nothing to drop
+        return {SINGLE_KEY: _drop_unobserved_crashed_writes(items, ops)}
 
     def precheck(self, items: Sequence[Item], ops: Sequence[Op]) -> tuple[int, str] | None:
         return _value_from_nowhere(items, ops, self.init(), _register_producers)
