@@ -48,6 +48,9 @@ def _fault_bands(events: list[dict[str, Any]], t0: int) -> list[tuple[float, flo
             continue
         t = (ev["time"] - t0) / 1e9
         f = ev["f"]
+        v = ev.get("value") or {}
+        if f in ("partition", "loss", "kill", "pause") and (v.get("skipped") or v.get("error")):
+            continue  # not applied (e.g. no repairing node to isolate): no band
         if f in ("partition", "loss", "kill", "pause"):
             open_.setdefault(f if f != "loss" else "partition", t)
             if f == "loss":

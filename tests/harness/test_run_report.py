@@ -190,3 +190,21 @@ def test_run_faults_pairs_each_fault_with_what_ends_it() -> None:
     crash = [nem(0, "kill", "done", ["a", "b", "c"], crash=True),
              nem(1, "restart", "start", ["a", "b", "c"])]
     assert run_faults(crash) == []
+
+
+def test_a_skipped_role_partition_is_no_fault_band_and_no_fault_interval() -> None:
+    """A partition the executor skipped (no node holds the role) is drawn as no band and
+    counted as no fault interval; an applied one is both."""
+    from harness.report.run_report import _fault_bands
+    from harness.run import run_faults
+
+    def nem(i: int, t_ms: int, f: str, **v: Any) -> dict[str, Any]:
+        return {"index": i, "time": t_ms * 1_000_000, "process": "nemesis", "type": "info",
+                "f": f, "value": {"phase": "done", "targets": ["a", "b"], **v}}
+
+    skipped = [nem(0, 0, "partition", kind="isolate-repairing", skipped="no repairing node"),
+               nem(1, 2000, "heal")]
+    assert _fault_bands(skipped, 0) == [] and run_faults(skipped) == []
+    applied = [nem(0, 0, "partition", kind="isolate-middle"), nem(1, 2000, "heal")]
+    assert _fault_bands(applied, 0) == [(0.0, 2.0, "partition")]
+    assert len(run_faults(applied)) == 1
