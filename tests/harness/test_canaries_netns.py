@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,10 +19,10 @@ from typing import Any
 import pytest
 
 from harness.hosts import netns
+from tests.harness.harness_runs import run_test
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(170)]
 
-CLI = str(Path(sys.executable).parent / "machi-harness")
 NODES = 5
 
 # canary -> (nemesis, seed, time limit s, what must be reported).  Seeds over 8 s on
@@ -54,16 +52,7 @@ def cluster() -> Iterator[Path]:
 
 
 def _run(state_dir: Path, store: Path, *args: str) -> tuple[int, str, dict[str, Any], Path]:
-    cmd = [CLI, "test", "--hosts", "netns", "--nodes", str(NODES),
-           "--state-dir", str(state_dir), "--store", str(store), "--concurrency", "2n",
-           "--chain-fast", *args]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=160,
-                       cwd=Path(__file__).resolve().parents[2])
-    test_dirs = [d for d in store.iterdir() if d.is_dir()]
-    assert len(test_dirs) == 1, (p.stdout, p.stderr[-3000:])
-    run_dir = (test_dirs[0] / "latest").resolve()
-    results = json.loads((run_dir / "results.json").read_text())
-    return p.returncode, p.stdout + p.stderr, results, run_dir
+    return run_test(state_dir, store, NODES, *args)
 
 
 def _caught(res: dict[str, Any], what: str) -> bool:

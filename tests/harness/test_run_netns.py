@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,13 +19,13 @@ from typing import Any
 import pytest
 
 from harness.hosts import netns
+from tests.harness.harness_runs import CLI, run_test
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(170)]
 
 # seed 5 over 12 s on n1..n3: kill (2.5 s) + restart, then a majority/minority partition
 # (7.8 s) + heal
 SEED = 5
-CLI = str(Path(sys.executable).parent / "machi-harness")
 
 
 @pytest.fixture(scope="module")
@@ -39,16 +38,7 @@ def cluster() -> Iterator[Path]:
 
 
 def _run(state_dir: Path, store: Path, *args: str) -> tuple[int, str, dict[str, Any], Path]:
-    cmd = [CLI, "test", "--hosts", "netns", "--nodes", "3",
-           "--state-dir", str(state_dir), "--store", str(store), "--concurrency", "2n",
-           "--chain-fast", *args]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=160,
-                       cwd=Path(__file__).resolve().parents[2])
-    test_dirs = [d for d in store.iterdir() if d.is_dir()]
-    assert len(test_dirs) == 1, (p.stdout, p.stderr[-3000:])
-    run_dir = (test_dirs[0] / "latest").resolve()
-    results = json.loads((run_dir / "results.json").read_text())
-    return p.returncode, p.stdout + p.stderr, results, run_dir
+    return run_test(state_dir, store, 3, *args)
 
 
 def test_cp_run_with_partitions_and_kills_is_valid(cluster: Path, tmp_path: Path) -> None:
