@@ -138,6 +138,7 @@ def test(provider: str, hosts_file: str | None, nodes: int, mode: str, witnesses
         raise click.BadParameter(f"want op=weight,..., got {mix!r}", param_hint="--mix") from None
     if not mix_w or set(mix_w) - {"append", "read", "write"}:
         raise click.BadParameter(f"ops are append, read, write; got {mix!r}", param_hint="--mix")
+    _concurrency(concurrency, nodes)  # a usage error before any netns cluster is made
     if seed is None:
         seed = random.SystemRandom().randrange(2**31)
     sd = Path(state_dir) if state_dir else None

@@ -59,11 +59,17 @@ def test_a_bad_hosts_file_exits_3_before_any_store_folder(tmp_path: Path) -> Non
 def test_usage_errors_exit_254_like_the_checker_and_help_says_so(tmp_path: Path) -> None:
     """A bad --nemesis value (checked by the command) and a bad --nodes (checked by click)
     exit 254, never 2 (= unknown); --help lists every exit status."""
+    from harness.hosts import netns
+
+    default_cluster = netns.state_dir_default()
+    had_cluster = default_cluster.exists()
     for args in (["--nemesis", "partition,bogus"], ["--nodes", "0"], ["--mix", "x=1"],
                  ["--concurrency", "zero"]):
         p = _cli(*args, cwd=tmp_path)
         assert p.returncode == 254, (args, p.returncode, p.stderr)
         assert "Traceback" not in p.stderr
+        # a usage error never brings up (and leaves behind) the default netns cluster
+        assert had_cluster or not default_cluster.exists(), args
     p = subprocess.run([CLI, "check", "--model", "no-such-model", "x"], capture_output=True,
                        text=True, timeout=60)
     assert p.returncode == 254  # the checker's usage status, the same number
