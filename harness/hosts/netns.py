@@ -228,7 +228,10 @@ def _sshd_config(host_dir: Path, address: str, state_dir: Path) -> str:
             "Port 22",
             f"HostKey {host_dir}/ssh_host_ed25519_key",
             f"PidFile {host_dir}/sshd.pid",
-            f"AuthorizedKeysFile {state_dir}/authorized_keys",
+            # The harness's own key (root), then the user's own file: a test logs in as a
+            # non-root user with sudo, as on a user's SSH hosts (sshd reads that file as
+            # the user, who cannot read the root-only state dir).
+            f"AuthorizedKeysFile {state_dir}/authorized_keys .ssh/authorized_keys",
             "PermitRootLogin prohibit-password",
             "PubkeyAuthentication yes",
             "PasswordAuthentication no",
