@@ -307,6 +307,13 @@ class LossyMount:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"umount {self.mount}: {r.stderr.strip()}")
             time.sleep(0.2)
+        # A mount namespace made while we were mounted (`ip netns exec`, `unshare -m`) keeps
+        # a copy of the mount, so the kernel may never tell lossyfs the mount is gone:
+        # libfuse ends its loop on SIGTERM, and the cut (if armed) runs after that.
+        try:
+            self.proc.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            self.proc.terminate()
         out, err = self.proc.communicate(timeout=30)
         lines = [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
         self.proc = None
@@ -359,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
 
     threading.Thread(target=wait_for_cut, daemon=True, name="lossyfs-cut").start()
     FUSE(fs, mount, foreground=True, nothreads=False, allow_other=True,
-         fsname="lossyfs", default_permissions=True)
+         fsname="lossyfs", default_permissions=True, big_writes=True, max_write=131072)
     out: dict[str, Any] = {"power_cut": fs.cut_requested}
     if fs.cut_requested:
         out.update(fs.power_cut())

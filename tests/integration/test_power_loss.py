@@ -22,8 +22,11 @@ from harness.lossyfs import LossyMount, fuse_missing
 from machi.node.process import NodeProcess
 from tests.integration.test_node_crash import WRITERS, load_then_kill, verify_after_restart
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = pytest.mark.timeout(400)
 SEED = 20261127
+#: every file operation of the node goes through a Python FUSE process: on a loaded 2-core
+#: machine start-up can take far longer than on a disk
+READY_TIMEOUT_S = 120.0
 
 
 @pytest.fixture
@@ -50,11 +53,13 @@ def _crash_cycle(lossy: LossyMount, tmp_path: Path, sync: str, canary: bool,
     n = NodeProcess("p1", lossy.mount / "p1", sync=sync, extra_args=extra,
                     log_path=tmp_path / "p1.log")
     try:
-        n.start()
+        n.start(wait=False)
+        n.wait_ready(timeout_s=READY_TIMEOUT_S)
         acked, _killed_at = anyio.run(load_then_kill, n, SEED, load_s)
         stats = lossy.power_cut()
         lossy.up()
-        n.start()
+        n.start(wait=False)
+        n.wait_ready(timeout_s=READY_TIMEOUT_S)
         status = anyio.run(verify_after_restart, n, SEED, acked)
     finally:
         n.kill()
