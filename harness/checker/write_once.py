@@ -12,9 +12,10 @@ what the verdict needs: a position costs one dict entry and one small list, an
 unacknowledged attempt one tuple.  Past its memory budget (estimated from entry counts,
 so deterministic) the verdict is ``"unknown"``.
 
-Big histories (a file of 64 MiB or more) first go to the columnar fast path
-(``write_once_fast``, DuckDB), which answers only "valid", with this checker's result;
-anything else is decided here.
+Big histories (a regular file of 32 MiB or more) first go to a fast path: the compiled one
+(``write_once_jit``, numba, the ``fast`` extra) when installed, else the columnar one
+(``write_once_fast``, DuckDB, 64 MiB or more); either answers only "valid", with this
+checker's result; anything else is decided here.
 
 Input: JSONL lines via :func:`check_write_once_lines` (fastest: an open binary file, read
 in 8 MiB blocks, each decoded by one msgspec ``decode_lines`` call into typed records),
@@ -27,8 +28,11 @@ over millions of small lists would cost more than the check.
 from __future__ import annotations
 
 import gc
+import importlib.util
 import io
 import json
+import os
+import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from itertools import chain, islice
@@ -1043,21 +1047,15 @@ def check_write_once_lines(
     """Check a JSON Lines history given as its lines (e.g. an open binary file).
 
     With ``fast`` (the default) and ``lines`` a regular file opened by the caller, not yet
-    read from and of at least ``fast_min_bytes`` (default ``FAST_MIN_BYTES``, 64 MiB), the
-    columnar fast path (``write_once_fast``, DuckDB) runs first: it returns the result only
-    for a history it proved valid (the same result this checker builds); anything else is
-    checked here, from the start of the file.
+    read from and of at least ``fast_min_bytes`` (default: the fast path's own threshold),
+    a fast path runs first (:func:`try_fast_paths`: compiled with numba when installed,
+    else columnar with DuckDB): it returns the result only for a history it proved valid
+    (the same result this checker builds); anything else is checked here, from the start
+    of the file.
     """
     if fast:
-        from harness.checker import write_once_fast
-
-        res = write_once_fast.try_check_file(
-            lines,
-            memory_limit_mb=memory_limit_mb,
-            deadline=deadline,
-            min_bytes=(
-                write_once_fast.FAST_MIN_BYTES if fast_min_bytes is None else fast_min_bytes
-            ),
+        res, _ = try_fast_paths(
+            lines, memory_limit_mb=memory_limit_mb, deadline=deadline, min_bytes=fast_min_bytes
         )
         if res is not None:
             return res
@@ -1068,6 +1066,57 @@ def check_write_once_lines(
         else:
             checker.feed_batches(iter_jsonl_batches(lines, name=name))
         return checker.result()
+
+
+def fast_path_name() -> str:
+    """Which fast path this installation runs: "jit" (numba), "duckdb", or "" (none)."""
+    if importlib.util.find_spec("numba") is not None:
+        return "jit"
+    if importlib.util.find_spec("duckdb") is not None:
+        return "duckdb"
+    return ""
+
+
+def _regular_file_size(lines: Any) -> int | None:
+    try:
+        st = os.fstat(lines.fileno())
+    except (AttributeError, OSError, ValueError):
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+
+def try_fast_paths(
+    lines: Any,
+    *,
+    memory_limit_mb: float | None = None,
+    deadline: Callable[[], bool] | None = None,
+    min_bytes: int | None = None,
+    why: list[str] | None = None,
+) -> tuple[CheckResult | None, str]:
+    """(result, path): the compiled fast path's answer (``write_once_jit``, numba) when numba
+    is installed, else the columnar one's (``write_once_fast``, DuckDB); the result is None
+    when it handed over (``why`` gets the reason) or did not run (path "": no fast path
+    installed, not a regular file, smaller than ``min_bytes`` -- default: the path's
+    ``FAST_MIN_BYTES`` --; then nothing is imported, so small checks stay cheap)."""
+    name = fast_path_name()
+    size = _regular_file_size(lines)
+    if not name or size is None:
+        return None, ""
+    if name == "jit":
+        from harness.checker import write_once_jit as path
+    else:
+        from harness.checker import write_once_fast as path  # type: ignore[no-redef]
+    if size < (path.FAST_MIN_BYTES if min_bytes is None else min_bytes):
+        return None, ""
+    if name == "jit":
+        res = path.try_check_file(
+            lines, memory_limit_mb=memory_limit_mb, deadline=deadline, why=why
+        )
+    else:
+        res = path.try_check_file(lines, memory_limit_mb=memory_limit_mb, deadline=deadline)
+        if res is None and why is not None:
+            why.append("duckdb handed over")
+    return res, name
 
 
 @contextmanager

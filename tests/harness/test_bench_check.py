@@ -112,3 +112,24 @@ def test_porcupine_driver_finds_an_injected_anomaly(tmp_path: Path) -> None:
         write_history(path, events)
         assert check_history(pair_ops(events), model, 30).valid is False
         assert run_porcupine(binary, model, path, 30)["result"] == "Illegal", model
+
+
+def test_write_once_child_names_the_fast_path_that_answered(tmp_path: Path) -> None:
+    """The measuring child says which path answered (the compiled one when numba is
+    installed, else DuckDB's) and, when one handed over, why."""
+    from harness.checker.bench import _child_write_once, write_write_once_history
+    from harness.checker.write_once import fast_path_name
+
+    path = tmp_path / "wo.jsonl"
+    write_write_once_history(path, Point("write-once", 500, 3, 0.05), seed=1)
+    row = _child_write_once(path, 512, 60, min_bytes=0)
+    assert row["valid"] is True
+    assert row["path"] == (fast_path_name() or "python")
+    with path.open("ab") as fh:
+        fh.write(b'{"index": "torn')
+    row = _child_write_once(path, 512, 60, min_bytes=0)
+    assert row["valid"] is True  # the torn line is dropped by the Python checker
+    if fast_path_name():
+        assert row["path"] == f"python-after-{fast_path_name()}"
+    if fast_path_name() == "jit":
+        assert row["handover"] == "line shape"
