@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from harness.checker.result import CheckResult
@@ -140,8 +141,10 @@ _NEMESIS = -(1 << 63)  # process "nemesis" (every other process is an int of <= 
     L_SIZE,
     L_FINAL,
     L_SEEN,
+    L_START,
+    L_END,
     N_LINE_FIELDS,
-) = range(17)
+) = range(19)
 _T_INVOKE, _T_OK, _T_FAIL, _T_INFO = 0, 1, 2, 3
 _F_APPEND, _F_WRITE, _F_READ, _F_OTHER = 0, 1, 2, 3
 _VK_NONE, _VK_OBJECT, _VK_OTHER, _VK_ODD = 0, 1, 2, 3
@@ -862,50 +865,75 @@ if numba is not None:
         pos[p, P_WRESP] = line[L_IDX]
 
     @_njit
-    def scan_block(
-        buf: Any, i: int, end: int, sc: Any, ids: Any, id_slots: Any, id_arena: Any,
-        names: Any, name_slots: Any, name_arena: Any, pos: Any, pos_slots: Any, procs: Any,
-        proc_slots: Any,
-    ) -> int:
-        """Parse and replay the whole lines of buf[i:end]; returns where it stopped: at
-        the first incomplete line (status run), or before a line the tables have no room
-        for (status grow), or anywhere (status bail)."""
-        line = np.zeros(N_LINE_FIELDS, dtype=np.int64)
+    def parse_block(buf: Any, i: int, end: int, recs: Any) -> int:
+        """Parse the lines of buf[i:end] (which ends with a newline) into ``recs`` (one row
+        per line, with its start and end); returns the count, or -1 at a line this path
+        does not handle."""
         stack = np.zeros(_DEPTH_MAX, dtype=np.int64)
-        sc[S_STATUS] = _RUN
+        n = 0
         while i < end:
             j = i
-            while j < end and buf[j] != 10:
+            while buf[j] != 10:
                 j += 1
-            if j >= end:
-                return i
-            n = j - i
+            rec = recs[n]
+            if not _parse_line(buf, i, j, rec, stack):
+                return -1
+            rec[L_START] = i
+            rec[L_END] = j
+            n += 1
+            i = j + 1
+        return n
+
+    @_njit
+    def last_newline(buf: Any, end: int) -> int:
+        for k in range(end - 1, -1, -1):
+            if buf[k] == 10:
+                return k
+        return -1
+
+    @_njit
+    def count_lines(buf: Any, end: int) -> int:
+        n = 0
+        for k in range(end):
+            if buf[k] == 10:
+                n += 1
+        return n
+
+    @_njit
+    def replay_block(
+        buf: Any, recs: Any, k: int, n: int, sc: Any, ids: Any, id_slots: Any,
+        id_arena: Any, names: Any, name_slots: Any, name_arena: Any, pos: Any, pos_slots: Any,
+        procs: Any, proc_slots: Any,
+    ) -> int:
+        """Replay parsed lines recs[k:n] on the tables; returns where it stopped: n (status
+        run), before a line the tables have no room for (status grow), or at a bail."""
+        sc[S_STATUS] = _RUN
+        while k < n:
+            rec = recs[k]
+            size = rec[L_END] - rec[L_START]
             if (
                 sc[S_NIDS] + 2 > ids.shape[0]
                 or 2 * (sc[S_NIDS] + 2) > id_slots.size
-                or sc[S_IDARENA] + n > id_arena.size
+                or sc[S_IDARENA] + size > id_arena.size
                 or sc[S_NNAMES] + 2 > names.shape[0]
                 or 2 * (sc[S_NNAMES] + 2) > name_slots.size
-                or sc[S_NAMEARENA] + n > name_arena.size
+                or sc[S_NAMEARENA] + size > name_arena.size
                 or sc[S_NPOS] + 1 > pos.shape[0]
                 or 2 * (sc[S_NPOS] + 1) > pos_slots.size
                 or sc[S_NPROCS] + 1 > procs.shape[0]
                 or 2 * (sc[S_NPROCS] + 1) > proc_slots.size
             ):
                 sc[S_STATUS] = _GROW
-                sc[S_NEED] = n
-                return i
-            if not _parse_line(buf, i, j, line, stack):
-                _bail(sc, _R_SHAPE)
-                return i
+                sc[S_NEED] = size
+                return k
             _event(
-                buf, line, sc, ids, id_slots, id_arena, names, name_slots, name_arena, pos,
+                buf, rec, sc, ids, id_slots, id_arena, names, name_slots, name_arena, pos,
                 pos_slots, procs, proc_slots,
             )
             if sc[S_STATUS] != _RUN:
-                return i
-            i = j + 1
-        return i
+                return k
+            k += 1
+        return n
 
     @_inline
     def _realtime_bad(pos: Any, p: int, w_inv: int, w_resp: int) -> bool:
@@ -1074,6 +1102,57 @@ def _grow_arena(arena: Any, used: int, line_bytes: int) -> Any:
     return new
 
 
+class _Block:
+    """One read buffer of whole lines and their parsed rows (two of them alternate)."""
+
+    def __init__(self, size: int) -> None:
+        self.buf = np.empty(size, dtype=np.uint8)
+        self.recs = np.empty((0, N_LINE_FIELDS), dtype=np.int64)
+        self.n = 0
+        self.lines_end = 0  # buf[:lines_end] is whole lines
+        self.data_end = 0  # buf[lines_end:data_end] is the start of the next line
+        self.next_offset = 0
+        self.eof = False
+        self.bad = False
+
+    def load(self, fd: int, prev: _Block | None, offset: int) -> _Block:
+        """Read from ``offset`` after ``prev``'s incomplete last line, up to a newline (the
+        file's last line gets one: a torn line then fails to parse), and parse."""
+        have = 0
+        if prev is not None:
+            tail = prev.buf[prev.lines_end : prev.data_end]
+            have = tail.size
+            if have >= self.buf.size:
+                self.buf = np.empty(2 * have, dtype=np.uint8)
+            self.buf[:have] = tail
+        lines_end = 0
+        while True:
+            if have == self.buf.size:  # a line longer than the buffer
+                bigger = np.empty(2 * self.buf.size, dtype=np.uint8)
+                bigger[:have] = self.buf[:have]
+                self.buf = bigger
+            n = os.preadv(fd, [memoryview(self.buf)[have:]], offset)
+            offset += n
+            if n == 0:
+                self.eof = True
+                if have:
+                    self.buf[have] = 10
+                    have += 1
+                lines_end = have
+                break
+            have += n
+            lines_end = last_newline(self.buf, have) + 1
+            if lines_end > 0:
+                break
+        self.lines_end, self.data_end, self.next_offset = lines_end, have, offset
+        count = count_lines(self.buf, lines_end)
+        if self.recs.shape[0] < count:
+            self.recs = np.empty((count + count // 4, N_LINE_FIELDS), dtype=np.int64)
+        self.n = parse_block(self.buf, 0, lines_end, self.recs)
+        self.bad = self.n < 0
+        return self
+
+
 def _file_fd(lines: Any) -> int | None:
     """The descriptor of a regular file opened by the caller and not yet read from."""
     try:
@@ -1115,46 +1194,38 @@ def try_check_file(
         return None
     budget = None if memory_limit_mb is None else memory_limit_mb * 1048576
     t = _Tables(size_bytes // 120)
-    block = np.empty(min(BLOCK_BYTES, size_bytes + 1), dtype=np.uint8)
-    have = 0  # bytes carried over from the previous block (an incomplete line)
-    offset = 0
     sc = t.sc
-    while True:
-        if deadline is not None and deadline():
-            handover("deadline")
-            return None
-        if have == block.size:  # one line longer than the block: grow the block
-            bigger = np.empty(2 * block.size, dtype=np.uint8)
-            bigger[:have] = block[:have]
-            block = bigger
-        n = os.preadv(fd, [memoryview(block)[have:]], offset)
-        offset += n
-        end = have + n
-        if n == 0:
-            if have == 0:
-                break
-            block[have] = 10  # a last line without its newline: complete JSON or hand over
-            end = have + 1
-        i = 0
+    # Two stages on two threads (numba releases the GIL): block k+1 is read and parsed
+    # while block k is replayed on the tables (replay is sequential: file order).
+    blocks = [_Block(min(BLOCK_BYTES, size_bytes + 1)), _Block(min(BLOCK_BYTES, size_bytes + 1))]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        job = pool.submit(blocks[0].load, fd, None, 0)
+        which = 0
         while True:
-            i = scan_block(block, i, end, *t.args())
-            if sc[S_STATUS] == _GROW:
-                t.grow(int(sc[S_NEED]))
-                if budget is not None and t.nbytes() + block.nbytes > budget:
-                    handover("memory budget")
-                    return None
-                continue
-            break
-        if sc[S_STATUS] == _BAIL:
-            handover(REASONS[sc[S_REASON]])
-            return None
-        have = end - i
-        block[:have] = block[i:end]
-        if n == 0:
-            if have:
+            cur = job.result()
+            if cur.bad:
                 handover(REASONS[_R_SHAPE])
                 return None
-            break
+            if deadline is not None and deadline():
+                handover("deadline")
+                return None
+            if not cur.eof:
+                job = pool.submit(blocks[1 - which].load, fd, cur, cur.next_offset)
+            k = 0
+            while True:
+                k = replay_block(cur.buf, cur.recs, k, cur.n, *t.args())
+                if sc[S_STATUS] != _GROW:
+                    break
+                t.grow(int(sc[S_NEED]))
+                if budget is not None and t.nbytes() + 2 * cur.buf.nbytes > budget:
+                    handover("memory budget")
+                    return None
+            if sc[S_STATUS] == _BAIL:
+                handover(REASONS[sc[S_REASON]])
+                return None
+            if cur.eof:
+                break
+            which = 1 - which
     if sc[S_EVENTS] == 0:
         handover("empty")
         return None
