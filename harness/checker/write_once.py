@@ -12,9 +12,9 @@ what the verdict needs: a position costs one dict entry and one small list, an
 unacknowledged attempt one tuple.  Past its memory budget (estimated from entry counts,
 so deterministic) the verdict is ``"unknown"``.
 
-Big histories (a regular file of 32 MiB or more) first go to a fast path: the compiled one
+Big histories (a regular file of 64 MiB or more) first go to a fast path: the compiled one
 (``write_once_jit``, numba, the ``fast`` extra) when installed, else the columnar one
-(``write_once_fast``, DuckDB, 64 MiB or more); either answers only "valid", with this
+(``write_once_fast``, DuckDB); either answers only "valid", with this
 checker's result; anything else is decided here.
 
 Input: JSONL lines via :func:`check_write_once_lines` (fastest: an open binary file, read
@@ -1068,6 +1068,12 @@ def check_write_once_lines(
         return checker.result()
 
 
+# Each fast path's threshold (its module's FAST_MIN_BYTES; kept here so that a small file
+# never imports it): below it the Python checker costs less CPU (measured, see
+# docs/history-write-once.md).
+FAST_MIN_BYTES = {"jit": 64 << 20, "duckdb": 64 << 20}
+
+
 def fast_path_name() -> str:
     """Which fast path this installation runs: "jit" (numba), "duckdb", or "" (none)."""
     if importlib.util.find_spec("numba") is not None:
@@ -1102,12 +1108,12 @@ def try_fast_paths(
     size = _regular_file_size(lines)
     if not name or size is None:
         return None, ""
+    if size < (FAST_MIN_BYTES[name] if min_bytes is None else min_bytes):
+        return None, ""  # decided before importing numba (~0.5 s) or DuckDB
     if name == "jit":
         from harness.checker import write_once_jit as path
     else:
         from harness.checker import write_once_fast as path  # type: ignore[no-redef]
-    if size < (path.FAST_MIN_BYTES if min_bytes is None else min_bytes):
-        return None, ""
     if name == "jit":
         res = path.try_check_file(
             lines, memory_limit_mb=memory_limit_mb, deadline=deadline, why=why

@@ -51,8 +51,9 @@ _POSITION_BYTES = 620
 _ATTEMPT_BYTES = 300
 _PENDING_BYTES = 700
 # Below this size the Python checker is cheaper than importing numba and loading the
-# compiled code (about 0.5 s); set from measurements (docs/history-write-once.md).
-FAST_MIN_BYTES = 32 << 20
+# compiled code (measured at 100 k ops, 39 MiB: 1.4-1.75 CPU s here against 1.06 for the
+# Python checker, at load ~25). ``write_once.FAST_MIN_BYTES`` repeats it.
+FAST_MIN_BYTES = 64 << 20
 BLOCK_BYTES = 32 << 20
 
 # Scalars (one int64 array).

@@ -309,3 +309,12 @@ def test_check_write_once_lines_uses_the_compiled_path() -> None:
         assert path == "jit" and res is not None
         assert try_fast_paths(fh, min_bytes=len(data) + 1) == (None, "")
         assert check_write_once_lines(fh, fast_min_bytes=0).to_json() == _python(data)
+
+
+def test_thresholds_agree() -> None:
+    """The checker's copy of the fast paths' thresholds (read without importing them)
+    equals their own."""
+    import harness.checker.write_once_fast as wof
+    from harness.checker.write_once import FAST_MIN_BYTES
+
+    assert FAST_MIN_BYTES == {"jit": woj.FAST_MIN_BYTES, "duckdb": wof.FAST_MIN_BYTES}
