@@ -1178,6 +1178,21 @@ def try_check_file(
     numba, budget, time up, not a regular file, fewer than ``min_bytes`` bytes).  The
     reason for a ``None`` is appended to ``why`` when given."""
 
+    try:
+        return _check_file(lines, memory_limit_mb, deadline, min_bytes, why)
+    except (MemoryError, OSError, ValueError) as exc:  # the Python checker decides
+        if why is not None:
+            why.append(f"error: {type(exc).__name__}: {exc}")
+        return None
+
+
+def _check_file(
+    lines: Any,
+    memory_limit_mb: float | None,
+    deadline: Callable[[], bool] | None,
+    min_bytes: int,
+    why: list[str] | None,
+) -> CheckResult | None:
     def handover(reason: str) -> None:
         if why is not None:
             why.append(reason)

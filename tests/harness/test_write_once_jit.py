@@ -281,8 +281,8 @@ def test_torn_and_unterminated_last_lines_and_pending_invocation() -> None:
 def test_hands_over_without_numba_budget_deadline_or_file(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """No fast answer without numba, past the memory budget, after the deadline, or for
-    lines that are not a regular file from its start."""
+    """No fast answer without numba, past the memory budget, after the deadline, for lines
+    that are not a regular file from its start, or when reading or allocating fails."""
     data = _lines(_base())
     assert _same(data) is not None
     _hands_over_with = _fast(data, memory_limit_mb=1e-6)
@@ -294,6 +294,11 @@ def test_hands_over_without_numba_budget_deadline_or_file(
         fh.seek(1)
         assert woj.try_check_file(fh) is None
     assert _fast(data, min_bytes=len(data) + 1)[0] is None
+    def no_memory(*_args: Any) -> int:
+        raise MemoryError("test")
+
+    monkeypatch.setattr(woj, "parse_block", no_memory)
+    assert _fast(data) == (None, ["error: MemoryError: test"])
     monkeypatch.setattr(woj, "numba", None)
     assert _fast(data) == (None, ["numba not installed"])
 
