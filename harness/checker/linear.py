@@ -72,6 +72,7 @@ from harness.checker.models import (
     unwrap,
 )
 from harness.checker.result import UNKNOWN, CheckResult, Verdict, combine_verdicts
+from harness.checker.sweep import sweep_linearizable
 from harness.history import Op
 
 # Rough bytes per memo entry (set slot + a ~150-bit int) plus per stack frame.
@@ -87,6 +88,7 @@ QUICK_SEARCH_STEPS_PER_ITEM = 2
 QUICK_SEARCH_STEPS = 512
 QUICK_FULL_SEARCH_STEPS_PER_ITEM = 8  # ... when it runs with the pruning (busy keys)
 LEAN_IN_FLIGHT_MAX = 4.0  # the first search is lean when at most this many ops are in flight
+SWEEP_IN_FLIGHT_MAX = 3.0  # the sweep is tried first when at most this many are in flight
 IN_FLIGHT_SAMPLE = 256  # ops sampled to estimate that
 _ZOBRIST_SEED = 0x5EED_11EA
 _FIRST, _SECOND, _LAST = itemgetter(0), itemgetter(1), itemgetter(-1)
@@ -151,11 +153,20 @@ def check_linearizable(
 def _check_key(
     items: Sequence[Item], ops: Sequence[Op], model: Model, budget: Budget, steps_used: int
 ) -> KeyResult:
-    """A short search first (most valid keys end there); for a key it does not show valid,
+    """On a key with few ops in flight (``SWEEP_IN_FLIGHT_MAX``) of a model that sweeps,
+    the sweep first (``harness.checker.sweep``: it only proves keys valid). Then the key's
+    crashed ops nothing can observe are dropped (``Model.prune``) and a short search runs
+    (most valid keys end there); for a key it does not show valid,
     the value-from-nowhere precheck (its explanation wins); only if the short search ran out
     of steps the stale-read precheck (O(n log n) but not free), then the full search. A key
     of appends and reads whose values reveal the order of the appends is decided without a
     search (``append_order``)."""
+    in_flight = _mean_in_flight(items, ops)
+    if model.sweeps and in_flight <= SWEEP_IN_FLIGHT_MAX:
+        if sweep_linearizable(items, ops, model, budget.deadline):
+            stats = {"steps": 0, "memo_entries": 0, "items": len(items), "sweep_keys": 1}
+            return KeyResult(True, [], None, "", "", stats)
+    items = model.prune(items, ops)
     if model.appends_concatenate:
         decided = check_append_order(items, ops)
         if decided is not None:
@@ -168,7 +179,7 @@ def _check_key(
     left = None if budget.max_steps is None else max(0, budget.max_steps - steps_used)
     # The short search: lean (no pruning tables) on keys with few ops in flight, where it
     # is cheaper and hardly backtracks; with the pruning where the search has real choices.
-    lean = _mean_in_flight(items, ops) <= LEAN_IN_FLIGHT_MAX
+    lean = in_flight <= LEAN_IN_FLIGHT_MAX
     if lean:
         quick = QUICK_SEARCH_STEPS_PER_ITEM * len(items) + QUICK_SEARCH_STEPS
     else:

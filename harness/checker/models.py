@@ -25,7 +25,7 @@ from __future__ import annotations
 import bisect
 from collections import defaultdict
 from collections.abc import Hashable, Sequence
-from itertools import pairwise
+from itertools import accumulate, compress, pairwise
 from operator import attrgetter, itemgetter
 from typing import Any
 
@@ -41,7 +41,8 @@ _CONTAINERS = (list, tuple, dict)
 _SCALARS = frozenset((str, int, float, bool, type(None)))  # freeze() returns these as they are
 _KV_FIELDS = attrgetter("type", "f", "key", "value", "result")
 _REGISTER_FIELDS = attrgetter("type", "f", "value", "result")
-_TYPE, _FIRST = attrgetter("type"), itemgetter(0)
+_TYPE, _FIRST, _SECOND = attrgetter("type"), itemgetter(0), itemgetter(1)
+_EXPECTS = frozenset(("r", "c"))  # kinds of kv cops whose second field is an expected value
 
 
 def freeze(v: Any) -> Any:
@@ -72,6 +73,8 @@ class Model:
     # True when a key with only appends and reads may be decided by
     # ``append_order.check_append_order`` (the state is the concatenation of the appends).
     appends_concatenate = False
+    # True when ``_check_key`` tries ``harness.checker.sweep`` first on low-concurrency keys.
+    sweeps = False
 
     def init(self) -> Hashable:
         """The initial state."""
@@ -123,6 +126,12 @@ class Model:
         ``DEPENDS`` op in a key disables that (and the stale-read precheck)."""
         return DEPENDS
 
+    def prune(self, items: Sequence[Item], ops: Sequence[Op]) -> Sequence[Item]:
+        """The key's items without crashed ops that provably cannot matter ("never took
+        effect" is always at least as permissive), for the search and the prechecks; the
+        sweep forgets such ops itself (``crashed_expiry``). The default keeps them all."""
+        return items
+
     def refine(self, items: Sequence[Item]) -> Sequence[Item]:
         """The key's items for the full search: the same ops in the same order, cops
         possibly replaced by equivalent ones that let the search merge states (kv: the
@@ -166,6 +175,15 @@ class Model:
         """For ``DEPENDS`` ops: per cop, the indexes into ``needed`` of the states it could
         leave behind from some prior state (an over-approximation is fine); None when
         unknown, which disables the pruning that needs it."""
+        return None
+
+    def crashed_expiry(
+        self, items: Sequence[Item], crashed: Sequence[int]
+    ) -> dict[int, int] | None:
+        """For the sweep (``harness.checker.sweep``): per crashed item position j, a
+        position after which applying it can no longer matter (once every item up to that
+        position is linearized, "never applied" is at least as permissive); None when the
+        model cannot tell, which turns the sweep off for keys with crashed ops."""
         return None
 
     def describe(self, state: Any) -> str:
@@ -385,6 +403,7 @@ class KVModel(Model):
     cops: ("r", v), ("w", v), ("c", old, new), ("a", suffix)."""
 
     appends_concatenate = True
+    sweeps = True
     name = "kv"
 
     def init(self) -> Any:
@@ -451,12 +470,11 @@ class KVModel(Model):
         return ro, prod, req
 
     def partition(self, ops: Sequence[Op]) -> dict[Any, list[Item]]:
-        """``compile_op`` for every op, inlined (the same cops, faster for long histories);
-        then, in keys with crashed ops, the crashed ops nothing can observe are dropped
-        (``_drop_unobserved_kv``). Poisoning the unobserved ok appends waits for
-        ``refine`` (only the full search needs it)."""
+        """``compile_op`` for every op, inlined (the same cops, faster for long histories).
+        Dropping the crashed ops nothing can observe waits for ``prune`` (only the search
+        needs it: the sweep forgets them by itself), poisoning the unobserved ok appends
+        for ``refine`` (only the full search needs it)."""
         parts: defaultdict[Any, list[Item]] = defaultdict(list)
-        crashed: set[Any] = set()  # keys with a crashed op
         for i, (t, f, key, v, res) in enumerate(map(_KV_FIELDS, ops)):
             if f == "read":
                 if t != "ok":
@@ -475,11 +493,10 @@ class KVModel(Model):
             if type(key) is not str and type(key) not in _SCALARS:
                 key = freeze(key)
             parts[key].append((i, cop))
-            if t != "ok":
-                crashed.add(key)
-        for key in crashed:
-            parts[key] = _drop_unobserved_kv(parts[key], ops)
         return dict(parts)
+
+    def prune(self, items: Sequence[Item], ops: Sequence[Op]) -> Sequence[Item]:
+        return _drop_unobserved_kv(list(items), ops)
 
     def refine(self, items: Sequence[Item]) -> Sequence[Item]:
         return _poison_appends(items, _maximal_expected(items))
@@ -555,6 +572,76 @@ class KVModel(Model):
             out.append([rev[t][1] for t in range(lo, hi)])
         return out
 
+    def crashed_expiry(
+        self, items: Sequence[Item], crashed: Sequence[int]
+    ) -> dict[int, int] | None:
+        """The last position of an ok read or cas expecting a value the crashed op's
+        effect can lead to (for a write or cas of v, a value starting with v; for an
+        append of x, a value containing x), or later if a crashed cas that expects such a
+        value expires later (to a fixpoint); -1 when nothing observes it (or for an
+        empty append). Past it, the op's effect persists under appends until a write and
+        no op left could be legal in between (the argument of ``_drop_unobserved_kv``)."""
+        cops = list(map(_SECOND, items))
+        observers = list(compress(range(len(cops)), map(_EXPECTS.__contains__, map(_FIRST, cops))))
+        # expected value -> last op expecting it (a crashed cas counts too: later is safe)
+        last: dict[Any, int] = dict(
+            zip(map(_SECOND, map(cops.__getitem__, observers)), observers, strict=True)
+        )
+        crashed_obs: dict[str, list[int]] = {}  # expected value -> crashed cas expecting it
+        for j in crashed:
+            c = cops[j]
+            if c[0] == "c":
+                crashed_obs.setdefault(c[1], []).append(j)
+        expected = sorted(v for v in last if type(v) is str)
+        nexp = len(expected)
+        never = len(items)
+        out: dict[int, int] = {}
+        deps: dict[int, list[int]] = {}
+        text: str | None = None
+        starts: list[int] = []
+        for j in crashed:
+            c = items[j][1]
+            k = c[0]
+            related: list[str] = []
+            if k == "a!":
+                pass
+            elif k == "a":
+                x = c[1]
+                if x and "\x00" not in x:
+                    if text is None:
+                        text = "\x00".join(expected)
+                        starts = list(accumulate((len(e) + 1 for e in expected), initial=0))
+                    at = text.find(x)
+                    while at >= 0:  # each expected value containing x, once
+                        n = bisect.bisect_right(starts, at) - 1
+                        related.append(expected[n])
+                        at = text.find(x, starts[n + 1])
+                elif x:
+                    out[j] = never
+                    continue
+            elif (k == "w" or k == "c") and type(c[-1] if k == "c" else c[1]) is str:
+                v = c[1] if k == "w" else c[2]
+                n = bisect.bisect_left(expected, v)
+                while n < nexp and expected[n].startswith(v):
+                    related.append(expected[n])
+                    n += 1
+            else:
+                out[j] = never
+                continue
+            out[j] = max((last.get(e, -1) for e in related), default=-1)
+            dep = [c2 for e in related for c2 in crashed_obs.get(e, ()) if c2 != j]
+            if dep:
+                deps[j] = dep
+        changed = bool(deps)
+        while changed:  # positions only grow, up to ``never``: this ends
+            changed = False
+            for j, dep in deps.items():
+                e = max(out[j], *(out[c2] for c2 in dep))
+                if e != out[j]:
+                    out[j] = e
+                    changed = True
+        return out
+
     def precheck(self, items: Sequence[Item], ops: Sequence[Op]) -> tuple[int, str] | None:
         if any(cop[0] == "a" for _i, cop in items):
             return None  # appends build values no single op wrote
@@ -583,7 +670,9 @@ def _poison_appends(items: Sequence[Item], maximal: list[str]) -> Sequence[Item]
     return [(i, ("a!",)) if cop[0] == "a" and cop[1] in poison else (i, cop) for i, cop in items]
 
 
-def _drop_unobserved_kv(items: list[Item], ops: Sequence[Op]) -> list[Item]:
+def _drop_unobserved_kv(
+    items: list[Item], ops: Sequence[Op], crashed: Sequence[int] | None = None
+) -> list[Item]:
     """Crashed writes, cas and appends that leave a value no read or cas can ever match (a
     write or cas of a prefix of no expected value; an append of a string that occurs in no
     expected value, as ``_poison_appends``) cannot matter: drop them.
@@ -593,7 +682,10 @@ def _drop_unobserved_kv(items: list[Item], ops: Sequence[Op]) -> list[Item]:
     always legal without it too, and after that write the state is the same. So "never
     took effect" is always at least as permissive (as ``_drop_unobserved_crashed_writes``
     for registers)."""
-    crashed = [n for n, (i, cop) in enumerate(items) if ops[i].type != "ok" or cop[-1] is CRASHED]
+    if crashed is None:  # ``crashed``: the positions of the crashed items, when known
+        crashed = [
+            n for n, (i, cop) in enumerate(items) if ops[i].type != "ok" or cop[-1] is CRASHED
+        ]
     if not crashed:
         return items
     expected = _maximal_expected(items)
@@ -615,16 +707,23 @@ def _drop_unobserved_kv(items: list[Item], ops: Sequence[Op]) -> list[Item]:
         j = bisect.bisect_left(expected, v)
         return j < nexp and expected[j].startswith(v)
 
-    drop = {n for n in crashed if not matters(items[n][1])}
-    if not drop:
+    keep = bytearray(b"\x01") * len(items)
+    dropped = False
+    for n in crashed:
+        if not matters(items[n][1]):
+            keep[n] = 0
+            dropped = True
+    if not dropped:
         return items
-    return [it for n, it in enumerate(items) if n not in drop]
+    return list(compress(items, keep))
 
 
 def _maximal_expected(items: Sequence[Item]) -> list[str]:
     """The string values reads and cas expect, sorted, without those that are a prefix of
     another (a substring or prefix of a dropped value is one of the one kept)."""
-    exp = sorted({c[1] for _i, c in items if (c[0] == "r" or c[0] == "c") and type(c[1]) is str})
+    cops = list(map(_SECOND, items))
+    observed = map(_SECOND, compress(cops, map(_EXPECTS.__contains__, map(_FIRST, cops))))
+    exp = sorted({v for v in set(observed) if type(v) is str})
     # Sorted, a value that is a prefix of another is a prefix of the next one.
     keep = [e for e, f in pairwise(exp) if not f.startswith(e)]
     if exp:
