@@ -121,11 +121,18 @@ class _OutOfBudget(Exception):
 
 
 def check_linearizable(
-    ops: Sequence[Op], model: Model, budget: Budget | None = None
+    ops: Sequence[Op],
+    model: Model,
+    budget: Budget | None = None,
+    *,
+    parts: dict[Any, list[Item]] | None = None,
 ) -> CheckResult:
-    """Check a paired history against ``model``; pure (time and memory via ``budget``)."""
+    """Check a paired history against ``model``; pure (time and memory via ``budget``).
+    ``parts``: ``model.partition(ops)`` when the caller already has it (the benchmark
+    times the partition apart)."""
     budget = budget or Budget()
-    parts = model.partition(ops)
+    if parts is None:
+        parts = model.partition(ops)
     keys = sorted(parts, key=lambda k: (len(parts[k]), repr(k)))
     totals: dict[str, int] = {"keys_checked": 0, "memo_entries": 0, "steps": 0, "states": 0}
     nops = len(ops)

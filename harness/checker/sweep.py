@@ -306,33 +306,46 @@ def _solve_plain(
     left = nodes_max
     while stack:
         mask, st = stack.pop()
-        if mask == full:
+        while mask != full:
+            # Lowe's rule: the candidates are the ops invoked before the earliest
+            # completion left; in invocation order, the unlinearized ones of a prefix.
+            for b in by_done:
+                if not mask >> b & 1:
+                    lim = sdone[b]
+                    break
+            first = None  # the first child; more go to ``children``
+            children = None
+            a = 0
+            while a < n and sinv[a] <= lim:
+                if not mask >> a & 1:
+                    ns = step(st, scop[a])
+                    if ns is not None:
+                        if sro[a]:  # a legal read-only op: the only child (forced)
+                            first = (mask | 1 << a, ns)
+                            children = None
+                            break
+                        if first is None:
+                            first = (mask | 1 << a, ns)
+                        elif children is None:
+                            children = [first, (mask | 1 << a, ns)]
+                        else:
+                            children.append((mask | 1 << a, ns))
+                a += 1
+            left -= a
+            if left < 0:
+                raise _GiveUp
+            if children is None:
+                if first is None:
+                    break  # a dead end
+                mask, st = first  # one child: follow it at once, no visited entry
+                continue
+            for node in children:
+                if node not in seen:
+                    seen.add(node)
+                    stack.append(node)
+            break
+        else:
             out.add(st)
-            continue
-        # Lowe's rule: the candidates are the ops invoked before the earliest completion
-        # left; in invocation order they are the unlinearized ones of a prefix.
-        for b in by_done:
-            if not mask >> b & 1:
-                lim = sdone[b]
-                break
-        children = []
-        a = 0
-        while a < n and sinv[a] <= lim:
-            if not mask >> a & 1:
-                ns = step(st, scop[a])
-                if ns is not None:
-                    if sro[a]:
-                        children = [(mask | 1 << a, ns)]  # a legal read-only op: forced
-                        break
-                    children.append((mask | 1 << a, ns))
-            a += 1
-        for node in children:
-            if node not in seen:
-                seen.add(node)
-                stack.append(node)
-        left -= a
-        if left < 0:
-            raise _GiveUp
     return out
 
 

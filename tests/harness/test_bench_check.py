@@ -69,7 +69,8 @@ def _check_row(r: dict[str, Any]) -> None:
 
 def test_porcupine_comparison_on_one_history() -> None:
     """With go and porcupine's source present, a register and a kv point are checked by both
-    checkers, which agree on the verdict, and the row carries the CPU ratio."""
+    checkers, which agree on the verdict, and the row carries the CPU ratio, and the same
+    check timed in two phases (partition, then the per-key checks) with the same verdict."""
     from harness.checker.bench import porcupine_binary
 
     binary, why = porcupine_binary()
@@ -88,6 +89,8 @@ def test_porcupine_comparison_on_one_history() -> None:
         _check_row(r)
         assert r["porcupine"]["result"] == "Ok", r
         assert r["cpu_ratio_vs_porcupine"] >= 0
+        assert r["search_valid"] is True and r["valid"] is True, r
+        assert r["search_ratio_vs_porcupine"] >= 0 and r["partition_cpu_s"] >= 0, r
 
 
 def test_porcupine_driver_finds_an_injected_anomaly(tmp_path: Path) -> None:
