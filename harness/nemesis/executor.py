@@ -2,7 +2,8 @@
 
 Owns the mapping from a schedule event to the network (`IptablesNet`) and process
 (`ProcessNemesis`) mechanics, including the run-time choices a schedule cannot make: which
-node is the head, tail, middle or a repairing node now (asked from `chain_view`), and which
+node is the head, tail, middle or a repairing node now (asked from `chain_view`; for
+role partitions and role kills), and which
 data files to tear (asked from `data_files`).  Every choice uses the event's sub-seed, so a
 run with the same seed and the same chain history makes the same choices.
 
@@ -85,6 +86,9 @@ class NemesisExecutor:
         if self.procs is None:
             raise ValueError(f"{event.fault} needs a ProcessNemesis")
         t = list(event.targets)
+        if event.fault == "kill" and event.param("role"):
+            t, chosen = self._role_targets(event)
+            return {"targets": t, **chosen, "was_running": self.procs.kill(t)}
         if event.fault == "kill":
             crash = {"crash": True} if event.param("crash") else {}
             return {"was_running": self.procs.kill(t), **crash}
@@ -106,6 +110,29 @@ class NemesisExecutor:
                 except ProcessFaultError as e:
                     torn.append({"node": node, "path": path, "skipped": str(e)})
         return {"torn": torn}
+
+    def _role_targets(self, event: FaultEvent) -> tuple[list[str], dict[str, Any]]:
+        """The nodes a role kill hits: the chain's head, tail or a middle node now (from
+        `chain_view`), plus count-1 other nodes, all drawn with the event's sub-seed; a role
+        nobody holds now (e.g. no middle in a 2-node UPI) falls back to a UPI member."""
+        role = str(event.param("role"))
+        rng = random.Random(int(event.param("rng_seed", 0)))
+        upi = [n for n in (self.chain_view()[0] if self.chain_view else self.nodes)
+               if n in self.nodes] or list(self.nodes)
+        out: dict[str, Any] = {"role": role}
+        if role == "head":
+            node = upi[0]
+        elif role == "tail":
+            node = upi[-1]
+        elif role == "middle" and len(upi) >= 3:
+            node = rng.choice(upi[1:-1])
+        else:
+            node = rng.choice(upi)
+            out["role_fallback"] = f"no {role} node in upi={upi}"
+        out["role_node"] = node
+        others = [n for n in self.nodes if n != node]
+        count = max(1, min(int(event.param("count", 1)), len(self.nodes)))
+        return sorted([node, *rng.sample(others, count - 1)]), out
 
     def heal_all(self) -> dict[str, Any]:
         """End of a test (or Ctrl-C): no rule, no paused or dead daemon left, with the same

@@ -7,7 +7,8 @@ restart, resume) before the next fault starts, and the schedule ends healed.  A 
 (every node SIGKILLed at once, a cluster-wide power failure) is a kill of every node.  Partition
 grudges are computed here when they depend only on the node list; grudges that depend on
 the chain's state at run time (isolate the head, tail, a middle or a repairing node) carry a
-sub-seed instead, so the executor's choice is reproducible too.
+sub-seed instead, so the executor's choice is reproducible too; so do kills of a chain
+role (`kill_roles`).
 
 Must not: do I/O, read the clock or use the global `random` state.
 """
@@ -27,6 +28,7 @@ PARTITION_KINDS = (
     "isolate", "one-way", "halves", "majority-minority", "majorities-ring", "bridge", "random",
     "isolate-head", "isolate-tail", "isolate-middle", "isolate-repairing",
 )
+KILL_ROLES = ("head", "tail", "middle")
 _END_OF = {"partition": "heal", "loss": "heal", "kill": "restart", "pause": "resume"}
 EVENTS_MAX = 10_000
 
@@ -76,8 +78,18 @@ class ScheduleOptions:
         "isolate", "halves", "majority-minority", "majorities-ring", "bridge", "random",
         "one-way",
     )
-    quiet_s: tuple[float, float] = (2.0, 6.0)  # healthy gap before each fault
+    quiet_s: tuple[float, float] = (2.0, 6.0)  # healthy gap before each later fault
     fault_s: tuple[float, float] = (2.0, 8.0)  # how long a fault lasts
+    #: healthy start before the first fault: early, so that a short run has its fault
+    first_quiet_s: tuple[float, float] = (1.5, 3.0)
+    #: faults the schedule starts with (in a seeded order), e.g. `crash` for a canary that
+    #: only a crash exposes; each must be one of `faults`
+    required: tuple[str, ...] = ()
+    #: when set, each `kill` hits the node in one of these chain roles (head, tail,
+    #: middle; drawn here, resolved at run time from the chain's current UPI; a first
+    #: fault that is a kill hits the head) plus k-1 random others, and its `restart` names
+    #: every node (restarting the dead ones)
+    kill_roles: tuple[str, ...] = ()
     loss_probability: tuple[float, float] = (0.1, 0.5)
     torn_write_modes: tuple[str, ...] = ("truncate", "flip")
 
@@ -88,7 +100,12 @@ class ScheduleOptions:
         badk = set(self.partition_kinds) - set(PARTITION_KINDS)
         if badk or not self.partition_kinds:
             raise ValueError(f"unknown partition kinds {sorted(badk)}")
-        for lo, hi in (self.quiet_s, self.fault_s, self.loss_probability):
+        if set(self.kill_roles) - set(KILL_ROLES):
+            raise ValueError(f"kill roles must be among {KILL_ROLES}, got {self.kill_roles}")
+        if set(self.required) - set(self.faults):
+            raise ValueError(f"required faults {self.required} must be among {self.faults}")
+        for lo, hi in (self.quiet_s, self.fault_s, self.first_quiet_s,
+                       self.loss_probability):
             if not 0 < lo <= hi:
                 raise ValueError("ranges must satisfy 0 < low <= high")
         if self.loss_probability[1] > 1:
@@ -105,25 +122,36 @@ def make_schedule(
         raise ValueError("partitions need at least 2 nodes")
     rng = random.Random(f"machi-schedule/{seed}")
     events: list[FaultEvent] = []
+    required = list(opts.required)
+    rng.shuffle(required)
+    # every fault ends this long before the time limit (the node restarted or the network
+    # healed while the load still runs); a fault that does not fit is shortened down to
+    # the shortest fault_s, else it is dropped and the schedule ends
+    end_by = opts.time_limit_s - min(2.0, opts.time_limit_s / 10)
     t = 0.0
     while len(events) < EVENTS_MAX - 3:
-        t += rng.uniform(*opts.quiet_s)
+        t += rng.uniform(*(opts.quiet_s if events else opts.first_quiet_s))
         dur = rng.uniform(*opts.fault_s)
-        if t + dur >= opts.time_limit_s:
-            break
-        fault = rng.choice(opts.faults)
-        events.extend(_fault_events(fault, round(t, 3), round(t + dur, 3), ns, opts, rng))
+        fault = required.pop(0) if required else rng.choice(opts.faults)
+        if t + dur > end_by:
+            dur = end_by - t
+            if dur < opts.fault_s[0]:
+                break
+        events.extend(_fault_events(fault, round(t, 3), round(t + dur, 3), ns, opts, rng,
+                                    first=not events))
         t += dur
     return events
 
 
 def _fault_events(
     fault: str, start: float, end: float, ns: list[str], opts: ScheduleOptions,
-    rng: random.Random,
+    rng: random.Random, *, first: bool = False,
 ) -> list[FaultEvent]:
     everyone = tuple(ns)
     if fault == "partition":
         kind = rng.choice(opts.partition_kinds)
+        if kind == "isolate-repairing" and first:
+            kind = "isolate-tail"  # a freshly bootstrapped chain has no repairing node
         if len(ns) < 3 and kind in ("majorities-ring", "bridge"):
             kind = "isolate"
         sub_seed = rng.getrandbits(32)
@@ -144,6 +172,13 @@ def _fault_events(
         return [FaultEvent(start, "kill", everyone, (("crash", True),)),
                 FaultEvent(end, "restart", everyone)]
     k = rng.randint(1, max(1, (len(ns) - 1) // 2))
+    if fault == "kill" and opts.kill_roles:
+        role = rng.choice(opts.kill_roles)
+        if first and "head" in opts.kill_roles:
+            role = "head"  # the first kill hits the head: the node every write starts at
+        return [FaultEvent(start, "kill", everyone, (("role", role), ("count", k),
+                                                     ("rng_seed", rng.getrandbits(32)))),
+                FaultEvent(end, "restart", everyone)]
     targets = tuple(sorted(rng.sample(ns, k)))
     if fault == "torn-write":
         mode = rng.choice(opts.torn_write_modes)

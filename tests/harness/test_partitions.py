@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -168,3 +169,57 @@ def test_schedule_options_reject_unknown_faults() -> None:
     """Unknown fault names fail when the options are built."""
     with pytest.raises(ValueError):
         s.ScheduleOptions(faults=("partition", "meteor"))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_short_schedule_has_an_early_fault_that_ends_before_the_limit(seed: int) -> None:
+    """A 12 s schedule (any seed) starts a fault within 3 s, ends every fault at least
+    1.2 s before the limit, and starts with the required faults (a crash for a canary)."""
+    opts = s.ScheduleOptions(time_limit_s=12, faults=("partition", "kill", "crash"),
+                             required=("crash",), kill_roles=s.KILL_ROLES)
+    events = s.make_schedule(seed, NODES5, opts)
+    assert events and events[0].time_s <= 3.0
+    assert events[0].fault == "kill" and events[0].param("crash") is True
+    assert max(e.time_s for e in events) <= 12 - 1.2
+    plain = s.make_schedule(seed, NODES5, s.ScheduleOptions(time_limit_s=12))
+    assert plain and plain[0].time_s <= 3.0
+
+
+def test_role_kills_name_a_role_and_restart_everyone() -> None:
+    """With kill roles, a kill carries the role (resolved at run time) and a node count,
+    and its restart names every node (only the dead ones are restarted)."""
+    opts = s.ScheduleOptions(time_limit_s=120, faults=("kill",), kill_roles=("head", "tail"))
+    events = s.make_schedule(3, NODES5, opts)
+    kills = [e for e in events if e.fault == "kill"]
+    assert kills and all(e.param("role") in ("head", "tail") for e in kills)
+    assert all(1 <= e.param("count") <= 2 for e in kills)
+    assert all(e.targets == tuple(NODES5) for e in events if e.fault == "restart")
+    with pytest.raises(ValueError):
+        s.ScheduleOptions(kill_roles=("witness",))
+    with pytest.raises(ValueError):
+        s.ScheduleOptions(faults=("kill",), required=("crash",))
+
+
+def test_role_kill_hits_the_node_in_that_role_now() -> None:
+    """The executor resolves a role kill from the chain's current UPI: the head, the tail,
+    a middle node, plus count-1 others; a role nobody holds falls back to a UPI member."""
+    from types import SimpleNamespace
+
+    from harness.nemesis.executor import NemesisExecutor
+
+    net: Any = SimpleNamespace(hosts=SimpleNamespace(names=NODES5))
+    ex = NemesisExecutor(net, chain_view=lambda: (["n2", "n3", "n1"], []))
+
+    def kill(role: str, count: int) -> tuple[list[str], dict[str, Any]]:
+        ev = s.FaultEvent(1.0, "kill", tuple(NODES5),
+                          (("role", role), ("count", count), ("rng_seed", 7)))
+        return ex._role_targets(ev)
+
+    t, info = kill("head", 2)
+    assert info["role_node"] == "n2" and "n2" in t and len(t) == 2
+    assert kill("tail", 1) == (["n1"], {"role": "tail", "role_node": "n1"})
+    assert kill("middle", 1)[0] == ["n3"]
+    ex2 = NemesisExecutor(net, chain_view=lambda: (["n4"], []))
+    ev = s.FaultEvent(1.0, "kill", tuple(NODES5), (("role", "middle"), ("rng_seed", 1)))
+    t, info = ex2._role_targets(ev)
+    assert t == ["n4"] and "role_fallback" in info
