@@ -39,7 +39,7 @@ from harness.hosts.base import HostError, HostSet, MultiHostError
 from harness.nemesis.executor import NemesisExecutor
 from harness.nemesis.partition import IptablesNet, PartitionError
 from harness.nemesis.process import ProcessNemesis
-from harness.nemesis.schedule import FaultEvent, ScheduleOptions, make_schedule
+from harness.nemesis.schedule import KILL_ROLES, FaultEvent, ScheduleOptions, make_schedule
 from harness.workload import Recorder, Workload, WorkloadOptions
 from machi.core.errors import ConfigError
 
@@ -86,10 +86,14 @@ class TestOptions:
     python: str = sys.executable  # interpreter on the hosts
     deps: bool = False  # install the wheel's dependencies on the hosts too
     mix: dict[str, float] = field(default_factory=lambda: {"append": 0.6, "read": 0.4})
+    #: faults added to the default nemesis for the canary (`--canary` without
+    #: `--nemesis`); a schedule with a crash starts with it
+    nemesis_for_canary: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["nemesis"] = list(self.nemesis)
+        d["nemesis_for_canary"] = list(self.nemesis_for_canary)
         d["test_canary"] = self.canary
         return d
 
@@ -132,7 +136,11 @@ class Runner:
         self.schedule: list[FaultEvent] = make_schedule(
             opts.seed, hosts.names, ScheduleOptions(
                 time_limit_s=opts.time_limit_s, faults=tuple(opts.nemesis),
-                partition_kinds=RUN_PARTITION_KINDS),
+                partition_kinds=RUN_PARTITION_KINDS,
+                # a run with a crash starts with it (the run that --canary ack-before-sync
+                # makes and its clean twin with --nemesis partition,kill,crash are the same)
+                required=("crash",) if "crash" in opts.nemesis else (),
+                kill_roles=KILL_ROLES),
         ) if opts.nemesis else []
         self.status: dict[str, Any] = {}
         #: the ~1 s CHAIN_STATUS polls, one JSON line each (status.jsonl; the report draws
@@ -229,29 +237,47 @@ class Runner:
 
     async def _poll_status(self, stop: anyio.Event) -> None:
         while not stop.is_set():
+            start_ms = int(time.monotonic() * 1000)
             self.status = await self.dep.status_all()
             for n, s in self.status.items():
                 if isinstance(s, dict):
                     self._see_epoch(n, s.get("epoch"), s.get("epoch_csum"), "status")
-            self._log_status(self.status)
+            self._log_status(self.status, start_ms)
             with anyio.move_on_after(1.0):
                 await stop.wait()
 
-    def _log_status(self, status: dict[str, Any]) -> None:
-        """One status.jsonl line per poll: harness monotonic and wall-clock ms, and per node
-        the fields the report draws (or the error string of a node that did not answer)."""
+    def _log_status(self, status: dict[str, Any], start_ms: int | None = None) -> None:
+        """One status.jsonl line per poll: harness monotonic ms when the poll started
+        (`start_ms`) and when every answer was in (`time_ms`), wall-clock ms, per node the
+        fields the report draws (or the error string of a node that did not answer), and
+        `stable`: the epoch id [number, checksum hex] when every node answered with that
+        one epoch id, confirmed, not wedged, every non-witness in the UPI and nothing
+        repairing (else null; the AP stale-read rule judges reads between two such polls
+        of one epoch: `stable_intervals`)."""
         if self.status_log is None or self.status_lines >= STATUS_LINES_MAX:
             return
         keep = ("wedged", "epoch", "confirmed", "upi", "repairing", "running")
         nodes = {n: ({k: s.get(k) for k in keep} if isinstance(s, dict) else {"error": s})
                  for n, s in sorted(status.items())}
+        stable = None
+        try:
+            if (Deployment.stable(status, self.hosts.names, self.dep.witnesses)
+                    and not any(isinstance(s, dict) and s.get("wedged")
+                                for s in status.values())):
+                s0 = status[self.hosts.names[0]]
+                assert isinstance(s0, dict)
+                stable = [s0["epoch"], s0["epoch_csum"]]
+        except (KeyError, TypeError, AssertionError):  # an odd answer is not stable
+            stable = None
         self.status_log.write(json.dumps({"time_ms": int(time.monotonic() * 1000),
+                                          "start_ms": start_ms,
                                           "time_unix_ms": int(time.time() * 1000),
-                                          "nodes": nodes}) + "\n")
+                                          "nodes": nodes, "stable": stable}) + "\n")
         self.status_log.flush()
         self.status_lines += 1
 
-    async def _nemesis(self, ex: NemesisExecutor, rec: Recorder) -> None:
+    async def _nemesis(self, ex: NemesisExecutor, rec: Recorder, wl: Workload) -> None:
+        await wl.started.wait()  # the schedule's clock starts with the load's (first ok op)
         t0 = time.monotonic()
         for ev in self.schedule:
             await anyio.sleep(max(0.0, t0 + ev.time_s - time.monotonic()))
@@ -297,7 +323,7 @@ class Runner:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._poll_status, stop)
             async with anyio.create_task_group() as tg2:
-                tg2.start_soon(self._nemesis, ex, rec)
+                tg2.start_soon(self._nemesis, ex, rec, wl)
                 tg2.start_soon(wl.run, show)
             # heal everything, then read back
             self.progress("healing")
@@ -361,8 +387,11 @@ def run_test(hosts: HostSet, opts: TestOptions, *, verbose: bool = True) -> tupl
 
     def progress(s: str) -> None:
         if verbose:
-            sys.stderr.write(f"\r\033[K{s}" if sys.stderr.isatty() else f"{s}\n")
-            sys.stderr.flush()
+            try:
+                sys.stderr.write(f"\r\033[K{s}" if sys.stderr.isatty() else f"{s}\n")
+                sys.stderr.flush()
+            except OSError:  # e.g. the reader of a piped stderr is gone: keep running
+                pass  # (a failing progress line must not skip the teardown)
         log.info("progress: %s", s)
 
     def on_term(signum: int, frame: Any) -> None:
@@ -565,12 +594,46 @@ def final_reads_check(events: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def ap_calm_stale_reads(events: list[dict[str, Any]], settle_ms: int) -> dict[str, Any]:
+def stable_intervals(polls: list[dict[str, Any]]) -> list[tuple[int, int, int]]:
+    """Periods (ns, harness monotonic clock) in which the chain was verifiably one stable
+    chain: `(lo, hi, epoch number)` for each run of consecutive status polls (status.jsonl)
+    that all show the same `stable` epoch id (every node answered with it, confirmed, not
+    wedged, full UPI, nothing repairing), from when the first poll's answers were in
+    (`time_ms`) to when the last poll started (`start_ms`).  A node's epoch only grows, so
+    a node at epoch E in two polls was at E all the time between them.  Polls without
+    `start_ms` / `stable` (runs before these fields) give none."""
+    out: list[tuple[int, int, int]] = []
+    run: list[dict[str, Any]] = []
+
+    def close() -> None:
+        if len(run) >= 2:
+            lo, hi = run[0].get("time_ms"), run[-1].get("start_ms")
+            if isinstance(lo, int) and isinstance(hi, int) and hi > lo:
+                out.append((lo * 1_000_000, hi * 1_000_000, int(run[0]["stable"][0])))
+        run.clear()
+
+    for poll in polls:
+        st = poll.get("stable")
+        ok = (isinstance(st, list) and len(st) == 2 and isinstance(st[0], int)
+              and isinstance(poll.get("start_ms"), int) and isinstance(poll.get("time_ms"), int))
+        if run and (not ok or st != run[0]["stable"]):
+            close()
+        if ok:
+            run.append(poll)
+    close()
+    return out
+
+
+def ap_calm_stale_reads(events: list[dict[str, Any]], settle_ms: int,
+                        stable: list[tuple[int, int, int]] | None = None) -> dict[str, Any]:
     """AP stale reads outside every fault window: the write-once check again on the
     history without the reads invoked while a fault was active or less than `settle_ms`
     after it ended, or less than `settle_ms` after a client op first reported a new epoch
-    number (the final read-back stays: it follows the heal and the repair).
-    Returns the stale-read anomalies that remain (count, kinds, examples)."""
+    number (the final read-back stays: it follows the heal and the repair) -- except the
+    reads that ran entirely inside a `stable` interval (`stable_intervals`) and were served
+    at that interval's epoch: those are always judged (one stable chain; its tail holds
+    every acknowledged chunk).  Returns the stale-read anomalies that remain (count,
+    kinds, examples)."""
     from harness.checker.write_once import check_write_once
 
     times = {ev["index"]: ev["time"] for ev in events
@@ -603,14 +666,36 @@ def ap_calm_stale_reads(events: list[dict[str, Any]], settle_ms: int) -> dict[st
     def in_window(t: Any) -> bool:
         return isinstance(t, int) and any(lo <= t <= hi for lo, hi in windows)
 
+    # each client read's completion, by the index of its invocation
+    completion: dict[int, dict[str, Any]] = {}
+    open_reads: dict[Any, int] = {}
+    for ev in events:
+        if ev.get("f") == "read" and not ev.get("final") and ev.get("process") != "nemesis":
+            if ev.get("type") == "invoke" and isinstance(ev.get("index"), int):
+                open_reads[ev.get("process")] = ev["index"]
+            elif ev.get("process") in open_reads:
+                completion[open_reads.pop(ev.get("process"))] = ev
+
+    def in_stable(inv: dict[str, Any]) -> bool:
+        done = completion.get(inv.get("index"))  # type: ignore[arg-type]
+        t0, t1 = inv.get("time"), (done or {}).get("time")
+        e = (done or {}).get("epoch")
+        return (isinstance(t0, int) and isinstance(t1, int) and isinstance(e, int)
+                and any(lo <= t0 and t1 <= hi and e == ep for lo, hi, ep in stable or ()))
+
     keep: list[dict[str, Any]] = []
     dropping: dict[Any, bool] = {}
     dropped = 0
+    judged_stable = 0
     for ev in events:
         if ev.get("f") == "read" and not ev.get("final") and ev.get("process") != "nemesis":
             if ev.get("type") == "invoke":
-                dropping[ev.get("process")] = in_window(ev.get("time"))
-                if dropping[ev.get("process")]:
+                drop = in_window(ev.get("time"))
+                if drop and in_stable(ev):
+                    drop = False
+                    judged_stable += 1
+                dropping[ev.get("process")] = drop
+                if drop:
                     dropped += 1
                     continue
             elif dropping.pop(ev.get("process"), False):
@@ -623,7 +708,101 @@ def ap_calm_stale_reads(events: list[dict[str, Any]], settle_ms: int) -> dict[st
             "kinds": {k: a["count"] for k, a in stale.items()},
             "examples": [ex for a in stale.values() for ex in a["examples"][:5]],
             "reads_in_fault_windows": dropped, "fault_windows": nemesis_windows,
-            "epoch_change_windows": len(windows) - nemesis_windows, "settle_ms": settle_ms}
+            "epoch_change_windows": len(windows) - nemesis_windows, "settle_ms": settle_ms,
+            "stable_intervals": len(stable or ()), "judged_in_stable_intervals": judged_stable}
+
+
+def ap_served_stale_reads(events: list[dict[str, Any]],
+                          records: list[dict[str, Any]]) -> dict[str, Any]:
+    """AP reads judged by what the node that answered could have known, faults or not.
+    A client read answered "not written" by node `s` (for the plain client: the tail's
+    answer, after read repair found the chunk on no other member either) is an anomaly
+    when `s` must hold the chunk:
+    - `unwritten-on-acking-replica`: the chunk was acknowledged (append or write) at epoch
+      E, and `s` is a non-witness UPI member of E: Chain Replication wrote it to every UPI
+      member before the ack, and a chunk is never deleted;
+    - `unwritten-in-one-projection`: an earlier read (completed before this one was
+      invoked) saw the chunk served in the very projection (epoch number and checksum)
+      this read was served in: one projection is one chain, whose tail never loses a
+      chunk.  (Also an ack in that projection.)
+    E's UPI and a (node, epoch)'s checksum come from the nodes' projection logs (one
+    projection per epoch number per node: `epoch_unique`); the ack's node is the head.
+    Not judged: a node whose data files were torn (`torn-write`) from that fault on; a read
+    whose epoch its node never logged.  A stale read on the other side of a partition is
+    fine: that side's nodes were not in E's UPI and serve another projection.
+    Returns count, kinds and examples."""
+    upi_at: dict[tuple[str, int], frozenset[str]] = {}
+    csum_at: dict[tuple[str, int], str] = {}
+    for r in records:
+        proj = r.get("projection") if isinstance(r.get("projection"), dict) else {}
+        n, e, upi = r.get("node"), r.get("epoch"), proj.get("upi")
+        if not isinstance(n, str) or not isinstance(e, int):
+            continue
+        if isinstance(r.get("epoch_csum"), str):
+            csum_at.setdefault((n, e), r["epoch_csum"])
+        if isinstance(upi, list):
+            wit = set(proj.get("witnesses") or [])
+            upi_at.setdefault((n, e), frozenset(str(m) for m in upi if m not in wit))
+    # position -> (ack time, UPI, head, epoch); position -> {projection: first time seen}
+    acked: dict[tuple[Any, ...], tuple[int, frozenset[str], str, int]] = {}
+    seen_in: dict[tuple[Any, ...], dict[tuple[int, str], int]] = {}
+    torn_from: dict[str, int] = {}
+    invoked: dict[Any, int] = {}
+    bad: list[dict[str, Any]] = []
+    kinds: dict[str, int] = {}
+    for ev in events:
+        if ev.get("final") or not isinstance(ev.get("time"), int):
+            continue
+        v = ev.get("value") if isinstance(ev.get("value"), dict) else {}
+        if ev.get("process") == "nemesis":
+            if ev.get("f") == "torn-write":
+                for t in v.get("targets") or []:
+                    torn_from.setdefault(str(t), ev["time"])
+            continue
+        if ev.get("type") == "invoke":
+            invoked[ev.get("process")] = ev["time"]
+            continue
+        t_inv = invoked.pop(ev.get("process"), None)
+        pos, node, epoch = v.get("pos"), str(ev.get("node")), ev.get("epoch")
+        if ev.get("type") != "ok" or not isinstance(pos, list) or not isinstance(epoch, int):
+            continue
+        key = tuple(pos)
+        proj = (epoch, csum_at[(node, epoch)]) if (node, epoch) in csum_at else None
+        if ev.get("f") in ("append", "write") or (ev.get("f") == "read"
+                                                  and v.get("v") is not None):
+            if proj is not None:
+                seen_in.setdefault(key, {}).setdefault(proj, ev["time"])
+            upi = upi_at.get((node, epoch))
+            if ev.get("f") != "read" and upi is not None and key not in acked:
+                acked[key] = (ev["time"], upi, node, epoch)
+            continue
+        if ev.get("f") != "read" or t_inv is None:
+            continue
+        if node in torn_from and torn_from[node] <= ev["time"]:
+            continue
+        kind = ""
+        where: dict[str, Any] = {}
+        if key in acked and acked[key][0] <= t_inv and node in acked[key][1]:
+            _t, upi, head, e_ack = acked[key]
+            kind = "unwritten-on-acking-replica"
+            where = {"acked_epoch": e_ack, "acked_by": head, "acked_upi": sorted(upi)}
+        elif proj is not None and seen_in.get(key, {}).get(proj, t_inv + 1) <= t_inv:
+            kind = "unwritten-in-one-projection"
+            where = {"projection": [proj[0], proj[1][:16]]}
+        if kind:
+            kinds[kind] = kinds.get(kind, 0) + 1
+            if len(bad) < 1_000:
+                bad.append({"kind": kind, "index": ev.get("index"), "pos": pos, "node": node,
+                            "read_epoch": epoch, **where})
+    out: dict[str, Any] = {"count": sum(kinds.values()), "kinds": kinds,
+                           "examples": bad[:10]}
+    if bad:
+        ex = bad[0]
+        out["explanation"] = (
+            f"{out['count']} AP read(s) answered 'not written' by a node that held the "
+            f"chunk ({', '.join(f'{k}: {c}' for k, c in kinds.items())}); e.g. {ex['node']} "
+            f"at epoch {ex['read_epoch']}, position {ex['pos']}: {ex['kind']}")
+    return out
 
 
 def on_harness_clock(records: list[dict[str, Any]],
@@ -712,6 +891,11 @@ def analyze(run_dir: Path) -> dict[str, Any]:
     wo = checks["write_once"]
     events = _jsonl(hist)
     checks["coverage"] = _coverage_check(events)
+    records: list[dict[str, Any]] = []
+    for d in sorted((run_dir / "nodes").glob("*")) if (run_dir / "nodes").exists() else []:
+        records.extend(_jsonl(d / "projection-log.jsonl"))
+    records = on_harness_clock(records, run)
+    records.sort(key=lambda r: (r.get("time_ms") or 0))
     anomalies = (wo.get("witness") or {}).get("anomalies") or {}
     if opts["mode"] == "ap" and wo.get("valid") is False and set(anomalies) <= AP_STALE_KINDS:
         # AP chains answer from their own side of a partition: a read may miss a chunk
@@ -721,15 +905,14 @@ def analyze(run_dir: Path) -> dict[str, Any]:
         # chain is one chain and reads its tail.  What AP promises at the end is checked
         # by `lost` (final reads on every replica), conflicts, from-nowhere,
         # read-of-failed and replicas_equal.
-        calm = ap_calm_stale_reads(events, AP_SETTLE_MS)
+        calm = ap_calm_stale_reads(events, AP_SETTLE_MS,
+                                   stable_intervals(_jsonl(run_dir / "status.jsonl")))
         wo["ap_stale_reads"] = {k: anomalies[k]["count"] for k in anomalies}
         wo["ap_calm_stale_reads"] = calm
-        wo["valid"] = calm["count"] == 0
-    records: list[dict[str, Any]] = []
-    for d in sorted((run_dir / "nodes").glob("*")) if (run_dir / "nodes").exists() else []:
-        records.extend(_jsonl(d / "projection-log.jsonl"))
-    records = on_harness_clock(records, run)
-    records.sort(key=lambda r: (r.get("time_ms") or 0))
+        # and every read judged by what its node could have known (faults or not)
+        served = ap_served_stale_reads(events, records)
+        wo["ap_served_stale_reads"] = served
+        wo["valid"] = calm["count"] == 0 and served["count"] == 0
     heal = run.get("heal_time_ms") or final.get("heal_time_ms")
     if records:
         try:

@@ -1,11 +1,12 @@
 """Client workloads of a harness run: concurrent chunk operations through the chain client,
 recorded as a write-once history (docs/history-write-once.md), and the final read-back.
 
-Owns: the generator (concurrency, rate, time limit, op mix; reads of acknowledged
-positions and probes just past the newest one), self-describing payloads
-(`v|client|seq|checksum` then padding, so a value read back names its one attempt), the
-ok / fail / info classification of every outcome (`machi.client.chain_client.outcome_of`,
-i.e. `machi.core.outcome`; an unwritten read is an ok read of null), incremental history
+Owns: the generator (concurrency, rate, time limit counted from the first successful op,
+op mix; reads of acknowledged positions and probes just past the newest one),
+self-describing payloads (`v|client|seq|checksum` then padding, so a value read back names
+its one attempt), the ok / fail / info classification of every outcome
+(`machi.client.chain_client.outcome_of`, i.e. `machi.core.outcome`; an unwritten read is
+an ok read of null), incremental history
 writing with `node` and `epoch` fields, and the final phase: read every acknowledged (and
 every listed) chunk from every replica directly, and in AP mode compare replicas'
 checksum lists.  The client-side canaries live in `harness.canary`.
@@ -39,7 +40,15 @@ PREFIX = "h"
 WRITE_PREFIX = "w"
 ACKED_MAX = 200_000  # positions remembered for reads and the final phase
 FINAL_CHUNKS_MAX = 100_000
+#: the load's clock (and the nemesis schedule's) starts when the first client op has
+#: succeeded, at most this long after the clients start (a slow start under load must not
+#: let the first fault hit a cluster that has not served anything yet)
+WARMUP_MAX_S = 10.0
 REREADS_MAX = 3  # a probe that saw an in-flight value reads it again this many times
+#: share of reads that probe just past the newest ack (appends in flight); the rest read
+#: the newest ack (NEWEST_SHARE) or a random one
+PROBE_SHARE = 0.5
+NEWEST_SHARE = 0.15
 
 
 @dataclass
@@ -131,15 +140,31 @@ class Workload:
         self._rate_lock = anyio.Lock()
         self._next_slot = 0.0
         self.stop_at = 0.0
+        #: set when the first client op succeeded (or WARMUP_MAX_S passed): the time
+        #: limit counts from then
+        self.started = anyio.Event()
+        self.started_at = 0.0
 
     def _client(self, i: int) -> ChainClient:
         return ChainClient(self.members, op_timeout_ms=self.opts.op_timeout_ms,
                            request_timeout_ms=min(3_000, self.opts.op_timeout_ms),
                            seed=self.opts.seed * 1000 + i, name=f"c{i}")
 
+    def _start_clock(self) -> None:
+        if not self.started.is_set():
+            self.started_at = time.monotonic()
+            self.stop_at = self.started_at + self.opts.time_limit_s
+            self.started.set()
+
+    async def _warmup_bound(self) -> None:
+        with anyio.move_on_after(WARMUP_MAX_S):
+            await self.started.wait()
+        self._start_clock()
+
     async def run(self, progress: Callable[[], None] | None = None) -> None:
-        self.stop_at = time.monotonic() + self.opts.time_limit_s
+        self.stop_at = time.monotonic() + WARMUP_MAX_S + self.opts.time_limit_s
         async with anyio.create_task_group() as tg:
+            tg.start_soon(self._warmup_bound)
             for i in range(self.opts.concurrency):
                 tg.start_soon(self._worker, i)
             if progress is not None:
@@ -197,6 +222,8 @@ class Workload:
             err = getattr(getattr(exc, "status", None), "name", None) or type(exc).__name__
             if typ == "ok":  # an error classified ok (cannot happen for these ops)
                 typ = "info"
+        if typ == "ok":
+            self._start_clock()
         t1 = self.rec.event(i, typ, f, value, error=err, **extra)
         self.rec.latencies.append(((t0 - self.rec.t0_ns) / 1e9, (t1 - t0) / 1e6, f, typ))
 
@@ -234,7 +261,7 @@ class Workload:
     async def _read(self, cc: ChainClient, i: int, rng: random.Random) -> None:
         ps = self.acked.positions
         r = rng.random()
-        if r < 0.3:
+        if r < PROBE_SHARE:
             # probe just past the newest ack: likely an append in flight right now (a read
             # there may see it before its ack -- fine -- but must never lose it again)
             last = ps[-1]
@@ -248,7 +275,7 @@ class Workload:
                     break
                 seen = await self._read_at(cc, i, p)
             return
-        if r < 0.5:
+        if r < PROBE_SHARE + NEWEST_SHARE:
             p = ps[-1]
         else:
             p = ps[rng.randrange(len(ps))]

@@ -1,6 +1,7 @@
 """The run-level rules of `harness.run` on small hand-made inputs: one projection per epoch
 number per node (`epoch_unique`), and AP stale reads tolerated only near faults
-(`ap_calm_stale_reads`) -- without a cluster."""
+(`ap_calm_stale_reads`), except inside a chain that status polls show stable
+(`stable_intervals`) -- without a cluster."""
 
 from __future__ import annotations
 
@@ -74,6 +75,32 @@ def test_ap_stale_read_is_tolerated_only_near_a_fault() -> None:
     assert churn["count"] == 0 and churn["epoch_change_windows"] == 1
 
 
+def _poll(start_s: float, stable: list[Any] | None) -> dict[str, Any]:
+    return {"start_ms": int(start_s * 1000), "time_ms": int(start_s * 1000) + 5,
+            "stable": stable}
+
+
+def test_ap_stale_read_inside_a_verified_stable_chain_is_judged() -> None:
+    """A stale read inside a fault window is judged after all when status polls before and
+    after it show one stable chain (every node at one epoch id, full UPI) at the epoch the
+    read was served at; a read at another epoch, or outside the polls, stays tolerated."""
+    from harness.run import stable_intervals
+
+    polls = [_poll(2.5, [1, A]), _poll(3.5, [1, A]), _poll(4.5, [1, A]), _poll(5.5, None),
+             _poll(6.5, [2, B]), _poll(7.5, [2, B])]
+    stable = stable_intervals(polls)
+    assert stable == [(2_505_000_000, 4_500_000_000, 1), (6_505_000_000, 7_500_000_000, 2)]
+    judged = ap_calm_stale_reads(_stale_history(3.0), 1_000, stable)
+    assert judged["count"] == 1 and judged["judged_in_stable_intervals"] == 1
+    other_epoch = ap_calm_stale_reads(_stale_history(3.0, read_epoch=2), 1_000, stable)
+    assert other_epoch["count"] == 0
+    # polls of an older run (no start_ms / stable) give no interval: tolerated as before
+    assert stable_intervals([{"time_ms": 1}, {"time_ms": 2}]) == []
+    assert ap_calm_stale_reads(_stale_history(3.0), 1_000, [])["count"] == 0
+    # one stable poll alone proves nothing about the time after it
+    assert stable_intervals([_poll(2.5, [1, A]), _poll(3.5, None)]) == []
+
+
 def test_projection_lines_of_other_kernels_are_placed_by_their_wall_clock() -> None:
     """On hosts that are not netns a daemon's monotonic `time_ms` means nothing to the
     harness: records are moved to the harness clock by `time_unix_ms` and the run's clock
@@ -100,3 +127,56 @@ def test_the_daemon_logs_each_adoption_with_its_wall_clock() -> None:
     rec = projection_record("n1", p, confirmed=True, time_ms=5, time_unix_ms=1_700_000_000_001)
     assert rec["time_ms"] == 5 and rec["time_unix_ms"] == 1_700_000_000_001
     assert "time_unix_ms" not in projection_record("n1", p, confirmed=True, time_ms=5)
+
+
+def test_ap_read_is_judged_by_what_its_node_could_have_known() -> None:
+    """An AP read that a member of the acknowledging epoch's UPI answers 'not written' is an
+    anomaly even during a fault (that node held the chunk); the same answer from a node
+    outside that UPI (the other side of a partition) or from a node whose files were torn
+    is not judged."""
+    from harness.run import ap_served_stale_reads
+
+    records = [{"node": "n1", "epoch": 1, "projection": {"upi": ["n1", "n2", "n3"]}},
+               {"node": "n1", "epoch": 2, "projection": {"upi": ["n1", "n2"]}}]
+    pos = ["h^^00000000^x^1", 1024, 96]
+
+    def history(reader: str, torn: bool = False) -> list[dict[str, Any]]:
+        evs = [_ev(0, 0.5, 0, "invoke", "append", {"v": "c0-1", "prefix": "h"}),
+               _ev(1, 1.0, 0, "ok", "append", {"v": "c0-1", "pos": pos}, epoch=1, node="n1")]
+        if torn:
+            evs.append(_ev(2, 1.5, "nemesis", "info", "torn-write",
+                           {"targets": [reader], "phase": "start"}))
+        evs += [_ev(3, 2.0, 1, "invoke", "read", {"pos": pos}),
+                _ev(4, 2.1, 1, "ok", "read", {"pos": pos, "v": None}, epoch=3, node=reader)]
+        return evs
+
+    bad = ap_served_stale_reads(history("n3"), records)
+    assert bad["count"] == 1 and bad["examples"][0]["acked_upi"] == ["n1", "n2", "n3"]
+    assert "n3" in bad["explanation"]
+    assert ap_served_stale_reads(history("n4"), records)["count"] == 0
+    assert ap_served_stale_reads(history("n3", torn=True), records)["count"] == 0
+    # an ack whose epoch the acking node never logged proves nothing
+    assert ap_served_stale_reads(history("n3"), records[1:])["count"] == 0
+
+
+def test_ap_value_seen_then_unwritten_in_one_projection_is_an_anomaly() -> None:
+    """A value one node served in a projection and another node of the very same
+    projection (epoch number and checksum) then answers 'not written' is an anomaly; at
+    the same epoch number but another projection (an AP side) it is not judged."""
+    from harness.run import ap_served_stale_reads
+
+    records = [{"node": "n1", "epoch": 4, "epoch_csum": A}, {"node": "n3", "epoch": 4,
+                                                             "epoch_csum": A},
+               {"node": "n5", "epoch": 4, "epoch_csum": B}]
+    pos = ["h^^00000000^x^1", 1024, 96]
+
+    def history(second: str) -> list[dict[str, Any]]:
+        return [_ev(0, 1.0, 1, "invoke", "read", {"pos": pos}),
+                _ev(1, 1.1, 1, "ok", "read", {"pos": pos, "v": "c0-1"}, epoch=4, node="n1"),
+                _ev(2, 1.2, 1, "invoke", "read", {"pos": pos}),
+                _ev(3, 1.3, 1, "ok", "read", {"pos": pos, "v": None}, epoch=4, node=second)]
+
+    bad = ap_served_stale_reads(history("n3"), records)
+    assert bad["kinds"] == {"unwritten-in-one-projection": 1}
+    assert ap_served_stale_reads(history("n5"), records)["count"] == 0
+    assert ap_served_stale_reads(history("n4"), records)["count"] == 0  # never logged
