@@ -62,6 +62,13 @@ class AckBeforeTailClient(ChainClient):
         return await super()._write_one(op, p, member, pos, data, csum)
 
 
+#: faults a canary needs that the default nemesis (`partition,kill`) lacks: `--canary X`
+#: without `--nemesis` adds them to the default nemesis (recorded in results.json
+#: `options.nemesis_for_canary`; a schedule with a crash starts with it).  ack-before-sync
+#: loses what it has not synced only when every node dies at once (docs/harness-run.md
+#: "Canaries").
+CANARY_FAULTS: dict[str, tuple[str, ...]] = {"ack-before-sync": ("crash",)}
+
 CLIENTS: dict[str, type[ChainClient]] = {
     "read-non-tail": ReadNonTailClient,
     "ack-before-tail": AckBeforeTailClient,

@@ -28,6 +28,8 @@ from harness.hosts import netns
 from harness.hosts.providers import PROVIDERS, open_hosts
 from harness.nemesis.schedule import FAULTS
 
+NEMESIS_DEFAULT = "partition,kill"
+
 #: exit status when the run could not be made: hosts unreachable, a bad hosts file, a
 #: failed deploy or bootstrap, a netns cluster that cannot be brought up
 COULD_NOT_RUN_EXIT = 3
@@ -89,8 +91,10 @@ def _concurrency(text: str, nodes: int) -> int:
 @click.option("--mode", type=click.Choice(["ap", "cp"]), default="cp", show_default=True)
 @click.option("--witnesses", type=click.IntRange(0, 16), default=0, show_default=True)
 @click.option("--workload", type=click.Choice(["chunks"]), default="chunks", show_default=True)
-@click.option("--nemesis", default="partition,kill", show_default=True,
-              help=f"Comma-separated subset of {','.join(FAULTS)} (or 'none').")
+@click.option("--nemesis", default=NEMESIS_DEFAULT, show_default=True,
+              help=f"Comma-separated subset of {','.join(FAULTS)} (or 'none').  A schedule "
+              "with crash (every node killed at once) starts with it.  Without --nemesis, "
+              "--canary ack-before-sync adds crash (recorded as options.nemesis_for_canary).")
 @click.option("--time-limit", type=click.FloatRange(1, 86400), default=60, show_default=True,
               help="Seconds of client load (faults during it; heal and read-back follow).")
 @click.option("--concurrency", default="2n", show_default=True, help="Clients: N or Kn.")
@@ -101,7 +105,8 @@ def _concurrency(text: str, nodes: int) -> int:
 @click.option("--seed", type=int, default=None, help="Schedule seed [default: random].")
 @click.option("--leave-running", is_flag=True, help="Do not stop the daemons at the end.")
 @click.option("--canary", type=click.Choice(CANARIES), default=None,
-              help="TEST ONLY: break one guarantee on purpose (the run must be invalid).")
+              help="TEST ONLY: break one guarantee on purpose (the run must be invalid).  "
+              "The default run of a canary is `test --canary X [--time-limit T]`.")
 @click.option("--store", type=click.Path(file_okay=False), default="store", show_default=True)
 @click.option("--state-dir", type=click.Path(file_okay=False), default=None,
               help="netns state directory [default: $MACHI_NETNS_STATE_DIR or /run/machi-netns]")
@@ -129,6 +134,16 @@ def test(provider: str, hosts_file: str | None, nodes: int, mode: str, witnesses
         raise click.UsageError(f"canary {canary} is not implemented yet "
                                f"(have: {', '.join(CANARIES_IMPLEMENTED)})")
     faults = tuple(f for f in nemesis.split(",") if f and f != "none")
+    # the default run of a canary: the default nemesis plus the faults the canary needs
+    # (a crash: the schedule starts with it); an explicit --nemesis is taken as given
+    nemesis_given = (click.get_current_context().get_parameter_source("nemesis")
+                     is not click.core.ParameterSource.DEFAULT)
+    added: tuple[str, ...] = ()
+    if canary and not nemesis_given:
+        from harness.canary import CANARY_FAULTS
+
+        added = tuple(f for f in CANARY_FAULTS.get(canary, ()) if f not in faults)
+        faults = (*faults, *added)
     bad = set(faults) - set(FAULTS)
     if bad:
         raise click.BadParameter(f"unknown faults {sorted(bad)}", param_hint="--nemesis")
@@ -171,13 +186,14 @@ def test(provider: str, hosts_file: str | None, nodes: int, mode: str, witnesses
         concurrency=_concurrency(concurrency, len(names)), rate_per_s=rate, seed=seed,
         canary=canary, leave_running=leave_running, store=store, chain_config=chain_config,
         python=python, deps=provider == "ssh" if install_deps is None else install_deps,
-        mix=mix_w,
+        mix=mix_w, nemesis_for_canary=added,
     )
     if not faults:
         opts.nemesis = ()
     click.echo(f"seed {seed}: {opts.nodes} nodes ({provider}), {mode}, nemesis "
                f"{','.join(faults) or 'none'}, {time_limit:g} s, {opts.concurrency} clients"
-               + (f", CANARY {canary}" if canary else ""), err=True)
+               + (f", CANARY {canary}" if canary else "")
+               + (f" (nemesis +{','.join(added)} for the canary)" if added else ""), err=True)
     try:
         with hosts:
             code, out = run_test(hosts, opts)

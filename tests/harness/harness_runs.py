@@ -12,13 +12,15 @@ from typing import Any
 CLI = str(Path(sys.executable).parent / "machi-harness")
 
 
-def run_test(state_dir: Path, store: Path, nodes: int,
-             *args: str) -> tuple[int, str, dict[str, Any], Path]:
-    """One `machi-harness test` on the netns cluster of ``state_dir`` (fast chain timers,
-    2n clients); returns exit code, output, results.json and the run dir."""
+def run_test(state_dir: Path, store: Path, nodes: int, *args: str,
+             fast: bool = True) -> tuple[int, str, dict[str, Any], Path]:
+    """One `machi-harness test` on the netns cluster of ``state_dir`` (``fast``: fast chain
+    timers and 2n clients; else only ``args`` besides where the cluster and the store
+    are, i.e. the CLI's defaults); returns exit code, output, results.json and the run
+    dir."""
     cmd = [CLI, "test", "--hosts", "netns", "--nodes", str(nodes),
-           "--state-dir", str(state_dir), "--store", str(store), "--concurrency", "2n",
-           "--chain-fast", *args]
+           "--state-dir", str(state_dir), "--store", str(store),
+           *(("--concurrency", "2n", "--chain-fast") if fast else ()), *args]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=160,
                        cwd=Path(__file__).resolve().parents[2])
     test_dirs = [d for d in store.iterdir() if d.is_dir()]
