@@ -82,6 +82,9 @@ class ScheduleOptions:
     fault_s: tuple[float, float] = (2.0, 8.0)  # how long a fault lasts
     #: healthy start before the first fault: early, so that a short run has its fault
     first_quiet_s: tuple[float, float] = (1.5, 3.0)
+    #: how long the first fault lasts: long enough that the chain manager (default
+    #: timers) reacts to it -- a 3.7 s partition went unnoticed under load
+    first_fault_s: tuple[float, float] = (5.0, 8.0)
     #: faults the schedule starts with (in a seeded order), e.g. `crash` for a canary that
     #: only a crash exposes; each must be one of `faults`
     required: tuple[str, ...] = ()
@@ -104,7 +107,7 @@ class ScheduleOptions:
             raise ValueError(f"kill roles must be among {KILL_ROLES}, got {self.kill_roles}")
         if set(self.required) - set(self.faults):
             raise ValueError(f"required faults {self.required} must be among {self.faults}")
-        for lo, hi in (self.quiet_s, self.fault_s, self.first_quiet_s,
+        for lo, hi in (self.quiet_s, self.fault_s, self.first_quiet_s, self.first_fault_s,
                        self.loss_probability):
             if not 0 < lo <= hi:
                 raise ValueError("ranges must satisfy 0 < low <= high")
@@ -131,7 +134,7 @@ def make_schedule(
     t = 0.0
     while len(events) < EVENTS_MAX - 3:
         t += rng.uniform(*(opts.quiet_s if events else opts.first_quiet_s))
-        dur = rng.uniform(*opts.fault_s)
+        dur = rng.uniform(*(opts.fault_s if events else opts.first_fault_s))
         fault = required.pop(0) if required else rng.choice(opts.faults)
         if t + dur > end_by:
             dur = end_by - t
@@ -150,7 +153,9 @@ def _fault_events(
     everyone = tuple(ns)
     if fault == "partition":
         kind = rng.choice(opts.partition_kinds)
-        if kind == "isolate-repairing" and first:
+        if first and "isolate-head" in opts.partition_kinds:
+            kind = "isolate-head"  # the first partition cuts the head off (like the first kill)
+        elif kind == "isolate-repairing" and first:
             kind = "isolate-tail"  # a freshly bootstrapped chain has no repairing node
         if len(ns) < 3 and kind in ("majorities-ring", "bridge"):
             kind = "isolate"

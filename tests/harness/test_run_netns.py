@@ -23,8 +23,8 @@ from tests.harness.harness_runs import CLI, run_test
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(170)]
 
-# seed 72 over 12 s on n1..n3: the head killed at 1.6 s, restarted at 4.1 s, then a
-# majority/minority partition from 6.9 s to 10.6 s
+# seed 72 over 14 s on n1..n3: the head killed at 1.6 s, restarted at 6.8 s, then a
+# majority/minority partition from 9.7 s to 12.6 s (after the first successful op)
 SEED = 72
 
 
@@ -44,7 +44,7 @@ def _run(state_dir: Path, store: Path, *args: str) -> tuple[int, str, dict[str, 
 def test_cp_run_with_partitions_and_kills_is_valid(cluster: Path, tmp_path: Path) -> None:
     """A short CP run with a kill and a partition ends valid, with every artefact stored."""
     code, out, res, run_dir = _run(cluster, tmp_path, "--mode", "cp", "--nemesis",
-                                   "partition,kill", "--time-limit", "12", "--seed", str(SEED))
+                                   "partition,kill", "--time-limit", "14", "--seed", str(SEED))
     assert code == 0, (out[-3000:], json.dumps(res["checks"], default=str)[:3000])
     assert res["valid"] is True and res["seed"] == SEED
     assert {"write_once", "projection_safety", "final_phase"} <= set(res["checks"])
@@ -88,10 +88,10 @@ def test_ap_run_with_partitions_and_kills_is_valid_and_replicas_converge(
 ) -> None:
     """A short AP run (appends on every side of a partition, a node killed and restarted)
     ends valid with equal replicas and a reported convergence time."""
-    # seed 72 over 12 s: the head killed at 1.6 s, restarted at 4.1 s; majority/minority
-    # partition from 6.9 s to 10.6 s
+    # seed 72 over 14 s: the head killed at 1.6 s, restarted at 6.8 s; majority/minority
+    # partition from 9.7 s to 12.6 s
     code, out, res, _run_dir = _run(cluster, tmp_path, "--mode", "ap", "--nemesis",
-                                    "partition,kill", "--time-limit", "12", "--seed",
+                                    "partition,kill", "--time-limit", "14", "--seed",
                                     str(SEED))
     assert code == 0, (out[-3000:], json.dumps(res["checks"], default=str)[:3000])
     assert res["checks"]["replicas_equal"]["valid"] is True
@@ -105,10 +105,10 @@ def test_cp_run_with_a_torn_write_and_a_pause_is_valid(cluster: Path, tmp_path: 
     """A short CP run where a node's data file is torn while it is down, and later a node is
     paused, ends valid: the restarted node's corrupt chunks are repaired before it serves
     them again, so every UPI member returns every acknowledged chunk intact."""
-    # seed 66 over 12 s: n2 killed at 1.6 s, its data files torn at 2.8 s, restarted at
-    # 4.0 s; n2 paused from 7.4 s to 9.9 s
+    # seed 66 over 14 s: n2 killed at 1.6 s, its data files torn at 4.2 s, restarted at
+    # 6.8 s; n2 paused from 10.2 s to 12.6 s
     code, out, res, _run_dir = _run(cluster, tmp_path, "--mode", "cp", "--nemesis",
-                                    "pause,torn-write", "--time-limit", "12", "--seed", "66")
+                                    "pause,torn-write", "--time-limit", "14", "--seed", "66")
     assert code == 0, (out[-3000:], json.dumps(res["checks"], default=str)[:3000])
     faults = [f["fault"] for f in res["faults"]]
     assert faults == ["kill", "torn-write", "restart", "pause", "resume"], faults
