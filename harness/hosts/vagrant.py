@@ -1,13 +1,16 @@
 """The vagrant provider: the VMs of the top-level Vagrantfile, reached like any SSH host.
 
-Owns turning `vagrant ssh-config` output into `HostSpec`s.  SSH goes to the forwarded port
-Vagrant reports (usually 127.0.0.1:2222+); the cluster address of n<i> is the VM's private
-network address from the Vagrantfile (<prefix><10+i>), which is what the other VMs see and
-what the nemesis drops.  The prefix follows the same environment as the Vagrantfile:
-MACHI_VAGRANT_NET_PREFIX, else 10.78.56. with MACHI_VAGRANT_DOCKER=1 (containers from
-scripts/vagrant-docker-setup), else 192.168.56. (VMs).  `parse_ssh_config` is a pure
-function tested on sample output; `vagrant_ssh_config` calls the real `vagrant`
-(tests/harness/test_vagrant_docker.py runs it against containers `vagrant up` made).
+Owns turning `vagrant ssh-config` output into `HostSpec`s.  SSH goes where Vagrant says: the
+forwarded port (usually 127.0.0.1:2222+), or with vagrant-libvirt the VM's management
+address, port 22 (MACHI_VAGRANT_LIBVIRT=1: reachable only inside the network namespace of the
+private libvirtd scripts/vagrant-libvirt-setup starts, where the harness must run).  The
+cluster address of n<i> is the VM's private network address from the Vagrantfile
+(<prefix><10+i>), which is what the other VMs see and what the nemesis drops.  The prefix
+follows the same environment as the Vagrantfile: MACHI_VAGRANT_NET_PREFIX, else 10.78.56.
+with MACHI_VAGRANT_DOCKER=1 (containers from scripts/vagrant-docker-setup), else 192.168.56.
+(VMs, also MACHI_VAGRANT_LIBVIRT=1).  `parse_ssh_config` is a pure function tested on sample
+output; `vagrant_ssh_config` calls the real `vagrant` (tests/harness/test_vagrant_docker.py
+runs it against containers `vagrant up` made).
 
 Must not: bring VMs up or down implicitly (that is `vagrant up` / `vagrant destroy`, run by
 the user or `cluster up --provider vagrant`), or trust unknown host keys other than the

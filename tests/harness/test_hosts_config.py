@@ -205,10 +205,45 @@ def test_vagrantfile_docker_route_matches_the_provider(tmp_path: Path) -> None:
     assert p.returncode != 0 and "must look like" in p.stderr
 
 
+@pytest.mark.skipif(shutil.which("ruby") is None, reason="ruby is not installed")
+def test_vagrantfile_libvirt_route_matches_the_provider(tmp_path: Path) -> None:
+    """With MACHI_VAGRANT_LIBVIRT=1 the nodes are libvirt VMs of the local box on isolated
+    networks (no NAT, no DHCP on the private one) at the addresses `vagrant.net_prefix` says,
+    with the dependency wheels; combining it with the docker route is refused."""
+    env = {"MACHI_VAGRANT_LIBVIRT": "1", "MACHI_NODES": "3", "MACHI_VM_BOOT_TIMEOUT_S": "900"}
+    log = _load_vagrantfile(tmp_path, **env)
+    prefix = vagrant.net_prefix(env)
+    assert prefix == "192.168.56."
+    nets = {key.split(".")[0]: kw for key, args, kw in log
+            if key.endswith("vm.network") and args == ["private_network"]}
+    assert {n: kw["ip"] for n, kw in nets.items()} == {
+        f"n{i}": vagrant.cluster_address(f"n{i}", prefix) for i in (1, 2, 3)}
+    assert all(kw["libvirt__forward_mode"] == "none" and kw["libvirt__dhcp_enabled"] == "false"
+               for kw in nets.values()), nets
+    calls = {key: args for key, args, _ in log}
+    assert calls["config.vm.box"] == ["machi/bookworm-libvirt"]
+    assert calls["config.vm.boot_timeout"] == ["900"]
+    assert calls["config.vm.provider.management_network_mode"] == ["none"]
+    assert calls["config.vm.provider.cpu_model"] == ["kvm64"]
+    assert calls["config.vm.provider.storage_pool_path"] == [
+        "/var/lib/machi-vagrant-libvirt/images"]
+    assert "config.vm.provider.image" in calls  # the docker block is still declared ...
+    trigger = [args for key, args, _ in log if key.endswith("trigger.before.run")]
+    assert "--with-deps" in str(trigger)
+    # ... but the VirtualBox/libvirt default path sets none of the libvirt-only settings.
+    plain = {key for key, _, _ in _load_vagrantfile(tmp_path)}
+    assert "config.vm.provider.management_network_mode" not in plain
+    both = {**os.environ, "MACHI_VAGRANT_LIBVIRT": "1", "MACHI_VAGRANT_DOCKER": "1"}
+    p = subprocess.run(["ruby", "-e", "module Vagrant; def self.configure(v) end; end; "
+                        f"load {json.dumps(str(REPO / 'Vagrantfile'))}"],
+                       capture_output=True, text=True, cwd=REPO, timeout=60, env=both)
+    assert p.returncode != 0 and "exclude each other" in p.stderr
+
+
 def test_vagrant_scripts_parse_as_bash() -> None:
     """The provisioning and wheel scripts are at least valid bash."""
     for script in ("vagrant/provision.sh", "vagrant/build-wheel", "scripts/install-system-deps",
-                   "scripts/vagrant-docker-setup"):
+                   "scripts/vagrant-docker-setup", "scripts/vagrant-libvirt-setup"):
         p = subprocess.run(["bash", "-n", str(REPO / script)], capture_output=True, text=True)
         assert p.returncode == 0, f"{script}: {p.stderr}"
 
