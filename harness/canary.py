@@ -73,3 +73,39 @@ CLIENTS: dict[str, type[ChainClient]] = {
     "read-non-tail": ReadNonTailClient,
     "ack-before-tail": AckBeforeTailClient,
 }
+
+
+#: canary -> what its run must report (any of): a failed check by name, or a write-once
+#: anomaly kind (AP: stale-read kinds count only where `analyze` judges them: calm, or by
+#: what the serving node could have known).  Used by the canary tests and
+#: scripts/canary-sweep.
+SIGNATURES: dict[str, tuple[str, ...]] = {
+    # reads of in-flight appends from a non-tail, then again: seen, then unwritten
+    "read-non-tail": ("unwritten-after-read", "unwritten-in-one-projection"),
+    # only the head gets the chunk: the tail (and after a head kill every survivor) lacks it
+    "ack-before-tail": ("lost", "unwritten-after-ack", "unwritten-on-acking-replica"),
+    # one node holds two different projections at one epoch number
+    "epoch-reuse": ("epoch_unique",),
+    # a restarted (or partitioned) node joins the UPI without its data
+    "skip-repair": ("lost",),
+    # acknowledged, then the whole cluster crashes before the write-back
+    "ack-before-sync": ("lost",),
+}
+
+
+def signatures_found(res: dict[str, Any]) -> set[str]:
+    """Which canary signatures a run's results.json shows (failed checks and counted
+    anomaly kinds; in AP only the judged stale-read kinds)."""
+    checks = res["checks"]
+    found = {name for name, c in checks.items() if c.get("valid") is False}
+    wo = checks["write_once"]
+    anomalies = (wo.get("witness") or {}).get("anomalies") or {}
+    if res["options"]["mode"] == "ap" and "ap_calm_stale_reads" in wo:
+        calm = wo["ap_calm_stale_reads"].get("kinds") or {}
+        served = (wo.get("ap_served_stale_reads") or {}).get("kinds") or {}
+        found |= {k for k, n in {**calm, **served}.items() if n > 0}
+        found |= {k for k, a in anomalies.items()
+                  if a.get("count") and k not in ("unwritten-after-ack", "unwritten-after-read")}
+    else:
+        found |= {k for k, a in anomalies.items() if a.get("count")}
+    return found

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from harness.canary import SIGNATURES, signatures_found
 from harness.hosts import netns
 from tests.harness.harness_runs import run_test
 
@@ -30,23 +31,6 @@ pytestmark = [pytest.mark.netns, pytest.mark.timeout(170)]
 NODES = 5
 SEED = 1
 TIME_LIMIT_S = 12
-
-# canary -> what must be reported (any of): a failed check, or a write-once anomaly kind
-# (AP: stale-read kinds count only where `analyze` judges them: calm, or by what the
-# serving node could have known)
-SIGNATURES: dict[str, tuple[str, ...]] = {
-    # reads of in-flight appends from a non-tail, then again: seen, then unwritten
-    "read-non-tail": ("unwritten-after-read", "unwritten-in-one-projection"),
-    # only the head gets the chunk: the tail (and after a head kill every survivor) lacks it
-    "ack-before-tail": ("lost", "unwritten-after-ack", "unwritten-on-acking-replica"),
-    # one node holds two different projections at one epoch number
-    "epoch-reuse": ("epoch_unique",),
-    # a restarted (or partitioned) node joins the UPI without its data
-    "skip-repair": ("lost",),
-    # acknowledged, then the whole cluster crashes before the write-back
-    "ack-before-sync": ("lost",),
-}
-
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Path]:
@@ -62,24 +46,6 @@ def _default_run(state_dir: Path, store: Path, mode: str,
     """The default run: only mode, time limit and seed (and where cluster and store are)."""
     return run_test(state_dir, store, NODES, "--mode", mode, "--time-limit",
                     str(TIME_LIMIT_S), "--seed", str(SEED), *args, fast=False)
-
-
-def signatures_found(res: dict[str, Any]) -> set[str]:
-    """Which canary signatures a run's results show."""
-    checks = res["checks"]
-    found = {name for name, c in checks.items() if c.get("valid") is False}
-    wo = checks["write_once"]
-    anomalies = (wo.get("witness") or {}).get("anomalies") or {}
-    if res["options"]["mode"] == "ap" and "ap_calm_stale_reads" in wo:
-        # AP: stale reads count only where judged (calm, or by the serving node)
-        calm = wo["ap_calm_stale_reads"].get("kinds") or {}
-        served = (wo.get("ap_served_stale_reads") or {}).get("kinds") or {}
-        found |= {k for k, n in {**calm, **served}.items() if n > 0}
-        found |= {k for k, a in anomalies.items()
-                  if a.get("count") and k not in ("unwritten-after-ack", "unwritten-after-read")}
-    else:
-        found |= {k for k, a in anomalies.items() if a.get("count")}
-    return found
 
 
 def _check_canary(cluster: Path, tmp_path: Path, mode: str, canary: str) -> None:
