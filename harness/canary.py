@@ -86,8 +86,10 @@ SIGNATURES: dict[str, tuple[str, ...]] = {
     "ack-before-tail": ("lost", "unwritten-after-ack", "unwritten-on-acking-replica"),
     # one node holds two different projections at one epoch number
     "epoch-reuse": ("epoch_unique",),
-    # a restarted (or partitioned) node joins the UPI without its data
-    "skip-repair": ("lost",),
+    # a restarted (or partitioned) node joins the UPI without its data: acknowledged chunks
+    # lost, or (when a later read or repair path still finds them elsewhere) replicas that
+    # differ after the final phase
+    "skip-repair": ("lost", "replicas_equal"),
     # acknowledged, then the whole cluster crashes before the write-back
     "ack-before-sync": ("lost",),
 }
