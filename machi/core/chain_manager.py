@@ -86,6 +86,9 @@ class Config:
     unreachable_after_ms: int = 2_000
     unreachable_strikes_max: int = 3
     unreachable_strike_decay_ms: int = 600_000
+    #: this process start of the node (persisted counter, raised at every start): my
+    #: fitness reports carry it, so they beat those of my earlier starts (fitness.Report)
+    incarnation: int = 0
 
     def liveness_rule(self) -> LivenessRule:
         return LivenessRule(self.unreachable_misses, self.unreachable_after_ms,
@@ -514,11 +517,13 @@ def _update_fitness(
     mine = merged.get(c.name)
     strikes = strikes_of(st.liveness)
     if (
-        mine is None or mine.unreachable != unreachable
+        mine is None or mine.incarnation != c.incarnation or mine.unreachable != unreachable
         or mine.admin_down_until_ms != st.loop_hold_until_ms or mine.strikes != strikes
         or now - mine.time_ms >= c.fitness_refresh_ms
     ):
-        merged[c.name] = Report(c.name, now, unreachable, st.loop_hold_until_ms, strikes)
+        # (a report of an earlier start of mine, gossiped back to me, is replaced at once)
+        merged[c.name] = Report(c.name, now, unreachable, st.loop_hold_until_ms, strikes,
+                                c.incarnation)
     # Ages on my clock, never the observers' (their clocks have unrelated origins).
     born = born_of(merged, sources, now_ms=now)
     keep = set(_members(st))

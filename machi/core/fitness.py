@@ -3,12 +3,15 @@
 Owns the reachability reports (one per observer: the members whose projection store it
 could not read lately, plus an optional self-declared admin-down time), the rule that
 turns missed reads into "unreachable" (:func:`observe`), their merge (last writer wins
-per observer, by the observer's own clock), their ages (:func:`born_of`), and the
-decision :func:`choose_up`.
+per observer, by the observer's incarnation, then its own clock), their ages
+(:func:`born_of`), and the decision :func:`choose_up`.
 
 Clocks: a report's ``time_ms`` and ``admin_down_until_ms`` are on the observer's clock
-(a host's monotonic clock: its origin is unrelated to any other host's), so they are
-only compared with each other.  How old a report is, is judged on the receiver's own
+(a host's monotonic clock: its origin is unrelated to any other host's, and it starts
+again lower after a reboot), so they are only compared with each other, and only within
+one *incarnation* of the observer: a counter the node persists and raises at every
+process start (``Report.incarnation``), so a restarted observer's reports beat the ones
+it made before, whatever its clock says.  How old a report is, is judged on the receiver's own
 clock: each holder keeps a *birth time* per report on its clock, and passes reports on
 with their *age* (``age_ms`` on the wire), from which the next holder computes its own
 birth time.  Ages only grow as a report travels (the largest age any holder gives it
@@ -49,10 +52,14 @@ class Report:
     admin_down_until_ms: int = 0
     #: (member, strikes) for members the observer dropped lately (LivenessRule), sorted
     strikes: tuple[tuple[str, int], ...] = ()
+    #: the observer's process start counter (persisted, raised at every start): orders
+    #: its reports before ``time_ms`` does (0: a node that sends none)
+    incarnation: int = 0
 
-    def key(self) -> tuple[int, tuple[str, ...], int, tuple[tuple[str, int], ...]]:
-        return (self.time_ms, tuple(sorted(self.unreachable)), self.admin_down_until_ms,
-                self.strikes)
+    def key(self) -> tuple[int, int, tuple[str, ...], int, tuple[tuple[str, int], ...]]:
+        """Newer report of one observer = larger key: incarnation, then its clock."""
+        return (self.incarnation, self.time_ms, tuple(sorted(self.unreachable)),
+                self.admin_down_until_ms, self.strikes)
 
     def to_json(self) -> dict[str, JSON]:
         return {
@@ -60,6 +67,7 @@ class Report:
             "unreachable": sorted(self.unreachable),
             "admin_down_until_ms": self.admin_down_until_ms,
             "strikes": {m: n for m, n in self.strikes},
+            "incarnation": self.incarnation,
         }
 
     @classmethod
@@ -69,7 +77,7 @@ class Report:
             raw, dict) else ()
         return cls(
             str(d["observer"]), int(d["time_ms"]), frozenset(d["unreachable"]),
-            int(d.get("admin_down_until_ms", 0)), strikes,
+            int(d.get("admin_down_until_ms", 0)), strikes, int(d.get("incarnation", 0)),
         )
 
 
@@ -77,7 +85,8 @@ FitnessMap = Mapping[str, Report]
 
 
 def merge(*maps: FitnessMap) -> dict[str, Report]:
-    """Per observer keep the newest report (ties: a fixed order, so merge commutes)."""
+    """Per observer keep the newest report: the higher incarnation, then the later time
+    on its clock (ties: a fixed order, so merge commutes)."""
     out: dict[str, Report] = {}
     for m in maps:
         for obs, rep in m.items():

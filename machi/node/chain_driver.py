@@ -109,7 +109,7 @@ class DriverSettings:
             auto_join=cfg.chain_auto_join, test_canary=cfg.test_canary,
         )
 
-    def manager_config(self, name: str, chain: str, mode: Any) -> Config:
+    def manager_config(self, name: str, chain: str, mode: Any, incarnation: int = 0) -> Config:
         return Config(
             name=name, chain_name=chain, mode=mode, tick_base_ms=self.tick_base_ms,
             tick_spread_ms=self.tick_spread_ms, tick_jitter_ms=self.tick_jitter_ms,
@@ -118,7 +118,7 @@ class DriverSettings:
             loop_hold_ms=self.loop_hold_ms, fitness_stale_ms=self.fitness_stale_ms,
             fitness_refresh_ms=max(1, self.fitness_stale_ms // 6),
             unreachable_misses=self.unreachable_misses,
-            unreachable_after_ms=2 * self.read_timeout_ms,
+            unreachable_after_ms=2 * self.read_timeout_ms, incarnation=incarnation,
         )
 
 
@@ -311,7 +311,8 @@ class ChainDriver:
                 self._start_locked(public.chain_name, public.mode, private)
 
     def _start_locked(self, chain: str, mode: Any, private: Projection | None) -> None:
-        config = self.settings.manager_config(self.name, chain, mode)
+        config = self.settings.manager_config(self.name, chain, mode,
+                                              incarnation=self.node.store.incarnation)
         if private is not None:
             self._learn(private)
         st, effects = cm.initial_state(config, private, now_ms=self._now_ms())

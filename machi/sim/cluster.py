@@ -50,14 +50,14 @@ READ_TIMEOUT_MS = 25
 MESSAGE_KINDS = frozenset({"read_req", "read_reply", "write_req", "kick"})
 
 
-def sim_config(name: str, chain: str, mode: Mode) -> Config:
+def sim_config(name: str, chain: str, mode: Mode, incarnation: int = 0) -> Config:
     """Chain-manager timing scaled for the simulator (same ratios as the daemon)."""
     return Config(
         name=name, chain_name=chain, mode=mode, tick_base_ms=100, tick_spread_ms=200,
         tick_jitter_ms=20, reread_ms=10, kick_wait_ms=40, round_timeout_ms=200,
         stability_time_ms=300, loop_hold_ms=1500, fitness_stale_ms=20_000,
         fitness_refresh_ms=3_000, unreachable_after_ms=2 * READ_TIMEOUT_MS,
-        unreachable_strike_decay_ms=120_000,
+        unreachable_strike_decay_ms=120_000, incarnation=incarnation,
     )
 
 
@@ -230,7 +230,8 @@ class Cluster:
         self.incarnation[n] += 1
         self.flus[n].restart()
         st, effects = cm.initial_state(
-            sim_config(n, self.chain, self.mode), self.flus[n].latest("private"),
+            sim_config(n, self.chain, self.mode, self.incarnation[n]),
+            self.flus[n].latest("private"),
             now_ms=self.clock(n),
         )
         self.mgr[n] = st
@@ -241,7 +242,14 @@ class Cluster:
             self.mgr[n] = None
             self._change("crash", n)
 
-    def restart(self, n: str) -> None:
+    def restart(self, n: str, *, clock_skew_ms: int | None = None) -> None:
+        """Start a crashed node again (its next incarnation).  ``clock_skew_ms``: a host
+        reboot, its clock restarts at this new offset (e.g. lower than before)."""
+        if clock_skew_ms is not None:
+            if clock_skew_ms < 0:
+                raise ValueError("clock_skew_ms: offsets must be >= 0")
+            if self.mgr[n] is None:
+                self.clock_skew_ms[n] = clock_skew_ms
         if self.mgr[n] is None:
             self._start(n)
             self._change("restart", n)

@@ -191,6 +191,9 @@ class FluStore:
         self._projections = ProjectionCache(reuse_epochs=config.test_epoch_reuse)
         self._projection_lock = anyio.Lock()
         self._closed = False
+        #: this open of the store (1, 2, ...: persisted, raised at every open): the chain
+        #: manager's fitness reports carry it (machi.core.fitness.Report.incarnation)
+        self.incarnation = 0
         #: chunks rewritten over corrupt stored bytes (``_heal``), reads that met corrupt
         #: bytes, and corrupt chunks the start-up check found (recovery.scan_tails)
         self.healed_chunks = 0
@@ -242,6 +245,7 @@ class FluStore:
         data = DataFiles(data_dir / DATA_SUBDIR)
         store = cls(data_dir, config, db, data, lock_fd)
         try:
+            store.incarnation = await db.next_incarnation()
             await store._recover()
         except BaseException:
             with anyio.CancelScope(shield=True):

@@ -14,6 +14,7 @@ Tables:
   trimmed_files(name)                                     deleted names, never reused
   lost_chunks(file, offset, size, csum, reason)           dropped by repair_metadata
   projections(kind, epoch_number, epoch_csum, body)       projection store halves
+  machi_meta(key, value)                                  schema_version, incarnation
 
 ``synchronous`` is FULL for sync modes "always" and "batch" (a commit is on disk when it
 returns) and OFF for "none".
@@ -265,6 +266,30 @@ class MetadataDb:
         projs = [tuple(r) for r in (await c.execute(select(projections_t))).all()]
         await c.commit()
         return Loaded(files, chunks, trims, seqs, tf, projs)
+
+    async def next_incarnation(self) -> int:
+        """Raise the persisted start counter (``machi_meta`` key ``incarnation``) by one
+        and return it: 1 at the first start.  Committed with synchronous=FULL in every
+        sync mode (a counter that went back after a power cut would make this start's
+        fitness reports lose to the previous start's, machi.core.fitness)."""
+        c = self.conn
+        try:
+            if self.sync == "none":
+                await c.exec_driver_sql("PRAGMA synchronous=FULL")
+            await c.exec_driver_sql(
+                "INSERT OR IGNORE INTO machi_meta (key, value) VALUES ('incarnation', '0')")
+            await c.exec_driver_sql(
+                "UPDATE machi_meta SET value = CAST(value AS INTEGER) + 1 "
+                "WHERE key = 'incarnation'")
+            row = (await c.exec_driver_sql(
+                "SELECT value FROM machi_meta WHERE key = 'incarnation'")).one()
+            await c.commit()
+        finally:
+            if self.sync == "none":
+                with anyio.CancelScope(shield=True):
+                    await c.exec_driver_sql("PRAGMA synchronous=OFF")
+                    await c.commit()
+        return int(row[0])
 
     async def apply(self, batch: Batch, *, durable: bool = False) -> None:
         """Apply ``batch`` in one transaction and commit, in ONE hop to the database thread.

@@ -189,7 +189,7 @@ def test_missed_rounds_become_a_conflict_only_after_misses_and_time() -> None:
     unreachable_after_ms without an answer (no proposal before that); one answer clears
     it."""
     cur = _p("abc", epoch=1)
-    st, _ = cm.initial_state(_cfg("a"), cur, now_ms=0)
+    st, _ = cm.initial_state(replace(_cfg("a"), unreachable_after_ms=2000), cur, now_ms=0)
     views = _views(cur, cur, "a")
     views.update(b=cm.MemberView(cur, cur), c=Status.PARTITION)
     for now in (10, 20, 30, 1990):
@@ -261,3 +261,18 @@ def test_repair_waits_for_stability_only_when_the_chain_churns() -> None:
     waits until the current one is stability_time_ms old."""
     assert _tail_repair_start(prev_held_ms=10_000) == 0
     assert _tail_repair_start(prev_held_ms=50) == 100
+
+
+def test_my_report_of_an_earlier_start_is_replaced_at_once() -> None:
+    """After a restart (incarnation 2, clock restarted lower) a peer still gossips my
+    report of the previous start, newer by its clock: my first round publishes a report
+    of this start (which every merge prefers), not the old one back."""
+    cur = _p("abc", epoch=1)
+    st, _ = cm.initial_state(replace(_cfg("c"), incarnation=2), cur, now_ms=100)
+    old = Report("c", 36_000_000, frozenset(), incarnation=1)  # same set: only its start differs
+    views = _views(cur, cur, "abc", c=old)
+    st, eff = _round(st, 110, views)
+    mine = st.fitness["c"]
+    assert (mine.incarnation, mine.time_ms, mine.unreachable) == (2, 111, frozenset())
+    (pub,) = _of(eff, cm.PublishFitness)
+    assert pub.reports["c"] == mine

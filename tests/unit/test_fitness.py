@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from machi.core.fitness import Report, born_of, choose_up, merge
 
 
@@ -117,3 +119,23 @@ def test_born_of_takes_the_largest_age_of_the_same_report() -> None:
                ({"b": new}, {})]
     assert born_of(merged, sources, now_ms=1_000) == {"b": 930}
     assert born_of(merged, [({"b": new}, {})], now_ms=1_000) == {"b": 1_000}
+
+
+def test_a_later_incarnation_beats_a_later_clock() -> None:
+    """A restarted observer (host reboot: its clock starts again, lower) is judged by its
+    new reports: the incarnation orders one observer's reports before its clock."""
+    before = Report("c", 36_000_000, frozenset("a"), incarnation=1)
+    after = Report("c", 5_000, frozenset(), incarnation=2)
+    assert merge({"c": before}, {"c": after})["c"] == after
+    assert merge({"c": after}, {"c": before})["c"] == after
+    # within one incarnation the clock decides, as before
+    assert merge({"c": after}, {"c": replace(after, time_ms=6_000)})["c"].time_ms == 6_000
+    assert choose_up("abc", merge({"c": before}, {"c": after}), now_ms=6_000,
+                     stale_ms=100_000_000) == frozenset("abc")
+
+
+def test_report_json_carries_the_incarnation_and_old_peers_count_as_zero() -> None:
+    r = Report("c", 7, frozenset("a"), 0, (("a", 1),), incarnation=3)
+    assert Report.from_json(r.to_json()) == r
+    legacy = {k: v for k, v in r.to_json().items() if k != "incarnation"}
+    assert Report.from_json(legacy).incarnation == 0

@@ -471,3 +471,18 @@ async def test_group_commit_batches_are_bounded(tmp_path: Path) -> None:
         assert stats["commits"] >= 10
         for pos in out:
             assert len((await s.read(pos.file, pos.offset, 8)).chunks) == 1
+
+
+@pytest.mark.parametrize("sync", ["batch", "none"])
+async def test_incarnation_rises_at_every_open(tmp_path: Path, sync: str) -> None:
+    """Each open of a data dir is a new incarnation (1, 2, 3), persisted in its SQLite:
+    the chain manager orders a restarted node's fitness reports by it."""
+    seen = []
+    for _ in range(3):
+        s = await FluStore.open(tmp_path / "flu", StoreConfig(sync=sync))  # type: ignore[arg-type]
+        seen.append(s.incarnation)
+        await s.close()
+    assert seen == [1, 2, 3]
+    other = await FluStore.open(tmp_path / "other")
+    assert other.incarnation == 1
+    await other.close()
