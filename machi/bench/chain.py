@@ -3,12 +3,13 @@ self-managing chain, convergence times after faults, and the single-FLU and raw-
 baselines of the same run (issue 3, "Benchmark").
 
 Owns: the plan, a local chain of ``machi node run`` daemons on 127.0.0.1 (fresh data dirs,
-chain manager on, AP, bootstrapped with the CHAIN_BOOTSTRAP admin op, short manager
-timers) per sync mode or a chain given by ``--members``, the append cells, the fault
-phases (SIGKILL + restart of one node; a "partition" simulated by SIGSTOP/SIGCONT of one
-node, the only partition a loopback daemon can get), and the ratios against the issue's
-targets.  Reuses ``machi.bench.flu`` (single-FLU append cells), ``raw_disk`` and
-``stats``.  Must not: leave a daemon or data dir behind (also on errors and Ctrl-C),
+chain manager on, AP, bootstrapped with the CHAIN_BOOTSTRAP admin op, the shipped
+chain-manager timers unless ``--fast-timers`` or ``--node-toml`` says otherwise) per
+sync mode or a chain given by ``--members``, the append cells, the fault phases (SIGKILL
++ restart of one node; a "partition" simulated by SIGSTOP/SIGCONT of one node, the only
+partition a loopback daemon can get), and the ratios against the issue's targets.
+Reuses ``machi.bench.flu`` (single-FLU append cells), ``raw_disk`` and ``stats``.
+Must not: leave a daemon or data dir behind (also on errors and Ctrl-C),
 signal a process it did not start, inject faults into a chain given by ``--members``,
 run unbounded, or assert on timings (it prints numbers).
 """
@@ -20,6 +21,7 @@ import shutil
 import signal
 import tempfile
 import time
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +32,9 @@ import anyio
 from machi import __version__
 from machi.client.chain_client import ChainClient
 from machi.client.flu_client import FluClient
-from machi.core.errors import MachiError
+from machi.core.errors import ConfigError, MachiError
 from machi.core.wire import Op
-from machi.node.config import FAST_CHAIN_TOML
+from machi.node.config import build_config
 from machi.node.process import NodeProcess, bootstrap
 
 from . import raw_disk
@@ -52,8 +54,6 @@ PROBE_SIZE = 4096
 TARGET_APPEND_1M_VS_RAW_PER_NODE = 0.40  # chain MB/s >= 40% of raw seq write / nodes
 TARGET_APPEND_4K_DURABLE_OPS_PER_S = 1500.0
 TARGET_HEAL_CONVERGENCE_S = 3.0
-#: short manager timers (node config keys)
-CHAIN_TOML = "# written by machi bench chain: short chain-manager timers\n" + FAST_CHAIN_TOML
 PARTITION_NOTE = ("loopback daemons: the partition is simulated by SIGSTOP of one node "
                   "(until the others confirm a chain without it) and SIGCONT; real "
                   "partitions (one-way, netns) are the harness's job")
@@ -81,6 +81,8 @@ class ChainPlan:
     #: ChainClient natural batching (docs/client.md): 1 = off (one request per append)
     batch_max_chunks: int = 64
     batches_in_flight: int = 4
+    #: extra node TOML for our daemons ("" = the shipped defaults); chain_* timers mostly
+    node_toml: str = ""
 
     def validate(self) -> None:
         bad = [m for m in self.sync_modes if m not in ("always", *SYNC_MODES)]
@@ -96,17 +98,33 @@ class ChainPlan:
             raise BenchError("--duration-s: want 0 < N <= 60")
         if not 1 <= self.batch_max_chunks <= 1024 or not 1 <= self.batches_in_flight <= 64:
             raise BenchError("--batch-max-chunks: want 1..1024; --batches-in-flight: 1..64")
+        chain_timers(self.node_toml)
+
+
+def chain_timers(node_toml: str) -> dict[str, Any]:
+    """The chain-manager keys (``chain_*``) our daemons run with: the shipped defaults
+    overridden by ``node_toml``.  A bad or unknown key is a ``BenchError``."""
+    try:
+        values = tomllib.loads(node_toml)
+        values.update(values.pop("node", {}) if isinstance(values.get("node"), dict) else {})
+        cfg = build_config({**values, "name": "bench", "data_dir": "data"}, {})
+    except (tomllib.TOMLDecodeError, ConfigError) as e:
+        raise BenchError(f"--node-toml: {e}") from None
+    return {k: getattr(cfg, k) for k in sorted(cfg.__dataclass_fields__)
+            if k.startswith("chain_")}
 
 
 # ---- the local chain ------------------------------------------------------------------
 class LocalChain:
-    """``nodes`` daemons on 127.0.0.1 with their chain managers on (short timers)."""
+    """``nodes`` daemons on 127.0.0.1 with their chain managers on (``node_toml``: extra
+    node config keys, "" = the shipped timers)."""
 
-    def __init__(self, root: Path, nodes: int, sync: str) -> None:
+    def __init__(self, root: Path, nodes: int, sync: str, node_toml: str = "") -> None:
         root.mkdir(parents=True, exist_ok=True)
         cfg = root / "node.toml"
-        cfg.write_text(CHAIN_TOML)
+        cfg.write_text("# written by machi bench chain\n" + node_toml)
         self.root = root
+        self.timers = chain_timers(node_toml)
         self.nodes = {
             f"n{i}": NodeProcess(f"n{i}", root / f"n{i}" / "data", sync=sync,
                                  log_path=root / f"n{i}" / "node.log",
@@ -341,8 +359,7 @@ async def fault_phases(chain: LocalChain, progress: Progress) -> dict[str, Any]:
     ``failed_phase`` and every node's status in the result (the bench goes on to its
     baselines and exits 3)."""
     out: dict[str, Any] = {"poll_s": POLL_S, "timeout_s": CONVERGE_TIMEOUT_S,
-                           "timers": "chain_tick_base_ms=100 chain_stability_time_ms=400 "
-                                     "(node.toml of the run)"}
+                           "timers": chain.timers}
     try:
         await _phases(chain, out, progress)
     except NoConvergence as e:
@@ -451,7 +468,7 @@ async def _chain_run(chain: LocalChain, plan: ChainPlan, mode: str, faults: bool
 def _local_chain(plan: ChainPlan, mode: str, root: Path, faults: bool,
                  progress: Progress) -> dict[str, Any]:
     chain = LocalChain(Path(tempfile.mkdtemp(prefix=f"chain-{mode}-", dir=root)),
-                       plan.nodes, mode)
+                       plan.nodes, mode, plan.node_toml)
     try:
         chain.start()
         pids = {n: x.proc.pid for n, x in chain.nodes.items() if x.proc is not None}
@@ -620,6 +637,7 @@ def run_chain_bench(plan: ChainPlan, progress: Progress) -> dict[str, Any]:
                 "(client-driven replication: head, then each other member in order)",
                 "batch_max_chunks": plan.batch_max_chunks,
                 "batches_in_flight": plan.batches_in_flight,
+                "timers": None if remote else chain_timers(plan.node_toml),
             },
             "workdir": str(root),
             "baseline": {**base, "single_flu": flu, "single_flu_exit_codes": flu_exit},
@@ -649,7 +667,7 @@ def run_chain_faults(plan: ChainPlan, progress: Progress) -> dict[str, Any]:
         plan.data_dir.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="machi-bench-chain-", dir=plan.data_dir))
     started = time.time()
-    chain = LocalChain(root / "chain", plan.nodes, mode)
+    chain = LocalChain(root / "chain", plan.nodes, mode, plan.node_toml)
     try:
         chain.start()
         out: dict[str, Any] = _run_async(_faults_run, chain, progress,
@@ -667,7 +685,8 @@ def run_chain_faults(plan: ChainPlan, progress: Progress) -> dict[str, Any]:
         "bench": "chain", "faults_only": True, "version": __version__,
         "started_unix_s": round(started, 3), "elapsed_s": round(time.time() - started, 3),
         "host": {"cpus": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2)},
-        "plan": {"nodes": plan.nodes, "mode": "ap", "sync": mode},
+        "plan": {"nodes": plan.nodes, "mode": "ap", "sync": mode,
+                 "timers": chain_timers(plan.node_toml)},
         "bootstrap_s": out["bootstrap_s"], "daemons": out["daemons"], "convergence": conv,
         "heal_convergence_s": {
             "value": heal, "target": TARGET_HEAL_CONVERGENCE_S, "nodes": plan.nodes,

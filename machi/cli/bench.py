@@ -110,33 +110,44 @@ def flu(server: str | None, sync_modes: str, sizes: str, concurrency: str,
               help="ChainClient natural batching: most chunks per request (1 = off).")
 @click.option("--batches-in-flight", type=click.IntRange(1, 64), default=4, show_default=True,
               help="ChainClient natural batching: batches in flight per prefix (K).")
+@click.option("--fast-timers", is_flag=True,
+              help="Run our daemons with the tests' short chain-manager timers "
+                   "(FAST_CHAIN_TOML) instead of the shipped defaults.")
+@click.option("--node-toml", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="Extra node config keys for our daemons (e.g. chain_* timers), after "
+                   "--fast-timers.")
 @click.option("--quick", is_flag=True, help="Short smoke run: 0.3 s cells, concurrency 1,8.")
 @click.option("--json", "json_only", is_flag=True, help="Print only the JSON object.")
 def chain(members: str | None, nodes: int, sync_modes: str, sizes: str, concurrency: str,
           duration_s: float | None, data_dir: Path | None, no_faults: bool,
-          faults_only: bool, batch_max_chunks: int, batches_in_flight: int, quick: bool,
-          json_only: bool) -> None:
+          faults_only: bool, batch_max_chunks: int, batches_in_flight: int,
+          fast_timers: bool, node_toml: Path | None, quick: bool, json_only: bool) -> None:
     """Appends through ChainClient on a self-managing chain, convergence after a kill, a
-    restart and a SIGSTOP/SIGCONT, next to the single-FLU and raw disk baselines.  Exit 3
-    (after printing the JSON) when a fault phase did not converge."""
+    restart and a SIGSTOP/SIGCONT, next to the single-FLU and raw disk baselines.  Our
+    daemons run the shipped chain-manager timers unless --fast-timers / --node-toml.
+    Exit 3 (after printing the JSON) when a fault phase did not converge."""
     from machi.bench.chain import ChainPlan, format_table, run_chain_bench, run_chain_faults
     from machi.bench.flu import BenchError
     from machi.cli.chain_io import parse_members
     from machi.core.errors import ConfigError
+    from machi.node.config import FAST_CHAIN_TOML
 
     try:
         size_list = tuple(parse_size(s) for s in _csv("sizes", sizes))
         conc = tuple(int(c) for c in _csv("integers", concurrency))
         seeds = parse_members(members) if members is not None else None
-    except (ValueError, ConfigError) as e:
+        extra = node_toml.read_text() if node_toml is not None else ""
+    except (ValueError, ConfigError, OSError, UnicodeDecodeError) as e:
         raise click.BadParameter(str(e)) from None
+    toml = (FAST_CHAIN_TOML if fast_timers else "") + extra
     if quick and concurrency == "1,8,32,128":
         conc = (1, 8)
     duration = duration_s if duration_s is not None else (0.3 if quick else 2.0)
     plan = ChainPlan(members=seeds, nodes=nodes, sync_modes=_csv("sync modes", sync_modes),
                      sizes=size_list, concurrency=conc, duration_s=duration,
                      baseline_s=duration, data_dir=data_dir, faults=not no_faults,
-                     batch_max_chunks=batch_max_chunks, batches_in_flight=batches_in_flight)
+                     batch_max_chunks=batch_max_chunks, batches_in_flight=batches_in_flight,
+                     node_toml=toml)
 
     def progress(line: str) -> None:
         click.echo(line, err=True)
