@@ -67,13 +67,13 @@ class Config:
     name: str
     chain_name: str
     mode: Mode = "ap"
-    tick_base_ms: int = 400
-    tick_spread_ms: int = 1100
-    tick_jitter_ms: int = 100
-    reread_ms: int = 50
-    kick_wait_ms: int = 250
-    round_timeout_ms: int = 5000
-    stability_time_ms: int = 3000
+    tick_base_ms: int = 200
+    tick_spread_ms: int = 400
+    tick_jitter_ms: int = 50
+    reread_ms: int = 25
+    kick_wait_ms: int = 100
+    round_timeout_ms: int = 2_000
+    stability_time_ms: int = 1_000
     max_waits: int = 3
     loop_limit: int = 8
     loop_hold_ms: int = 5000
@@ -83,7 +83,7 @@ class Config:
     set_members_epoch_skip: int = 1111
     #: when missed reads make a member unreachable (fitness.LivenessRule)
     unreachable_misses: int = 3
-    unreachable_after_ms: int = 2_000
+    unreachable_after_ms: int = 1_000
     unreachable_strikes_max: int = 3
     unreachable_strike_decay_ms: int = 600_000
     #: this process start of the node (persisted counter, raised at every start): my

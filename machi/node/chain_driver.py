@@ -75,14 +75,14 @@ _INFO_TRACES = frozenset({
 class DriverSettings:
     """Timers of the manager and the driver (node config keys ``chain_*``)."""
 
-    tick_base_ms: int = 400
-    tick_spread_ms: int = 1100
-    tick_jitter_ms: int = 100
-    reread_ms: int = 50
-    kick_wait_ms: int = 250
-    read_timeout_ms: int = 1_000
-    round_timeout_ms: int = 5_000
-    stability_time_ms: int = 3_000
+    tick_base_ms: int = 200
+    tick_spread_ms: int = 400
+    tick_jitter_ms: int = 50
+    reread_ms: int = 25
+    kick_wait_ms: int = 100
+    read_timeout_ms: int = 500
+    round_timeout_ms: int = 2_000
+    stability_time_ms: int = 1_000
     loop_hold_ms: int = 5_000
     fitness_stale_ms: int = 60_000
     unreachable_misses: int = 3

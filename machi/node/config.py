@@ -67,14 +67,14 @@ class NodeConfig:
     # chain manager (docs/chain-manager.md, "Running in the daemon")
     chain_manager: bool = True
     chain_auto_join: bool = False
-    chain_tick_base_ms: int = 400
-    chain_tick_spread_ms: int = 1100
-    chain_tick_jitter_ms: int = 100
-    chain_reread_ms: int = 50
-    chain_kick_wait_ms: int = 250
-    chain_read_timeout_ms: int = 1_000
-    chain_round_timeout_ms: int = 5_000
-    chain_stability_time_ms: int = 3_000
+    chain_tick_base_ms: int = 200
+    chain_tick_spread_ms: int = 400
+    chain_tick_jitter_ms: int = 50
+    chain_reread_ms: int = 25
+    chain_kick_wait_ms: int = 100
+    chain_read_timeout_ms: int = 500
+    chain_round_timeout_ms: int = 2_000
+    chain_stability_time_ms: int = 1_000
     chain_loop_hold_ms: int = 5_000
     chain_fitness_stale_ms: int = 60_000
     #: a peer is unreachable after this many missed reads in a row and twice
