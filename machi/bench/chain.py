@@ -80,7 +80,7 @@ class ChainPlan:
     uvloop: bool = True
     #: ChainClient natural batching (docs/client.md): 1 = off (one request per append)
     batch_max_chunks: int = 64
-    batches_in_flight: int = 4
+    batches_in_flight: int = 2
     #: extra node TOML for our daemons ("" = the shipped defaults); chain_* timers mostly
     node_toml: str = ""
 

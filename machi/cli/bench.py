@@ -108,7 +108,7 @@ def flu(server: str | None, sync_modes: str, sizes: str, concurrency: str,
 @click.option("--batch-max-chunks", type=click.IntRange(1, 1024), default=64,
               show_default=True,
               help="ChainClient natural batching: most chunks per request (1 = off).")
-@click.option("--batches-in-flight", type=click.IntRange(1, 64), default=4, show_default=True,
+@click.option("--batches-in-flight", type=click.IntRange(1, 64), default=2, show_default=True,
               help="ChainClient natural batching: batches in flight per prefix (K).")
 @click.option("--fast-timers", is_flag=True,
               help="Run our daemons with the tests' short chain-manager timers "

@@ -295,7 +295,7 @@ class ChainClient:
         batch_max_chunks: int = 64,
         batch_max_bytes: int = 4 * 1024 * 1024,
         batch_chunk_max_bytes: int = 64 * 1024,
-        batches_in_flight: int = 4,
+        batches_in_flight: int = 2,
         batch_queue_max: int = 4096,
     ) -> None:
         if not members:
