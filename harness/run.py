@@ -959,14 +959,19 @@ def analyze(run_dir: Path) -> dict[str, Any]:
         # A chunk the CP tail holds but an upstream UPI member lacks breaks Chain
         # Replication's prefix rule (the tail's data is on every UPI member): invalid.
         # An acknowledged chunk missing anywhere is `lost` (write_once), never divergent.
+        # A data file without any chunk (a head minted it for an append that then failed
+        # at an epoch change) holds nothing to replicate and repair copies none: compared
+        # are the files with chunks, the empty ones are only listed.
         lists = final["checksum_lists"]
+        empty = sorted({f for v in lists.values() for f, entries in v.items() if not entries})
+        lists = {r: {f: e for f, e in v.items() if e} for r, v in lists.items()}
         ref = next(iter(lists.values()))
         diff = [r for r, v in lists.items() if v != ref]
         div = final.get("divergent") or {}
         checks["replicas_equal"] = {
             "valid": ((not diff and final_ok) if opts["mode"] == "ap"
                       else not div.get("on_authority")),
-            "differ": diff, "divergent_chunks": div,
+            "differ": diff, "divergent_chunks": div, "empty_files": empty,
             "counts_in_verdict": opts["mode"] == "ap" or bool(div.get("on_authority"))}
     counts: dict[str, dict[str, int]] = {}
     for ev in events:

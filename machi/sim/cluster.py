@@ -101,7 +101,13 @@ class Cluster:
         cp_read_check: bool = True,
         slow_nodes: Mapping[str, int] | None = None,
         clock_skew_ms: Mapping[str, int] | None = None,
+        timers: Mapping[str, int] | None = None,
+        slow_delay_ms: tuple[int, int] = (30, 300),
     ) -> None:
+        #: chain-manager Config fields replacing sim_config's (e.g. the daemon's defaults)
+        self.timers = dict(timers or {})
+        #: how late a slow message arrives (slow_ppm, slow_nodes), in ms
+        self.slow_delay_ms = slow_delay_ms
         #: per node, how far its clock (the ``now_ms`` its manager sees) is ahead of the
         #: simulation's: hosts' monotonic clocks have unrelated origins (>= 0 each)
         self.clock_skew_ms = dict(clock_skew_ms or {})
@@ -174,7 +180,7 @@ class Cluster:
         if dst in self.flus and self.link_ok(src, dst) and not self._fault():
             ppm = max(self.slow_ppm, self.slow_nodes.get(src, 0), self.slow_nodes.get(dst, 0))
             if ppm and self.rng.randrange(1_000_000) < ppm:
-                at += self.rng.randint(30, 300)  # fault point: a slow message, reordered
+                at += self.rng.randint(*self.slow_delay_ms)  # fault point: slow, reordered
             self._push(at, kind, payload)
 
     def run_until(self, t_end: int) -> None:
@@ -230,7 +236,7 @@ class Cluster:
         self.incarnation[n] += 1
         self.flus[n].restart()
         st, effects = cm.initial_state(
-            sim_config(n, self.chain, self.mode, self.incarnation[n]),
+            replace(sim_config(n, self.chain, self.mode, self.incarnation[n]), **self.timers),
             self.flus[n].latest("private"),
             now_ms=self.clock(n),
         )

@@ -208,3 +208,23 @@ def test_a_skipped_role_partition_is_no_fault_band_and_no_fault_interval() -> No
     applied = [nem(0, 0, "partition", kind="isolate-middle"), nem(1, 2000, "heal")]
     assert _fault_bands(applied, 0) == [(0.0, 2.0, "partition")]
     assert len(run_faults(applied)) == 1
+
+
+def test_ap_replicas_equal_compares_chunks_not_empty_files(tmp_path: Path) -> None:
+    """AP: a chunk-less data file on one replica (minted for an append that failed at an
+    epoch change; nothing to repair) leaves the replicas equal and is listed; a chunk on
+    one replica only does not."""
+    entry = [[1024, 4096, "ab" * 33]]
+
+    def ap(lists: dict[str, Any], name: str) -> dict[str, Any]:
+        d = _run_dir(tmp_path / name, lose=False, read="during",
+                     final={"checksum_lists": lists})
+        run = json.loads((d / "run.json").read_text())
+        run["options"]["mode"] = "ap"
+        (d / "run.json").write_text(json.dumps(run))
+        return analyze(d)["checks"]["replicas_equal"]
+
+    eq = ap({"a": {"f1": entry, "f2": []}, "b": {"f1": entry}}, "empty")
+    assert eq["valid"] is True and eq["differ"] == [] and eq["empty_files"] == ["f2"]
+    ne = ap({"a": {"f1": entry, "f2": entry}, "b": {"f1": entry}}, "chunk")
+    assert ne["valid"] is False and ne["differ"] == ["b"]

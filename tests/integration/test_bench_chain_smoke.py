@@ -12,6 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from machi.bench.chain import chain_timers
+from machi.bench.flu import BenchError
+from machi.node.config import FAST_CHAIN_TOML, NodeConfig
+
 pytestmark = pytest.mark.timeout(150)
 
 LAT_KEYS = {"ops", "elapsed_s", "ops_per_s", "mb_per_s", "latency_ms_p50",
@@ -54,6 +58,10 @@ def test_bench_chain_quick_json(tmp_path: Path) -> None:
     assert base["single_flu_exit_codes"] == {"none": 0}
     conv = result["convergence"]
     assert conv["sync"] == "none"
+    # no --fast-timers / --node-toml: the daemons ran the shipped chain timers
+    shipped = chain_timers("")
+    assert shipped["chain_stability_time_ms"] == NodeConfig().chain_stability_time_ms
+    assert result["plan"]["timers"] == shipped and conv["timers"] == shipped
     assert conv["kill"]["confirmed_s"] > 0 and conv["kill"]["appends_ok_s"] is not None
     assert conv["restart"]["node"] == conv["kill"]["node"]
     assert conv["restart"]["back_in_upi_s"] >= conv["restart"]["process_ready_s"]
@@ -84,4 +92,20 @@ def test_bench_chain_rejects_bad_plan(tmp_path: Path) -> None:
     proc = subprocess.run([*base, "--sync", "sometimes"], capture_output=True, text=True,
                           timeout=60, check=False)
     assert proc.returncode == 2 and "sometimes" in proc.stderr, proc.stderr
+    bad = tmp_path.parent / f"{tmp_path.name}-bad.toml"
+    bad.write_text("chain_tick_base_ms = 0\n")
+    proc = subprocess.run([*base, "--node-toml", str(bad)], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 2 and "chain_tick_base_ms" in proc.stderr, proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_chain_timers_are_the_shipped_ones_unless_overridden() -> None:
+    """--fast-timers gives FAST_CHAIN_TOML's keys, --node-toml overrides after it."""
+    fast = chain_timers(FAST_CHAIN_TOML)
+    assert fast["chain_tick_base_ms"] == 100 and fast["chain_stability_time_ms"] == 400
+    mixed = chain_timers(FAST_CHAIN_TOML + "[node]\nchain_stability_time_ms = 700\n")
+    assert mixed == {**fast, "chain_stability_time_ms": 700}
+    assert chain_timers("") == {k: getattr(NodeConfig(), k) for k in fast}
+    with pytest.raises(BenchError, match="unknown config key"):
+        chain_timers("chain_tik_ms = 1\n")
