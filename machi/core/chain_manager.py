@@ -122,6 +122,10 @@ class MemberView:
     fitness_age_ms: Mapping[str, int] = field(default_factory=dict)
     #: the FLU is wedged (filled for the local member; peers may leave it False)
     wedged: bool = False
+    #: AP: the member restarted inside the UPI of the projection it still holds and has
+    #: not adopted a newer one since (its content may miss in-flight chunks, see
+    #: ``restart_needs_new_epoch``); served by CHAIN_VIEW
+    restarted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,21 +261,51 @@ class ManagerState:
     kick_pending: bool = False
     #: how long the projection before ``current`` was held (repair's stability rule)
     prev_held_ms: int = 0
+    #: AP: I restarted inside the UPI of ``current`` (restart_needs_new_epoch): I must
+    #: not confirm or serve it again; cleared when I adopt a newer epoch
+    restarted: bool = False
+
+
+def restart_needs_new_epoch(latest_private: Projection | None, me: str) -> bool:
+    """AP restart rule: a FLU that starts on a stored projection naming it in the UPI must
+    not serve that projection again; the chain moves to a new epoch first, in which it is
+    repairing (or, when every UPI member restarted, the sole UPI member of a chain whose
+    other members are repairing), and AP repair merges every replica before it is back in
+    the UPI.  Why: appends in flight when the node stopped (never acknowledged) may sit on
+    only some replicas; with a whole-chain restart into the same epoch nothing would ever
+    repair them, and AP promises every replica everything any replica has after healing.
+    CP keeps its own rule (FLUs restart wedged and the UPI confirms again, then syncs).
+    """
+    return (
+        latest_private is not None and latest_private.mode == "ap"
+        and latest_private.epoch_number > 0 and not latest_private.is_none()
+        and me in latest_private.upi
+    )
 
 
 def initial_state(
-    config: Config, latest_private: Projection | None, *, now_ms: int
+    config: Config, latest_private: Projection | None, *, now_ms: int,
+    restarted: bool = False,
 ) -> tuple[ManagerState, list[Effect]]:
-    """A manager starting on top of its FLU's latest private projection (or nothing)."""
+    """A manager starting on top of its FLU's latest private projection (or nothing).
+
+    ``restarted``: the node (daemon or simulated FLU) restarted under this manager, as
+    opposed to a manager started on a running FLU; with ``restart_needs_new_epoch`` the
+    FLU stays wedged and the manager moves the chain to a new epoch (see there)."""
     cur = latest_private
     if cur is None:
         cur = none_projection(
             epoch_number=0, author=config.name, chain_name=config.chain_name,
             all_members=(config.name,), witnesses=(), mode=config.mode,
         )
+    again = restarted and restart_needs_new_epoch(latest_private, config.name)
     st = ManagerState(config=config, current=cur, adopted_at_ms=now_ms,
-                      latest_epoch_seen=cur.epoch_number)
-    return st, [ScheduleTick(now_ms), _trace(st, "start", now_ms)]
+                      latest_epoch_seen=cur.epoch_number, restarted=again)
+    effects: list[Effect] = [ScheduleTick(now_ms), _trace(st, "start", now_ms,
+                                                           restarted=again)]
+    if again:
+        effects.insert(0, SetWedge(True, cur.epoch_id))
+    return st, effects
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -563,7 +597,7 @@ def _maybe_confirm(
 ) -> tuple[ManagerState, list[Effect]]:
     """5.8: every UPI+repairing member uses my epoch -> annotate and unwedge."""
     cur = st.current
-    if st.confirmed or cur.is_none() or cur.epoch_number == 0:
+    if st.confirmed or cur.is_none() or cur.epoch_number == 0 or st.restarted:
         return st, []
     for n in set(cur.upi) | set(cur.repairing):
         v = views.get(n)
@@ -703,7 +737,8 @@ def _decide(
         and _relevant(latest, me) and _unanimous(latest, views)
         and (not hosed or _is_my_quiet(latest, me))
     ):
-        problem = transition_problem(cur, latest, relative_to=me)
+        problem = transition_problem(cur, latest, relative_to=me) or _restart_problem(
+            st, latest)
         if problem is None:
             return _adopt(st, latest, now, rng)
         unsafe = True
@@ -734,7 +769,8 @@ def _decide(
             dbg: dict[str, JSON] = {"zerf_basis": zerf_basis_record(basis)} if zerf else {}
             repair_ok = st.repair_epoch == basis.epoch_id and st.repair_status == "ok"
             newprop = calc_projection(basis, me=me, up=up, epoch_number=epoch,
-                                      repair_ok=repair_ok, creation_time_ms=now, dbg=dbg)
+                                      repair_ok=repair_ok, creation_time_ms=now, dbg=dbg,
+                                      restarted=_restarted(st, views))
     # ---- rank / write
     if latest is not None and shape(latest) == shape(newprop) and not unsafe:
         if latest == cur:
@@ -801,6 +837,32 @@ def _decide(
         _trace(st, "propose", now, **_proj_fields(newprop)),
         ScheduleTick(now + c.reread_ms),
     ]
+
+
+def _restarted(st: ManagerState, views: Mapping[str, MemberView]) -> frozenset[str]:
+    """AP: members that restarted inside their UPI and wait for a new epoch (me from my
+    state, the others from what their CHAIN_VIEW said this round)."""
+    me = st.config.name
+    if st.current.mode != "ap":
+        return frozenset()
+    out = {n for n, v in views.items() if n != me and v.restarted}
+    if st.restarted:
+        out.add(me)
+    return frozenset(out)
+
+
+def _restart_problem(st: ManagerState, p: Projection) -> str | None:
+    """Why I, restarted inside my UPI (restart_needs_new_epoch), must not adopt ``p``, or
+    None.  A new epoch may keep me in the UPI only as its sole real member (every UPI
+    member restarted: my content is the reference the repair merges everybody into); a
+    longer UPI with me in it was computed without knowing that I restarted (a view read
+    before my restart) and would let my possibly incomplete replica serve unrepaired."""
+    me = st.config.name
+    if not st.restarted or me not in p.upi:
+        return None
+    if p.epoch_number > st.current.epoch_number and p.upi_non_witnesses == (me,):
+        return None
+    return f"{me} restarted and is not repaired yet: it may not be in upi {list(p.upi)}"
 
 
 def _resolve_split_bootstrap(
@@ -883,6 +945,7 @@ def _adopt(
         st, current=p, confirmed=False, adopted_at_ms=now, history=hist, waits=0,
         sane_streak=streak, not_sane=0 if streak > 3 else st.not_sane,
         prev_held_ms=now - st.adopted_at_ms,
+        restarted=st.restarted and p.epoch_number <= st.current.epoch_number,
     )
     effects: list[Effect] = [WritePrivate(p), _trace(st, "adopt", now, **_proj_fields(p))]
     trivial = (p.upi, p.repairing) in (((), ()), ((me,), ()))

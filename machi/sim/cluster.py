@@ -14,7 +14,9 @@ Invariants (violations are collected as strings, never raised):
   * at one epoch number no node sits in two different UPIs;
   * CP: no two different projections with non-empty UPIs are confirmed (serving data)
     at one epoch; a read of an acknowledged chunk from a serving tail returns its bytes;
-  * any mode: one place (file, offset) never holds two different values on two FLUs.
+  * any mode: one place (file, offset) never holds two different values on two FLUs;
+  * AP, after healing and convergence (``replica_divergence``, checked by the scenario
+    runner): every replica holds the same set of chunks.
 """
 
 from __future__ import annotations
@@ -238,9 +240,10 @@ class Cluster:
         st, effects = cm.initial_state(
             replace(sim_config(n, self.chain, self.mode, self.incarnation[n]), **self.timers),
             self.flus[n].latest("private"),
-            now_ms=self.clock(n),
+            now_ms=self.clock(n), restarted=True,
         )
         self.mgr[n] = st
+        self.flus[n].restarted = st.restarted
         self._perform_all(n, effects)
 
     def crash(self, n: str) -> None:
@@ -273,6 +276,7 @@ class Cluster:
             return
         st, effects = cm.step(st, event, now_ms=self.clock(n), rng=self.mgr_rng[n])
         self.mgr[n] = st
+        self.flus[n].restarted = st.restarted
         self._perform_all(n, effects)
 
     def _perform_all(self, n: str, effects: list[Effect]) -> None:
@@ -640,6 +644,27 @@ class Cluster:
                     lost += 1
                     break
         return lost
+
+    def replica_divergence(self) -> list[str]:
+        """AP, after healing and convergence: every replica holds the same set of chunks
+        (AP repair merges everything any replica has, reference 6.2).  One line per
+        member that lacks chunks another member holds; empty in CP mode (CP repairing
+        copies match the tail, and an unacknowledged chunk may stay on the head only
+        until the next UPI sync) and while not converged."""
+        if self.mode != "ap" or not self.converged():
+            return []
+        real = [n for n in self.names if n not in self.witnesses]
+        held = {n: {(f, off) for f, c in self.flus[n].chunks.items() for off in c}
+                for n in real}
+        union = set().union(*held.values())
+        out = []
+        for n in real:
+            missing = union - held[n]
+            if missing:
+                eg = sorted(missing)[0]
+                out.append(f"ap replicas differ after heal: {n} lacks {len(missing)} of "
+                           f"{len(union)} chunks (e.g. {eg[0]}@{eg[1]})")
+        return out
 
     def manager(self, n: str) -> ManagerState | None:
         return self.mgr[n]

@@ -30,6 +30,8 @@ class SimFlu:
         #: birth time of each report on the owning node's clock (PublishFitness)
         self.fitness_born_ms: dict[str, int] = {}
         self.state = wedge.initial_state(None)
+        #: AP: restarted inside its UPI, waiting for a new epoch (its manager's state)
+        self.restarted = False
         self._seq = 0
 
     # ---- projection store -------------------------------------------------------------
@@ -59,7 +61,7 @@ class SimFlu:
         return MemberView(
             public=self.latest("public"), private=self.latest("private"),
             private_confirmed=self.confirmed_private() if want_confirmed else None,
-            fitness=dict(self.fitness), wedged=self.state.wedged,
+            fitness=dict(self.fitness), wedged=self.state.wedged, restarted=self.restarted,
             fitness_age_ms={o: max(0, now_ms - self.fitness_born_ms.get(o, now_ms))
                             for o in self.fitness},
         )

@@ -133,10 +133,11 @@ def run(
             break
     ticks = (since or cluster.now) - healed_at
     lost = cluster.lost_acked_writes() if converged else 0
+    divergence = cluster.replica_divergence() if converged else []
     st = cluster.stats
     return Result(
         converged=converged, ticks_to_converge=ticks if converged else -1,
-        violations=list(cluster.violations), lost_acked_writes=lost,
+        violations=[*cluster.violations, *divergence], lost_acked_writes=lost,
         adoptions=len(cluster.adoptions),
         stats={k: getattr(st, k) for k in st.__dataclass_fields__},
     )

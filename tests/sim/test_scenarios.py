@@ -100,3 +100,69 @@ def test_cp_restart_after_every_node_crashed() -> None:
         c.run_until(c.now + 700)
     assert _settle(c, c.converged)
     assert not c.violations and c.lost_acked_writes() == 0
+
+
+def _in_flight_on_head_only(c: Cluster) -> list[tuple[str, int]]:
+    """An append that reached the head a but not b (b is down for it): outcome info,
+    its chunks (one per client attempt) on a only; the chain has not noticed (same epoch
+    everywhere)."""
+    epochs = {_private(c, n).epoch_id for n in NODES}
+    assert len(epochs) == 1 and _private(c, "a").upi == ("a", "b", "c")
+    c.crash("b")
+    assert c.client_append("a") == "info"
+    keys = sorted(c.maybe)
+    assert keys
+    for f, off in keys:
+        assert off in c.flus["a"].chunks[f] and off not in c.flus["c"].chunks.get(f, {})
+    return keys
+
+
+def _everywhere(c: Cluster, keys: list[tuple[str, int]]) -> bool:
+    return all(off in c.flus[n].chunks.get(f, {}) for n in NODES for f, off in keys)
+
+
+def _settled_equal(c: Cluster) -> None:
+    """Converged (all three in the UPI, nothing repairing) for a while, then the AP
+    replica invariant: every replica holds the same chunks."""
+    assert _settle(c, c.converged)
+    c.run_until(c.now + 500)
+    assert c.converged()
+    assert c.replica_divergence() == []
+    assert not c.violations and c.lost_acked_writes() == 0
+
+
+def test_ap_restart_after_every_node_crashed_repairs_in_flight_chunks() -> None:
+    """AP: an append in flight when the whole chain is killed (on the head only, never
+    acknowledged) is on every replica after all nodes restart: the restarted FLUs stay
+    wedged, the chain moves to a new epoch with a sole UPI member and the others
+    repairing, and AP repair merges every replica before they re-enter the UPI.  Before
+    the restart rule the chain resumed its old epoch and the chunk stayed on a only."""
+    c = Cluster(NODES, mode="ap", seed=15, client_interval_ms=0)
+    c.bootstrap()
+    assert _settle(c, c.converged)
+    for _ in range(5):
+        assert c.client_append("a") == "ok"
+    before = _private(c, "a").epoch_number
+    keys = _in_flight_on_head_only(c)
+    for n in ("a", "c"):
+        c.crash(n)
+    for n in NODES:
+        c.restart(n)
+        assert c.flus[n].state.wedged and c.flus[n].restarted
+    _settled_equal(c)
+    assert _private(c, "a").epoch_number > before
+    assert _everywhere(c, keys)
+
+
+def test_ap_quick_restart_of_one_member_repairs_it_first() -> None:
+    """AP: b restarts before anybody noticed it was gone (same epoch): it must come back
+    as repairing in a new epoch, so the chunk that missed it reaches every replica."""
+    c = Cluster(NODES, mode="ap", seed=16, client_interval_ms=0)
+    c.bootstrap()
+    assert _settle(c, c.converged)
+    keys = _in_flight_on_head_only(c)
+    c.restart("b")
+    assert c.flus["b"].state.wedged
+    _settled_equal(c)
+    assert _everywhere(c, keys)
+    assert any(a["node"] == "b" and a["repairing"] == ["b"] for a in c.adoptions)
