@@ -48,6 +48,9 @@ from .flu import SimFlu
 
 #: the default read timeout of the simulated driver
 READ_TIMEOUT_MS = 25
+#: AP client: retries of an append's propagation after a failure, and the first delay
+CONTINUE_TRIES = 6
+CONTINUE_FIRST_MS = 20
 #: queued events that are messages over a link (``deliver`` may take any of them early)
 MESSAGE_KINDS = frozenset({"read_req", "read_reply", "write_req", "kick"})
 
@@ -160,6 +163,8 @@ class Cluster:
         self._by_epoch_upi: dict[tuple[int, str], EpochId] = {}
         self._confirmed: dict[int, EpochId] = {}
         self._client_seq = 0
+        #: AP appends whose propagation a client is still retrying (bounded)
+        self._continuing = 0
         for n in names:
             self._start(n)
         if client_interval_ms:
@@ -547,6 +552,7 @@ class Cluster:
             outcome = "info"
             if len(self.maybe) < 10_000:
                 self.maybe[(fname, off)] = data
+            self._continue_later(loc, fname, off, data, 0)
         if outcome == "fail":
             self.stats.appends_fail += 1
         else:
@@ -569,6 +575,34 @@ class Cluster:
             if not self.link_ok(m, loc) or st != Status.OK:
                 return False
         return True
+
+    def _continue_later(self, loc: str, fname: str, off: int, data: bytes, tries: int) -> None:
+        """AP: the real chain client keeps propagating an append that reached the head
+        (backoff, projection refresh, ``cr_plan.replan``) instead of giving up at once;
+        the simulated client's append returned at its first failure, so its chunk stays
+        on the members it reached.  Model the retries as later events (at most
+        ``CONTINUE_TRIES``, doubling from ``CONTINUE_FIRST_MS``); the op's outcome stays
+        what ``client_append`` returned (info).  CP keeps the one-shot client."""
+        if self.mode != "ap" or tries >= CONTINUE_TRIES or self._continuing >= 1_000:
+            return
+        self._continuing += 1
+        self._push(self.now + CONTINUE_FIRST_MS * 2 ** tries, "continue",
+                   (loc, fname, off, data, tries + 1))
+
+    def _ev_continue(self, loc: str, fname: str, off: int, data: bytes, tries: int) -> None:
+        self._continuing -= 1
+        if not self.alive(loc):
+            return
+        p = self._discover(loc)
+        if p is not None:
+            holders = [m for m in self.names if self.flus[m].chunks.get(fname, {}).get(off)
+                       == data]
+            plan = cr_plan.replan(cr_plan.OpKind.APPEND, p, holders)
+            if isinstance(plan, cr_plan.Restart):
+                return  # nobody in the new chain holds it: the real client re-appends
+            if self._propagate(loc, p, plan.members, fname, off, data):
+                return
+        self._continue_later(loc, fname, off, data, tries)
 
     def client_read(self, loc: str) -> str:
         """Read one acknowledged (or unknown-outcome) chunk from the UPI tail.

@@ -3,8 +3,11 @@ CP minorities fenced by the none projection, CP restart after a total crash."""
 
 from __future__ import annotations
 
+import pytest
+
 from machi.core.chain_manager import AdminSetMembers
 from machi.core.projection import Projection
+from machi.sim import cluster as sim_cluster
 from machi.sim.cluster import Cluster
 
 NODES = ["a", "b", "c"]
@@ -131,6 +134,14 @@ def _settled_equal(c: Cluster) -> None:
     assert not c.violations and c.lost_acked_writes() == 0
 
 
+@pytest.fixture
+def impatient_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client gives up an append at its first failure (as a real client whose time
+    budget ran out while the nodes were down): nothing but the chain repairs its chunk."""
+    monkeypatch.setattr(sim_cluster, "CONTINUE_TRIES", 0)
+
+
+@pytest.mark.usefixtures("impatient_client")
 def test_ap_restart_after_every_node_crashed_repairs_in_flight_chunks() -> None:
     """AP: an append in flight when the whole chain is killed (on the head only, never
     acknowledged) is on every replica after all nodes restart: the restarted FLUs stay
@@ -146,6 +157,7 @@ def test_ap_restart_after_every_node_crashed_repairs_in_flight_chunks() -> None:
     keys = _in_flight_on_head_only(c)
     for n in ("a", "c"):
         c.crash(n)
+    c.run_until(c.now + 2000)
     for n in NODES:
         c.restart(n)
         assert c.flus[n].state.wedged and c.flus[n].restarted
@@ -154,6 +166,7 @@ def test_ap_restart_after_every_node_crashed_repairs_in_flight_chunks() -> None:
     assert _everywhere(c, keys)
 
 
+@pytest.mark.usefixtures("impatient_client")
 def test_ap_quick_restart_of_one_member_repairs_it_first() -> None:
     """AP: b restarts before anybody noticed it was gone (same epoch): it must come back
     as repairing in a new epoch, so the chunk that missed it reaches every replica."""

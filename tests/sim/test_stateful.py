@@ -105,6 +105,13 @@ class _SimMachine(RuleBasedStateMachine):
         assert c.converged(), f"seed {self.seed}: no convergence after healing"
         assert not c.violations, c.violations
         assert c.lost_acked_writes() == 0, f"seed {self.seed}: acknowledged writes lost"
+        if self.mode == "ap":
+            # AP repair merged everything any replica had (crashes and restarts included)
+            c.run_until(c.now + 500)
+            while c.now < deadline + 500 and not c.converged():
+                c.run_until(c.now + 20)
+            assert c.converged() and c.replica_divergence() == [], (
+                self.seed, c.replica_divergence())
 
 
 class APMachine(_SimMachine):
