@@ -674,7 +674,8 @@ class FluClient:
         if any(a < 0 for a in ages.values()):
             raise RemoteProtocolError("chain_view: negative fitness report age")
         return MemberView(opt("public"), opt("private"), opt("private_confirmed"),
-                          {r.observer: r for r in reports}, fitness_age_ms=ages)
+                          {r.observer: r for r in reports}, fitness_age_ms=ages,
+                          restarted=m.get("restarted") is True)
 
     async def chain_admin(self, op: Op, meta: dict[str, Any]) -> dict[str, Any]:
         """CHAIN_BOOTSTRAP / CHAIN_SET_MEMBERS / CHAIN_STATUS: the node's chain status."""

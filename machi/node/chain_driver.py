@@ -249,6 +249,21 @@ class ChainDriver:
         self.node.on_public_write = self.public_written
         self.node.chain_admin = self.admin
 
+    async def prepare(self) -> None:
+        """Before the node serves: an AP node that restarts inside the UPI of its latest
+        private projection stays wedged until its manager adopts a newer epoch
+        (``chain_manager.restart_needs_new_epoch``; the manager starts a moment later, and
+        until then the FLU must not serve its pre-restart epoch)."""
+        if not self._may_start():
+            return
+        private = await self._latest("private")
+        if cm.restart_needs_new_epoch(private, self.name):
+            assert private is not None
+            self.node.restarted = True
+            self.node.set_wedge_state(wedge(self.node.state),
+                                      f"restarted inside epoch {private.epoch_number}: "
+                                      "waiting for a new epoch and repair")
+
     # ---- main loop ---------------------------------------------------------------------
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
@@ -315,8 +330,12 @@ class ChainDriver:
                                               incarnation=self.node.store.incarnation)
         if private is not None:
             self._learn(private)
-        st, effects = cm.initial_state(config, private, now_ms=self._now_ms())
+        # Every manager start in this process is a start after the daemon (re)started:
+        # a stored private projection predates this process.
+        st, effects = cm.initial_state(config, private, now_ms=self._now_ms(),
+                                       restarted=True)
         self.state = st
+        self.node.restarted = st.restarted
         self.log.info("chain manager started", chain=chain, mode=mode,
                       epoch=st.current.epoch_number)
         self._perform_sync(effects)
@@ -339,6 +358,7 @@ class ChainDriver:
             return []
         st, effects = cm.step(self.state, event, now_ms=self._now_ms(), rng=self.rng)
         self.state = st
+        self.node.restarted = st.restarted
         for e in effects:
             try:
                 await self._perform(e)
@@ -348,10 +368,13 @@ class ChainDriver:
         return effects
 
     def _perform_sync(self, effects: list[Effect]) -> None:
-        """Effects of ``initial_state`` (a timer and a trace only)."""
+        """Effects of ``initial_state`` (a timer, a trace, a wedge after a restart)."""
         for e in effects:
             if isinstance(e, cm.ScheduleTick):
                 self._schedule(e.at_ms)
+            elif isinstance(e, cm.SetWedge) and e.wedged:
+                self.node.set_wedge_state(wedge(self.node.state),
+                                          "restarted inside my upi: waiting for a new epoch")
             elif isinstance(e, cm.Trace):
                 self._trace(e)
 
@@ -727,6 +750,7 @@ def attacher(cfg: NodeConfig, log: JsonLog | None = None) -> Any:
                              log=log or node.log, data_dir=cfg.data_dir, secret=cfg.secret(),
                              ssl_context=ctx, tls_hostname=cfg.tls_server_hostname)
         driver.attach()
+        await driver.prepare()
         tg.start_soon(driver.run)
 
     return attach

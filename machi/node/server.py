@@ -121,6 +121,10 @@ class FluNode:
         self.fitness_view: Callable[[], list[dict[str, Any]]] = list
         #: newest private projection annotated ``confirmed`` (CP zerf basis)
         self.confirmed_private: Projection | None = None
+        #: AP: this node restarted inside the UPI of its latest private projection and
+        #: waits for a new epoch (chain_manager.restart_needs_new_epoch); set and cleared
+        #: by the chain driver, served by CHAIN_VIEW
+        self.restarted = False
         self._peers: set[_Peer] = set()
         self._stopping = False
         self._accept_scope = anyio.CancelScope()
@@ -564,7 +568,7 @@ class FluNode:
         self._set_state(new, why)
 
     async def _chain_view(self, f: wire.Frame, peer: _Peer) -> Reply:
-        out: dict[str, Any] = {"fitness": self.fitness_view()}
+        out: dict[str, Any] = {"fitness": self.fitness_view(), "restarted": self.restarted}
         for kind in ("public", "private"):
             try:
                 out[kind] = (await self.store.projection_read_latest(kind)).to_json()
