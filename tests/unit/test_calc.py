@@ -100,3 +100,24 @@ def test_none_and_all_projections() -> None:
     a = all_projection(epoch_number=3, author="a", chain_name="c1",
                        all_members=("a", "b", "c"), witnesses=("a",), mode="cp")
     assert a.upi == ("b", "c")
+
+
+def test_ap_restarted_upi_members_go_repairing_first() -> None:
+    """AP: UPI members that restarted inside the basis leave the UPI for the front of
+    repairing (UPI order); all of them restarted -> the first is the sole UPI member;
+    a repair of the basis epoch promotes nobody while a restarted member is waiting; CP
+    ignores the restart set (its own rule applies)."""
+    p = calc_projection(_p("abc"), me="a", up="abc", epoch_number=6, restarted={"b"})
+    assert (p.upi, p.repairing) == (("a", "c"), ("b",))
+    assert p.dbg["restarted"] == ["b"]
+    assert transition_problem(_p("abc"), p, relative_to="b") is None
+    q = calc_projection(_p("abc"), me="c", up="abc", epoch_number=6, restarted="cab")
+    assert (q.upi, q.repairing) == (("a",), ("b", "c"))
+    assert transition_problem(_p("abc"), q, relative_to="c") is None
+    basis = _p("ac", "d", members="abcd")
+    r = calc_projection(basis, me="c", up="abcd", epoch_number=6, repair_ok=True,
+                        restarted={"a"})
+    assert (r.upi, r.repairing) == (("c",), ("a", "d", "b"))
+    cp = calc_projection(_p("abc", mode="cp"), me="a", up="abc", epoch_number=6,
+                         restarted={"b"})
+    assert (cp.upi, cp.repairing) == (("a", "b", "c"), ())

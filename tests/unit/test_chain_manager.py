@@ -276,3 +276,40 @@ def test_my_report_of_an_earlier_start_is_replaced_at_once() -> None:
     assert (mine.incarnation, mine.time_ms, mine.unreachable) == (2, 111, frozenset())
     (pub,) = _of(eff, cm.PublishFitness)
     assert pub.reports["c"] == mine
+
+
+def test_ap_restart_inside_the_upi_wedges_and_waits_for_a_new_epoch() -> None:
+    """AP, a node restarting inside the UPI of its stored projection: wedged at start,
+    never confirms that projection again, proposes (as the new UPI head) a new epoch with
+    every restarted member repairing; a UPI that keeps it among others is refused; the
+    new epoch clears the flag.  Without ``restarted`` (a manager started on a running
+    FLU) and in CP nothing changes."""
+    cur = _p("abc", epoch=1)
+    assert cm.restart_needs_new_epoch(cur, "a") and not cm.restart_needs_new_epoch(cur, "d")
+    assert not cm.restart_needs_new_epoch(_p("abc", epoch=1, mode="cp"), "a")
+    assert not cm.restart_needs_new_epoch(_p("ab", "c", epoch=1), "c")
+    st, eff = cm.initial_state(_cfg("a"), cur, now_ms=0, restarted=True)
+    assert st.restarted and _of(eff, cm.SetWedge)[0].wedged
+    views = {n: cm.MemberView(cur, cur, None, {}, restarted=n != "a") for n in "abc"}
+    st, eff = _round(st, 10, views)
+    assert not st.confirmed and not any(not w.wedged for w in _of(eff, cm.SetWedge))
+    (w,) = _of(eff, cm.WritePublic)
+    new = w.projection
+    assert (new.upi, new.repairing, new.epoch_number) == (("a",), ("b", "c"), 2)
+    # b, restarted too: refuses a chain that keeps it in a longer UPI, adopts the new one
+    stb, _ = cm.initial_state(_cfg("b"), cur, now_ms=0, restarted=True)
+    longer = _p("ab", epoch=2, author="a")
+    refused, eff = _round(stb, 10, {n: cm.MemberView(longer, cur, None, {}, restarted=True)
+                                    for n in "abc"})
+    assert not any(p.projection == longer for p in _of(eff, cm.WritePrivate))
+    assert refused.restarted and refused.not_sane == 1
+    assert any(t.fields["event"] == "insane" for t in _of(eff, cm.Trace))
+    stb, eff = _round(stb, 10, {n: cm.MemberView(new, cur, None, {}, restarted=True)
+                                for n in "abc"})
+    assert _of(eff, cm.WritePrivate)[0].projection == new and not stb.restarted
+    # not a restart (manager started on a running FLU), or CP: the old behaviour
+    st, eff = cm.initial_state(_cfg("a"), cur, now_ms=0)
+    assert not st.restarted and not _of(eff, cm.SetWedge)
+    cpc = _p("abc", epoch=1, mode="cp")
+    st, _ = cm.initial_state(_cfg("a", "cp"), cpc, now_ms=0, restarted=True)
+    assert not st.restarted
