@@ -28,6 +28,10 @@ Stages (names from Machi):
                  calc promote them.
 The loop breaker (``loop_limit`` identical adoptions, or too many unsafe candidates)
 adopts the none projection and declares me admin-down for ``loop_hold_ms``.
+AP restart rule (``restart_needs_new_epoch``): a manager started after its node restarted
+inside its UPI keeps the FLU wedged, never confirms that projection again, and every
+manager's calculation moves restarted UPI members to repairing, so a new epoch and AP
+repair come before they serve again.
 
 Driver contract: ``ScheduleTick(at_ms)`` replaces any earlier timer; ``ReadMembers``
 answers with one ``MembersRead`` (a ``Status`` for members that did not answer);
