@@ -42,6 +42,9 @@ def initial_state(
     private epoch (as the original).  CP -> always wedged: the chain manager unwedges only
     after the UPI has confirmed the epoch again (the original restarted CP FLUs unwedged,
     which could serve a stale epoch after a long sleep).  A "none" projection is wedged.
+    With a chain manager, an AP node restarting inside its UPI is wedged right after this,
+    before it listens (chain_manager.restart_needs_new_epoch, the AP restart rule); a FLU
+    without one (projections written by hand) serves its AP epoch again.
     """
     if latest_private is None:
         return WedgeState(True, DUMMY_EPOCH_ID, "ap", latest_public_epoch_number)
