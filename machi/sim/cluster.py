@@ -156,6 +156,10 @@ class Cluster:
         self.acked: dict[tuple[str, int], bytes] = {}
         #: appends with an unknown outcome (info) whose place the client learnt
         self.maybe: dict[tuple[str, int], bytes] = {}
+        #: chunks the head wrote for an append whose reply the client never got: no client
+        #: knows their place, so nothing propagates them; they stay on the head until a
+        #: repair (an epoch change) merges them (docs/chain-manager.md, "Orphan chunks")
+        self.orphans: set[tuple[str, int]] = set()
         #: places a client has read as written (must never read unwritten again, CP)
         self.observed: set[tuple[str, int]] = set()
         self.stats = Stats()
@@ -543,6 +547,8 @@ class Cluster:
                 continue
             if not self.link_ok(head, loc):
                 outcome = "info"
+                if len(self.orphans) < 10_000:
+                    self.orphans.add((fname, off))
                 continue
             if self._propagate(loc, p, chain[1:], fname, off, data):
                 self.acked[(fname, off)] = data
@@ -682,14 +688,15 @@ class Cluster:
     def replica_divergence(self) -> list[str]:
         """AP, after healing and convergence: every replica holds the same set of chunks
         (AP repair merges everything any replica has, reference 6.2).  One line per
-        member that lacks chunks another member holds; empty in CP mode (CP repairing
+        member that lacks chunks another member holds, orphans aside (a head's chunk whose
+        append reply was lost: nobody knows its place); empty in CP mode (CP repairing
         copies match the tail, and an unacknowledged chunk may stay on the head only
         until the next UPI sync) and while not converged."""
         if self.mode != "ap" or not self.converged():
             return []
         real = [n for n in self.names if n not in self.witnesses]
         held = {n: {(f, off) for f, c in self.flus[n].chunks.items() for off in c}
-                for n in real}
+                - self.orphans for n in real}
         union = set().union(*held.values())
         out = []
         for n in real:
