@@ -55,6 +55,8 @@ _PENDING_BYTES = 700
 # Python checker, at load ~25). ``write_once.FAST_MIN_BYTES`` repeats it.
 FAST_MIN_BYTES = 64 << 20
 BLOCK_BYTES = 32 << 20
+# A block of at least this many bytes is parsed in two halves on two threads.
+SPLIT_MIN_BYTES = 1 << 20
 
 # Scalars (one int64 array).
 (
@@ -144,8 +146,11 @@ _NEMESIS = -(1 << 63)  # process "nemesis" (every other process is an int of <= 
     L_SEEN,
     L_START,
     L_END,
+    L_VH,
+    L_FH,
+    L_PH,
     N_LINE_FIELDS,
-) = range(19)
+) = range(22)
 _T_INVOKE, _T_OK, _T_FAIL, _T_INFO = 0, 1, 2, 3
 _F_APPEND, _F_WRITE, _F_READ, _F_OTHER = 0, 1, 2, 3
 _VK_NONE, _VK_OBJECT, _VK_OTHER, _VK_ODD = 0, 1, 2, 3
@@ -153,6 +158,7 @@ _FINAL_GOOD, _FINAL_WRONG = 1, 2
 _FNV_OFFSET = -3750763034362895579  # 0xcbf29ce484222325 as int64
 _FNV_PRIME = 1099511628211
 _DEPTH_MAX = 64
+_AHEAD = 16  # lines of prefetch distance in replay_block
 
 
 def available() -> bool:
@@ -161,10 +167,42 @@ def available() -> bool:
 
 
 if numba is not None:
-    _njit = numba.njit(cache=True, nogil=True)
+    # No reference counting in the hot functions (``_nrt=False``): they allocate nothing,
+    # and with it every call passing an array cost atomic increments and decrements of
+    # the arrays' counts (measured: about a tenth of the parse and replay time).  Only
+    # ``finish`` allocates.
+    _njit = numba.njit(cache=True, nogil=True, _nrt=False)
+    _njit_alloc = numba.njit(cache=True, nogil=True)
     # (numba's IR inlining, ``inline="always"``, was tried on the helpers: no faster,
     # and the cold compile took 50 % longer.)
     _inline = _njit
+
+    from llvmlite import ir as _ir
+    from numba.core import cgutils as _cgutils
+
+    @numba.extending.intrinsic
+    def _prefetch(typingctx: Any, arr: Any, idx: Any) -> Any:
+        """A hint (``llvm.prefetch``, read, high locality) that arr[idx] (its first item:
+        arr[idx, 0] of a 2-D array) is needed soon: no load, no fault, no effect on
+        results; idx must be in range."""
+
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            aryty = signature.args[0]
+            ary = context.make_array(aryty)(context, builder, args[0])
+            idx = context.cast(builder, args[1], signature.args[1], numba.types.intp)
+            zero = context.get_constant(numba.types.intp, 0)
+            ptr = _cgutils.get_item_pointer(
+                context, builder, aryty, ary, [idx] + [zero] * (aryty.ndim - 1),
+                wraparound=False, boundscheck=False,
+            )
+            i8p = _ir.IntType(8).as_pointer()
+            i32 = _ir.IntType(32)
+            fnty = _ir.FunctionType(_ir.VoidType(), [i8p, i32, i32, i32])
+            fn = _cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+            builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
+            return context.get_dummy_value()
+
+        return numba.types.void(arr, idx), codegen
 
     def _lit(s: str) -> Any:
         return np.frombuffer(s.encode(), dtype=np.uint8).copy()
@@ -379,7 +417,7 @@ if numba is not None:
                 return -1
 
     @_njit
-    def _pos(buf: Any, i: int, end: int, line: Any) -> int:
+    def _pos(buf: Any, i: int, end: int, recs: Any, r: int) -> int:
         """``[file, offset, size]`` of the common shape at i (buf[i] is '['): index after
         it, or -1 when it is anything else (the caller then skips it as odd)."""
         i = _ws(buf, i + 1, end)
@@ -389,8 +427,8 @@ if numba is not None:
         i, esc = _string(buf, i, end)
         if i < 0 or esc:
             return -1
-        line[L_FILES] = fs
-        line[L_FILEE] = i - 1
+        recs[r, L_FILES] = fs
+        recs[r, L_FILEE] = i - 1
         i = _ws(buf, i, end)
         if i >= end or buf[i] != 44:
             return -1
@@ -406,18 +444,18 @@ if numba is not None:
         i = _ws(buf, i, end)
         if i >= end or buf[i] != 93:
             return -1
-        line[L_OFF] = off
-        line[L_SIZE] = size
+        recs[r, L_OFF] = off
+        recs[r, L_SIZE] = size
         return i + 1
 
     @_njit
-    def _value(buf: Any, i: int, end: int, line: Any, stack: Any) -> int:
+    def _value(buf: Any, i: int, end: int, recs: Any, r: int, stack: Any) -> int:
         """The ``value`` field at i: an object's ``v`` and ``pos`` into ``line``; anything
         else marks the value other (not an object) or odd (an object of another shape)."""
         if buf[i] != 123:
-            line[L_VK] = _VK_OTHER
+            recs[r, L_VK] = _VK_OTHER
             return _skip(buf, i, end, stack)
-        line[L_VK] = _VK_OBJECT
+        recs[r, L_VK] = _VK_OBJECT
         i = _ws(buf, i + 1, end)
         if i < end and buf[i] == 125:
             return i + 1
@@ -446,13 +484,13 @@ if numba is not None:
                     vs = i + 1
                     i, esc = _string(buf, i, end)
                     if esc:
-                        line[L_VK] = _VK_ODD
+                        recs[r, L_VK] = _VK_ODD
                     elif i >= 0:
-                        line[L_VS] = vs
-                        line[L_VE] = i - 1
+                        recs[r, L_VS] = vs
+                        recs[r, L_VE] = i - 1
                 else:
                     if not _eq(buf, i, min(i + 4, end), _W_NULL):
-                        line[L_VK] = _VK_ODD
+                        recs[r, L_VK] = _VK_ODD
                     i = _skip(buf, i, end, stack)
             elif _eq(buf, ks, ke, _K_POS):
                 if seen & 2:
@@ -460,12 +498,12 @@ if numba is not None:
                 seen |= 2
                 j = -1
                 if buf[i] == 91:
-                    j = _pos(buf, i, end, line)
+                    j = _pos(buf, i, end, recs, r)
                 if j >= 0:
-                    line[L_HASPOS] = 1
+                    recs[r, L_HASPOS] = 1
                     i = j
                 elif buf[i] == 91:  # another array: the Python checker's business
-                    line[L_VK] = _VK_ODD
+                    recs[r, L_VK] = _VK_ODD
                     i = _skip(buf, i, end, stack)
                 elif _eq(buf, i, min(i + 4, end), _W_NULL):
                     i += 4
@@ -486,13 +524,13 @@ if numba is not None:
             return -1
 
     @_njit
-    def _parse_line(buf: Any, i: int, end: int, line: Any, stack: Any) -> bool:
+    def _parse_line(buf: Any, i: int, end: int, recs: Any, r: int, stack: Any) -> bool:
         """One event line [i, end) into ``line``; False when it is not one this path
         handles (invalid JSON, a missing or odd common field, a duplicate one)."""
-        line[L_VK] = _VK_NONE
-        line[L_VS] = -1
-        line[L_HASPOS] = 0
-        line[L_FINAL] = 0
+        recs[r, L_VK] = _VK_NONE
+        recs[r, L_VS] = -1
+        recs[r, L_HASPOS] = 0
+        recs[r, L_FINAL] = 0
         seen = 0
         i = _ws(buf, i, end)
         if i >= end or buf[i] != 123:
@@ -516,7 +554,7 @@ if numba is not None:
                 if seen & 1:
                     return False
                 seen |= 1
-                line[L_IDX], i = _int(buf, i, end)
+                recs[r, L_IDX], i = _int(buf, i, end)
             elif _eq(buf, ks, ke, _K_PROCESS):
                 if seen & 2:
                     return False
@@ -526,9 +564,9 @@ if numba is not None:
                     i, esc = _string(buf, i, end)
                     if i < 0 or esc or not _eq(buf, s, i - 1, _W_NEMESIS):
                         return False
-                    line[L_PROC] = _NEMESIS
+                    recs[r, L_PROC] = _NEMESIS
                 else:
-                    line[L_PROC], i = _int(buf, i, end)
+                    recs[r, L_PROC], i = _int(buf, i, end)
             elif _eq(buf, ks, ke, _K_TYPE):
                 if seen & 4:
                     return False
@@ -540,13 +578,13 @@ if numba is not None:
                 if i < 0 or esc:
                     return False
                 if _eq(buf, s, i - 1, _W_INVOKE):
-                    line[L_TYPE] = _T_INVOKE
+                    recs[r, L_TYPE] = _T_INVOKE
                 elif _eq(buf, s, i - 1, _W_OK):
-                    line[L_TYPE] = _T_OK
+                    recs[r, L_TYPE] = _T_OK
                 elif _eq(buf, s, i - 1, _W_FAIL):
-                    line[L_TYPE] = _T_FAIL
+                    recs[r, L_TYPE] = _T_FAIL
                 elif _eq(buf, s, i - 1, _W_INFO):
-                    line[L_TYPE] = _T_INFO
+                    recs[r, L_TYPE] = _T_INFO
                 else:
                     return False
             elif _eq(buf, ks, ke, _K_F):
@@ -559,27 +597,27 @@ if numba is not None:
                 i, esc = _string(buf, i, end)
                 if i < 0 or esc:
                     return False
-                line[L_FS] = s
-                line[L_FE] = i - 1
+                recs[r, L_FS] = s
+                recs[r, L_FE] = i - 1
                 if _eq(buf, s, i - 1, _W_APPEND):
-                    line[L_F] = _F_APPEND
+                    recs[r, L_F] = _F_APPEND
                 elif _eq(buf, s, i - 1, _W_WRITE):
-                    line[L_F] = _F_WRITE
+                    recs[r, L_F] = _F_WRITE
                 elif _eq(buf, s, i - 1, _W_READ):
-                    line[L_F] = _F_READ
+                    recs[r, L_F] = _F_READ
                 else:
-                    line[L_F] = _F_OTHER
+                    recs[r, L_F] = _F_OTHER
             elif _eq(buf, ks, ke, _K_VALUE):
                 if seen & 16:
                     return False
                 seen |= 16
-                i = _value(buf, i, end, line, stack)
+                i = _value(buf, i, end, recs, r, stack)
             elif _eq(buf, ks, ke, _K_FINAL):
                 if seen & 32:
                     return False
                 seen |= 32
                 if _eq(buf, i, min(i + 4, end), _W_TRUE):
-                    line[L_FINAL] = 1
+                    recs[r, L_FINAL] = 1
                     i += 4
                 elif _eq(buf, i, min(i + 5, end), _W_FALSE):
                     i += 5
@@ -616,12 +654,12 @@ if numba is not None:
 
     @_njit
     def _intern(
-        buf: Any, s: int, e: int, tab: Any, slots: Any, arena: Any, sc: Any, n_at: int,
-        used_at: int, insert: bool,
+        buf: Any, s: int, e: int, h: int, tab: Any, slots: Any, arena: Any, sc: Any,
+        n_at: int, used_at: int, insert: bool,
     ) -> int:
-        """The entry of the string buf[s:e] in a table (hash, then byte comparison), added
-        when ``insert``; -1 when absent and not added."""
-        h = _fnv(buf, s, e)
+        """The entry of the string buf[s:e], of hash ``_fnv(buf, s, e)`` = h (computed by
+        the parse pass), in a table (hash, then byte comparison), added when ``insert``;
+        -1 when absent and not added."""
         mask = slots.size - 1
         k = h & mask
         n = e - s
@@ -633,7 +671,8 @@ if numba is not None:
                 j = sc[n_at]
                 sc[n_at] = j + 1
                 a = sc[used_at]
-                arena[a : a + n] = buf[s:e]
+                for q in range(n):
+                    arena[a + q] = buf[s + q]
                 sc[used_at] = a + n
                 tab[j, T_START] = a
                 tab[j, T_LEN] = n
@@ -652,8 +691,11 @@ if numba is not None:
             k = (k + 1) & mask
 
     @_njit
-    def _position(pos: Any, slots: Any, sc: Any, file: int, off: int, size: int) -> int:
-        h = _mix(file, off, size)
+    def _position(
+        pos: Any, slots: Any, sc: Any, file: int, off: int, size: int, h: int
+    ) -> int:
+        """The entry of position (file id, off, size); h is its hash from the parse pass,
+        ``_mix`` of the file name's hash, off and size (one file name, one file id)."""
         mask = slots.size - 1
         k = h & mask
         while True:
@@ -736,59 +778,59 @@ if numba is not None:
 
     @_njit
     def _event(
-        buf: Any, line: Any, sc: Any, ids: Any, id_slots: Any, id_arena: Any, names: Any,
+        buf: Any, recs: Any, r: int, sc: Any, ids: Any, id_slots: Any, id_arena: Any, names: Any,
         name_slots: Any, name_arena: Any, pos: Any, pos_slots: Any, procs: Any,
         proc_slots: Any,
     ) -> None:
         """Replay one parsed event on the tables (the Python checker's feed loop)."""
         sc[S_EVENTS] += 1
-        typ = line[L_TYPE]
-        f = line[L_F]
+        typ = recs[r, L_TYPE]
+        f = recs[r, L_F]
         if f == _F_OTHER:
             f = 3 + _intern(
-                buf, line[L_FS], line[L_FE], names, name_slots, name_arena, sc, S_NNAMES,
-                S_NAMEARENA, True,
+                buf, recs[r, L_FS], recs[r, L_FE], _fnv(buf, recs[r, L_FS], recs[r, L_FE]),
+                names, name_slots, name_arena, sc, S_NNAMES, S_NAMEARENA, True,
             )
         chunk = f < 3
         if typ == _T_INVOKE:
-            if (f == _F_APPEND or f == _F_WRITE) and line[L_VK] != _VK_OBJECT:  # noqa: SIM109
+            if (f == _F_APPEND or f == _F_WRITE) and recs[r, L_VK] != _VK_OBJECT:  # noqa: SIM109
                 _bail(sc, _R_VALUE)
                 return
-            q = _process(procs, proc_slots, sc, line[L_PROC], True)
+            q = _process(procs, proc_slots, sc, recs[r, L_PROC], True)
             if procs[q, Q_PEND]:
                 _bail(sc, _R_PAIRING)
                 return
             procs[q, Q_PEND] = 1
-            procs[q, Q_INV] = line[L_IDX]
+            procs[q, Q_INV] = recs[r, L_IDX]
             procs[q, Q_SEQ] = sc[S_EVENTS]
             procs[q, Q_F] = f
-            procs[q, Q_FINAL] = line[L_FINAL]
+            procs[q, Q_FINAL] = recs[r, L_FINAL]
             procs[q, Q_V] = -1
             if f == _F_APPEND or f == _F_WRITE:  # noqa: SIM109
-                if line[L_VS] < 0:
+                if recs[r, L_VS] < 0:
                     _bail(sc, _R_MISSING)
                     return
                 procs[q, Q_V] = _intern(
-                    buf, line[L_VS], line[L_VE], ids, id_slots, id_arena, sc, S_NIDS,
-                    S_IDARENA, True,
+                    buf, recs[r, L_VS], recs[r, L_VE], recs[r, L_VH], ids, id_slots, id_arena,
+                    sc, S_NIDS, S_IDARENA, True,
                 )
                 if f == _F_WRITE:
-                    if not line[L_HASPOS]:
+                    if not recs[r, L_HASPOS]:
                         _bail(sc, _R_MISSING)
                         return
                     procs[q, Q_TFILE] = _intern(
-                        buf, line[L_FILES], line[L_FILEE], names, name_slots, name_arena, sc,
-                        S_NNAMES, S_NAMEARENA, True,
+                        buf, recs[r, L_FILES], recs[r, L_FILEE], recs[r, L_FH], names,
+                        name_slots, name_arena, sc, S_NNAMES, S_NAMEARENA, True,
                     )
-                    procs[q, Q_TOFF] = line[L_OFF]
-                    procs[q, Q_TSIZE] = line[L_SIZE]
+                    procs[q, Q_TOFF] = recs[r, L_OFF]
+                    procs[q, Q_TSIZE] = recs[r, L_SIZE]
             sc[S_PENDING] += 1
             if sc[S_PENDING] > sc[S_MAXPENDING]:
                 sc[S_MAXPENDING] = sc[S_PENDING]
             return
-        q = _process(procs, proc_slots, sc, line[L_PROC], False)
+        q = _process(procs, proc_slots, sc, recs[r, L_PROC], False)
         if q < 0 or procs[q, Q_PEND] == 0:
-            if line[L_PROC] != _NEMESIS:
+            if recs[r, L_PROC] != _NEMESIS:
                 _bail(sc, _R_PAIRING)
             return
         procs[q, Q_PEND] = 0
@@ -817,22 +859,24 @@ if numba is not None:
                 ids[v, I_TSIZE] = procs[q, Q_TSIZE]
             return
         sc[S_OK] += 1
-        if line[L_VK] != _VK_OBJECT:
+        if recs[r, L_VK] != _VK_OBJECT:
             _bail(sc, _R_VALUE)
             return
-        if not line[L_HASPOS]:
+        if not recs[r, L_HASPOS]:
             _bail(sc, _R_MISSING)
             return
         file = _intern(
-            buf, line[L_FILES], line[L_FILEE], names, name_slots, name_arena, sc, S_NNAMES,
-            S_NAMEARENA, True,
+            buf, recs[r, L_FILES], recs[r, L_FILEE], recs[r, L_FH], names, name_slots,
+            name_arena, sc, S_NNAMES, S_NAMEARENA, True,
         )
-        p = _position(pos, pos_slots, sc, file, line[L_OFF], line[L_SIZE])
+        p = _position(
+            pos, pos_slots, sc, file, recs[r, L_OFF], recs[r, L_SIZE], recs[r, L_PH]
+        )
         v = -1
-        if line[L_VS] >= 0:
+        if recs[r, L_VS] >= 0:
             v = _intern(
-                buf, line[L_VS], line[L_VE], ids, id_slots, id_arena, sc, S_NIDS, S_IDARENA,
-                True,
+                buf, recs[r, L_VS], recs[r, L_VE], recs[r, L_VH], ids, id_slots, id_arena, sc,
+                S_NIDS, S_IDARENA, True,
             )
         cur = pos[p, P_VAL]
         if f == _F_READ:
@@ -844,9 +888,9 @@ if numba is not None:
                     _bail(sc, _R_CONFLICT)
                     return
                 pos[p, P_VAL] = v
-                if line[L_IDX] < pos[p, P_VALRESP]:
-                    pos[p, P_VALRESP] = line[L_IDX]
-            if line[L_FINAL] or procs[q, Q_FINAL]:
+                if recs[r, L_IDX] < pos[p, P_VALRESP]:
+                    pos[p, P_VALRESP] = recs[r, L_IDX]
+            if recs[r, L_FINAL] or procs[q, Q_FINAL]:
                 sc[S_ANY_FINAL] = 1
                 pos[p, P_FINAL] |= _FINAL_GOOD if v >= 0 else _FINAL_WRONG
             return
@@ -863,27 +907,32 @@ if numba is not None:
         pos[p, P_VAL] = v
         pos[p, P_ACK] = f + 1
         pos[p, P_WINV] = inv
-        pos[p, P_WRESP] = line[L_IDX]
+        pos[p, P_WRESP] = recs[r, L_IDX]
 
     @_njit
-    def parse_block(buf: Any, i: int, end: int, recs: Any) -> int:
-        """Parse the lines of buf[i:end] (which ends with a newline) into ``recs`` (one row
-        per line, with its start and end); returns the count, or -1 at a line this path
-        does not handle."""
-        stack = np.zeros(_DEPTH_MAX, dtype=np.int64)
-        n = 0
+    def parse_block(buf: Any, i: int, end: int, recs: Any, row: int, stack: Any) -> int:
+        """Parse the lines of buf[i:end] (which ends with a newline) into ``recs`` from
+        ``row`` on (one row per line, with its start and end and the hashes replay_block
+        probes with); returns the count, or -1 at a line this path does not handle.
+        ``stack``: _DEPTH_MAX int64 of scratch."""
+        n = row
         while i < end:
             j = i
             while buf[j] != 10:
                 j += 1
-            rec = recs[n]
-            if not _parse_line(buf, i, j, rec, stack):
+            if not _parse_line(buf, i, j, recs, n, stack):
                 return -1
-            rec[L_START] = i
-            rec[L_END] = j
+            recs[n, L_START] = i
+            recs[n, L_END] = j
+            if recs[n, L_VS] >= 0:
+                recs[n, L_VH] = _fnv(buf, recs[n, L_VS], recs[n, L_VE])
+            if recs[n, L_HASPOS]:
+                fh = _fnv(buf, recs[n, L_FILES], recs[n, L_FILEE])
+                recs[n, L_FH] = fh
+                recs[n, L_PH] = _mix(fh, recs[n, L_OFF], recs[n, L_SIZE])
             n += 1
             i = j + 1
-        return n
+        return n - row
 
     @_njit
     def last_newline(buf: Any, end: int) -> int:
@@ -893,9 +942,9 @@ if numba is not None:
         return -1
 
     @_njit
-    def count_lines(buf: Any, end: int) -> int:
+    def count_lines(buf: Any, start: int, end: int) -> int:
         n = 0
-        for k in range(end):
+        for k in range(start, end):
             if buf[k] == 10:
                 n += 1
         return n
@@ -909,9 +958,28 @@ if numba is not None:
         """Replay parsed lines recs[k:n] on the tables; returns where it stopped: n (status
         run), before a line the tables have no room for (status grow), or at a bail."""
         sc[S_STATUS] = _RUN
+        id_mask = id_slots.size - 1
+        pos_mask = pos_slots.size - 1
         while k < n:
-            rec = recs[k]
-            size = rec[L_END] - rec[L_START]
+            # Hash-table slots are random accesses: ask for them _AHEAD lines before they
+            # are probed, and for the rows they point to half as far ahead.
+            a = k + _AHEAD
+            if a < n:
+                if recs[a, L_VS] >= 0:
+                    _prefetch(id_slots, recs[a, L_VH] & id_mask)
+                if recs[a, L_HASPOS]:
+                    _prefetch(pos_slots, recs[a, L_PH] & pos_mask)
+            a = k + _AHEAD // 2
+            if a < n:
+                if recs[a, L_VS] >= 0:
+                    j = id_slots[recs[a, L_VH] & id_mask]
+                    if j >= 0:
+                        _prefetch(ids, j)
+                if recs[a, L_HASPOS]:
+                    j = pos_slots[recs[a, L_PH] & pos_mask]
+                    if j >= 0:
+                        _prefetch(pos, j)
+            size = recs[k, L_END] - recs[k, L_START]
             if (
                 sc[S_NIDS] + 2 > ids.shape[0]
                 or 2 * (sc[S_NIDS] + 2) > id_slots.size
@@ -928,7 +996,7 @@ if numba is not None:
                 sc[S_NEED] = size
                 return k
             _event(
-                buf, rec, sc, ids, id_slots, id_arena, names, name_slots, name_arena, pos,
+                buf, recs, k, sc, ids, id_slots, id_arena, names, name_slots, name_arena, pos,
                 pos_slots, procs, proc_slots,
             )
             if sc[S_STATUS] != _RUN:
@@ -942,7 +1010,7 @@ if numba is not None:
         val_resp = pos[p, P_VALRESP]
         return val_resp < w_inv or null_inv > w_resp or null_inv > val_resp
 
-    @_njit
+    @_njit_alloc
     def finish(sc: Any, ids: Any, pos: Any, procs: Any) -> Any:
         """Settle pending invocations (unknown, in invocation order), then the per-position
         rules and the overlap sweep; returns, per payload id, the first position (in
@@ -1116,9 +1184,12 @@ class _Block:
         self.eof = False
         self.bad = False
 
-    def load(self, fd: int, prev: _Block | None, offset: int) -> _Block:
+    def load(
+        self, fd: int, prev: _Block | None, offset: int, helper: ThreadPoolExecutor | None
+    ) -> _Block:
         """Read from ``offset`` after ``prev``'s incomplete last line, up to a newline (the
-        file's last line gets one: a torn line then fails to parse), and parse."""
+        file's last line gets one: a torn line then fails to parse), and parse: the second
+        half of the lines on ``helper``'s thread meanwhile, when given."""
         have = 0
         if prev is not None:
             tail = prev.buf[prev.lines_end : prev.data_end]
@@ -1146,10 +1217,25 @@ class _Block:
             if lines_end > 0:
                 break
         self.lines_end, self.data_end, self.next_offset = lines_end, have, offset
-        count = count_lines(self.buf, lines_end)
+        mid = 0
+        if helper is not None and lines_end >= SPLIT_MIN_BYTES:
+            mid = last_newline(self.buf, lines_end // 2) + 1  # a line start, or 0
+        first = count_lines(self.buf, 0, mid)
+        count = first + count_lines(self.buf, mid, lines_end)
         if self.recs.shape[0] < count:
             self.recs = np.empty((count + count // 4, N_LINE_FIELDS), dtype=np.int64)
-        self.n = parse_block(self.buf, 0, lines_end, self.recs)
+        if mid > 0 and helper is not None:
+            job = helper.submit(
+                parse_block, self.buf, mid, lines_end, self.recs, first,
+                np.zeros(_DEPTH_MAX, dtype=np.int64),
+            )
+            n1 = parse_block(self.buf, 0, mid, self.recs, 0, np.zeros(_DEPTH_MAX, np.int64))
+            n2 = job.result()
+            self.n = n1 + n2 if n1 >= 0 and n2 >= 0 else -1
+        else:
+            self.n = parse_block(
+                self.buf, 0, lines_end, self.recs, 0, np.zeros(_DEPTH_MAX, dtype=np.int64)
+            )
         self.bad = self.n < 0
         return self
 
@@ -1211,11 +1297,12 @@ def _check_file(
     budget = None if memory_limit_mb is None else memory_limit_mb * 1048576
     t = _Tables(size_bytes // 120)
     sc = t.sc
-    # Two stages on two threads (numba releases the GIL): block k+1 is read and parsed
-    # while block k is replayed on the tables (replay is sequential: file order).
+    # Two stages on three threads (numba releases the GIL): block k+1 is read and parsed
+    # (its two halves on two threads) while block k is replayed on the tables (replay is
+    # sequential: file order).
     blocks = [_Block(min(BLOCK_BYTES, size_bytes + 1)), _Block(min(BLOCK_BYTES, size_bytes + 1))]
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        job = pool.submit(blocks[0].load, fd, None, 0)
+    with ThreadPoolExecutor(max_workers=1) as pool, ThreadPoolExecutor(max_workers=1) as helper:
+        job = pool.submit(blocks[0].load, fd, None, 0, helper)
         which = 0
         while True:
             cur = job.result()
@@ -1226,7 +1313,7 @@ def _check_file(
                 handover("deadline")
                 return None
             if not cur.eof:
-                job = pool.submit(blocks[1 - which].load, fd, cur, cur.next_offset)
+                job = pool.submit(blocks[1 - which].load, fd, cur, cur.next_offset, helper)
             k = 0
             while True:
                 k = replay_block(cur.buf, cur.recs, k, cur.n, *t.args())
