@@ -6,6 +6,7 @@ and witness (or its HistoryError) come out unchanged."""
 from __future__ import annotations
 
 import json
+import random
 import tempfile
 from collections.abc import Iterable
 from typing import Any
@@ -133,6 +134,84 @@ def test_bench_history_in_small_blocks_is_proven_with_the_same_report(
     monkeypatch.setattr(woj, "BLOCK_BYTES", 64)
     small, _ = _fast(data)
     assert small is not None and small.to_json() == fast.to_json()
+
+
+def _disguised(rnd: random.Random, e: dict[str, Any], utf8: bool) -> bytes:
+    """One event as a writer other than ours might spell it: keys in any order, JSON
+    whitespace, extra fields of any type (escapes, nesting, non-ASCII text as escapes, or
+    as UTF-8 with ``utf8``), numbers spelled with exponents in skipped fields."""
+    e = dict(e)
+    roll = rnd.random()
+    if roll < 0.3:
+        e["node"] = rnd.choice(['n\\"1', "n\u00e9", "\u00fc", "\t"])
+    if rnd.random() < 0.3:
+        e["extra"] = {"k": [1, -2.5e3, True, None, {"x": "\n"}], "e": [], "o": {}}
+    if rnd.random() < 0.1:
+        e["time"] = 1.5e9
+    items = list(e.items())
+    if rnd.random() < 0.5:
+        rnd.shuffle(items)
+    seps = rnd.choice([(",", ":"), (", ", ": "), (" , ", " : ")])
+    text = json.dumps(dict(items), separators=seps, ensure_ascii=not utf8)
+    if rnd.random() < 0.1:
+        text = " \t" + text + " "
+    return text.encode() + (b"\r\n" if rnd.random() < 0.1 else b"\n")
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**32),
+    crash_p=st.sampled_from([0.0, 0.2]),
+    anomaly=st.sampled_from([None, *WRITE_ONCE_ANOMALIES]),
+    disguise=st.booleans(),
+    utf8=st.booleans(),
+    block_bytes=st.sampled_from([64, 700, 4096, 1 << 20]),
+)
+def test_agrees_when_blocks_are_parsed_in_halves_on_two_threads(
+    seed: int,
+    crash_p: float,
+    anomaly: str | None,
+    disguise: bool,
+    utf8: bool,
+    block_bytes: int,
+) -> None:
+    """With every block parsed in two halves on two threads (the path of big files), in
+    blocks of any size, over histories in our writer's spelling or disguised (key order,
+    whitespace, extra and escaped fields, UTF-8): whenever the fast path answers, its
+    result is exactly the Python checker's, and a history in our spelling is answered
+    exactly when it has no anomaly, and so is a disguised one in ASCII (UTF-8 text, even
+    in a skipped field, is left to the Python checker)."""
+    events = write_once_history(
+        seed=seed, ops=80, processes=4, crash_p=crash_p, fail_p=0.1, anomaly=anomaly,
+        final_reads=True, window=8, nodes=("a", "b"),
+    )
+    rnd = random.Random(seed)
+    data = (
+        b"".join(_disguised(rnd, e, utf8) for e in events)
+        if disguise
+        else _lines(events, separators=(",", ":"))
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(woj, "SPLIT_MIN_BYTES", 1)
+        mp.setattr(woj, "BLOCK_BYTES", block_bytes)
+        fast = _same(data)
+    if not (disguise and utf8):
+        assert (fast is not None) == (anomaly is None)
+
+
+def test_split_parse_of_the_bench_history_gives_the_same_result(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A benchmark history parsed in halves (blocks of 1 KiB and 64 KiB) gives the result
+    of the one-thread parse."""
+    data = b"".join(write_once_bench_lines(seed=5, ops=4000, crash_p=0.05))
+    whole = _same(data)
+    assert whole is not None
+    monkeypatch.setattr(woj, "SPLIT_MIN_BYTES", 1)
+    for block in (1024, 65536):
+        monkeypatch.setattr(woj, "BLOCK_BYTES", block)
+        halves, _ = _fast(data)
+        assert halves is not None and halves.to_json() == whole.to_json()
 
 
 def _base() -> list[dict[str, Any]]:
