@@ -54,7 +54,7 @@ _PENDING_BYTES = 700
 # compiled code (measured at 100 k ops, 39 MiB: 1.4-1.75 CPU s here against 1.06 for the
 # Python checker, at load ~25). ``write_once.FAST_MIN_BYTES`` repeats it.
 FAST_MIN_BYTES = 64 << 20
-BLOCK_BYTES = 32 << 20
+BLOCK_BYTES = 8 << 20  # small: the pipeline fills (first parse) and drains (last replay) sooner
 # A block of at least this many bytes is parsed in two halves on two threads.
 SPLIT_MIN_BYTES = 1 << 20
 
@@ -524,9 +524,12 @@ if numba is not None:
             return -1
 
     @_njit
-    def _parse_line(buf: Any, i: int, end: int, recs: Any, r: int, stack: Any) -> bool:
-        """One event line [i, end) into ``line``; False when it is not one this path
-        handles (invalid JSON, a missing or odd common field, a duplicate one)."""
+    def _parse_line(buf: Any, i: int, end: int, recs: Any, r: int, stack: Any) -> int:
+        """The event line at i into recs[r]; returns the index of its newline, or -1 when
+        it is not one this path handles (invalid JSON, a missing or odd common field, a
+        duplicate one).  buf[end - 1] is a newline, and no scanner here steps over one (it
+        is no JSON whitespace they skip, nor allowed in a string or number), so the line
+        needs no newline search of its own."""
         recs[r, L_VK] = _VK_NONE
         recs[r, L_VS] = -1
         recs[r, L_HASPOS] = 0
@@ -534,49 +537,49 @@ if numba is not None:
         seen = 0
         i = _ws(buf, i, end)
         if i >= end or buf[i] != 123:
-            return False
+            return -1
         i = _ws(buf, i + 1, end)
         while True:
             if i >= end or buf[i] != 34:
-                return False
+                return -1
             ks = i + 1
             i, esc = _string(buf, i, end)
             if i < 0 or esc:
-                return False
+                return -1
             ke = i - 1
             i = _ws(buf, i, end)
             if i >= end or buf[i] != 58:
-                return False
+                return -1
             i = _ws(buf, i + 1, end)
             if i >= end:
-                return False
+                return -1
             if _eq(buf, ks, ke, _K_INDEX):
                 if seen & 1:
-                    return False
+                    return -1
                 seen |= 1
                 recs[r, L_IDX], i = _int(buf, i, end)
             elif _eq(buf, ks, ke, _K_PROCESS):
                 if seen & 2:
-                    return False
+                    return -1
                 seen |= 2
                 if buf[i] == 34:
                     s = i + 1
                     i, esc = _string(buf, i, end)
                     if i < 0 or esc or not _eq(buf, s, i - 1, _W_NEMESIS):
-                        return False
+                        return -1
                     recs[r, L_PROC] = _NEMESIS
                 else:
                     recs[r, L_PROC], i = _int(buf, i, end)
             elif _eq(buf, ks, ke, _K_TYPE):
                 if seen & 4:
-                    return False
+                    return -1
                 seen |= 4
                 if buf[i] != 34:
-                    return False
+                    return -1
                 s = i + 1
                 i, esc = _string(buf, i, end)
                 if i < 0 or esc:
-                    return False
+                    return -1
                 if _eq(buf, s, i - 1, _W_INVOKE):
                     recs[r, L_TYPE] = _T_INVOKE
                 elif _eq(buf, s, i - 1, _W_OK):
@@ -586,17 +589,17 @@ if numba is not None:
                 elif _eq(buf, s, i - 1, _W_INFO):
                     recs[r, L_TYPE] = _T_INFO
                 else:
-                    return False
+                    return -1
             elif _eq(buf, ks, ke, _K_F):
                 if seen & 8:
-                    return False
+                    return -1
                 seen |= 8
                 if buf[i] != 34:
-                    return False
+                    return -1
                 s = i + 1
                 i, esc = _string(buf, i, end)
                 if i < 0 or esc:
-                    return False
+                    return -1
                 recs[r, L_FS] = s
                 recs[r, L_FE] = i - 1
                 if _eq(buf, s, i - 1, _W_APPEND):
@@ -609,12 +612,12 @@ if numba is not None:
                     recs[r, L_F] = _F_OTHER
             elif _eq(buf, ks, ke, _K_VALUE):
                 if seen & 16:
-                    return False
+                    return -1
                 seen |= 16
                 i = _value(buf, i, end, recs, r, stack)
             elif _eq(buf, ks, ke, _K_FINAL):
                 if seen & 32:
-                    return False
+                    return -1
                 seen |= 32
                 if _eq(buf, i, min(i + 4, end), _W_TRUE):
                     recs[r, L_FINAL] = 1
@@ -624,19 +627,22 @@ if numba is not None:
                 elif _eq(buf, i, min(i + 4, end), _W_NULL):
                     i += 4
                 else:
-                    return False
+                    return -1
             else:
                 i = _skip(buf, i, end, stack)
             if i < 0:
-                return False
+                return -1
             i = _ws(buf, i, end)
             if i >= end:
-                return False
+                return -1
             if buf[i] == 44:
                 i = _ws(buf, i + 1, end)
                 continue
             if buf[i] == 125:
-                return _ws(buf, i + 1, end) == end and (seen & 15) == 15
+                i = _ws(buf, i + 1, end)
+                if i < end and buf[i] == 10 and (seen & 15) == 15:
+                    return i
+                return -1
             return False
 
     @_inline
@@ -917,10 +923,8 @@ if numba is not None:
         ``stack``: _DEPTH_MAX int64 of scratch."""
         n = row
         while i < end:
-            j = i
-            while buf[j] != 10:
-                j += 1
-            if not _parse_line(buf, i, j, recs, n, stack):
+            j = _parse_line(buf, i, end, recs, n, stack)
+            if j < 0:
                 return -1
             recs[n, L_START] = i
             recs[n, L_END] = j
