@@ -55,6 +55,10 @@ _PENDING_BYTES = 700
 # Python checker, at load ~25). ``write_once.FAST_MIN_BYTES`` repeats it.
 FAST_MIN_BYTES = 64 << 20
 BLOCK_BYTES = 8 << 20  # small: the pipeline fills (first parse) and drains (last replay) sooner
+# Rows the id and position tables start with at most (then grown by doubling): sized from
+# the file alone they reached 7 GB of (mostly untouched) zeros for 10 M ops, which the
+# memory budget (4 GiB by default) counts, so the fast path handed over.
+ROWS_START_MAX = 1 << 22
 # A block of at least this many bytes is parsed in two halves on two threads.
 SPLIT_MIN_BYTES = 1 << 20
 
@@ -1115,7 +1119,7 @@ class _Tables:
 
     def __init__(self, guess_lines: int) -> None:
         self.sc = np.zeros(S_NSCALARS, dtype=np.int64)
-        n = max(1024, 1 << max(10, (guess_lines // 2).bit_length()))
+        n = min(ROWS_START_MAX, max(1024, 1 << max(10, (guess_lines // 2).bit_length())))
         self.ids = np.zeros((n, N_ID_FIELDS), dtype=np.int64)
         self.id_slots = np.full(2 * n, -1, dtype=np.int32)
         self.id_arena = np.zeros(16 * n, dtype=np.uint8)

@@ -395,6 +395,13 @@ def test_check_write_once_lines_uses_the_compiled_path() -> None:
         assert check_write_once_lines(fh, fast_min_bytes=0).to_json() == _python(data)
 
 
+def test_tables_start_small_enough_for_the_budget() -> None:
+    """However big the file, the tables start within 1 GB (a 10 M-op history
+    must fit the default 4 GiB budget after its growth)."""
+    assert woj._Tables(10**10).nbytes() < 1024 * 1048576
+    assert woj._Tables(1000).nbytes() < 1048576
+
+
 def test_thresholds_agree() -> None:
     """The checker's copy of the fast paths' thresholds (read without importing them)
     equals their own."""
