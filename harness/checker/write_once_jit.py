@@ -163,6 +163,8 @@ _FNV_OFFSET = -3750763034362895579  # 0xcbf29ce484222325 as int64
 _FNV_PRIME = 1099511628211
 _DEPTH_MAX = 64
 _AHEAD = 16  # lines of prefetch distance in replay_block
+# The shortest event line: {"index":0,"process":0,"type":"ok","f":""} is 42 bytes.
+_LINE_MIN_BYTES = 32
 
 
 def available() -> bool:
@@ -927,6 +929,8 @@ if numba is not None:
         ``stack``: _DEPTH_MAX int64 of scratch."""
         n = row
         while i < end:
+            if n >= recs.shape[0]:  # never, by the caller's sizing; no write out of bounds
+                return -1
             j = _parse_line(buf, i, end, recs, n, stack)
             if j < 0:
                 return -1
@@ -948,14 +952,6 @@ if numba is not None:
             if buf[k] == 10:
                 return k
         return -1
-
-    @_njit
-    def count_lines(buf: Any, start: int, end: int) -> int:
-        n = 0
-        for k in range(start, end):
-            if buf[k] == 10:
-                n += 1
-        return n
 
     @_njit
     def replay_block(
@@ -1185,7 +1181,7 @@ class _Block:
     def __init__(self, size: int) -> None:
         self.buf = np.empty(size, dtype=np.uint8)
         self.recs = np.empty((0, N_LINE_FIELDS), dtype=np.int64)
-        self.n = 0
+        self.segs: list[tuple[int, int]] = []  # the parsed rows: recs[start:stop] each
         self.lines_end = 0  # buf[:lines_end] is whole lines
         self.data_end = 0  # buf[lines_end:data_end] is the start of the next line
         self.next_offset = 0
@@ -1228,23 +1224,28 @@ class _Block:
         mid = 0
         if helper is not None and lines_end >= SPLIT_MIN_BYTES:
             mid = last_newline(self.buf, lines_end // 2) + 1  # a line start, or 0
-        first = count_lines(self.buf, 0, mid)
-        count = first + count_lines(self.buf, mid, lines_end)
-        if self.recs.shape[0] < count:
-            self.recs = np.empty((count + count // 4, N_LINE_FIELDS), dtype=np.int64)
+        # Rows without counting lines: a line parsed into a row is an event of at least
+        # _LINE_MIN_BYTES (the four required fields), so bytes // _LINE_MIN_BYTES + 1 rows
+        # bound any stretch of lines (rows not written are never touched, so not resident).
+        second = mid // _LINE_MIN_BYTES + 1
+        rows = second + (lines_end - mid) // _LINE_MIN_BYTES + 1
+        if self.recs.shape[0] < rows:
+            self.recs = np.empty((rows, N_LINE_FIELDS), dtype=np.int64)
         if mid > 0 and helper is not None:
             job = helper.submit(
-                parse_block, self.buf, mid, lines_end, self.recs, first,
+                parse_block, self.buf, mid, lines_end, self.recs, second,
                 np.zeros(_DEPTH_MAX, dtype=np.int64),
             )
             n1 = parse_block(self.buf, 0, mid, self.recs, 0, np.zeros(_DEPTH_MAX, np.int64))
             n2 = job.result()
-            self.n = n1 + n2 if n1 >= 0 and n2 >= 0 else -1
+            self.segs = [(0, n1), (second, second + n2)]
+            self.bad = n1 < 0 or n2 < 0
         else:
-            self.n = parse_block(
+            n = parse_block(
                 self.buf, 0, lines_end, self.recs, 0, np.zeros(_DEPTH_MAX, dtype=np.int64)
             )
-        self.bad = self.n < 0
+            self.segs = [(0, n)]
+            self.bad = n < 0
         return self
 
 
@@ -1322,15 +1323,17 @@ def _check_file(
                 return None
             if not cur.eof:
                 job = pool.submit(blocks[1 - which].load, fd, cur, cur.next_offset, helper)
-            k = 0
-            while True:
-                k = replay_block(cur.buf, cur.recs, k, cur.n, *t.args())
-                if sc[S_STATUS] != _GROW:
+            for k, stop in cur.segs:
+                while True:
+                    k = replay_block(cur.buf, cur.recs, k, stop, *t.args())
+                    if sc[S_STATUS] != _GROW:
+                        break
+                    t.grow(int(sc[S_NEED]))
+                    if budget is not None and t.nbytes() + 2 * cur.buf.nbytes > budget:
+                        handover("memory budget")
+                        return None
+                if sc[S_STATUS] == _BAIL:
                     break
-                t.grow(int(sc[S_NEED]))
-                if budget is not None and t.nbytes() + 2 * cur.buf.nbytes > budget:
-                    handover("memory budget")
-                    return None
             if sc[S_STATUS] == _BAIL:
                 handover(REASONS[sc[S_REASON]])
                 return None
