@@ -10,11 +10,13 @@ type, a duplicate key, an unknown ``type``, a process that is neither an integer
 (numba, numpy), its memory budget or the deadline, it returns ``None`` and the caller runs
 the exact Python checker, which produces the verdict and the witness.
 
-How: the file is read in blocks of whole lines (``os.preadv`` into one reused numpy buffer;
-the caller's file offset is untouched), and one ``@njit`` pass per block parses each line
-with a small validating JSON scanner (any key order, whitespace, unknown keys and nested
-values skipped and validated) and replays the Python checker's state machine on compact
-tables: payload ids, file names and other op names are interned exactly (FNV-1a hash, then
+How: the file is read in blocks of whole lines (``os.preadv`` into two alternating numpy
+buffers; the caller's file offset is untouched); an ``@njit`` pass parses each line with a
+small validating JSON scanner (any key order, whitespace, unknown keys and nested values
+skipped and validated; two threads, one per half block) and hashes the strings the replay
+looks up; another replays the Python checker's state machine, in file order, on compact
+tables (prefetching the hash slots and rows a few lines ahead) while the next block is
+read and parsed: payload ids, file names and other op names are interned exactly (FNV-1a hash, then
 a byte comparison against the stored copy: never a hash alone), positions are keyed by
 (file id, offset, size), processes by their integer.  A second ``@njit`` pass settles
 pending invocations, runs the per-position rules and the overlap sweep.  Pairing follows
