@@ -206,7 +206,9 @@ if numba is not None:
             i8p = _ir.IntType(8).as_pointer()
             i32 = _ir.IntType(32)
             fnty = _ir.FunctionType(_ir.VoidType(), [i8p, i32, i32, i32])
-            fn = _cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+            # Unmangled: LLVM's auto-upgrade gives it the suffix of its pointer model
+            # (``.p0`` opaque, ``.p0i8`` typed), so one name works across llvmlite versions.
+            fn = _cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch")
             builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
             return context.get_dummy_value()
 
