@@ -169,6 +169,13 @@ _AHEAD = 16  # lines of prefetch distance in replay_block
 _LINE_MIN_BYTES = 32
 
 
+# A numba that cannot compile this module's code (another version: ``_nrt=False``, the
+# prefetch intrinsic) makes the path hand over, not the check fail.
+_COMPILE_ERRORS: tuple[type[Exception], ...] = (
+    () if numba is None else (numba.core.errors.NumbaError,)
+)
+
+
 def available() -> bool:
     """True when the compiled path can run (numba and numpy importable)."""
     return numba is not None
@@ -1279,7 +1286,7 @@ def try_check_file(
 
     try:
         return _check_file(lines, memory_limit_mb, deadline, min_bytes, why)
-    except (MemoryError, OSError, ValueError) as exc:  # the Python checker decides
+    except (MemoryError, OSError, ValueError, *_COMPILE_ERRORS) as exc:  # Python decides
         if why is not None:
             why.append(f"error: {type(exc).__name__}: {exc}")
         return None

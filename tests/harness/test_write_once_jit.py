@@ -361,7 +361,8 @@ def test_hands_over_without_numba_budget_deadline_or_file(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """No fast answer without numba, past the memory budget, after the deadline, for lines
-    that are not a regular file from its start, or when reading or allocating fails."""
+    that are not a regular file from its start, or when reading, allocating or compiling
+    fails."""
     data = _lines(_base())
     assert _same(data) is not None
     _hands_over_with = _fast(data, memory_limit_mb=1e-6)
@@ -378,6 +379,13 @@ def test_hands_over_without_numba_budget_deadline_or_file(
 
     monkeypatch.setattr(woj, "parse_block", no_memory)
     assert _fast(data) == (None, ["error: MemoryError: test"])
+
+    def no_compile(*_args: Any) -> int:
+        raise woj.numba.core.errors.TypingError("test")
+
+    monkeypatch.setattr(woj, "parse_block", no_compile)
+    res, why = _fast(data)
+    assert res is None and why[0].startswith("error: TypingError: test")
     monkeypatch.setattr(woj, "numba", None)
     assert _fast(data) == (None, ["numba not installed"])
 
