@@ -46,10 +46,8 @@ from machi.core.fitness import Report
 from machi.core.projection import Projection, projection_from_json
 from machi.core.status import Status
 from machi.core.wire import Op
+from machi.wire_io import AnyioFramedStream, WireStream, connect_framed, join_small
 
-RECEIVE_SIZE = 256 * 1024
-#: Payloads up to this size are joined with their header into one send.
-JOIN_LIMIT = 64 * 1024
 STREAM_BUFFER_FRAMES = 16
 
 
@@ -119,7 +117,7 @@ _Target = _Waiter | MemoryObjectSendStream[wire.Frame | MachiError]
 class _Conn:
     """One open connection: the stream, the codec and the table of in-flight requests."""
 
-    def __init__(self, stream: anyio.abc.ByteStream, proto: wire.Connection) -> None:
+    def __init__(self, stream: WireStream, proto: wire.Connection) -> None:
         self.stream = stream
         self.proto = proto
         self.pending: dict[int, _Target] = {}
@@ -232,17 +230,18 @@ class FluClient:
             return conn
 
     async def _open(self) -> _Conn:
-        stream: anyio.abc.ByteStream
+        stream: WireStream
         if self.ssl_context is not None:
-            stream = await anyio.connect_tcp(
+            stream = AnyioFramedStream(await anyio.connect_tcp(
                 self.host, self.port, ssl_context=self.ssl_context,
                 tls_hostname=self.tls_hostname or self.host,
                 # no TLS close_notify exchange: closing must not read (the reader task
                 # may be reading); frames are self-delimiting so truncation is detected
                 tls_standard_compatible=False,
-            )
+            ))
         else:
-            stream = await anyio.connect_tcp(self.host, self.port)
+            # plain TCP: a BufferedProtocol connection (replies land in their final buffer)
+            stream = await connect_framed(self.host, self.port)
         proto = wire.Connection(wire.Role.CLIENT, max_frame_size=self.max_frame_size)
         conn = _Conn(stream, proto)
         try:
@@ -259,15 +258,14 @@ class FluClient:
             if not isinstance(ev, wire.NeedData):
                 return ev
             try:
-                data = await conn.stream.receive(conn.proto.receive_size_hint(RECEIVE_SIZE))
+                await conn.stream.receive_into(conn.proto)
             except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError,
                     OSError):
-                data = b""
-            conn.proto.receive_data(data)
+                conn.proto.receive_data(b"")
 
     async def _handshake(self, conn: _Conn) -> None:
         client_nonce = os.urandom(wire.NONCE_SIZE)
-        await conn.stream.send(conn.proto.send_client_hello(client_nonce, self.name))
+        await conn.stream.send_parts([conn.proto.send_client_hello(client_nonce, self.name)])
         ev = await self._next_event(conn)
         if not isinstance(ev, wire.Hello):
             raise Partition(f"server closed during hello ({ev!r})")
@@ -280,8 +278,8 @@ class FluClient:
             raise AuthRequired(f"{self.host}:{self.port} requires a secret")
         proof = wire.auth_proof(self.secret, "client", ev.nonce, client_nonce)
         rid = conn.new_id()
-        await conn.stream.send(
-            conn.proto.send_request(rid, Op.AUTH, meta={"proof": proof.hex()})
+        await conn.stream.send_parts(
+            [conn.proto.send_request(rid, Op.AUTH, meta={"proof": proof.hex()})]
         )
         reply = await self._next_event(conn)
         if not isinstance(reply, wire.Response):
@@ -359,13 +357,7 @@ class FluClient:
             )
             conn.pending[rid] = target
             try:
-                if size <= JOIN_LIMIT:
-                    await conn.stream.send(b"".join([head, *parts]) if size else head)
-                else:
-                    await conn.stream.send(head)
-                    for part in parts:
-                        if part:
-                            await conn.stream.send(part)  # type: ignore[arg-type]
+                await conn.stream.send_parts(join_small(head, parts))
             except BaseException as exc:
                 # A half-sent frame poisons the stream: break the connection.
                 await conn.fail(Partition(f"send failed: {exc!r}"))

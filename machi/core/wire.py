@@ -34,6 +34,7 @@ import enum
 import hmac
 import json
 import struct
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -294,70 +295,156 @@ def frame_bytes(
 
 
 # ---- frame decoding ------------------------------------------------------------------
+#: Capacity of a decoder's buffer for small frames (frames of ``BIG_FRAME`` bytes or more
+#: get a buffer of their own).  Fixed: views handed to a transport stay valid.
+SMALL_BUFFER_SIZE: Final = 4 * BIG_FRAME
+
+
 class FrameDecoder:
-    """Splits a byte stream into frames.  The size limit is checked on the length prefix,
-    so an oversized frame is refused before its body is buffered."""
+    """Splits a byte stream into frames, with as few copies as the caller allows.
+
+    Two ways to feed it: ``receive_data(bytes)`` (one copy into the decoder), or, for an
+    asyncio ``BufferedProtocol``, ``get_buffer()`` -> the transport reads into that view ->
+    ``buffer_updated(n)`` (no copy: the kernel writes into the decoder's memory).  Small
+    frames share one fixed buffer and are copied out when complete; a frame of at least
+    ``BIG_FRAME`` bytes gets a buffer of exactly its size (allocated once its length prefix
+    passed the limit check) and the rest of it is read straight into that buffer, so its
+    payload reaches the caller without a copy after the kernel's.
+
+    The size limit is checked on the length prefix, so an oversized frame is refused
+    before its body is buffered.  Complete frames wait in ``ready`` (in order) until
+    ``next_frame``; a framing error found while splitting is raised by ``next_frame``
+    after the frames before it.  The caller bounds ``ready_bytes`` (stops reading).
+    """
 
     def __init__(self, max_frame_size: int = MAX_FRAME_SIZE_DEFAULT) -> None:
         self.max_frame_size = max_frame_size
-        self._buf = bytearray()
+        self._small = bytearray(SMALL_BUFFER_SIZE)
+        self._small_view = memoryview(self._small)
+        self._lo = 0  # unconsumed bytes of the small buffer: [_lo, _hi)
+        self._hi = 0
+        self._big: bytearray | None = None  # the big frame being read, prefix included
+        self._big_fill = 0
+        self._ready: deque[bytes | bytearray] = deque()
+        self.ready_bytes = 0
+        self._error: RemoteProtocolError | None = None
         self._eof = False
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        """Bytes held: complete frames not yet taken plus the partial frame."""
+        return self.ready_bytes + self._hi - self._lo + self._big_fill
+
+    @property
+    def has_event(self) -> bool:
+        """True when ``next_frame`` would return something other than ``NEED_DATA``."""
+        return bool(self._ready) or self._error is not None or self._eof
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Feed bytes (copied); ``b""`` means the peer closed its side."""
         if self._eof and data:
             raise LocalProtocolError("data received after EOF")
         if not data:
             self._eof = True
             return
-        self._buf += data
+        src = memoryview(data).cast("B")
+        pos = 0
+        while pos < len(src):
+            dst = self.get_buffer()
+            n = min(len(dst), len(src) - pos)
+            dst[:n] = src[pos:pos + n]
+            pos += n
+            self.buffer_updated(n)
+
+    def get_buffer(self, size_hint: int = -1) -> memoryview:
+        """Where the next received bytes go (never empty)."""
+        if self._eof:
+            raise LocalProtocolError("data received after EOF")
+        big = self._big
+        if big is not None:
+            return memoryview(big)[self._big_fill:]
+        if self._error is not None:
+            return self._small_view  # the connection is dying: bytes are dropped
+        if self._lo == self._hi:
+            self._lo = self._hi = 0
+        elif SMALL_BUFFER_SIZE - self._hi < BIG_FRAME:
+            # Move the partial frame (< BIG_FRAME bytes) to the front.
+            n = self._hi - self._lo
+            assert n < self._lo  # source and destination do not overlap
+            self._small[:n] = self._small_view[self._lo:self._hi]
+            self._lo, self._hi = 0, n
+        return self._small_view[self._hi:]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` were written at the start of the last ``get_buffer`` view."""
+        big = self._big
+        if big is not None:
+            self._big_fill += nbytes
+            if self._big_fill == len(big):
+                self._big, self._big_fill = None, 0
+                self._push(big)
+            return
+        if self._error is not None:
+            return
+        self._hi += nbytes
+        self._split()
+
+    def _push(self, raw: bytes | bytearray) -> None:
+        self._ready.append(raw)
+        self.ready_bytes += len(raw)
+
+    def _split(self) -> None:
+        """Move the complete frames of the small buffer to ``ready``; start a big frame's
+        own buffer when the partial frame is big."""
+        small, lo, hi = self._small, self._lo, self._hi
+        while hi - lo >= PREFIX_SIZE:
+            (frame_len,) = _PREFIX.unpack_from(small, lo)
+            if frame_len > self.max_frame_size:
+                self._error = _remote(
+                    TooLarge,
+                    f"frame of {frame_len} bytes exceeds the limit of {self.max_frame_size}")
+                break
+            if frame_len < _AFTER_PREFIX:
+                self._error = RemoteProtocolError(
+                    f"frame length {frame_len} is shorter than the header")
+                break
+            total = PREFIX_SIZE + frame_len
+            if hi - lo >= total:
+                self._push(bytes(self._small_view[lo:lo + total]))
+                lo += total
+                continue
+            if total >= BIG_FRAME:
+                have = hi - lo
+                big = bytearray(total)
+                big[:have] = self._small_view[lo:hi]
+                self._big, self._big_fill = big, have
+                lo = hi
+            break
+        if lo == hi:
+            lo = hi = 0
+        self._lo, self._hi = lo, hi
 
     def next_frame(self) -> Frame | BadRequest | NeedData | Closed:
-        buf = self._buf
-        if len(buf) < PREFIX_SIZE:
-            return self._short()
-        (frame_len,) = _PREFIX.unpack_from(buf, 0)
-        if frame_len > self.max_frame_size:
-            raise _remote(
-                TooLarge, f"frame of {frame_len} bytes exceeds the limit of {self.max_frame_size}"
-            )
-        if frame_len < _AFTER_PREFIX:
-            raise RemoteProtocolError(f"frame length {frame_len} is shorter than the header")
-        total = PREFIX_SIZE + frame_len
-        if len(buf) < total:
-            return self._short()
-        raw: bytes | bytearray
-        if total == len(buf):
-            # The frame is the whole buffer (the usual case for big frames, see
-            # receive_size_hint): take the buffer itself, no copy.
-            raw, self._buf = buf, bytearray()
-        else:
-            raw = bytes(buf[:total])
-            del buf[:total]
-        return decode_frame(raw)
-
-    def receive_size_hint(self, default: int) -> int:
-        """How many bytes to ask the transport for next.  Inside a big frame: exactly the
-        rest of it, so that the frame ends at the end of the buffer and ``next_frame``
-        takes it without copying; otherwise ``default``."""
-        buf = self._buf
-        if len(buf) < PREFIX_SIZE:
-            return default
-        frame_len: int = _PREFIX.unpack_from(buf, 0)[0]
-        missing = PREFIX_SIZE + frame_len - len(buf)
-        if BIG_FRAME <= missing and frame_len <= self.max_frame_size:
-            return missing
-        return default
-
-    def _short(self) -> NeedData | Closed:
+        if self._ready:
+            raw = self._ready.popleft()
+            self.ready_bytes -= len(raw)
+            return decode_frame(raw)
+        if self._error is not None:
+            raise self._error
         if not self._eof:
             return NEED_DATA
-        if self._buf:
-            raise RemoteProtocolError(f"connection closed inside a frame ({len(self._buf)} bytes)")
+        partial = self._hi - self._lo + self._big_fill
+        if partial:
+            raise RemoteProtocolError(f"connection closed inside a frame ({partial} bytes)")
         return CLOSED
+
+    def receive_size_hint(self, default: int) -> int:
+        """How many bytes to ask a stream (``receive_data`` callers) for next: inside a big
+        frame exactly the rest of it (nothing of the next frame is copied twice);
+        otherwise ``default``."""
+        if self._big is not None:
+            return len(self._big) - self._big_fill
+        return default
 
 
 def _remote(cls: type[Exception], message: str) -> RemoteProtocolError:
@@ -570,6 +657,23 @@ class Connection:
     def receive_size_hint(self, default: int) -> int:
         """See ``FrameDecoder.receive_size_hint``."""
         return self._decoder.receive_size_hint(default)
+
+    # the zero-copy feed (asyncio BufferedProtocol): see ``FrameDecoder``
+    def get_buffer(self, size_hint: int = -1) -> memoryview:
+        return self._decoder.get_buffer(size_hint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._decoder.buffer_updated(nbytes)
+
+    @property
+    def has_event(self) -> bool:
+        """``next_event`` would return something other than ``NEED_DATA``."""
+        return self._decoder.has_event
+
+    @property
+    def ready_bytes(self) -> int:
+        """Bytes of complete frames received and not yet taken by ``next_event``."""
+        return self._decoder.ready_bytes
 
     def next_event(self) -> Event:
         try:

@@ -19,6 +19,7 @@ import anyio.abc
 from anyio.streams.tls import TLSListener
 
 from machi.core.errors import ConfigError
+from machi.wire_io import FramedListener
 
 from .config import NodeConfig
 from .log import JsonLog, forward_stdlib_logging
@@ -111,7 +112,8 @@ async def _serve(cfg: NodeConfig, log: JsonLog, attach: Attach | None, signals: 
         )
         await node.load_state()
         tcp = await anyio.create_tcp_listener(local_host=host, local_port=port)
-        listener: anyio.abc.Listener[Any] = tcp
+        # plain TCP: connections on a BufferedProtocol (machi.wire_io, fewer copies)
+        listener: anyio.abc.Listener[Any] = FramedListener(tcp)
         if ssl_ctx is not None:
             listener = TLSListener(tcp, ssl_ctx, standard_compatible=False,
                                    handshake_timeout=cfg.handshake_timeout_ms / 1000)

@@ -45,11 +45,11 @@ from machi.core.wedge import (
     recheck_epoch,
 )
 from machi.core.wire import Op
+from machi.wire_io import WireStream, as_wire_stream, join_small
 
 from .log import JsonLog
 from .metrics import Metrics
 
-RECEIVE_SIZE = 256 * 1024
 CHECKSUM_LIST_BATCH_MAX = 4096
 #: Projection payloads above this are refused (a projection is a few KiB at most).
 PROJECTION_META_MAX = 1024 * 1024
@@ -59,7 +59,7 @@ PROJECTION_META_MAX = 1024 * 1024
 class _Peer:
     """One accepted connection."""
 
-    stream: anyio.abc.ByteStream
+    stream: WireStream
     proto: wire.Connection
     address: str
     send_lock: anyio.Lock = field(default_factory=lambda: anyio.Lock(fast_acquire=True))
@@ -224,7 +224,9 @@ class FluNode:
                              connections=len(late))
 
     # ---- one connection ------------------------------------------------------------------
-    async def _handle(self, stream: anyio.abc.ByteStream) -> None:
+    async def _handle(self, raw_stream: Any) -> None:
+        """One connection: an anyio byte stream (TLS, tests) or a ``FramedStream``."""
+        stream = as_wire_stream(raw_stream)
         address = _peer_address(stream)
         peer = _Peer(stream, wire.Connection(wire.Role.SERVER, max_frame_size=self.max_frame_size),
                      address)
@@ -293,14 +295,12 @@ class FluNode:
             ev = peer.proto.next_event()
             if not isinstance(ev, wire.NeedData):
                 return ev
+            before = peer.stream.bytes_received
             try:
-                data = await peer.stream.receive(peer.proto.receive_size_hint(RECEIVE_SIZE))
-            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
-                data = b""
+                await peer.stream.receive_into(peer.proto)
             except anyio.ClosedResourceError:
                 raise _Gone() from None
-            self.metrics.bytes_in += len(data)
-            peer.proto.receive_data(data)
+            self.metrics.bytes_in += peer.stream.bytes_received - before
 
     async def _handshake(self, peer: _Peer) -> bool:
         """Hello both ways, then (with a secret) the AUTH exchange.  False: close."""
@@ -359,9 +359,8 @@ class FluNode:
     async def _raw_send(self, peer: _Peer, parts: list[bytes | memoryview]) -> None:
         try:
             async with peer.send_lock:
-                for part in parts:
-                    await peer.stream.send(part)  # type: ignore[arg-type]
-                    self.metrics.bytes_out += len(part)
+                await peer.stream.send_parts(parts)
+            self.metrics.bytes_out += sum(len(p) for p in parts)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             raise _Gone() from None
 
@@ -381,10 +380,7 @@ class FluNode:
             f.request_id, f.op, Status.OK, epoch_id=self.state.epoch_id, meta=reply.meta,
             payload_size=size, final=final,
         )
-        if size <= 64 * 1024:
-            await self._raw_send(peer, [b"".join([head, *reply.payload])])
-        else:
-            await self._raw_send(peer, [head, *reply.payload])
+        await self._raw_send(peer, join_small(head, reply.payload))
 
     # ---- requests ------------------------------------------------------------------------
     async def _serve_request(self, peer: _Peer, f: wire.Frame) -> None:
@@ -672,7 +668,7 @@ def _op_name(op: int) -> str:
         return "unknown"
 
 
-def _peer_address(stream: anyio.abc.ByteStream) -> str:
+def _peer_address(stream: WireStream) -> str:
     try:
         addr = stream.extra(anyio.abc.SocketAttribute.remote_address)
     except Exception:
