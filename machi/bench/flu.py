@@ -31,6 +31,7 @@ from machi import __version__
 from machi.client.flu_client import FluClient, parse_server
 from machi.core.checksum import client_csum
 from machi.core.epoch import EpochId
+from machi.memtune import keep_big_buffers
 from machi.node.process import NodeProcess, bootstrap
 from machi.node.run import uvloop_available
 
@@ -369,6 +370,7 @@ def _cell_name(cell: dict[str, Any] | None) -> str | None:
 def run_bench(plan: BenchPlan, progress: Progress) -> dict[str, Any]:
     """Run the whole plan; returns the result object (see docs/benchmarks.md)."""
     plan.validate()
+    keep_big_buffers()  # the measuring client too (the daemons do it themselves)
     parent = plan.data_dir
     if parent is not None:
         parent.mkdir(parents=True, exist_ok=True)

@@ -60,7 +60,7 @@ MAX_PAYLOAD_SIZE_DEFAULT: Final = 64 * 1024 * 1024
 MAX_FRAME_SIZE_DEFAULT: Final = MAX_PAYLOAD_SIZE_DEFAULT + 1024 * 1024
 NONCE_SIZE: Final = 32
 FLAG_FINAL: Final = 0x01
-#: Frames with at least this many bytes still missing are read to their exact end.
+#: Frames of at least this many bytes get a receive buffer of their own (FrameDecoder).
 BIG_FRAME: Final = 64 * 1024
 
 _HEAD = struct.Struct(">IBBBBQQ32sI")
@@ -295,9 +295,10 @@ def frame_bytes(
 
 
 # ---- frame decoding ------------------------------------------------------------------
-#: Capacity of a decoder's buffer for small frames (frames of ``BIG_FRAME`` bytes or more
-#: get a buffer of their own).  Fixed: views handed to a transport stay valid.
-SMALL_BUFFER_SIZE: Final = 4 * BIG_FRAME
+#: A decoder's buffer for small frames holds this many big-frame thresholds (frames of
+#: ``big_frame`` bytes or more get a buffer of their own).  Fixed size: a view handed to
+#: a transport stays valid.
+SMALL_BUFFER_FACTOR: Final = 4
 
 
 class FrameDecoder:
@@ -307,9 +308,10 @@ class FrameDecoder:
     asyncio ``BufferedProtocol``, ``get_buffer()`` -> the transport reads into that view ->
     ``buffer_updated(n)`` (no copy: the kernel writes into the decoder's memory).  Small
     frames share one fixed buffer and are copied out when complete; a frame of at least
-    ``BIG_FRAME`` bytes gets a buffer of exactly its size (allocated once its length prefix
-    passed the limit check) and the rest of it is read straight into that buffer, so its
-    payload reaches the caller without a copy after the kernel's.
+    ``big_frame`` bytes (default ``BIG_FRAME``) gets a buffer of exactly its size
+    (allocated once its length prefix passed the limit check) and the rest of it is read
+    straight into that buffer, so its payload reaches the caller without a copy after the
+    kernel's.
 
     The size limit is checked on the length prefix, so an oversized frame is refused
     before its body is buffered.  Complete frames wait in ``ready`` (in order) until
@@ -317,9 +319,14 @@ class FrameDecoder:
     after the frames before it.  The caller bounds ``ready_bytes`` (stops reading).
     """
 
-    def __init__(self, max_frame_size: int = MAX_FRAME_SIZE_DEFAULT) -> None:
+    def __init__(
+        self, max_frame_size: int = MAX_FRAME_SIZE_DEFAULT, *, big_frame: int = BIG_FRAME
+    ) -> None:
+        if big_frame < HEADER_SIZE:
+            raise LocalProtocolError(f"big_frame {big_frame} is below the header size")
         self.max_frame_size = max_frame_size
-        self._small = bytearray(SMALL_BUFFER_SIZE)
+        self.big_frame = big_frame
+        self._small = bytearray(SMALL_BUFFER_FACTOR * big_frame)
         self._small_view = memoryview(self._small)
         self._lo = 0  # unconsumed bytes of the small buffer: [_lo, _hi)
         self._hi = 0
@@ -367,8 +374,8 @@ class FrameDecoder:
             return self._small_view  # the connection is dying: bytes are dropped
         if self._lo == self._hi:
             self._lo = self._hi = 0
-        elif SMALL_BUFFER_SIZE - self._hi < BIG_FRAME:
-            # Move the partial frame (< BIG_FRAME bytes) to the front.
+        elif len(self._small) - self._hi < self.big_frame:
+            # Move the partial frame (< big_frame bytes) to the front.
             n = self._hi - self._lo
             assert n < self._lo  # source and destination do not overlap
             self._small[:n] = self._small_view[self._lo:self._hi]
@@ -413,7 +420,7 @@ class FrameDecoder:
                 self._push(bytes(self._small_view[lo:lo + total]))
                 lo += total
                 continue
-            if total >= BIG_FRAME:
+            if total >= self.big_frame:
                 have = hi - lo
                 big = bytearray(total)
                 big[:have] = self._small_view[lo:hi]

@@ -64,6 +64,8 @@ class NodeConfig:
     max_file_size: int | None = None
     log_level: str = "info"
     uvloop: bool = True
+    #: glibc malloc keeps big buffers instead of mmap/munmap per chunk (machi.memtune)
+    malloc_keep_buffers: bool = True
     # chain manager (docs/chain-manager.md, "Running in the daemon")
     chain_manager: bool = True
     chain_auto_join: bool = False
@@ -147,7 +149,7 @@ def _coerce(key: str, value: Any) -> Any:
         if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
             raise ConfigError(f"{key}: want an integer in [{lo}, {hi}], got {value!r}")
         return value
-    if key in ("witness", "uvloop", "chain_manager", "chain_auto_join"):
+    if key in ("witness", "uvloop", "chain_manager", "chain_auto_join", "malloc_keep_buffers"):
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: want true or false, got {value!r}")
         return value

@@ -19,6 +19,7 @@ import anyio.abc
 from anyio.streams.tls import TLSListener
 
 from machi.core.errors import ConfigError
+from machi.memtune import keep_big_buffers
 from machi.wire_io import FramedListener
 
 from .config import NodeConfig
@@ -155,6 +156,8 @@ def uvloop_available() -> bool:
 
 def main(cfg: NodeConfig) -> None:
     use_uvloop = cfg.uvloop and uvloop_available()
+    if cfg.malloc_keep_buffers:
+        keep_big_buffers()
     attach = None
     if cfg.chain_manager:
         from .chain_driver import attacher
