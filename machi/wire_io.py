@@ -176,6 +176,9 @@ class FramedStream(anyio.TypedAttributeProvider):
         self._transport = transport
         self._protocol = protocol
         self._closing = False
+        # uvloop's writelines sends the parts with one writev; asyncio's (3.11) joins them
+        # into one new bytes object first, so there each part is written on its own.
+        self._writelines = type(transport).__module__.startswith("uvloop")
 
     @property
     def bytes_received(self) -> int:
@@ -203,10 +206,13 @@ class FramedStream(anyio.TypedAttributeProvider):
         p = self._protocol
         if p.closed or self._transport.is_closing():
             raise anyio.BrokenResourceError(p.error or "connection closed")
-        write = self._transport.write
-        for part in parts:
-            if part:
-                write(part)
+        if self._writelines:
+            self._transport.writelines([p for p in parts if p])
+        else:
+            write = self._transport.write
+            for part in parts:
+                if part:
+                    write(part)
         if p.write_paused:
             await p.drain()
             if p.closed:
