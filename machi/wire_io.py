@@ -296,7 +296,7 @@ async def connect_framed(host: str, port: int) -> FramedStream:
     loop = asyncio.get_running_loop()
     transport, protocol = await loop.create_connection(_FramedProtocol, host, port)
     _nodelay(transport.get_extra_info("socket"))
-    return FramedStream(cast(asyncio.Transport, transport), protocol)
+    return FramedStream(transport, protocol)
 
 
 class FramedListener(anyio.abc.Listener[FramedStream]):
@@ -315,7 +315,7 @@ class FramedListener(anyio.abc.Listener[FramedStream]):
         except BaseException:
             sock.close()
             raise
-        return FramedStream(cast(asyncio.Transport, transport), protocol)
+        return FramedStream(transport, protocol)
 
     async def serve(
         self, handler: Callable[[FramedStream], Any],
