@@ -46,7 +46,13 @@ from machi.core.fitness import Report
 from machi.core.projection import Projection, projection_from_json
 from machi.core.status import Status
 from machi.core.wire import Op
-from machi.wire_io import AnyioFramedStream, WireStream, connect_framed, join_small
+from machi.wire_io import (
+    AnyioFramedStream,
+    WireStream,
+    big_buffer,
+    connect_framed,
+    join_small,
+)
 
 STREAM_BUFFER_FRAMES = 16
 
@@ -242,7 +248,8 @@ class FluClient:
         else:
             # plain TCP: a BufferedProtocol connection (replies land in their final buffer)
             stream = await connect_framed(self.host, self.port)
-        proto = wire.Connection(wire.Role.CLIENT, max_frame_size=self.max_frame_size)
+        proto = wire.Connection(wire.Role.CLIENT, max_frame_size=self.max_frame_size,
+                                alloc=big_buffer)
         conn = _Conn(stream, proto)
         try:
             await self._handshake(conn)

@@ -35,7 +35,7 @@ import hmac
 import json
 import struct
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -295,6 +295,17 @@ def frame_bytes(
 
 
 # ---- frame decoding ------------------------------------------------------------------
+#: Makes the receive buffer of one big frame: a writable, byte-format view of ``n`` bytes
+#: whose content does not matter (every byte is overwritten before it is read).
+BufferAlloc = Callable[[int], memoryview]
+
+
+def bytearray_alloc(n: int) -> memoryview:
+    """The default ``BufferAlloc`` (zero-filled by Python; machi.wire_io passes one that
+    is not when numpy is installed)."""
+    return memoryview(bytearray(n))
+
+
 #: A decoder's buffer for small frames holds this many big-frame thresholds (frames of
 #: ``big_frame`` bytes or more get a buffer of their own).  Fixed size: a view handed to
 #: a transport stays valid.
@@ -320,19 +331,25 @@ class FrameDecoder:
     """
 
     def __init__(
-        self, max_frame_size: int = MAX_FRAME_SIZE_DEFAULT, *, big_frame: int = BIG_FRAME
+        self, max_frame_size: int = MAX_FRAME_SIZE_DEFAULT, *, big_frame: int = BIG_FRAME,
+        alloc: BufferAlloc = bytearray_alloc,
     ) -> None:
         if big_frame < HEADER_SIZE:
             raise LocalProtocolError(f"big_frame {big_frame} is below the header size")
         self.max_frame_size = max_frame_size
         self.big_frame = big_frame
+        self._alloc = alloc
+        #: after a big frame the next read is offered only this window, so that little of
+        #: a following big frame lands in the small buffer (and is copied out of it)
+        self._probe = max(PREFIX_SIZE, big_frame // 16)
+        self._after_big = False
         self._small = bytearray(SMALL_BUFFER_FACTOR * big_frame)
         self._small_view = memoryview(self._small)
         self._lo = 0  # unconsumed bytes of the small buffer: [_lo, _hi)
         self._hi = 0
-        self._big: bytearray | None = None  # the big frame being read, prefix included
+        self._big: memoryview | None = None  # the big frame being read, prefix included
         self._big_fill = 0
-        self._ready: deque[bytes | bytearray] = deque()
+        self._ready: deque[bytes | memoryview] = deque()
         self.ready_bytes = 0
         self._error: RemoteProtocolError | None = None
         self._eof = False
@@ -369,11 +386,13 @@ class FrameDecoder:
             raise LocalProtocolError("data received after EOF")
         big = self._big
         if big is not None:
-            return memoryview(big)[self._big_fill:]
+            return big[self._big_fill:]
         if self._error is not None:
             return self._small_view  # the connection is dying: bytes are dropped
         if self._lo == self._hi:
             self._lo = self._hi = 0
+            if self._after_big:
+                return self._small_view[:self._probe]
         elif len(self._small) - self._hi < self.big_frame:
             # Move the partial frame (< big_frame bytes) to the front.
             n = self._hi - self._lo
@@ -389,6 +408,7 @@ class FrameDecoder:
             self._big_fill += nbytes
             if self._big_fill == len(big):
                 self._big, self._big_fill = None, 0
+                self._after_big = True
                 self._push(big)
             return
         if self._error is not None:
@@ -396,7 +416,7 @@ class FrameDecoder:
         self._hi += nbytes
         self._split()
 
-    def _push(self, raw: bytes | bytearray) -> None:
+    def _push(self, raw: bytes | memoryview) -> None:
         self._ready.append(raw)
         self.ready_bytes += len(raw)
 
@@ -418,11 +438,14 @@ class FrameDecoder:
             total = PREFIX_SIZE + frame_len
             if hi - lo >= total:
                 self._push(bytes(self._small_view[lo:lo + total]))
+                self._after_big = False
                 lo += total
                 continue
             if total >= self.big_frame:
                 have = hi - lo
-                big = bytearray(total)
+                big = self._alloc(total)
+                if len(big) != total or big.readonly:
+                    raise LocalProtocolError("the buffer allocator returned a bad buffer")
                 big[:have] = self._small_view[lo:hi]
                 self._big, self._big_fill = big, have
                 lo = hi
@@ -462,7 +485,7 @@ def _remote(cls: type[Exception], message: str) -> RemoteProtocolError:
     return err
 
 
-def decode_frame(raw: bytes | bytearray) -> Frame | BadRequest:
+def decode_frame(raw: bytes | bytearray | memoryview) -> Frame | BadRequest:
     """Decode one complete frame (prefix included).  The payload is a view into ``raw``,
     which must not be modified afterwards."""
     if len(raw) < HEADER_SIZE:
@@ -647,13 +670,16 @@ class Connection:
     with ``send_*`` (which return bytes to write).  Authentication is enforced by the
     server on top of this (the codec only carries the AUTH op and computes proofs)."""
 
-    def __init__(self, role: Role, *, max_frame_size: int = MAX_FRAME_SIZE_DEFAULT) -> None:
+    def __init__(
+        self, role: Role, *, max_frame_size: int = MAX_FRAME_SIZE_DEFAULT,
+        alloc: BufferAlloc = bytearray_alloc,
+    ) -> None:
         self.role = role
         self.state = State.START
         self.version = 0
         self.max_frame_size = max_frame_size
         self.peer_hello: Hello | None = None
-        self._decoder = FrameDecoder(max_frame_size)
+        self._decoder = FrameDecoder(max_frame_size, alloc=alloc)
         self._sent_hello = False
 
     # -- receiving

@@ -45,7 +45,7 @@ from machi.core.wedge import (
     recheck_epoch,
 )
 from machi.core.wire import Op
-from machi.wire_io import WireStream, as_wire_stream, join_small
+from machi.wire_io import WireStream, as_wire_stream, big_buffer, join_small
 
 from .log import JsonLog
 from .metrics import Metrics
@@ -228,8 +228,9 @@ class FluNode:
         """One connection: an anyio byte stream (TLS, tests) or a ``FramedStream``."""
         stream = as_wire_stream(raw_stream)
         address = _peer_address(stream)
-        peer = _Peer(stream, wire.Connection(wire.Role.SERVER, max_frame_size=self.max_frame_size),
-                     address)
+        proto = wire.Connection(wire.Role.SERVER, max_frame_size=self.max_frame_size,
+                                alloc=big_buffer)
+        peer = _Peer(stream, proto, address)
         if self._stopping or len(self._peers) >= self.max_connections:
             self.log.warning("connection refused", peer=address, stopping=self._stopping,
                              connections=len(self._peers))

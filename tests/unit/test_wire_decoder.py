@@ -172,3 +172,30 @@ def test_connection_passes_the_zero_copy_feed_through() -> None:
     assert s.has_event and s.ready_bytes == len(hello)
     assert isinstance(s.next_event(), wire.Hello)
     assert not s.has_event
+
+
+def test_uninitialised_big_buffers_decode_the_same() -> None:
+    """machi.wire_io.big_buffer (no zero-fill; numpy when installed) as the allocator:
+    every cut of the stream still gives the same frames, and a bad allocator is refused."""
+    from machi.wire_io import big_buffer
+
+    data, want = stream_of([5, BIG + 1, 3 * BIG, 7])
+    for cut in range(0, len(data) + 1, 7):
+        d = wire.FrameDecoder(big_frame=BIG, alloc=big_buffer)
+        feed_zero_copy(d, data, [cut, cut + BIG])
+        assert payloads(drain(d)) == want, cut
+    bad = wire.FrameDecoder(big_frame=BIG, alloc=lambda n: memoryview(bytes(n)))
+    with pytest.raises(LocalProtocolError, match="allocator"):
+        bad.receive_data(frame(1, b"x" * BIG)[:100])  # a big frame's start: allocate
+
+
+def test_after_a_big_frame_the_next_read_is_a_small_probe() -> None:
+    """After a big frame only a small window is offered (little of a following big frame
+    is copied out of the small buffer); after small frames the whole buffer is."""
+    d = wire.FrameDecoder(big_frame=BIG)
+    assert len(d.get_buffer(-1)) == wire.SMALL_BUFFER_FACTOR * BIG
+    feed_zero_copy(d, frame(1, b"b" * BIG), [100])  # read in two: its own buffer
+    assert len(d.get_buffer(-1)) == BIG // 16
+    feed_zero_copy(d, frame(2, b"s"), [])
+    assert len(d.get_buffer(-1)) > BIG
+    assert payloads(drain(d)) == [(1, b"b" * BIG), (2, b"s")]
