@@ -44,29 +44,34 @@ RECEIVE_SIZE = 256 * 1024
 
 Buffer = bytes | bytearray | memoryview
 
-_empty: Callable[[int], memoryview] | None = None
+_alloc: Callable[[int], memoryview] = wire.bytearray_alloc
 
 
 def big_buffer(n: int) -> memoryview:
-    """A ``wire.BufferAlloc`` that does not zero the buffer: with numpy (the ``fast``
-    extra) an uninitialised array, else a ``bytearray`` (zero-filled: a ``memset`` of
-    every big frame, ~12% of a client's CPU per 1 MiB read).  The decoder overwrites every
-    byte before anything reads it."""
-    global _empty
-    if _empty is None:
-        try:
-            import numpy
-        except ImportError:
-            _empty = wire.bytearray_alloc
-        else:
-            uint8 = numpy.uint8
-            np_empty = numpy.empty
+    """The ``wire.BufferAlloc`` of machi's connections: a zero-filled ``bytearray`` unless
+    ``use_uninitialised_buffers`` switched to numpy arrays that are not zeroed (every byte
+    is overwritten by the decoder before anything reads it)."""
+    return _alloc(n)
 
-            def _np(size: int) -> memoryview:
-                return memoryview(np_empty(size, uint8))  # type: ignore[arg-type]
 
-            _empty = _np
-    return _empty(n)
+def use_uninitialised_buffers() -> bool:
+    """Receive big frames into uninitialised numpy arrays (the ``fast`` extra) instead of
+    zero-filled bytearrays: saves a ``memset`` of every big frame (~12 % of a client's CPU
+    per 1 MiB read, measured).  Call it at start-up: importing numpy takes 0.1-0.7 s, which
+    must not happen on the event loop (it did, lazily, and stalled the first big reply).
+    False when numpy is not installed."""
+    global _alloc
+    try:
+        import numpy
+    except ImportError:
+        return False
+    uint8, np_empty = numpy.uint8, numpy.empty
+
+    def _np(size: int) -> memoryview:
+        return memoryview(np_empty(size, uint8))  # type: ignore[arg-type]
+
+    _alloc = _np
+    return True
 
 
 #: Bytes a connection may receive before its codec is attached (the hello); reading

@@ -34,6 +34,7 @@ from machi.core.epoch import EpochId
 from machi.memtune import keep_big_buffers
 from machi.node.process import NodeProcess, bootstrap
 from machi.node.run import uvloop_available
+from machi.wire_io import use_uninitialised_buffers
 
 from . import raw_disk
 from .daemon import node_args
@@ -371,6 +372,7 @@ def run_bench(plan: BenchPlan, progress: Progress) -> dict[str, Any]:
     """Run the whole plan; returns the result object (see docs/benchmarks.md)."""
     plan.validate()
     keep_big_buffers()  # the measuring client too (the daemons do it themselves)
+    use_uninitialised_buffers()  # the client receives the 1 MiB read replies
     parent = plan.data_dir
     if parent is not None:
         parent.mkdir(parents=True, exist_ok=True)
