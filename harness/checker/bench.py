@@ -233,14 +233,16 @@ def _child_general(
     # them by key (``model.partition``), then the per-key checks (``search_cpu_s``).
     from harness.checker.linear import check_linearizable
     from harness.checker.models import get_model
-    from harness.checker.run import make_budget
+    from harness.checker.run import make_budget, paused_gc
 
     model = get_model(point.model)
-    cpu1 = time.process_time()
-    parts = model.partition(ops)
-    cpu2 = time.process_time()
-    again = check_linearizable(ops, model, make_budget(time_limit_s, memory_limit_mb), parts=parts)
-    search_s = time.process_time() - cpu2
+    with paused_gc():  # as check_history
+        cpu1 = time.process_time()
+        parts = model.partition(ops)
+        cpu2 = time.process_time()
+        budget = make_budget(time_limit_s, memory_limit_mb)
+        again = check_linearizable(ops, model, budget, parts=parts)
+        search_s = time.process_time() - cpu2
     out = {
         "cpu_s": round(cpu_s, 3),
         "partition_cpu_s": round(cpu2 - cpu1, 4),

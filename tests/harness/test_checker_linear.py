@@ -3,6 +3,7 @@ rejects injected anomalies, and answers "unknown" within its budgets."""
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ from harness.checker.lin_gen import LIN_ANOMALIES, generate, inject, pathologica
 from harness.checker.linear import Budget, check_linearizable
 from harness.checker.models import Item, Model, get_model
 from harness.checker.run import check_history
-from harness.history import Event, Op, events_from_dicts, pair_ops, write_history
+from harness.history import Event, HistoryError, Op, events_from_dicts, pair_ops, write_history
 
 # --- brute-force oracle ----------------------------------------------------------------
 
@@ -366,3 +367,48 @@ def test_search_alone_refutes_what_the_prechecks_catch(anomaly: str) -> None:
         ops = pair_ops(inject(evs, anomaly, seed=seed, model="cas-register"))
         (items,) = model.partition(ops).values()
         assert _search(items, ops, model, Budget()).verdict is False, (anomaly, seed)
+
+
+@pytest.mark.parametrize("model_name", ["kv", "register", "cas-register", "mutex"])
+@pytest.mark.parametrize("what", ["valid", "invalid", "unknown"])
+def test_the_general_check_pauses_the_collector_and_leaves_no_cycles(
+    model_name: str, what: str
+) -> None:
+    """check_history pauses Python's cyclic collector during the general check
+    (run.paused_gc): it is enabled again after (and stays off if it was off), and the
+    check leaves no cyclic garbage the pause would let pile up, whatever the verdict."""
+    evs = generate(model_name, seed=5, ops=600, processes=8, crash_p=0.05, keys=4)
+    if what == "invalid":
+        evs = inject(evs, "stale-read", seed=5, model=model_name)
+    ops = pair_ops(evs)
+    steps = 3 if what == "unknown" else None
+    assert gc.isenabled()
+    gc.collect()
+    try:
+        if model_name == "mutex" and what == "invalid":  # a write in a mutex history
+            with pytest.raises(HistoryError):
+                check_history(ops, model_name, 60, 4096)
+            assert gc.isenabled()  # restored on an error too
+            return
+        runs: list[str] = []
+
+        def seen(phase: str, _info: dict[str, Any]) -> None:
+            runs.append(phase)
+
+        gc.callbacks.append(seen)
+        try:
+            res = check_history(ops, model_name, 60, 4096, max_steps=steps)
+        finally:
+            gc.callbacks.remove(seen)
+        # None ran during the check: at most the one the allocations made meanwhile
+        # trigger once it is enabled again (on the way out).
+        assert runs.count("start") <= 1
+        assert gc.isenabled()
+        assert gc.collect() == 0
+        if what == "invalid":
+            assert res.valid is False
+        gc.disable()
+        check_history(ops, model_name, 60, 4096, max_steps=steps)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
