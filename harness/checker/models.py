@@ -39,7 +39,7 @@ SINGLE_KEY = None
 
 _CONTAINERS = (list, tuple, dict)
 _SCALARS = frozenset((str, int, float, bool, type(None)))  # freeze() returns these as they are
-_KV_FIELDS = attrgetter("type", "f", "key", "value", "result")
+_KV_FIELDS = attrgetter("type", "f", "key", "value", "result", "invoke_index", "complete_index")
 _REGISTER_FIELDS = attrgetter("type", "f", "value", "result")
 _TYPE, _FIRST, _SECOND = attrgetter("type"), itemgetter(0), itemgetter(1)
 _EXPECTS = frozenset(("r", "c"))  # kinds of kv cops whose second field is an expected value
@@ -64,6 +64,29 @@ def _pair(v: Any, what: str, op: Op) -> tuple[Any, Any]:
     if isinstance(v, list | tuple) and len(v) == 2:
         return freeze(v[0]), freeze(v[1])
     raise HistoryError(f"op at event {op.invoke_index}: {what} value must be [old, new], got {v!r}")
+
+
+class KeyItems(list):  # type: ignore[type-arg]
+    """One key's items (a ``list[Item]``) as ``Model.partition`` built them, with columns it
+    gathered in the same pass over the ops, so the per-key checks need not visit the op
+    objects again: ``invs[j]``, the invoke index of item j's op, and ``ends[j]``, its
+    completion index when the item must take effect before it (an ok op: its invoke index
+    if it has no completion event), else -1 (crashed). A copy or a filtered list is a
+    plain list again (the columns would not match it); readers check with ``columns``."""
+
+    __slots__ = ("ends", "invs")
+
+    def __init__(self, items: list[Item], invs: list[int], ends: list[int]) -> None:
+        super().__init__(items)
+        self.invs = invs
+        self.ends = ends
+
+
+def columns(items: Sequence[Item]) -> tuple[list[int], list[int]] | None:
+    """(invs, ends) of ``items`` when the partition gathered them (``KeyItems``), else None."""
+    if type(items) is KeyItems and len(items.invs) == len(items) == len(items.ends):
+        return items.invs, items.ends
+    return None
 
 
 class Model:
@@ -474,8 +497,10 @@ class KVModel(Model):
         Dropping the crashed ops nothing can observe waits for ``prune`` (only the search
         needs it: the sweep forgets them by itself), poisoning the unobserved ok appends
         for ``refine`` (only the full search needs it)."""
-        parts: defaultdict[Any, list[Item]] = defaultdict(list)
-        for i, (t, f, key, v, res) in enumerate(map(_KV_FIELDS, ops)):
+        # Per key: its items, and its columns (``KeyItems``) interleaved in one list.
+        parts: dict[Any, tuple[list[Item], list[int]]] = {}
+        get = parts.get
+        for i, (t, f, key, v, res, inv, done) in enumerate(map(_KV_FIELDS, ops)):
             if f == "read":
                 if t != "ok":
                     continue
@@ -492,8 +517,14 @@ class KVModel(Model):
                 ((_k, cop),) = self.compile_op(ops[i])  # cas, or the usual HistoryError
             if type(key) is not str and type(key) not in _SCALARS:
                 key = freeze(key)
-            parts[key].append((i, cop))
-        return dict(parts)
+            slot = get(key)
+            if slot is None:
+                slot = parts[key] = ([], [])
+            slot[0].append((i, cop))
+            # The end column: the completion for ok ops (the invocation without one), -1
+            # for crashed ones.
+            slot[1].extend((inv, -1 if t != "ok" else inv if done is None else done))
+        return {key: KeyItems(its, cols[::2], cols[1::2]) for key, (its, cols) in parts.items()}
 
     def prune(self, items: Sequence[Item], ops: Sequence[Op]) -> Sequence[Item]:
         return _drop_unobserved_kv(list(items), ops)

@@ -30,13 +30,13 @@ It must not read files or clocks (the deadline is a callable), nor keep global s
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
 from itertools import accumulate, compress, islice, pairwise, repeat
 from operator import attrgetter, ge, gt, itemgetter
 from typing import Any
 
-from harness.checker.models import CRASHED, Item, Model
+from harness.checker.models import CRASHED, Item, Model, columns
 from harness.history import Op
 
 SEGMENT_NODES_MAX = 4096  # configurations one segment's search may visit
@@ -72,17 +72,28 @@ def sweep_linearizable(
     m = len(items)
     if m == 0:
         return True
-    item_ops = list(map(ops.__getitem__, map(_FIRST, items)))
-    invs = list(map(_INVOKE, item_ops))
+    # invs[j]: item j's invocation; ends[j]: its completion, or -1 if it is crashed (from
+    # the partition's columns when it gathered them, else from the ops).
+    cols = columns(items)
+    if cols is None:
+        item_ops = list(map(ops.__getitem__, map(_FIRST, items)))
+        invs = list(map(_INVOKE, item_ops))
+        ends = list(map(_COMPLETE, item_ops))
+        if None in ends:  # an ok op without a completion event returns at its invocation
+            ends = [inv if d is None else d for inv, d in zip(invs, ends, strict=True)]
+        types = list(map(_TYPE, item_ops))
+        if types.count("ok") != m:
+            ends = [d if t == "ok" else -1 for d, t in zip(ends, types, strict=True)]
+    else:
+        invs, ends = cols
     if any(map(ge, invs, islice(invs, 1, None))):
         return None  # not in invocation order (hand-made op lists): leave it to the search
     cops = list(map(_SECOND, items))
-    crashed: list[int] = []
-    types = list(map(_TYPE, item_ops))
-    if types.count("ok") != m:
-        crashed = list(compress(range(m), map("ok".__ne__, types)))
     if CRASHED in map(_LAST, cops):  # ok items marked crashed (write-once copies)
-        crashed = sorted({*crashed, *(j for j, c in enumerate(cops) if c[-1] is CRASHED)})
+        ends = [-1 if c[-1] is CRASHED else d for d, c in zip(ends, cops, strict=True)]
+    crashed: list[int] = []
+    if -1 in ends:
+        crashed = list(compress(range(m), map((-1).__eq__, ends)))
     expiry: dict[int, int] = {}
     if crashed:
         got = model.crashed_expiry(items, crashed)
@@ -91,28 +102,30 @@ def sweep_linearizable(
         expiry = got
         if -1 in expiry.values():
             # Crashed ops nothing observes: leave them out altogether (never applied).
-            kept = [j for j in range(m) if expiry.get(j, 0) >= 0]
-            m = len(kept)
-            item_ops = list(map(item_ops.__getitem__, kept))
-            invs = list(map(invs.__getitem__, kept))
-            cops = list(map(cops.__getitem__, kept))
-            new_pos = {j: n for n, j in enumerate(kept)}
-            expiry = {new_pos[j]: bisect_right(kept, e) - 1 for j, e in expiry.items() if e >= 0}
+            dropped = sorted(j for j, e in expiry.items() if e < 0)
+            keep = bytearray(b"\x01") * m
+            for j in dropped:
+                keep[j] = 0
+            m -= len(dropped)
+            invs = list(compress(invs, keep))
+            ends = list(compress(ends, keep))
+            cops = list(compress(cops, keep))
+            # New positions: j minus the dropped ops before it; an expiry e becomes the
+            # last kept position <= e.
+            expiry = {
+                j - bisect_left(dropped, j): e - bisect_right(dropped, e)
+                for j, e in expiry.items()
+                if e >= 0
+            }
             crashed = sorted(expiry)
-    dones = list(map(_COMPLETE, item_ops))
-    if None in dones:  # an ok op without a completion event returns at its invocation
-        dones = [inv if d is None else d for inv, d in zip(invs, dones, strict=True)]
-    # Segment starts: op k starts one when invoked after every earlier ok op completed
-    # (crashed ops never complete: they do not hold a segment open), in C-level passes.
-    reach = dones
-    crashed_segs: set[int] = set()
     if m == 0:
         return True
-    if crashed:
-        reach = dones[:]
-        for c in crashed:
-            reach[c] = -1
-    starts = [0, *compress(range(1, m), map(gt, islice(invs, 1, None), accumulate(reach, max)))]
+    # Segment starts: op k starts one when invoked after every earlier ok op completed
+    # (crashed ops, -1 in ``ends``, never complete: they do not hold a segment open), in
+    # C-level passes. ``ends`` serves as the completions of the ok ops below.
+    dones = ends
+    crashed_segs: set[int] = set()
+    starts = [0, *compress(range(1, m), map(gt, islice(invs, 1, None), accumulate(ends, max)))]
     starts.append(m)
     if crashed:
         crashed_segs = {starts[bisect_right(starts, c) - 1] for c in crashed}
@@ -296,42 +309,48 @@ def _solve_plain(
         return {ns for ns in map(step, states, repeat(c, len(states))) if ns is not None}
     full = (1 << n) - 1
     sinv = invs[j:k]
-    sdone = dones[j:k]
     scop = cops[j:k]
     sro = ro[j:k]
+    sdone = dones[j:k]
+    # Lowe's rule: the candidates are the ops invoked before the earliest completion left;
+    # the ops are in invocation order, so they are the unlinearized ones of a prefix. With
+    # the ops sorted by completion, ``ncand[t]`` is that prefix's length while the t-th
+    # earliest completion is the earliest left. Per node, ``t`` (the first unlinearized op
+    # in completion order) and ``lo`` (the first in invocation order) only move forward.
     by_done = sorted(range(n), key=sdone.__getitem__)
-    out = set()
-    stack = [(0, st) for st in states]
-    seen = set(stack)
+    done_bit = [1 << b for b in by_done]
+    ncand = [bisect_right(sinv, sdone[b]) for b in by_done]
+    bits = [1 << a for a in range(n)]
+    out: set[Any] = set()
+    stack = [(0, st, 0, 0) for st in states]
+    seen = {(0, st) for st in states}
     left = nodes_max
     while stack:
-        mask, st = stack.pop()
+        mask, st, t, lo = stack.pop()
         while mask != full:
-            # Lowe's rule: the candidates are the ops invoked before the earliest
-            # completion left; in invocation order, the unlinearized ones of a prefix.
-            for b in by_done:
-                if not mask >> b & 1:
-                    lim = sdone[b]
-                    break
+            while mask & done_bit[t]:
+                t += 1
+            while mask & bits[lo]:
+                lo += 1
             first = None  # the first child; more go to ``children``
             children = None
-            a = 0
-            while a < n and sinv[a] <= lim:
-                if not mask >> a & 1:
-                    ns = step(st, scop[a])
-                    if ns is not None:
-                        if sro[a]:  # a legal read-only op: the only child (forced)
-                            first = (mask | 1 << a, ns)
-                            children = None
-                            break
-                        if first is None:
-                            first = (mask | 1 << a, ns)
-                        elif children is None:
-                            children = [first, (mask | 1 << a, ns)]
-                        else:
-                            children.append((mask | 1 << a, ns))
-                a += 1
-            left -= a
+            hi = ncand[t]
+            left -= hi - lo
+            for a in range(lo, hi):
+                if mask & bits[a]:
+                    continue
+                ns = step(st, scop[a])
+                if ns is not None:
+                    if sro[a]:  # a legal read-only op: the only child (forced)
+                        first = (mask | bits[a], ns)
+                        children = None
+                        break
+                    if first is None:
+                        first = (mask | bits[a], ns)
+                    elif children is None:
+                        children = [first, (mask | bits[a], ns)]
+                    else:
+                        children.append((mask | bits[a], ns))
             if left < 0:
                 raise _GiveUp
             if children is None:
@@ -342,7 +361,7 @@ def _solve_plain(
             for node in children:
                 if node not in seen:
                     seen.add(node)
-                    stack.append(node)
+                    stack.append((node[0], node[1], t, lo))
             break
         else:
             out.add(st)

@@ -6,7 +6,8 @@ and without it are the same."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import pairwise
+from itertools import pairwise, permutations
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -14,8 +15,8 @@ from hypothesis import strategies as st
 
 from harness.checker.lin_gen import LIN_ANOMALIES, generate, inject
 from harness.checker.linear import Budget, _search, check_linearizable
-from harness.checker.models import KVModel, Model, get_model
-from harness.checker.sweep import sweep_linearizable
+from harness.checker.models import KVModel, Model, columns, get_model
+from harness.checker.sweep import _solve_plain, sweep_linearizable
 from harness.history import Event, Op, pair_ops
 from tests.harness.test_checker_linear import brute_force, tiny_histories
 
@@ -177,3 +178,79 @@ def test_the_sweep_gives_up_past_its_caps() -> None:
     (items,) = model.partition(ops).values()
     assert sweep_linearizable(items, ops, model, nodes_max=1, configs_max=1) is None
     assert sweep_linearizable(items, ops, model, **ROOMY) is True
+
+
+_KV_COPS = [("r", ""), ("r", "x"), ("r", "y"), ("r", "xy"), ("w", "x"), ("w", "y")]
+_KV_COPS += [("c", "x", "y"), ("c", "", "x"), ("c", "y", "y"), ("a", "y"), ("a", "")]
+
+
+def _end_states(start: set[str], invs: list[int], dones: list[int], cops: list[Any]) -> set[str]:
+    """Brute force: every state some order of all the ops reaches from a start state, where
+    op a goes before op b whenever a completed before b was invoked."""
+    n = len(cops)
+    model = KVModel()
+    out: set[str] = set()
+    for order in permutations(range(n)):
+        if any(dones[a] < invs[b] for x, b in enumerate(order) for a in order[x + 1 :]):
+            continue
+        for s0 in start:
+            s: Any = s0
+            for a in order:
+                s = model.step(s, cops[a])
+                if s is None:
+                    break
+            if s is not None:
+                out.add(s)
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_a_segment_search_reaches_exactly_the_brute_force_end_states(
+    data: st.DataObject,
+) -> None:
+    """``_solve_plain`` (one segment of ok ops, Lowe's candidates by completion order, legal
+    reads forced) returns exactly the states that some real-time-respecting order of the
+    ops reaches, from a set of start states."""
+    n = data.draw(st.integers(1, 6))
+    # 2n distinct event indexes; op a's invocation before op a+1's, each before its end.
+    times = sorted(
+        data.draw(st.lists(st.integers(0, 40), min_size=2 * n, max_size=2 * n, unique=True))
+    )
+    invs = sorted(data.draw(st.lists(st.sampled_from(times), min_size=n, max_size=n, unique=True)))
+    dones = [data.draw(st.sampled_from([t for t in times if t > i] or [i + 100])) for i in invs]
+    cops = data.draw(st.lists(st.sampled_from(_KV_COPS), min_size=n, max_size=n))
+    start = data.draw(st.sets(st.sampled_from(["", "x", "y", "xy"]), min_size=1, max_size=3))
+    model = KVModel()
+    ro = model.read_only_list(cops)
+    got = _solve_plain(set(start), 0, n, invs, dones, cops, ro, model.step, 1 << 20)
+    assert got == _end_states(start, invs, dones, cops)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    crash_p=st.sampled_from([0.0, 0.1, 0.3]),
+    anomaly=st.sampled_from([None, *LIN_ANOMALIES]),
+)
+def test_the_partition_columns_match_the_ops(
+    seed: int, crash_p: float, anomaly: str | None
+) -> None:
+    """The kv partition's columns (``KeyItems``) are what the ops say, and the sweep gives
+    the same answer with them as on a plain copy of the items (read from the ops)."""
+    evs = generate("kv", seed=seed, ops=200, processes=6, crash_p=crash_p, keys=3)
+    if anomaly is not None:
+        evs = inject(evs, anomaly, seed=seed, model="kv")
+    ops = pair_ops(evs)
+    model = KVModel()
+    for items in model.partition(ops).values():
+        cols = columns(items)
+        assert cols is not None
+        invs, ends = cols
+        for (i, _cop), inv, end in zip(items, invs, ends, strict=True):
+            op = ops[i]
+            assert inv == op.invoke_index
+            assert end == (op.complete_index if op.type == "ok" else -1)
+        assert columns(list(items)) is None
+        got = sweep_linearizable(items, ops, model, **ROOMY)
+        assert got is sweep_linearizable(list(items), ops, model, **ROOMY)
