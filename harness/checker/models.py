@@ -308,7 +308,14 @@ class RegisterModel(Model):
         return cop[1] if k == "w" else cop[2] if k == "c" else KEEPS
 
     def read_only_list(self, cops: Sequence[Cop]) -> list[bool]:
-        return [c[0] == "r" or (c[0] == "c" and c[1] == c[2]) for c in cops]
+        # Reads, and cas of a value to itself: the kinds in one C-level pass, then the cas.
+        kinds = list(map(_FIRST, cops))
+        ro = list(map("r".__eq__, kinds))
+        if "c" in kinds:
+            for j in compress(range(len(kinds)), map("c".__eq__, kinds)):
+                c = cops[j]
+                ro[j] = c[1] == c[2]
+        return ro
 
     def facts(self, cops: Sequence[Cop]) -> tuple[list[bool], list[Any], list[Any]]:
         ro = self.read_only_list(cops)
@@ -473,7 +480,14 @@ class KVModel(Model):
         return cop[1] if k == "w" else cop[2] if k == "c" else KEEPS
 
     def read_only_list(self, cops: Sequence[Cop]) -> list[bool]:
-        return [c[0] == "r" or (c[0] == "c" and c[1] == c[2]) for c in cops]
+        # Reads, and cas of a value to itself: the kinds in one C-level pass, then the cas.
+        kinds = list(map(_FIRST, cops))
+        ro = list(map("r".__eq__, kinds))
+        if "c" in kinds:
+            for j in compress(range(len(kinds)), map("c".__eq__, kinds)):
+                c = cops[j]
+                ro[j] = c[1] == c[2]
+        return ro
 
     def facts(self, cops: Sequence[Cop]) -> tuple[list[bool], list[Any], list[Any]]:
         ro = self.read_only_list(cops)

@@ -153,6 +153,33 @@ def sweep_linearizable(
                 countdown = CHECK_EVERY_ITEMS
                 if deadline is not None and deadline():
                     return None
+            if k - j == 2 and states is None and configs is None and j not in crashed_segs:
+                # Two overlapping ops from one state (``_solve_plain``'s case, inlined).
+                ca = cops[j]
+                cb = cops[j + 1]
+                sa = step(s, ca)
+                if sa is not None and ro[j]:
+                    s = step(sa, cb)
+                    if s is None:
+                        return None
+                    continue
+                sb = step(s, cb)
+                if sb is not None and ro[j + 1]:
+                    if sa is None:
+                        return None
+                    s = sa
+                    continue
+                sab = None if sa is None else step(sa, cb)
+                sba = None if sb is None else step(sb, ca)
+                if sab is None or sba is None or sab == sba:
+                    s = sba if sab is None else sab
+                    if s is None:
+                        return None
+                elif configs_max < 2:
+                    raise _GiveUp
+                else:
+                    states = {sab, sba}
+                continue
             if configs is None and j not in crashed_segs:
                 got_states = _solve_plain(
                     {s} if states is None else states, j, k, invs, dones, cops, ro, step, nodes_max
