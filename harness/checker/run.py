@@ -104,6 +104,4 @@ def check_history(
             )
         model = get_model(model, initial)
     with paused_gc():
-        return check_linearizable(
-            ops, model, make_budget(time_limit_s, memory_limit_mb, max_steps)
-        )
+        return check_linearizable(ops, model, make_budget(time_limit_s, memory_limit_mb, max_steps))

@@ -49,6 +49,8 @@ _INVOKE, _COMPLETE, _TYPE = (
     attrgetter("type"),
 )
 _EMPTY: frozenset[int] = frozenset()
+_BITS_N = 64
+_BITS = [1 << a for a in range(_BITS_N)]
 
 Config = tuple[Any, frozenset[int]]  # (state, positions of pending crashed ops)
 
@@ -335,7 +337,6 @@ def _solve_plain(
         c = cops[j]
         return {ns for ns in map(step, states, repeat(c, len(states))) if ns is not None}
     full = (1 << n) - 1
-    sinv = invs[j:k]
     scop = cops[j:k]
     sro = ro[j:k]
     sdone = dones[j:k]
@@ -345,12 +346,12 @@ def _solve_plain(
     # earliest completion is the earliest left. Per node, ``t`` (the first unlinearized op
     # in completion order) and ``lo`` (the first in invocation order) only move forward.
     by_done = sorted(range(n), key=sdone.__getitem__)
-    done_bit = [1 << b for b in by_done]
-    ncand = [bisect_right(sinv, sdone[b]) for b in by_done]
-    bits = [1 << a for a in range(n)]
+    bits = _BITS if n <= _BITS_N else [1 << a for a in range(n)]
+    done_bit = list(map(bits.__getitem__, by_done))
+    ncand = [bisect_right(invs, d, j, k) - j for d in sorted(sdone)]
     out: set[Any] = set()
-    stack = [(0, st, 0, 0) for st in states]
-    seen = {(0, st) for st in states}
+    stack = list(zip(repeat(0), states, repeat(0), repeat(0)))
+    seen: set[tuple[int, Any]] = set()  # (mask, state) of the nodes pushed (never mask 0)
     left = nodes_max
     while stack:
         mask, st, t, lo = stack.pop()
@@ -359,10 +360,17 @@ def _solve_plain(
                 t += 1
             while mask & bits[lo]:
                 lo += 1
-            first = None  # the first child; more go to ``children``
-            children = None
             hi = ncand[t]
             left -= hi - lo
+            if hi - lo == 1:  # one candidate (the first unlinearized op): follow it
+                ns = step(st, scop[lo])
+                if ns is None:
+                    break  # a dead end
+                mask |= bits[lo]
+                st = ns
+                continue
+            first = None  # the first child; more go to ``children``
+            children = None
             for a in range(lo, hi):
                 if mask & bits[a]:
                     continue
