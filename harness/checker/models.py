@@ -89,6 +89,18 @@ def columns(items: Sequence[Item]) -> tuple[list[int], list[int]] | None:
     return None
 
 
+def _reads_and_identity_cas(cops: Sequence[Cop]) -> list[bool]:
+    """Read-only ops of the register and kv models: reads, and cas of a value to itself
+    (the kinds in one C-level pass, then the cas)."""
+    kinds = list(map(_FIRST, cops))
+    ro = list(map("r".__eq__, kinds))
+    if "c" in kinds:
+        for j in compress(range(len(kinds)), map("c".__eq__, kinds)):
+            c = cops[j]
+            ro[j] = c[1] == c[2]
+    return ro
+
+
 class Model:
     """Base class: a single-key model; subclasses define ``compile_op`` and ``step``."""
 
@@ -308,14 +320,7 @@ class RegisterModel(Model):
         return cop[1] if k == "w" else cop[2] if k == "c" else KEEPS
 
     def read_only_list(self, cops: Sequence[Cop]) -> list[bool]:
-        # Reads, and cas of a value to itself: the kinds in one C-level pass, then the cas.
-        kinds = list(map(_FIRST, cops))
-        ro = list(map("r".__eq__, kinds))
-        if "c" in kinds:
-            for j in compress(range(len(kinds)), map("c".__eq__, kinds)):
-                c = cops[j]
-                ro[j] = c[1] == c[2]
-        return ro
+        return _reads_and_identity_cas(cops)
 
     def facts(self, cops: Sequence[Cop]) -> tuple[list[bool], list[Any], list[Any]]:
         ro = self.read_only_list(cops)
@@ -480,14 +485,7 @@ class KVModel(Model):
         return cop[1] if k == "w" else cop[2] if k == "c" else KEEPS
 
     def read_only_list(self, cops: Sequence[Cop]) -> list[bool]:
-        # Reads, and cas of a value to itself: the kinds in one C-level pass, then the cas.
-        kinds = list(map(_FIRST, cops))
-        ro = list(map("r".__eq__, kinds))
-        if "c" in kinds:
-            for j in compress(range(len(kinds)), map("c".__eq__, kinds)):
-                c = cops[j]
-                ro[j] = c[1] == c[2]
-        return ro
+        return _reads_and_identity_cas(cops)
 
     def facts(self, cops: Sequence[Cop]) -> tuple[list[bool], list[Any], list[Any]]:
         ro = self.read_only_list(cops)

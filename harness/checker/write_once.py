@@ -34,11 +34,11 @@ import json
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
 from itertools import chain, islice
 from typing import Any, Literal
 
 from harness.checker.result import UNKNOWN, CheckResult
+from harness.checker.run import paused_gc
 from harness.history import Event, HistoryError, Op
 
 msgspec: Any
@@ -874,7 +874,7 @@ def check_write_once(
         memory_limit_mb=memory_limit_mb, deadline=deadline, examples_max=examples_max
     )
     it = iter(history)
-    with _gc_paused():
+    with paused_gc():
         first = next(it, None)
         if first is None:
             return checker.result()
@@ -1060,7 +1060,7 @@ def check_write_once_lines(
         if res is not None:
             return res
     checker = WriteOnceChecker(memory_limit_mb=memory_limit_mb, deadline=deadline)
-    with _gc_paused():  # one pause over feeding and the verdict passes
+    with paused_gc():  # one pause over feeding and the verdict passes
         if msgspec is not None:
             checker.feed_struct_batches(iter_jsonl_batches(lines, name=name, structs=True))
         else:
@@ -1125,14 +1125,3 @@ def try_fast_paths(
     return res, name
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """No cyclic GC passes meanwhile: the checker's millions of small lists and the decoded
-    events hold no cycles, and gen-2 passes over them would cost more than the check."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
