@@ -8,7 +8,8 @@ Owns: two stream kinds with one small interface (``receive_into``, ``send_parts`
   straight into the codec's buffers (``Connection.get_buffer``), so a big frame's
   payload lands in its final buffer with no copy after the kernel's, and the waiting task
   is woken once per batch of complete frames instead of once per socket read.  Sends go
-  to the transport part by part (header, then the payload object itself: no join).
+  to the transport part by part (header, then the payload object itself: no join);
+  small frames sent in one loop round are written together (``COALESCE_FRAME_MAX``).
 - ``AnyioFramedStream``: any anyio byte stream (TLS), fed with ``receive_data`` (one copy).
 
 and ``FramedListener`` (accepts plain TCP as ``FramedStream``) and ``connect_framed``.
@@ -39,6 +40,15 @@ WRITE_BUFFER_HIGH = 4 * 1024 * 1024
 WRITE_BUFFER_LOW = 1024 * 1024
 #: Parts up to this size are joined with the frame header into one write.
 JOIN_LIMIT = 64 * 1024
+#: A frame sent as one ``bytes`` of at most this size is held until the event loop's next
+#: round and written together with every other frame sent to the connection meanwhile:
+#: the replies of one group commit (or the requests of woken callers) leave in one
+#: ``writev``/``write`` instead of one system call each (loopback TCP: ~30 % of a FLU's
+#: CPU per 4 KiB append went to per-reply sends).  Bigger frames go out at once, after
+#: the held ones (order is kept).
+COALESCE_FRAME_MAX = 64 * 1024 + 1024
+#: Held frames are written at once when they reach this many bytes.
+COALESCE_BYTES_MAX = 256 * 1024
 #: ``AnyioFramedStream`` reads at most this much per receive outside a big frame.
 RECEIVE_SIZE = 256 * 1024
 
@@ -205,6 +215,11 @@ class FramedStream(anyio.TypedAttributeProvider):
         self._transport = transport
         self._protocol = protocol
         self._closing = False
+        self._loop = asyncio.get_running_loop()
+        #: small frames waiting for the end of the loop round (``COALESCE_FRAME_MAX``)
+        self._held: list[bytes] = []
+        self._held_bytes = 0
+        self._flush_handle: asyncio.Handle | None = None
         # uvloop's writelines sends the parts with one writev; asyncio's (3.11) joins them
         # into one new bytes object first, so there each part is written on its own.
         self._writelines = type(transport).__module__.startswith("uvloop")
@@ -229,19 +244,25 @@ class FramedStream(anyio.TypedAttributeProvider):
 
     async def send_parts(self, parts: Sequence[Buffer]) -> None:
         """Write the parts back to back (they are not joined or copied here; the transport
-        keeps a reference to what it could not send yet)."""
+        keeps a reference to what it could not send yet).  A small frame given as one
+        ``bytes`` is held until the loop's next round and written with the other frames
+        held by then (``COALESCE_FRAME_MAX``); frames keep their order."""
         if self._closing:
             raise anyio.ClosedResourceError
         p = self._protocol
         if p.closed or self._transport.is_closing():
             raise anyio.BrokenResourceError(p.error or "connection closed")
-        if self._writelines:
-            self._transport.writelines([p for p in parts if p])
+        if len(parts) == 1 and type(parts[0]) is bytes and len(parts[0]) <= COALESCE_FRAME_MAX:
+            frame = parts[0]
+            self._held.append(frame)
+            self._held_bytes += len(frame)
+            if self._held_bytes >= COALESCE_BYTES_MAX:
+                self._flush()
+            elif self._flush_handle is None:
+                self._flush_handle = self._loop.call_soon(self._flush)
         else:
-            write = self._transport.write
-            for part in parts:
-                if part:
-                    write(part)
+            self._flush()
+            self._write(parts)
         if p.write_paused:
             await p.drain()
             if p.closed:
@@ -249,10 +270,36 @@ class FramedStream(anyio.TypedAttributeProvider):
         else:
             await anyio.lowlevel.checkpoint_if_cancelled()
 
+    def _write(self, parts: Sequence[Buffer]) -> None:
+        if self._writelines:
+            self._transport.writelines([p for p in parts if p])
+        else:
+            write = self._transport.write
+            for part in parts:
+                if part:
+                    write(part)
+
+    def _flush(self) -> None:
+        """Write the held frames (one call; a no-op once the transport is closing, whose
+        ``close`` came after a flush)."""
+        handle, self._flush_handle = self._flush_handle, None
+        if handle is not None:
+            handle.cancel()
+        held, self._held, self._held_bytes = self._held, [], 0
+        if not held or self._transport.is_closing():
+            return
+        if len(held) == 1:
+            self._transport.write(held[0])
+        elif self._writelines:
+            self._transport.writelines(held)
+        else:
+            self._transport.write(b"".join(held))
+
     async def aclose(self) -> None:
         if self._closing:
             return
         self._closing = True
+        self._flush()
         self._transport.close()  # sends what is buffered, then closes
         self._protocol._wake()
         await anyio.lowlevel.checkpoint()
