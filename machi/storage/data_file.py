@@ -7,7 +7,10 @@ where (that is ``machi.core.ranges`` via ``flu_store``) or know about metadata.
 Small writes and reads are done inline on the event loop (a ``pwrite`` of 4 KiB costs
 ~6 us, a thread hop ~145 us on the reference machine); writes of ``INLINE_WRITE_MAX`` bytes
 or more go to a worker thread so that one large chunk does not stall every connection.
-fdatasync is always done in a worker thread.
+fdatasync is always done off the event loop: by a group commit on the database thread,
+in the same hop as the metadata transaction (``take_dirty`` pins the descriptors it must
+sync, ``fdatasync_fds`` syncs them, ``release`` unpins), or in a worker thread
+(``sync_dirty``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import OrderedDict
+from collections.abc import Iterable
 from pathlib import Path
 
 import anyio.to_thread
@@ -53,8 +57,11 @@ class DataFiles:
         self.dir = data_dir
         self._fds: OrderedDict[str, int] = OrderedDict()
         self._dirty: set[str] = set()
-        self._pinned: dict[str, int] = {}  # name -> descriptor being fdatasync'ed
-        self._zombies: list[int] = []  # forgotten while pinned: closed after the sync
+        #: name -> pins: descriptors another thread may use (an fdatasync to come or
+        #: running, a big pwrite/pread); never closed or evicted while pinned
+        self._pinned: dict[str, int] = {}
+        #: forgotten while pinned: name -> descriptor, closed when its last pin goes
+        self._zombies: dict[str, int] = {}
 
     def path(self, name: str) -> Path:
         return self.dir / name
@@ -93,7 +100,13 @@ class DataFiles:
         if len(data) < INLINE_WRITE_MAX:
             n = os.pwrite(fd, data, offset)
         else:
-            n = await anyio.to_thread.run_sync(os.pwrite, fd, data, offset)
+            self._pin(name)
+            try:
+                n = await anyio.to_thread.run_sync(os.pwrite, fd, data, offset)
+            finally:
+                self.release([name])
+            # again: a sync that took the dirty mark while the write ran may have missed it
+            self._dirty.add(name)
         if n != len(data):
             raise OSError(f"short write to {name} at {offset}: {n} of {len(data)} bytes")
 
@@ -101,11 +114,53 @@ class DataFiles:
         fd = self._fd(name)
         if size <= INLINE_READ_MAX:
             return os.pread(fd, size, offset)
-        return await anyio.to_thread.run_sync(os.pread, fd, size, offset)
+        self._pin(name)
+        try:
+            return await anyio.to_thread.run_sync(os.pread, fd, size, offset)
+        finally:
+            self.release([name])
 
     def pread_now(self, name: str, size: int, offset: int) -> bytes:
         """Synchronous read, for the few places that must not yield (trim splitting)."""
         return os.pread(self._fd(name), size, offset)
+
+    def _pin(self, name: str) -> None:
+        self._pinned[name] = self._pinned.get(name, 0) + 1
+
+    def take_dirty(self, into: dict[str, int]) -> None:
+        """Move every file written since the last take into ``into`` (name -> descriptor),
+        pinning the ones not already there (one pin per name in ``into``: give them back
+        with ``release(into)`` once synced).  Files forgotten meanwhile are skipped."""
+        for name in self._dirty:
+            if name not in into:
+                fd = self._fds.get(name)
+                if fd is not None:
+                    self._pin(name)
+                    into[name] = fd
+        self._dirty.clear()
+
+    def release(self, names: Iterable[str]) -> None:
+        """Drop one pin per name (after ``take_dirty``/``_pin``)."""
+        for name in names:
+            n = self._pinned.get(name, 0) - 1
+            if n > 0:
+                self._pinned[name] = n
+                continue
+            self._pinned.pop(name, None)
+            fd = self._zombies.pop(name, None)
+            if fd is not None:
+                os.close(fd)
+        self._evict()
+
+    @staticmethod
+    def fdatasync_fds(fds: Iterable[int]) -> None:
+        """fdatasync each descriptor (any thread; the caller holds their pins)."""
+        for fd in fds:
+            os.fdatasync(fd)
+
+    def redirty(self, names: Iterable[str]) -> None:
+        """Mark ``names`` written again (their sync failed or never ran)."""
+        self._dirty.update(n for n in names if n in self._fds)
 
     async def sync_dirty(self) -> None:
         """fdatasync every file written since the last call (one thread hop for all).
@@ -115,28 +170,15 @@ class DataFiles:
         """
         if not self._dirty:
             return
-        batch = {n: self._fds[n] for n in self._dirty if n in self._fds}
-        self._dirty.clear()
-        self._pinned.update(batch)
-        fds = list(batch.values())
-
-        def _sync() -> None:
-            for fd in fds:
-                os.fdatasync(fd)
-
+        batch: dict[str, int] = {}
+        self.take_dirty(batch)
         try:
-            await anyio.to_thread.run_sync(_sync)
+            await anyio.to_thread.run_sync(self.fdatasync_fds, list(batch.values()))
         except BaseException:
-            self._dirty.update(n for n in batch if n in self._fds)
+            self.redirty(batch)
             raise
         finally:
-            for n in batch:
-                self._pinned.pop(n, None)
-            if not self._pinned:
-                for fd in self._zombies:
-                    os.close(fd)
-                self._zombies.clear()
-            self._evict()
+            self.release(batch)
 
     def forget(self, name: str) -> None:
         fd = self._fds.pop(name, None)
@@ -144,7 +186,7 @@ class DataFiles:
         if fd is None:
             return
         if name in self._pinned:
-            self._zombies.append(fd)
+            self._zombies[name] = fd
         else:
             os.close(fd)
 
@@ -154,7 +196,7 @@ class DataFiles:
             self.path(name).unlink()
 
     def close(self) -> None:
-        for fd in [*self._fds.values(), *self._zombies]:
+        for fd in [*self._fds.values(), *self._zombies.values()]:
             os.close(fd)
         self._fds.clear()
         self._zombies.clear()

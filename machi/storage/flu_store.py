@@ -24,6 +24,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -324,9 +325,24 @@ class FluStore:
 
     async def _flush(self, batch: Batch, durable: bool) -> None:
         # Data first: committed metadata must never point at bytes that are not durable.
+        if not self._db.one_hop_apply:
+            if self._sync != "none":
+                await self._data.sync_dirty()
+            await self._db.apply(batch, durable=durable)
+            return
+        # One hop to the database thread for both: fdatasync the data files written so
+        # far (pinned: no descriptor closes under the sync), then the transaction.
+        fds: dict[str, int] = {}
         if self._sync != "none":
-            await self._data.sync_dirty()
-        await self._db.apply(batch, durable=durable)
+            self._data.take_dirty(fds)
+        sync = partial(DataFiles.fdatasync_fds, list(fds.values())) if fds else None
+        try:
+            await self._db.apply(batch, durable=durable, before=sync)
+        except BaseException:
+            self._data.redirty(fds)
+            raise
+        finally:
+            self._data.release(fds)
 
     def _check_open(self) -> None:
         if self._closed:

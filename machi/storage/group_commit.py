@@ -145,6 +145,9 @@ class GroupCommitter:
 
     async def _finish(self, pending: _Pending) -> None:
         try:
+            # Never commit behind a failed commit: an fdatasync that "succeeds" after a
+            # failed one does not prove the earlier bytes reached the disk.
+            self.check()
             await self._run(pending.batch)
         except Exception as exc:
             pending.error = exc

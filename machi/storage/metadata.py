@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -291,11 +292,14 @@ class MetadataDb:
                     await c.commit()
         return int(row[0])
 
-    async def apply(self, batch: Batch, *, durable: bool = False) -> None:
+    async def apply(self, batch: Batch, *, durable: bool = False,
+                    before: Callable[[], object] | None = None) -> None:
         """Apply ``batch`` in one transaction and commit, in ONE hop to the database thread.
 
         ``durable`` forces synchronous=FULL for this commit even in sync mode "none"
-        (projection writes and sequence counters must never be lost).
+        (projection writes and sequence counters must never be lost).  ``before`` runs on
+        the database thread first, in the same hop (the store's data fdatasync); if it
+        raises, nothing is applied.
 
         Every SQLAlchemy/aiosqlite call is its own round trip to aiosqlite's worker thread
         (cursor, execute and close per statement: 7 hops for one append), and on a busy
@@ -306,8 +310,10 @@ class MetadataDb:
         force = durable and self.sync == "none"
         stmts = _statements(batch)
         if self._driver is not None:
-            await self._driver._execute(_apply_sync, self._driver._conn, stmts, force)
+            await self._driver._execute(_apply_sync, self._driver._conn, stmts, force, before)
         else:
+            if before is not None:
+                await anyio.to_thread.run_sync(before)
             await self._apply_public(stmts, force)
         self.apply_calls += 1
 
@@ -384,8 +390,11 @@ def _statements(batch: Batch) -> list[_Stmt]:
     return out
 
 
-def _apply_sync(conn: sqlite3.Connection, stmts: list[_Stmt], force: bool) -> None:
+def _apply_sync(conn: sqlite3.Connection, stmts: list[_Stmt], force: bool,
+                before: Callable[[], object] | None = None) -> None:
     """Runs on aiosqlite's worker thread: the body of :meth:`MetadataDb.apply`."""
+    if before is not None:
+        before()
     if force:
         conn.execute("PRAGMA synchronous=FULL")
     try:

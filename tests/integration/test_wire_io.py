@@ -12,6 +12,7 @@ import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -220,3 +221,100 @@ def test_frames_written_in_parts_are_not_joined() -> None:
     big = bytearray(JOIN_LIMIT + 1)
     parts = join_small(head, [big])
     assert parts[0] is head and parts[1] is big
+
+
+def test_small_frames_of_one_round_leave_in_one_write_in_order() -> None:
+    """Small frames sent in one loop round are held and written together (one transport
+    call); a big frame sent in the same round goes out after them; ``aclose`` writes what
+    is held.  The receiver gets every frame intact and in order."""
+    from machi import wire_io
+
+    async def go() -> None:
+        tcp = await anyio.create_tcp_listener(local_host="127.0.0.1")
+        port = tcp.extra(anyio.abc.SocketAttribute.local_port)
+        listener = FramedListener(tcp)
+        accepted: list[FramedStream] = []
+        async with anyio.create_task_group() as tg:
+            async def accept() -> None:
+                accepted.append(await listener.accept())
+
+            tg.start_soon(accept)
+            client = await connect_framed("127.0.0.1", port)
+            with anyio.fail_after(10):
+                while not accepted:
+                    await anyio.sleep(0.01)
+            server = accepted[0]
+            writes: list[int] = []
+            transport = client._transport
+            real_write, real_writelines = transport.write, transport.writelines
+
+            def write(data: Any) -> None:  # bytes per transport call
+                writes.append(len(data))
+                real_write(data)
+
+            def writelines(parts: Any) -> None:
+                parts = list(parts)
+                writes.append(sum(len(p) for p in parts))
+                real_writelines(parts)
+
+            client._transport = _Spy(transport, write=write, writelines=writelines)
+            cproto = wire.Connection(wire.Role.CLIENT)
+            sproto = wire.Connection(wire.Role.SERVER)
+            hello = cproto.send_client_hello(b"c" * 32, "c")
+            await client.send_parts([hello])
+            assert writes == []  # held ...
+            await anyio.sleep(0.05)
+            assert writes == [len(hello)]  # ... and written once the round ended
+            await server.receive_into(sproto)
+            assert isinstance(sproto.next_event(), wire.Hello)
+            await server.send_parts([sproto.send_server_hello(b"s" * 32, "s",
+                                                             auth_required=False)])
+            await client.receive_into(cproto)
+            assert isinstance(cproto.next_event(), wire.Hello)
+
+            writes.clear()
+            big = os.urandom(wire_io.COALESCE_FRAME_MAX + 10)
+            sent = []
+            small_bytes = 0
+            for i in range(1, 21):  # send_parts does not yield: all in one round
+                body = bytes([i]) * (i * 100)
+                frame = cproto.send_request(i, Op.ECHO, payload_size=len(body)) + body
+                await client.send_parts([frame])
+                small_bytes += len(frame)
+                sent.append((i, body))
+            assert writes == []
+            await client.send_parts([cproto.send_request(21, Op.ECHO, payload_size=len(big)),
+                                     big])  # writes the 20 held frames first, in one call
+            sent.append((21, big))
+            assert writes[0] == small_bytes
+            for i in range(22, 25):
+                body = b"t%d" % i
+                await client.send_parts([cproto.send_request(i, Op.ECHO,
+                                                             payload_size=len(body)) + body])
+                sent.append((i, body))
+            await client.aclose()  # writes the held frames before closing
+            got = []
+            with anyio.fail_after(20):
+                while len(got) < len(sent):
+                    ev = sproto.next_event()
+                    if ev is wire.NEED_DATA:
+                        await server.receive_into(sproto)
+                        continue
+                    assert isinstance(ev, wire.Request)
+                    got.append((ev.frame.request_id, bytes(ev.frame.payload)))
+            assert got == sent
+            await server.aclose()
+            await listener.aclose()
+
+    anyio.run(go)
+
+
+class _Spy:
+    """A transport whose write/writelines are replaced (everything else passed on)."""
+
+    def __init__(self, inner: Any, **overrides: Any) -> None:
+        self._inner = inner
+        self.__dict__.update(overrides)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)

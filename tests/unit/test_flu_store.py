@@ -436,10 +436,10 @@ async def test_failed_fsync_fails_the_store(
     async with await FluStore.open(tmp_path / "flu") as s:
         pos, _ = await s.append("p", b"ok", NO_CSUM, epoch_id=E0)
 
-        async def broken_sync(self: DataFiles) -> None:
+        def broken_sync(fds: object) -> None:
             raise OSError(5, "Input/output error")
 
-        monkeypatch.setattr(DataFiles, "sync_dirty", broken_sync)
+        monkeypatch.setattr(DataFiles, "fdatasync_fds", staticmethod(broken_sync))
         with pytest.raises(StoreFailed):
             await s.append("p", b"lost", NO_CSUM, epoch_id=E0)
         with pytest.raises(StoreFailed):

@@ -23,6 +23,7 @@ from machi.node.config import TEST_CANARIES, build_config
 from machi.node.log import JsonLog
 from machi.node.run import store_config
 from machi.node.server import FluNode
+from machi.storage.data_file import DataFiles
 from machi.storage.flu_store import FluStore, StoreConfig
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
@@ -59,14 +60,14 @@ async def _appends_with_fdatasyncs(tmp_path: Path, canary: bool) -> tuple[int, i
     store = await FluStore.open(tmp_path, StoreConfig(sync="batch",
                                                       test_ack_before_sync=canary))
     syncs = 0
-    real = store._data.sync_dirty
+    real = DataFiles.fdatasync_fds
 
-    async def counting() -> Any:
+    def counting(fds: Any) -> None:  # (runs on the database thread)
         nonlocal syncs
         syncs += 1
-        return await real()
+        real(fds)
 
-    store._data.sync_dirty = counting  # type: ignore[method-assign]
+    DataFiles.fdatasync_fds = staticmethod(counting)  # type: ignore[method-assign,assignment]
     try:
         for i in range(3):
             data = b"chunk-%d" % i
@@ -75,6 +76,7 @@ async def _appends_with_fdatasyncs(tmp_path: Path, canary: bool) -> tuple[int, i
         await store.flush()
         return during, syncs, store.config.sync
     finally:
+        DataFiles.fdatasync_fds = staticmethod(real)  # type: ignore[method-assign]
         await store.close()
 
 
