@@ -211,6 +211,11 @@ class _FramedProtocol(asyncio.BufferedProtocol):
 class FramedStream(anyio.TypedAttributeProvider):
     """A plain TCP connection on a ``BufferedProtocol`` (see the module docstring)."""
 
+    #: ``send_parts`` hands every part of a frame to the transport before it can yield
+    #: (it only waits afterwards, for flow control): concurrent senders need no lock to
+    #: keep frames whole.
+    atomic_send = True
+
     def __init__(self, transport: asyncio.Transport, protocol: _FramedProtocol) -> None:
         self._transport = transport
         self._protocol = protocol
@@ -246,7 +251,8 @@ class FramedStream(anyio.TypedAttributeProvider):
         """Write the parts back to back (they are not joined or copied here; the transport
         keeps a reference to what it could not send yet).  A small frame given as one
         ``bytes`` is held until the loop's next round and written with the other frames
-        held by then (``COALESCE_FRAME_MAX``); frames keep their order."""
+        held by then (``COALESCE_FRAME_MAX``); frames keep their order.  Returns without
+        yielding unless flow control makes it wait (the frame is written either way)."""
         if self._closing:
             raise anyio.ClosedResourceError
         p = self._protocol
@@ -267,8 +273,6 @@ class FramedStream(anyio.TypedAttributeProvider):
             await p.drain()
             if p.closed:
                 raise anyio.BrokenResourceError(p.error or "connection closed")
-        else:
-            await anyio.lowlevel.checkpoint_if_cancelled()
 
     def _write(self, parts: Sequence[Buffer]) -> None:
         if self._writelines:
@@ -318,6 +322,9 @@ class FramedStream(anyio.TypedAttributeProvider):
 class AnyioFramedStream(anyio.TypedAttributeProvider):
     """The same interface over an anyio byte stream (TLS): received bytes are copied into
     the codec with ``receive_data``."""
+
+    #: parts are sent one ``await`` each: concurrent senders must hold a lock
+    atomic_send = False
 
     def __init__(self, stream: anyio.abc.ByteStream) -> None:
         self.stream = stream

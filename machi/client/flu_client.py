@@ -349,28 +349,38 @@ class FluClient:
         """Send one request whose response(s) go to ``target``; returns its request id.
         ``payload`` may be a list of buffers (sent back to back: a multi-chunk request)."""
         parts = payload if isinstance(payload, list) else [payload]
-        size = sum(len(p) for p in parts)
+        size = sum(map(len, parts))
+        if conn.stream.atomic_send:
+            # the frame is handed to the transport whole before anything can yield
+            return await self._send_locked(conn, op, epoch_id, meta, parts, size, target)
         async with conn.send_lock:
-            if conn.broken is not None:
-                raise Partition(f"connection broken: {conn.broken}")
-            min_version = wire.OP_MIN_VERSION.get(op, 1)
-            if conn.proto.version < min_version:
-                # nothing sent: a definite rejection, like the node's own UNKNOWN_OP
-                raise UnknownOp(f"{op.name.lower()} needs protocol version {min_version}; "
-                                f"{self.host}:{self.port} speaks {conn.proto.version}")
-            rid = conn.new_id()
-            head = conn.proto.send_request(
-                rid, op, epoch_id=epoch_id, meta=meta, payload_size=size
-            )
-            conn.pending[rid] = target
-            try:
-                await conn.stream.send_parts(join_small(head, parts))
-            except BaseException as exc:
-                # A half-sent frame poisons the stream: break the connection.
-                await conn.fail(Partition(f"send failed: {exc!r}"))
-                if isinstance(exc, (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError)):
-                    raise Partition(f"send to {self.host}:{self.port}: {exc}") from None
-                raise
+            return await self._send_locked(conn, op, epoch_id, meta, parts, size, target)
+
+    async def _send_locked(
+        self, conn: _Conn, op: Op, epoch_id: EpochId, meta: dict[str, Any] | None,
+        parts: list[bytes | bytearray | memoryview], size: int, target: _Target,
+    ) -> int:
+        """The body of ``_send`` (under the send lock, or none for an atomic stream)."""
+        if conn.broken is not None:
+            raise Partition(f"connection broken: {conn.broken}")
+        min_version = wire.OP_MIN_VERSION.get(op, 1)
+        if conn.proto.version < min_version:
+            # nothing sent: a definite rejection, like the node's own UNKNOWN_OP
+            raise UnknownOp(f"{op.name.lower()} needs protocol version {min_version}; "
+                            f"{self.host}:{self.port} speaks {conn.proto.version}")
+        rid = conn.new_id()
+        head = conn.proto.send_request(
+            rid, op, epoch_id=epoch_id, meta=meta, payload_size=size
+        )
+        conn.pending[rid] = target
+        try:
+            await conn.stream.send_parts(join_small(head, parts))
+        except BaseException as exc:
+            # A half-sent frame poisons the stream: break the connection.
+            await conn.fail(Partition(f"send failed: {exc!r}"))
+            if isinstance(exc, (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError)):
+                raise Partition(f"send to {self.host}:{self.port}: {exc}") from None
+            raise
         return rid
 
     async def _call(

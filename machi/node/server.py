@@ -359,9 +359,12 @@ class FluNode:
     # ---- sending -------------------------------------------------------------------------
     async def _raw_send(self, peer: _Peer, parts: list[bytes | memoryview]) -> None:
         try:
-            async with peer.send_lock:
+            if peer.stream.atomic_send:
                 await peer.stream.send_parts(parts)
-            self.metrics.bytes_out += sum(len(p) for p in parts)
+            else:
+                async with peer.send_lock:
+                    await peer.stream.send_parts(parts)
+            self.metrics.bytes_out += sum(map(len, parts))
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             raise _Gone() from None
 
@@ -386,7 +389,7 @@ class FluNode:
     # ---- requests ------------------------------------------------------------------------
     async def _serve_request(self, peer: _Peer, f: wire.Frame) -> None:
         t0 = time.perf_counter()
-        op_name = _op_name(f.op)
+        op_name = _OP_NAMES.get(f.op, "unknown")
         status = Status.OK
         try:
             reply = await self._dispatch(f, peer)
@@ -411,7 +414,7 @@ class FluNode:
             self.metrics.observe(op_name, status.name, time.perf_counter() - t0)
 
     async def _dispatch(self, f: wire.Frame, peer: _Peer) -> Reply | None:
-        op = f.known_op()
+        op = _OPS.get(f.op)
         if op is None or op is Op.HELLO:
             raise UnknownOp(f"unknown op {f.op}")
         if op is Op.AUTH:
@@ -662,11 +665,9 @@ def _chunk_csum(text: str, index: int, count: int) -> TaggedCsum:
         raise out from None
 
 
-def _op_name(op: int) -> str:
-    try:
-        return Op(op).name.lower()
-    except ValueError:
-        return "unknown"
+#: wire op number -> Op and its metric name (an enum call per request is not free)
+_OPS: dict[int, Op] = {int(op): op for op in Op}
+_OP_NAMES: dict[int, str] = {int(op): op.name.lower() for op in Op}
 
 
 def _peer_address(stream: WireStream) -> str:
