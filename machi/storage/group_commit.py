@@ -6,11 +6,14 @@ the metadata that points at those bytes, THEN wake every waiter", and the failur
 in-memory index is now ahead of what is durable).  Must not: decide semantics or build
 records (``flu_store`` does).
 
-Leader/follower, no background task: an operation adds its records to the open batch and
-takes the commit lock.  Whoever gets the lock while its batch is still open is the leader:
-it waits (at most ``max_delay_ms``, and only while other operations are known to be on the
-way) for the batch to fill, closes it, flushes it and wakes its members.  Followers find
-their batch done when they get the lock.  Batches are bounded by ``max_chunks`` records.
+Leader/follower, no background task: an operation adds its records to the open batch.
+The batch's first member is its leader: it takes the commit lock (leaders queue in order),
+waits (at most ``max_delay_ms``, and only while other operations are known to be on the
+way) for the batch to fill, closes it, flushes it, hands the lock on and then wakes the
+members.  Followers only wait for their batch's ``done``: they never queue for the lock,
+so the next batch's commit starts as soon as the previous one ends (it used to wait until
+every follower had taken and released the lock in turn, one loop round each, while the
+disk idled).  Batches are bounded by ``max_chunks`` records.
 
 Sync modes: "batch" as above; "always" flushes each operation alone (fdatasync + commit
 per operation); "none" returns at once and flushes without fsync when the batch is full,
@@ -45,9 +48,10 @@ class StoreFailed(Exception):
 
 
 class _Pending:
-    __slots__ = ("batch", "done", "error", "full")
+    __slots__ = ("batch", "done", "error", "full", "led")
 
     def __init__(self) -> None:
+        self.led = False  # its leader (first member) is on the way to commit it
         self.batch = Batch()
         self.done = anyio.Event()
         self.full = anyio.Event()
@@ -111,21 +115,30 @@ class GroupCommitter:
         pending = self._open
         if pending.full.is_set():
             # bounded batch: the full one waits for the lock; start the next one.  The lock
-            # is FIFO and its waiters queue in submission order, so batches commit in order.
+            # is FIFO and leaders queue in submission order, so batches commit in order.
             pending = self._open = _Pending()
         pending.batch.merge(batch)
         if pending.batch.n_ops >= self.max_chunks:
             pending.full.set()
-        async with self._lock:
-            if not pending.done.is_set():
-                if (pending is self._open and self.in_flight > 0 and not pending.full.is_set()
-                        and self.max_delay_ms):
-                    self.leader_waits += 1
-                    with anyio.move_on_after(self.max_delay_ms / 1000):
-                        await pending.full.wait()
-                if pending is self._open:
-                    self._open = _Pending()
-                await self._finish(pending)
+        if pending.led:
+            await pending.done.wait()  # a follower: the leader commits for it
+        else:
+            pending.led = True
+            # Shielded: the members of the batch depend on its leader finishing the job.
+            with anyio.CancelScope(shield=True):
+                try:
+                    async with self._lock:
+                        if (pending is self._open and self.in_flight > 0
+                                and not pending.full.is_set() and self.max_delay_ms):
+                            self.leader_waits += 1
+                            with anyio.move_on_after(self.max_delay_ms / 1000):
+                                await pending.full.wait()
+                        if pending is self._open:
+                            self._open = _Pending()
+                        await self._finish(pending, wake=False)
+                finally:
+                    # after the lock went to the next leader: its commit starts first
+                    pending.done.set()
         if pending.error is not None:
             raise StoreFailed(f"metadata commit failed: {pending.error!r}") from pending.error
 
@@ -143,7 +156,7 @@ class GroupCommitter:
         if pending.error is not None:
             raise StoreFailed(f"metadata commit failed: {pending.error!r}") from pending.error
 
-    async def _finish(self, pending: _Pending) -> None:
+    async def _finish(self, pending: _Pending, *, wake: bool = True) -> None:
         try:
             # Never commit behind a failed commit: an fdatasync that "succeeds" after a
             # failed one does not prove the earlier bytes reached the disk.
@@ -152,7 +165,8 @@ class GroupCommitter:
         except Exception as exc:
             pending.error = exc
         finally:
-            pending.done.set()
+            if wake:
+                pending.done.set()
 
     async def commit_now(self, batch: Batch) -> None:
         """Commit ``batch`` alone and durably whatever the sync mode (projections, counters)."""
