@@ -188,7 +188,9 @@ class FluStore:
         #: no longer the node's current, unwedged epoch; called with no await before the
         #: reservation (or the mint) it guards.  None: no re-check (store-only users).
         self.epoch_guard: Callable[[EpochId], None] | None = None
-        self._pending: dict[tuple[str, int], anyio.Event] = {}
+        #: chunks written but not yet durable -> the event their waiters wait for, made
+        #: only when someone waits (``_pending_event``): most chunks never get one
+        self._pending: dict[tuple[str, int], anyio.Event | None] = {}
         self._projections = ProjectionCache(reuse_epochs=config.test_epoch_reuse)
         self._projection_lock = anyio.Lock()
         self._closed = False
@@ -405,8 +407,7 @@ class FluStore:
                            entry: Entry) -> None:
         """pwrite a chunk already in the index as pending, then make it durable."""
         key = (f.name, offset)
-        ev = anyio.Event()
-        self._pending[key] = ev
+        self._pending[key] = None
         try:
             try:
                 await self._data.pwrite(f.name, chunk, offset)
@@ -425,8 +426,18 @@ class FluStore:
             finally:
                 self._committer.in_flight += 1
         finally:
-            del self._pending[key]
-            ev.set()
+            ev = self._pending.pop(key)
+            if ev is not None:
+                ev.set()
+
+    def _pending_event(self, key: tuple[str, int]) -> anyio.Event | None:
+        """The event set when the pending chunk at ``key`` is done; None if not pending."""
+        if key not in self._pending:
+            return None
+        ev = self._pending[key]
+        if ev is None:
+            ev = self._pending[key] = anyio.Event()
+        return ev
 
     async def _store_chunks(
         self, f: DataFile, items: list[tuple[int, bytes | memoryview, TaggedCsum, Entry]]
@@ -435,9 +446,8 @@ class FluStore:
         one group commit that covers them all is durable (all-or-nothing: a failed pwrite
         removes every entry of the request)."""
         keys = [(f.name, off) for off, _d, _c, _e in items]
-        ev = anyio.Event()
         for key in keys:
-            self._pending[key] = ev
+            self._pending[key] = None
         try:
             try:
                 for off, data, _stored, _entry in items:
@@ -458,8 +468,9 @@ class FluStore:
                 self._committer.in_flight += 1
         finally:
             for key in keys:
-                del self._pending[key]
-            ev.set()
+                ev = self._pending.pop(key)
+                if ev is not None:
+                    ev.set()
 
     # ---- append -------------------------------------------------------------------
     async def append(
@@ -645,7 +656,7 @@ class FluStore:
             if decision is WriteCheck.WRITTEN:
                 raise Written(f"{file} [{offset}, +{len(data)}) overlaps written bytes")
             assert old is not None and old.csum is not None
-            ev = self._pending.get((file, offset))
+            ev = self._pending_event((file, offset))
             if ev is not None:
                 await ev.wait()  # a replay of a chunk not yet durable: judge it once it is
                 continue
@@ -694,7 +705,7 @@ class FluStore:
                 if decision is WriteCheck.WRITTEN:
                     raise _for_chunk(Written(f"{where} overlaps written bytes"), i, len(chunks))
                 assert old is not None
-                waiting = waiting or self._pending.get((file, offset))
+                waiting = waiting or self._pending_event((file, offset))
                 replay = replay or (i, old)
             if waiting is not None:
                 await waiting.wait()  # judge replays of pending chunks once they are durable
@@ -810,9 +821,8 @@ class FluStore:
         f = await self._adopt(file, fn)
         for _ in range(100):
             waits = [
-                self._pending[(file, e.offset)]
-                for e in f.index.overlapping(offset, size)
-                if (file, e.offset) in self._pending
+                ev for e in f.index.overlapping(offset, size)
+                if (ev := self._pending_event((file, e.offset))) is not None
             ]
             if not waits:
                 break
@@ -868,9 +878,8 @@ class FluStore:
         end = offset + size
         for _ in range(100):
             waits = [
-                self._pending[(file, e.offset)]
-                for e in f.index.overlapping(offset, size)
-                if (file, e.offset) in self._pending
+                ev for e in f.index.overlapping(offset, size)
+                if (ev := self._pending_event((file, e.offset))) is not None
             ]
             if not waits:
                 break
