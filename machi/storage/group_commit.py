@@ -128,14 +128,16 @@ class GroupCommitter:
             with anyio.CancelScope(shield=True):
                 try:
                     async with self._lock:
-                        if (pending is self._open and self.in_flight > 0
-                                and not pending.full.is_set() and self.max_delay_ms):
-                            self.leader_waits += 1
-                            with anyio.move_on_after(self.max_delay_ms / 1000):
-                                await pending.full.wait()
-                        if pending is self._open:
-                            self._open = _Pending()
-                        await self._finish(pending, wake=False)
+                        # (a flush that had the lock first may have committed it already)
+                        if not pending.done.is_set():
+                            if (pending is self._open and self.in_flight > 0
+                                    and not pending.full.is_set() and self.max_delay_ms):
+                                self.leader_waits += 1
+                                with anyio.move_on_after(self.max_delay_ms / 1000):
+                                    await pending.full.wait()
+                            if pending is self._open:
+                                self._open = _Pending()
+                            await self._finish(pending, wake=False)
                 finally:
                     # after the lock went to the next leader: its commit starts first
                     pending.done.set()

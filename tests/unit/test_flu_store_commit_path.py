@@ -201,3 +201,43 @@ async def test_data_file_pins_keep_descriptors_open_until_released(tmp_path: Pat
     assert "b" in taken and "b" in d._dirty  # the next commit syncs it again
     d.release(taken)
     d.close()
+
+
+async def test_flush_ahead_of_a_queued_leader_commits_its_batch_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flush that gets the commit lock before the leader of the open batch commits that
+    batch; the leader, when its turn comes, finds it done and does not commit it again
+    (a second commit of an old batch could undo what a later one changed)."""
+    real = DataFiles.fdatasync_fds
+    entered, release = threading.Event(), threading.Event()
+    calls = 0
+
+    def blocking_first(fds: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            entered.set()
+            release.wait(10)
+        real(fds)
+
+    data = b"f" * 100
+    csum = client_csum(data)
+    async with await FluStore.open(tmp_path / "flu", StoreConfig(sync="batch")) as s:
+        await s.append("p", data, csum, epoch_id=DUMMY_EPOCH_ID)
+        monkeypatch.setattr(DataFiles, "fdatasync_fds", staticmethod(blocking_first))
+        before = s.stats()["commits"]
+
+        async def one() -> None:
+            await s.append("p", data, csum, epoch_id=DUMMY_EPOCH_ID)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(one)  # batch 1: its leader is in fdatasync
+            await anyio.to_thread.run_sync(entered.wait, 10)
+            tg.start_soon(s.flush)  # queues for the lock
+            await anyio.sleep(0.05)
+            tg.start_soon(one)  # batch 2: its leader queues behind the flush
+            await anyio.sleep(0.05)
+            release.set()
+        assert s.stats()["commits"] - before == 2
+        monkeypatch.undo()
