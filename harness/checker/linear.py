@@ -57,7 +57,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import count
-from operator import add, attrgetter, itemgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from harness.checker.append_order import check_append_order
@@ -337,14 +337,15 @@ def _search(
     if CRASHED in map(_LAST, cops):
         okj = [j for j in okj if cops[j][-1] is not CRASHED]
     remaining = len(okj)
-    deque(map(ret.__setitem__, okj, map(m.__add__, okj)), maxlen=0)  # ret[j] = m + j
+    rets = [m + j for j in okj]  # (comprehensions: ``map`` over int methods is slower)
+    deque(map(ret.__setitem__, okj, rets), maxlen=0)  # ret[j] = m + j
     cis = list(map(_COMPLETE_INDEX, map(item_ops.__getitem__, okj)))
     if None in cis:  # an ok op without a completion event: it returns at its invocation
         cis = [invs[j] if ci is None else ci for j, ci in zip(okj, cis, strict=True)]
     # Event order as ints (event index * size + entry): calls sort before returns at equal
     # indexes, as (index, call/return, entry) tuples would, without building tuples.
-    order = list(map(add, map(size.__mul__, invs), range(m)))
-    order += map(add, map(size.__mul__, cis), map(m.__add__, okj))
+    order = [i * size + j for j, i in enumerate(invs)]
+    order += [ci * size + r for ci, r in zip(cis, rets, strict=True)]
     order.sort()
     chain = [head, *map(size.__rmod__, order), tail]
     nxt = [tail] * size
