@@ -319,3 +319,42 @@ def test_one_op_segments_with_pending_crashed_ops_match_the_segment_search(
     want = _solve_segment(configs, [n - 1], [], cops, invs, dones, ro, model.step, b2)
     assert sorted(got, key=repr) == sorted(want, key=repr)
     assert len(got) == len(set(got))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    model_name=st.sampled_from(["kv", "register", "cas-register"]),
+    crash_p=st.sampled_from([0.0, 0.1, 0.3]),
+    fail_p=st.sampled_from([0.0, 0.2]),
+)
+def test_the_inlined_partitions_compile_every_op_as_compile_op_does(
+    seed: int, model_name: str, crash_p: float, fail_p: float
+) -> None:
+    """The kv and register partitions (one inlined loop over the ops) give the items that
+    ``compile_op`` gives op by op, per key in op order (fail ops and crashed reads left
+    out); the register partition then drops only crashed writes nothing observes."""
+    evs = generate(
+        model_name, seed=seed, ops=150, processes=5, crash_p=crash_p, fail_p=fail_p, keys=4
+    )
+    ops = pair_ops(evs)
+    model = get_model(model_name)
+    want: dict[Any, list[Any]] = {}
+    for i, op in enumerate(ops):
+        if op.type == "fail":
+            continue
+        for key, cop in model.compile_op(op):
+            want.setdefault(key, []).append((i, cop))
+    got = model.partition(ops)
+    if model_name == "kv":
+        assert {k: list(v) for k, v in got.items()} == want
+    else:
+        (items,) = got.values() if got else ([],)
+        full = want.get(None, [])
+        assert set(items) <= set(full)
+        assert [it for it in full if it not in set(items)] == [
+            (i, cop)
+            for i, cop in full
+            if ops[i].type != "ok"
+            and cop[-1 if cop[0] == "c" else 1] not in {c[1] for _j, c in full if c[0] != "w"}
+        ]
