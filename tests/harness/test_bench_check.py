@@ -75,6 +75,7 @@ def test_medians_of_runs_and_the_ratios_of_medians() -> None:
     assert out["cpu_ratio_vs_porcupine"] == 1.0 and out["wall_ratio_vs_porcupine"] == 1.5
     assert out["search_ratio_vs_porcupine"] == 0.5
     assert out["cpu_ratios"] == [3.0, 0.5, 0.5] and out["valid"] is True
+    assert out["cpu_ratio_paired_median"] == 0.5
     assert (
         _medians([run(0.1, 0.1, 0.1, 0.1), {**run(0.1, 0.1, 0.1, 0.1), "valid": False}])["valid"]
         == "differs"
