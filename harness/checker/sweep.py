@@ -32,8 +32,8 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
-from itertools import accumulate, compress, islice, pairwise, repeat
-from operator import attrgetter, ge, gt, itemgetter
+from itertools import compress, islice, pairwise, repeat
+from operator import attrgetter, ge, itemgetter
 from typing import Any
 
 from harness.checker.models import CRASHED, Item, Model, columns
@@ -124,10 +124,18 @@ def sweep_linearizable(
         return True
     # Segment starts: op k starts one when invoked after every earlier ok op completed
     # (crashed ops, -1 in ``ends``, never complete: they do not hold a segment open), in
-    # C-level passes. ``ends`` serves as the completions of the ok ops below.
+    # one loop (``accumulate(ends, max)`` is slower: a ``max`` call per op). ``ends``
+    # serves as the completions of the ok ops below.
     dones = ends
     crashed_segs: set[int] = set()
-    starts = [0, *compress(range(1, m), map(gt, islice(invs, 1, None), accumulate(ends, max)))]
+    starts = [0]
+    top = ends[0]
+    for x in range(1, m):
+        if invs[x] > top:
+            starts.append(x)
+        e = ends[x]
+        if e > top:
+            top = e
     starts.append(m)
     if crashed:
         crashed_segs = {starts[bisect_right(starts, c) - 1] for c in crashed}
@@ -199,12 +207,22 @@ def sweep_linearizable(
             # Crashed ops around: the general segment search with pending sets.
             if configs is None:
                 configs = [(s, _EMPTY)] if states is None else [(t, _EMPTY) for t in states]
-            seg = [x for x in range(j, k) if x not in is_crashed]
-            seg_crashed = [x for x in range(j, k) if x in is_crashed]
             budget[0] = nodes_max
-            ends = _solve_segment(configs, seg, seg_crashed, cops, invs, dones, ro, step, budget)
-            for c in seg_crashed:
-                pending_expiry.append((expiry.get(c, m), c))
+            if k - j == 1:
+                if j in is_crashed:  # a crashed op alone: pending in every configuration
+                    pend = frozenset((j,))
+                    ends = [(st, p | pend) for st, p in configs]
+                    pending_expiry.append((expiry.get(j, m), j))
+                else:
+                    ends = _solve_one(configs, j, cops, invs, dones, ro, step, budget)
+            else:
+                seg = [x for x in range(j, k) if x not in is_crashed]
+                seg_crashed = [x for x in range(j, k) if x in is_crashed]
+                ends = _solve_segment(
+                    configs, seg, seg_crashed, cops, invs, dones, ro, step, budget
+                )
+                for c in seg_crashed:
+                    pending_expiry.append((expiry.get(c, m), c))
             # Forget crashed ops nothing from k on can observe.
             gone = {c for e, c in pending_expiry if e < k}
             if gone:
@@ -290,6 +308,50 @@ def _solve_segment(
     return list(level.get(full, ()))
 
 
+def _solve_one(
+    start: list[Config],
+    x: int,
+    cops: list[Any],
+    invs: list[int],
+    dones: list[int],
+    ro: list[bool],
+    step: Callable[[Any, Any], Any],
+    budget: list[int],
+) -> list[Config]:
+    """``_solve_segment`` for a segment of one ok op ``x`` and no new crashed op (the same
+    configurations, without its per-mask bookkeeping): from each configuration, ``x``
+    now, or first some of the pending crashed ops invoked before ``x`` completed, one at a
+    time (a legal read-only ``x`` is taken at once, with nothing applied before it)."""
+    cx = cops[x]
+    rox = ro[x]
+    lim = dones[x]
+    seen = set(start)
+    work = list(seen)
+    out: set[Config] = set()
+    left = budget[0]
+    while work:
+        st, p = work.pop()
+        left -= 2
+        ns = step(st, cx)
+        if ns is not None:
+            if rox:
+                out.add((st, p))
+                continue
+            out.add((ns, p))
+        for c in p:
+            if invs[c] <= lim:
+                t = step(st, cops[c])
+                if t is not None:
+                    cfg = (t, p - {c})
+                    if cfg not in seen:
+                        seen.add(cfg)
+                        work.append(cfg)
+    if left < 0:
+        raise _GiveUp
+    budget[0] = left
+    return list(out)
+
+
 def _solve_plain(
     states: set[Any],
     j: int,
@@ -336,6 +398,8 @@ def _solve_plain(
     if n == 1:
         c = cops[j]
         return {ns for ns in map(step, states, repeat(c, len(states))) if ns is not None}
+    if n == 3 and invs[j + 1] <= dones[j] and invs[j + 2] <= max(dones[j], dones[j + 1]):
+        return _solve_three(states, j, invs, dones, cops, step)  # as the sweep cuts them
     full = (1 << n) - 1
     scop = cops[j:k]
     sro = ro[j:k]
@@ -400,6 +464,71 @@ def _solve_plain(
             break
         else:
             out.add(st)
+    return out
+
+
+def _solve_three(
+    states: set[Any],
+    j: int,
+    invs: list[int],
+    dones: list[int],
+    cops: list[Any],
+    step: Callable[[Any, Any], Any],
+) -> set[Any]:
+    """``_solve_plain`` for a segment of three ok ops a, b, c (invocation order), by
+    enumerating its orders. As the sweep cuts segments, b was invoked before a completed
+    and c before the later of a's and b's completions, so real time can only force a
+    before c (a completed before c was invoked) or b before c; every other pair may go
+    either way. The end states are those of every order it allows (no read-only shortcut
+    needed: it only ever saves work, never changes the set)."""
+    ca = cops[j]
+    cb = cops[j + 1]
+    cc = cops[j + 2]
+    ic = invs[j + 2]
+    c_after_a = dones[j] < ic
+    c_after_b = dones[j + 1] < ic
+    out: set[Any] = set()
+    add = out.add
+    for s in states:
+        sa = step(s, ca)
+        if sa is not None:
+            t = step(sa, cb)
+            if t is not None:
+                t = step(t, cc)
+                if t is not None:
+                    add(t)  # a b c
+            if not c_after_b:
+                t = step(sa, cc)
+                if t is not None:
+                    t = step(t, cb)
+                    if t is not None:
+                        add(t)  # a c b
+        sb = step(s, cb)
+        if sb is not None:
+            t = step(sb, ca)
+            if t is not None:
+                t = step(t, cc)
+                if t is not None:
+                    add(t)  # b a c
+            if not c_after_a:
+                t = step(sb, cc)
+                if t is not None:
+                    t = step(t, ca)
+                    if t is not None:
+                        add(t)  # b c a
+        if not c_after_a and not c_after_b:
+            sc = step(s, cc)
+            if sc is not None:
+                t = step(sc, ca)
+                if t is not None:
+                    t = step(t, cb)
+                    if t is not None:
+                        add(t)  # c a b
+                t = step(sc, cb)
+                if t is not None:
+                    t = step(t, ca)
+                    if t is not None:
+                        add(t)  # c b a
     return out
 
 

@@ -39,6 +39,49 @@ def test_bench_check_quick_run() -> None:
         _check_row(r)
 
 
+def test_repeated_points_report_medians() -> None:
+    """--repeat N measures each register/kv history N times and reports the medians (each
+    run's CPU seconds kept beside them); the verdict is the runs' common one."""
+    result = CliRunner().invoke(
+        main, ["bench-check", "--quick", "--max-ops", "200", "--model", "register", "--repeat", "3"]
+    )
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.output.splitlines()]
+    rows.pop()
+    for r in rows:
+        _check_row(r)
+        assert r["repeats"] == 3 and len(r["cpu_s_runs"]) == 3
+        assert r["cpu_s"] == sorted(r["cpu_s_runs"])[1]
+
+
+def test_medians_of_runs_and_the_ratios_of_medians() -> None:
+    """``_medians``: medians of our times and porcupine's, ratios of the medians."""
+    from harness.checker.bench import _medians
+
+    def run(cpu: float, wall: float, pc_cpu: float, pc_wall: float) -> dict[str, Any]:
+        return {
+            "cpu_s": cpu,
+            "elapsed_s": wall,
+            "partition_cpu_s": cpu / 4,
+            "search_cpu_s": cpu / 2,
+            "valid": True,
+            "porcupine": {"result": "Ok", "check_cpu_s": pc_cpu, "check_wall_s": pc_wall},
+            "cpu_ratio_vs_porcupine": round(cpu / pc_cpu, 3),
+        }
+
+    out = _medians([run(0.3, 0.5, 0.1, 0.2), run(0.1, 0.2, 0.2, 0.2), run(0.2, 0.3, 0.4, 0.1)])
+    assert out["cpu_s"] == 0.2 and out["elapsed_s"] == 0.3 and out["search_cpu_s"] == 0.1
+    assert out["porcupine"]["check_cpu_s"] == 0.2 and out["porcupine"]["check_wall_s"] == 0.2
+    assert out["cpu_ratio_vs_porcupine"] == 1.0 and out["wall_ratio_vs_porcupine"] == 1.5
+    assert out["search_ratio_vs_porcupine"] == 0.5
+    assert out["cpu_ratios"] == [3.0, 0.5, 0.5] and out["valid"] is True
+    assert out["cpu_ratio_paired_median"] == 0.5
+    assert (
+        _medians([run(0.1, 0.1, 0.1, 0.1), {**run(0.1, 0.1, 0.1, 0.1), "valid": False}])["valid"]
+        == "differs"
+    )
+
+
 def test_write_once_point(tmp_path: Path) -> None:
     """A write-once point is generated to a file, checked in a subprocess (by the fast
     path, with the Python checker's baseline beside it), and removed."""

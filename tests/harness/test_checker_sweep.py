@@ -16,7 +16,13 @@ from hypothesis import strategies as st
 from harness.checker.lin_gen import LIN_ANOMALIES, generate, inject
 from harness.checker.linear import Budget, _search, check_linearizable
 from harness.checker.models import KVModel, Model, columns, get_model
-from harness.checker.sweep import _solve_plain, sweep_linearizable
+from harness.checker.sweep import (
+    _solve_one,
+    _solve_plain,
+    _solve_segment,
+    _solve_three,
+    sweep_linearizable,
+)
 from harness.history import Event, Op, pair_ops
 from tests.harness.test_checker_linear import brute_force, tiny_histories
 
@@ -257,3 +263,98 @@ def test_the_partition_columns_match_the_ops(
         assert columns(list(items)) is None
         got = sweep_linearizable(items, ops, model, **ROOMY)
         assert got is sweep_linearizable(list(items), ops, model, **ROOMY)
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.data())
+def test_three_op_segments_reach_exactly_the_brute_force_end_states(
+    data: st.DataObject,
+) -> None:
+    """The three-op shortcut (``_solve_three``: every order real time allows, written
+    out) returns exactly the brute-force end states, for every way real time can constrain
+    three ops of one segment (c after a, c after b, or free), from one or more states.
+    Cases the sweep cannot cut (a completed before b was invoked) go to the general search
+    and must agree too."""
+    times = sorted(data.draw(st.lists(st.integers(0, 30), min_size=6, max_size=6, unique=True)))
+    invs = sorted(data.draw(st.lists(st.sampled_from(times), min_size=3, max_size=3, unique=True)))
+    dones = [data.draw(st.sampled_from([t for t in times if t > i] or [i + 100])) for i in invs]
+    cops = data.draw(st.lists(st.sampled_from(_KV_COPS), min_size=3, max_size=3))
+    start = data.draw(st.sets(st.sampled_from(["", "x", "y", "xy"]), min_size=1, max_size=3))
+    model = KVModel()
+    ro = model.read_only_list(cops)
+    # Padding ops before and after: the segment is j..j+3 of longer columns.
+    invs_p = [-10, *invs, 200]
+    dones_p = [-5, *dones, 300]
+    cops_p = [("w", "z"), *cops, ("r", "z")]
+    ro_p = [False, *ro, True]
+    got = _solve_plain(set(start), 1, 4, invs_p, dones_p, cops_p, ro_p, model.step, 1 << 20)
+    assert got == _end_states(start, invs, dones, cops)
+    if invs[1] <= dones[0] and invs[2] <= max(dones[0], dones[1]):
+        assert got == _solve_three(set(start), 1, invs_p, dones_p, cops_p, model.step)
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.data())
+def test_one_op_segments_with_pending_crashed_ops_match_the_segment_search(
+    data: st.DataObject,
+) -> None:
+    """``_solve_one`` (a one-op segment while crashed ops are pending) gives exactly the
+    configurations of the general ``_solve_segment``, whose results the brute-force and
+    search comparisons above check, from several configurations."""
+    n = data.draw(st.integers(2, 6))  # positions 0..n-2 crashed (pending), n-1 the ok op
+    inv_x = data.draw(st.integers(0, 20))
+    done_x = data.draw(st.integers(inv_x + 1, 30))
+    # A pending crashed op may have been invoked before x, while x ran, or after it.
+    invs = [*data.draw(st.lists(st.integers(0, 40), min_size=n - 1, max_size=n - 1)), inv_x]
+    dones = [-1] * (n - 1) + [done_x]
+    cops = data.draw(st.lists(st.sampled_from(_KV_COPS), min_size=n, max_size=n))
+    pend = st.frozensets(st.integers(0, n - 2), max_size=n - 1)
+    configs = data.draw(
+        st.lists(st.tuples(st.sampled_from(["", "x", "y", "xy"]), pend), min_size=1, max_size=4)
+    )
+    model = KVModel()
+    ro = model.read_only_list(cops)
+    b1, b2 = [1 << 20], [1 << 20]
+    got = _solve_one(configs, n - 1, cops, invs, dones, ro, model.step, b1)
+    want = _solve_segment(configs, [n - 1], [], cops, invs, dones, ro, model.step, b2)
+    assert sorted(got, key=repr) == sorted(want, key=repr)
+    assert len(got) == len(set(got))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    model_name=st.sampled_from(["kv", "register", "cas-register"]),
+    crash_p=st.sampled_from([0.0, 0.1, 0.3]),
+    fail_p=st.sampled_from([0.0, 0.2]),
+)
+def test_the_inlined_partitions_compile_every_op_as_compile_op_does(
+    seed: int, model_name: str, crash_p: float, fail_p: float
+) -> None:
+    """The kv and register partitions (one inlined loop over the ops) give the items that
+    ``compile_op`` gives op by op, per key in op order (fail ops and crashed reads left
+    out); the register partition then drops only crashed writes nothing observes."""
+    evs = generate(
+        model_name, seed=seed, ops=150, processes=5, crash_p=crash_p, fail_p=fail_p, keys=4
+    )
+    ops = pair_ops(evs)
+    model = get_model(model_name)
+    want: dict[Any, list[Any]] = {}
+    for i, op in enumerate(ops):
+        if op.type == "fail":
+            continue
+        for key, cop in model.compile_op(op):
+            want.setdefault(key, []).append((i, cop))
+    got = model.partition(ops)
+    if model_name == "kv":
+        assert {k: list(v) for k, v in got.items()} == want
+    else:
+        (items,) = got.values() if got else ([],)
+        full = want.get(None, [])
+        assert set(items) <= set(full)
+        assert [it for it in full if it not in set(items)] == [
+            (i, cop)
+            for i, cop in full
+            if ops[i].type != "ok"
+            and cop[-1 if cop[0] == "c" else 1] not in {c[1] for _j, c in full if c[0] != "w"}
+        ]
