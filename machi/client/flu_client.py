@@ -606,6 +606,18 @@ class FluClient:
         except (TypeError, ValueError):
             raise RemoteProtocolError("list_files: malformed reply") from None
 
+    async def list_file_changes(self) -> tuple[int, list[tuple[str, int, int]]]:
+        """(the store's incarnation, [(name, size, changes)]): ``changes`` is raised by
+        every change of the file's checksum list and restarts with the store's next
+        incarnation (docs/protocol.md, list_files with ``changes``).  A server older than
+        this field answers BAD_ARG."""
+        f = await self._call(Op.LIST_FILES, {"changes": True})
+        files = f.meta.get("files", [])
+        try:
+            return int(f.meta["incarnation"]), [(str(n), int(s), int(c)) for n, s, c in files]
+        except (KeyError, TypeError, ValueError):
+            raise RemoteProtocolError("list_files: malformed reply") from None
+
     async def wedge_status(self) -> WedgeStatus:
         f = await self._call(Op.WEDGE_STATUS)
         m = f.meta

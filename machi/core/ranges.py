@@ -102,15 +102,24 @@ def check_range(offset: int, size: int, *, allow_empty: bool = False) -> str | N
 
 
 class FileIndex:
-    """Sorted, non-overlapping entries of one file plus its EOF."""
+    """Sorted, non-overlapping entries of one file plus its EOF, and ``changes``: a counter
+    raised by every change of the entries (and by ``touch``), so that a caller that saw
+    the same value twice knows the checksum list did not change in between (AP
+    anti-entropy skips such files, docs/repair.md)."""
 
-    __slots__ = ("_entries", "_starts", "eof")
+    __slots__ = ("_entries", "_starts", "changes", "eof")
 
     def __init__(self, eof: int = MIN_OFFSET) -> None:
         assert eof >= MIN_OFFSET
         self._starts: list[int] = []
         self._entries: list[Entry] = []
         self.eof = eof
+        self.changes = 0
+
+    def touch(self) -> None:
+        """Something a checksum list shows changed without an entry change (a pending
+        chunk became durable, a copy was found corrupt or healed)."""
+        self.changes += 1
 
     @classmethod
     def from_entries(cls, eof: int, entries: list[Entry]) -> FileIndex:
@@ -208,6 +217,7 @@ class FileIndex:
         assert i < len(self._entries) and self._entries[i] == entry, "removing unknown entry"
         del self._starts[i]
         del self._entries[i]
+        self.changes += 1
 
     def _insert(self, entry: Entry) -> None:
         assert entry.offset >= MIN_OFFSET and entry.size > 0
@@ -216,6 +226,7 @@ class FileIndex:
         assert i == len(self._entries) or entry.end <= self._starts[i], "overlapping insert"
         self._starts.insert(i, entry.offset)
         self._entries.insert(i, entry)
+        self.changes += 1
 
     def trim(
         self, offset: int, size: int, regen: Callable[[Entry, int, int], TaggedCsum]

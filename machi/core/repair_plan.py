@@ -12,6 +12,10 @@ randomness, or hold more than one overlap cluster of one file at a time (the inp
 streams are consumed lazily, see ``FilePlanner``; ``max_cluster_entries`` bounds a
 cluster).
 
+AP anti-entropy (``anti_entropy_roles``, ``ChangeMemory``): in a stable AP chain the
+tail periodically runs the same union rule over the UPI members, planning only files that
+changed since its last pass (docs/repair.md).
+
 CP UPI sync (the design paper's CP repair step 3, ``upi_sync_roles``): at an epoch
 change the real UPI members are made to agree by the *union* rule over them (the AP
 rule): a chunk that an append left on the head (or head and middle) but that never
@@ -96,6 +100,63 @@ def upi_sync_roles(p: Projection) -> Roles | None:
     if p.mode != "cp" or len(upi) < 2:
         return None
     return Roles("ap", upi[-1], (), upi[:-1])
+
+
+def anti_entropy_roles(p: Projection) -> Roles | None:
+    """AP anti-entropy (docs/repair.md): the union rule over the real UPI members of a
+    stable AP projection -- nothing repairing and every real member in the UPI (witnesses
+    aside) -- with the tail as source; None otherwise, and always in CP (CP repairing
+    replicas match the tail and the UPI members agree by the UPI sync: a union pass there
+    is not the CP rule)."""
+    if p.mode != "ap" or p.is_none():
+        return None
+    upi = p.upi_non_witnesses
+    real = {m for m in p.all_members if m not in p.witnesses}
+    if any(m not in p.witnesses for m in p.repairing) or set(upi) != real or len(upi) < 2:
+        return None
+    return Roles("ap", upi[-1], (), upi[:-1])
+
+
+#: one member's state of one file: (store incarnation, ``changes`` counter), None = the
+#: member does not list the file
+FileState = tuple[int, int] | None
+
+
+class ChangeMemory:
+    """Which files an anti-entropy pass must plan: those whose state on some member
+    differs from what it was when a pass last planned and executed the file without a
+    problem (a copy raises the destination's counter, so a file a pass changed is planned
+    once more and then found equal).  A file unchanged on every member since such a pass
+    still agrees.  Pure; the runner keeps one per chain between passes.  Memory: one small
+    entry per file per member, for the files the members list now (pruned each pass)."""
+
+    def __init__(self) -> None:
+        self._done: dict[str, dict[str, FileState]] = {}
+        self._listed: dict[str, dict[str, FileState]] = {}
+
+    def __len__(self) -> int:
+        return len(self._done)
+
+    def select(self, listings: Mapping[str, Mapping[str, tuple[int, int]]] | None,
+               files: Iterable[str]) -> list[str]:
+        """The files of ``files`` (every file any member lists) to plan now, sorted.
+        ``listings[m][file]``: member m's (incarnation, changes) per file; None (a member
+        could not say) selects every file."""
+        names = sorted(set(files))
+        if listings is None:
+            self._listed = {}
+            return names
+        members = sorted(listings)
+        self._listed = {f: {m: listings[m].get(f) for m in members} for f in names}
+        self._done = {f: st for f, st in self._done.items() if f in self._listed}
+        return [f for f in names if self._done.get(f) != self._listed[f]]
+
+    def done(self, file: str) -> None:
+        """``file`` was planned and executed without a problem in this pass: remember the
+        states listed at the start of the pass."""
+        st = self._listed.get(file)
+        if st is not None:
+            self._done[file] = st
 
 
 @dataclass(frozen=True, slots=True)

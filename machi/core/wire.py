@@ -141,7 +141,7 @@ REQUEST_FIELDS: Final[Mapping[Op, Mapping[str, tuple[type, str]]]] = {
     },
     Op.TRIM: {"file": (str, _REQ), "offset": (int, _REQ), "size": (int, _REQ)},
     Op.CHECKSUM_LIST: {"file": (str, _REQ), "batch_size": (int, _OPT)},
-    Op.LIST_FILES: {},
+    Op.LIST_FILES: {"changes": (bool, _OPT)},
     Op.WEDGE_STATUS: {},
     Op.PROJ_WRITE: {"kind": (str, _REQ), "projection": (dict, _REQ)},
     Op.PROJ_READ: {"kind": (str, _REQ), "epoch_number": (int, _REQ)},

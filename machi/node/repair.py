@@ -28,10 +28,19 @@ import anyio.abc
 
 from machi.client.flu_client import FluClient
 from machi.core.checksum import CsumTag, TaggedCsum, digest
-from machi.core.errors import BadChecksum, MachiError, NoSuchFile, NotWritten, Trimmed, Written
+from machi.core.errors import (
+    BadArg,
+    BadChecksum,
+    MachiError,
+    NoSuchFile,
+    NotWritten,
+    Trimmed,
+    Written,
+)
 from machi.core.projection import Projection
 from machi.core.ranges import MIN_OFFSET
 from machi.core.repair_plan import (
+    ChangeMemory,
     Copy,
     Directive,
     EntryLike,
@@ -40,6 +49,7 @@ from machi.core.repair_plan import (
     Reset,
     Roles,
     Trim,
+    anti_entropy_roles,
     repair_roles,
     upi_sync_roles,
 )
@@ -63,6 +73,7 @@ class RepairStats:
     bytes_out: int = 0  # written to destinations
     chunks_reset: int = 0
     ranges_trimmed: int = 0
+    files_unchanged: int = 0  # anti-entropy: skipped, unchanged since they last agreed
     bad_chunks: int = 0  # corrupt copies met on sources (each logged)
     chunks_healed: int = 0  # corrupt source copies rewritten with good bytes
     conflicts: int = 0  # problems other than bad chunks (planning, WRITTEN, races)
@@ -80,7 +91,8 @@ class RepairStats:
     def to_json(self) -> dict[str, Any]:
         return {
             "files": self.files, "files_done": self.files_done,
-            "files_skipped": self.files_skipped, "chunks_copied": self.chunks_copied,
+            "files_skipped": self.files_skipped, "files_unchanged": self.files_unchanged,
+            "chunks_copied": self.chunks_copied,
             "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
             "chunks_reset": self.chunks_reset, "ranges_trimmed": self.ranges_trimmed,
             "bad_chunks": self.bad_chunks, "chunks_healed": self.chunks_healed,
@@ -136,6 +148,11 @@ class _Member:
         if self.client is not None:
             return await self.client.list_files()
         return list(await self.store.list_files())
+
+    async def list_file_changes(self) -> tuple[int, list[tuple[str, int, int]]]:
+        if self.client is not None:
+            return await self.client.list_file_changes()
+        return int(self.store.incarnation), list(await self.store.list_file_changes())
 
     async def checksum_batches(self, file: str, batch_size: int, eof: int
                                ) -> AsyncGenerator[list[EntryLike], None]:
@@ -211,8 +228,10 @@ class _Member:
 class _Run:
     def __init__(self, p: Projection, roles: Roles, members: dict[str, _Member],
                  log: JsonLog, stats: RepairStats, max_in_flight: int,
-                 max_bad_chunks: int, batch_size: int) -> None:
+                 max_bad_chunks: int, batch_size: int,
+                 memory: ChangeMemory | None = None) -> None:
         self.p = p
+        self.memory = memory
         self.roles = roles
         self.members = members
         self.log = log
@@ -243,11 +262,28 @@ class _Run:
                              f"repair at {self.p.epoch_id.short()}")
 
     async def inventory(self) -> list[str]:
-        """Every file any participant lists, sorted; remembers the largest EOF of each."""
-        for m in self.members.values():
-            for n, eof in await m.list_files():
+        """Every file any participant lists, sorted; remembers the largest EOF of each.
+        With a ``ChangeMemory`` (anti-entropy): only the files it selects (changed since
+        they last agreed; every file when a member cannot list changes)."""
+        if self.memory is None:
+            for m in self.members.values():
+                for n, eof in await m.list_files():
+                    self.eofs[n] = max(eof, self.eofs.get(n, 0))
+            return sorted(self.eofs)
+        listings: dict[str, dict[str, tuple[int, int]]] | None = {}
+        for name, m in self.members.items():
+            try:
+                inc, rows = await m.list_file_changes()
+            except BadArg:  # a FLU without the ``changes`` field: plan every file
+                rows = [(n, eof, 0) for n, eof in await m.list_files()]
+                listings = None
+            if listings is not None:
+                listings[name] = {n: (inc, ch) for n, _eof, ch in rows}
+            for n, eof, _ch in rows:
                 self.eofs[n] = max(eof, self.eofs.get(n, 0))
-        return sorted(self.eofs)
+        files = self.memory.select(listings, self.eofs)
+        self.stats.files_unchanged += len(self.eofs) - len(files)
+        return files
 
     async def _plan(self, file: str) -> AsyncGenerator[Directive | Problem, None]:
         """The file's plan, streamed: checksum-list batches are fetched on demand."""
@@ -270,7 +306,7 @@ class _Run:
                 for it in iters.values():
                     await it.aclose()
 
-    async def repair_file(self, file: str) -> None:
+    async def repair_file(self, file: str) -> bool:
         """Pass 1 only checks the plan for problems (nothing kept); pass 2 plans again and
         executes while streaming.  A file with a problem gets no directive at all, and
         memory stays bounded by one batch per member and one overlap cluster."""
@@ -282,7 +318,7 @@ class _Run:
                     self.problem(str(x))
         if bad:
             self.stats.files_skipped += 1
-            return
+            return False
         send, recv = anyio.create_memory_object_stream[Directive](0)
         async with anyio.create_task_group() as tg:
             for _ in range(self.max_in_flight):
@@ -299,6 +335,7 @@ class _Run:
             self.stats.files_skipped += 1
         else:
             self.stats.files_done += 1
+        return not bad
 
     async def _worker(self, recv: anyio.abc.ObjectReceiveStream[Directive]) -> None:
         async with recv:
@@ -487,6 +524,40 @@ async def run_upi_sync(
         checksum_batch_size=checksum_batch_size, stats=stats)
 
 
+async def run_anti_entropy(
+    projection: Projection,
+    *,
+    local_name: str,
+    store: Any = None,
+    clients: Mapping[str, FluClient],
+    log: JsonLog,
+    memory: ChangeMemory | None = None,
+    progress_every_s: float = 5.0,
+    deadline_s: float = 600.0,
+    max_in_flight: int = 4,
+    max_bad_chunks: int = 100,
+    checksum_batch_size: int = 1024,
+    stats: RepairStats | None = None,
+) -> RepairResult:
+    """AP anti-entropy, on the UPI tail of a stable AP chain: the AP repair's union rule
+    over the UPI members (chunks and trims some member lacks are copied to it; conflicts
+    are problems, never resolved), planning only the files ``memory`` selects: those
+    changed on some member since a pass last found them in agreement (pass the same
+    ``ChangeMemory`` to every pass; None plans every file).  Same guarantees and result
+    as :func:`run_repair`; ``ok=False`` without doing anything when ``projection`` is not
+    a stable AP chain (never in CP, docs/repair.md)."""
+    roles = anti_entropy_roles(projection)
+    if roles is None:
+        return RepairResult(False, "not a stable AP chain: no anti-entropy",
+                            stats or RepairStats())
+    return await _run_passes(
+        projection, [roles], "anti-entropy", local_name=local_name, store=store,
+        clients=clients, log=log, progress_every_s=progress_every_s, deadline_s=deadline_s,
+        max_in_flight=max_in_flight, max_bad_chunks=max_bad_chunks,
+        checksum_batch_size=checksum_batch_size, stats=stats,
+        memory=memory if memory is not None else ChangeMemory())
+
+
 async def _run_passes(
     projection: Projection,
     passes: list[Roles],
@@ -502,6 +573,7 @@ async def _run_passes(
     max_bad_chunks: int,
     checksum_batch_size: int,
     stats: RepairStats | None,
+    memory: ChangeMemory | None = None,
 ) -> RepairResult:
     stats = stats if stats is not None else RepairStats()
     t0 = time.monotonic()
@@ -519,8 +591,10 @@ async def _run_passes(
         members[name] = _Member(name, client, store)
     runs = [_Run(projection, r, {n: members[n] for n in dict.fromkeys(
                 (*r.participants, *r.upi_others))}, log, stats, max(1, max_in_flight),
-                 max_bad_chunks, max(1, checksum_batch_size)) for r in passes]
-    log.info(f"{what} started", **fields)
+                 max_bad_chunks, max(1, checksum_batch_size), memory) for r in passes]
+    # a periodic anti-entropy pass logs at info only when it planned a file or failed
+    quiet = memory is not None
+    (log.debug if quiet else log.info)(f"{what} started", **fields)
 
     async def progress() -> None:
         while True:
@@ -543,7 +617,8 @@ async def _run_passes(
                         files = await run.inventory()
                         stats.files = max(stats.files, len(files))
                         for file in files:
-                            await run.repair_file(file)
+                            if await run.repair_file(file) and run.memory is not None:
+                                run.memory.done(file)
                         if run.problems:
                             break  # the next pass builds on this one: stop here
                 finally:
@@ -565,9 +640,13 @@ async def _run_passes(
             f"; and {more} more" if more > 0 else "")
     ok = abort is None
     detail = abort or (
-        f"{what}: {stats.files} files: {stats.chunks_copied} chunk copies "
+        f"{what}: {stats.files} files"
+        + (f" ({stats.files_unchanged} unchanged, not planned)" if quiet else "")
+        + f": {stats.chunks_copied} chunk copies "
         f"({stats.bytes_out} bytes), {stats.chunks_reset} reset, "
         f"{stats.ranges_trimmed} trimmed, {stats.chunks_healed} healed")
-    (log.info if ok else log.error)(f"{what} finished", ok=ok, detail=detail, **fields,
-                                    **stats.to_json())
+    level = log.error if not ok else (
+        log.debug if quiet and not (stats.chunks_copied or stats.ranges_trimmed
+                                    or stats.chunks_healed) else log.info)
+    level(f"{what} finished", ok=ok, detail=detail, **fields, **stats.to_json())
     return RepairResult(ok, detail, stats)

@@ -524,6 +524,10 @@ class FluNode:
         return Reply({"entries": []})
 
     async def _list_files(self, f: wire.Frame, peer: _Peer) -> Reply:
+        if f.meta.get("changes"):  # [name, size, changes] and the store's incarnation
+            rows = [] if self.witness else await self.store.list_file_changes()
+            return Reply({"files": [[n, s, c] for n, s, c in rows],
+                          "incarnation": self.store.incarnation})
         files = [] if self.witness else await self.store.list_files()
         return Reply({"files": [[n, s] for n, s in files]})
 

@@ -26,6 +26,9 @@ class SimFlu:
         self.public: dict[int, Projection] = {}
         self.private: dict[int, Projection] = {}
         self.chunks: dict[str, dict[int, bytes]] = {}
+        #: per file, a counter raised by every change of its chunks (the real store's
+        #: ``FileIndex.changes``, which AP anti-entropy compares between passes)
+        self.changes: dict[str, int] = {}
         self.fitness: dict[str, Report] = {}
         #: birth time of each report on the owning node's clock (PublishFitness)
         self.fitness_born_ms: dict[str, int] = {}
@@ -94,6 +97,7 @@ class SimFlu:
         f = self.chunks.setdefault(fname, {})
         offset = max((o + len(b) for o, b in f.items()), default=1024)
         f[offset] = data
+        self.changed(fname)
         return Status.OK, fname, offset
 
     def write(self, epoch_id: EpochId, fname: str, offset: int, data: bytes) -> Status:
@@ -104,7 +108,16 @@ class SimFlu:
         if offset in f:
             return Status.WRITTEN
         f[offset] = data
+        self.changed(fname)
         return Status.OK
+
+    def changed(self, fname: str) -> None:
+        """``fname``'s chunks changed (every writer of ``chunks`` calls this)."""
+        self.changes[fname] = self.changes.get(fname, 0) + 1
+
+    def list_file_changes(self) -> dict[str, int]:
+        """Per file, its change counter (the real FLU's list_files with ``changes``)."""
+        return {f: self.changes.get(f, 0) for f in self.chunks}
 
     def read(self, epoch_id: EpochId, fname: str, offset: int) -> tuple[Status, bytes | None]:
         st = self._check(epoch_id)

@@ -410,6 +410,7 @@ class FluStore:
                 self._committer.in_flight += 1
         finally:
             del self._pending[key]
+            f.index.touch()  # the chunk shows in checksum lists from now on
             ev.set()
 
     async def _store_chunks(
@@ -443,6 +444,7 @@ class FluStore:
         finally:
             for key in keys:
                 del self._pending[key]
+            f.index.touch()  # see _store_chunk
             ev.set()
 
     # ---- append -------------------------------------------------------------------
@@ -725,6 +727,7 @@ class FluStore:
             await self._data.sync_dirty()
         self.healed_chunks += 1
         self._known_corrupt.discard((f.name, old.offset))
+        f.index.touch()  # the checksum list drops its corrupt flag
         log.warning("healed corrupt chunk %s [%d, +%d) with bytes matching its checksum",
                     f.name, old.offset, old.size)
 
@@ -770,6 +773,7 @@ class FluStore:
                 log.error("bad checksum on disk: %s [%d, +%d)", file, e.offset, e.size)
                 self.bad_checksum_reads += 1
                 self._known_corrupt.add((file, e.offset))
+                f.index.touch()  # the checksum list flags it from now on
                 raise BadChecksum(f"{file} [{e.offset}, +{e.size}): bytes on disk are corrupt")
             if p.clipped:
                 lo = p.offset - e.offset
@@ -931,6 +935,14 @@ class FluStore:
         """(name, EOF) of every file, sorted by name."""
         self._check_open()
         return sorted((name, f.index.eof) for name, f in self._files.items())
+
+    async def list_file_changes(self) -> list[tuple[str, int, int]]:
+        """(name, EOF, changes) of every file, sorted by name: ``changes`` is raised by
+        every change of the file's checksum list (``FileIndex.changes``; in memory, so it
+        restarts at the store's next open, which raises ``incarnation``).  AP
+        anti-entropy compares them between passes to skip unchanged files."""
+        self._check_open()
+        return sorted((name, f.index.eof, f.index.changes) for name, f in self._files.items())
 
     # ---- projection store ------------------------------------------------------------
     async def projection_write(self, kind: Literal["public", "private"], p: Projection) -> None:
