@@ -486,3 +486,39 @@ async def test_incarnation_rises_at_every_open(tmp_path: Path, sync: str) -> Non
     other = await FluStore.open(tmp_path / "other")
     assert other.incarnation == 1
     await other.close()
+
+
+async def test_list_file_changes_counts_every_change_of_a_checksum_list(
+        tmp_path: Path) -> None:
+    """``list_file_changes``: the counter of a file moves with every change its checksum
+    list shows (append, write, trim) and not with reads or exact replays; a reopened
+    store starts counting again under a new incarnation (AP anti-entropy's skip rule)."""
+    s = await FluStore.open(tmp_path / "flu", StoreConfig())
+    try:
+        def changes() -> dict[str, int]:
+            return {n: c for n, _eof, c in rows}
+
+        pos, _ = await s.append("p", b"one", client_csum(b"one"), epoch_id=E0)
+        rows = await s.list_file_changes()
+        assert [(n, eof) for n, eof, _c in rows] == await s.list_files()
+        c0 = changes()[pos.file]
+        await s.read(pos.file, pos.offset, pos.size)
+        await s.write(pos.file, pos.offset, b"one", client_csum(b"one"))  # exact replay
+        rows = await s.list_file_changes()
+        assert changes()[pos.file] == c0
+        await s.write(pos.file, 4 * B, b"two", client_csum(b"two"))
+        rows = await s.list_file_changes()
+        c1 = changes()[pos.file]
+        assert c1 > c0
+        await s.trim(pos.file, 4 * B, 3)
+        rows = await s.list_file_changes()
+        assert changes()[pos.file] > c1
+        inc = s.incarnation
+    finally:
+        await s.close()
+    s = await FluStore.open(tmp_path / "flu", StoreConfig())
+    try:
+        assert s.incarnation > inc
+        assert [n for n, _e, _c in await s.list_file_changes()] == [pos.file]
+    finally:
+        await s.close()

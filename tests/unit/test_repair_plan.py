@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from random import Random
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -364,3 +365,48 @@ def test_planner_runs_over_the_simulators_in_memory_flus() -> None:
     assert ap["b"].chunks == ap["c"].chunks
     assert ap["c"].chunks["f1"] == {B: b"one", B + 3: b"two", B + 9: b"unacked"}
     assert set(ap["b"].chunks) == {"f1", "f2", "f3"}
+
+
+def test_anti_entropy_roles_only_for_stable_ap_chains() -> None:
+    from machi.core.repair_plan import anti_entropy_roles
+
+    def p(upi: list[str], repairing: tuple[str, ...] = (), mode: str = "ap",
+          witnesses: tuple[str, ...] = ()) -> Any:
+        members = ["a", "b", "c"]
+        return make_projection(
+            epoch_number=4, author_server="a", chain_name="c1", all_members=members,
+            mode=mode, upi=upi, repairing=list(repairing),  # type: ignore[arg-type]
+            witnesses=list(witnesses),
+            down=[m for m in members if m not in upi and m not in repairing])
+
+    r = anti_entropy_roles(p(["a", "b", "c"]))
+    assert r is not None and (r.mode, r.source, r.repairing, r.upi_others) == (
+        "ap", "c", (), ("a", "b"))
+    assert r.participants == ("c", "a", "b")
+    assert anti_entropy_roles(p(["a", "b", "c"], mode="cp")) is None
+    assert anti_entropy_roles(p(["a", "c"], ["b"])) is None
+    assert anti_entropy_roles(p(["a", "c"])) is None
+
+
+def test_change_memory_selects_changed_files_only() -> None:
+    from machi.core.repair_plan import ChangeMemory
+
+    mem = ChangeMemory()
+    lst = {"a": {"f": (1, 3), "g": (1, 1)}, "b": {"f": (1, 2), "g": (1, 1)}}
+    assert mem.select(lst, ["f", "g"]) == ["f", "g"]  # nothing known yet
+    mem.done("f")  # g had a problem: not remembered
+    assert mem.select(lst, ["f", "g"]) == ["g"]
+    mem.done("g")
+    assert mem.select(lst, ["f", "g"]) == []
+    lst["b"]["f"] = (1, 3)  # a change on one member
+    assert mem.select(lst, ["f", "g"]) == ["f"]
+    lst["b"]["f"] = (2, 3)  # a restart of b: same counter, new incarnation
+    assert mem.select(lst, ["f", "g"]) == ["f"]
+    mem.done("f")
+    del lst["b"]["g"]  # b no longer lists g (e.g. deleted when fully trimmed)
+    assert mem.select(lst, ["f", "g"]) == ["g"]
+    assert mem.select(None, ["f", "g"]) == ["f", "g"]  # a member could not say
+    mem.done("f")  # after a select without listings, nothing is remembered
+    lst2 = {"a": {"f": (1, 3)}, "c": {"f": (1, 3)}}  # another member set
+    assert mem.select(lst2, ["f"]) == ["f"]
+    assert mem.select({"a": {}}, []) == [] and len(mem) == 0  # pruned
