@@ -581,12 +581,14 @@ class FluClient:
         return int(_field(f, "chunks", int))
 
     async def checksum_list_batches(
-        self, file: str, *, batch_size: int = 4096
+        self, file: str, *, batch_size: int = 4096, from_offset: int | None = None
     ) -> AsyncIterator[list[ChecksumEntry]]:
-        """The checksum list of ``file``, one batch per response frame."""
-        async for f in self._stream(
-            Op.CHECKSUM_LIST, {"file": file, "batch_size": batch_size}
-        ):
+        """The checksum list of ``file``, one batch per response frame (only the entries
+        that end after ``from_offset``, when given)."""
+        meta: dict[str, Any] = {"file": file, "batch_size": batch_size}
+        if from_offset is not None:
+            meta["from_offset"] = from_offset
+        async for f in self._stream(Op.CHECKSUM_LIST, meta):
             entries = f.meta.get("entries", [])
             if not isinstance(entries, list):
                 raise RemoteProtocolError("checksum_list: entries must be a list")
@@ -606,15 +608,22 @@ class FluClient:
         except (TypeError, ValueError):
             raise RemoteProtocolError("list_files: malformed reply") from None
 
-    async def list_file_changes(self) -> tuple[int, list[tuple[str, int, int]]]:
-        """(the store's incarnation, [(name, size, changes)]): ``changes`` is raised by
-        every change of the file's checksum list and restarts with the store's next
-        incarnation (docs/protocol.md, list_files with ``changes``).  A server older than
-        this field answers BAD_ARG."""
-        f = await self._call(Op.LIST_FILES, {"changes": True})
+    async def list_file_changes(
+        self, since: int | None = None
+    ) -> tuple[int, list[tuple[str, int, int | None]]]:
+        """AP anti-entropy's listing (docs/protocol.md, list_files with ``changes``): a new
+        change token and [(name, size, low)], ``low`` the lowest offset whose checksum-list
+        entry changed since the token ``since`` (None: unchanged; 1024 for every file when
+        ``since`` is None or unknown to the FLU).  A FLU older than the field answers
+        BAD_ARG."""
+        meta: dict[str, Any] = {"changes": True}
+        if since is not None:
+            meta["since"] = since
+        f = await self._call(Op.LIST_FILES, meta)
         files = f.meta.get("files", [])
         try:
-            return int(f.meta["incarnation"]), [(str(n), int(s), int(c)) for n, s, c in files]
+            return int(f.meta["token"]), [
+                (str(n), int(s), None if low is None else int(low)) for n, s, low in files]
         except (KeyError, TypeError, ValueError):
             raise RemoteProtocolError("list_files: malformed reply") from None
 

@@ -42,6 +42,7 @@ from typing import Literal, Protocol
 
 from .checksum import TaggedCsum
 from .projection import Projection
+from .ranges import MIN_OFFSET
 
 Mode = Literal["ap", "cp"]
 MAX_CLUSTER_ENTRIES = 10_000
@@ -117,46 +118,87 @@ def anti_entropy_roles(p: Projection) -> Roles | None:
     return Roles("ap", upi[-1], (), upi[:-1])
 
 
-#: one member's state of one file: (store incarnation, ``changes`` counter), None = the
-#: member does not list the file
-FileState = tuple[int, int] | None
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """One member's answer to an anti-entropy listing (list_files with ``changes``):
+    ``since`` the change token sent with the request (None: none), ``token`` the one it
+    issued with this listing, and per file it lists the lowest offset whose checksum-list
+    entry changed since ``since`` (None: unchanged; ``MIN_OFFSET`` when the member does not
+    know ``since``)."""
+
+    since: int | None
+    token: int
+    lows: Mapping[str, int | None]
 
 
 class ChangeMemory:
-    """Which files an anti-entropy pass must plan: those whose state on some member
-    differs from what it was when a pass last planned and executed the file without a
-    problem (a copy raises the destination's counter, so a file a pass changed is planned
-    once more and then found equal).  A file unchanged on every member since such a pass
-    still agrees.  Pure; the runner keeps one per chain between passes.  Memory: one small
-    entry per file per member, for the files the members list now (pruned each pass)."""
+    """Which files an anti-entropy pass plans, and from which offset.
+
+    A file *agreed* at a listing when a pass planned it (from some offset) and executed
+    the plan without a problem, or when it agreed at the previous listing and no member
+    changed it since.  Then, if nothing below offset L changed on any member since the
+    listing where it last agreed, its part below L still agrees: the next pass plans it
+    from L only (the lowest changed offset any member reports), and skips it when nothing
+    changed.  Why sound: a pass's copies are changes after its listing, so the next pass
+    plans their places again; a plan with a problem is not remembered.  Anything unknown
+    (a member's token expired or restarted, another member set, a file that appeared or
+    vanished on some member) plans the whole file.  Pure; the runner keeps one per chain
+    between passes.  Memory: per file one tuple and one small set, for the files the
+    members list now (pruned each pass)."""
 
     def __init__(self) -> None:
-        self._done: dict[str, dict[str, FileState]] = {}
-        self._listed: dict[str, dict[str, FileState]] = {}
+        #: file -> (member -> token at which it last agreed, members that listed it)
+        self._agreed: dict[str, tuple[Mapping[str, int], frozenset[str]]] = {}
+        #: member -> the token it issued with my last listing (``since`` next time)
+        self._tokens: dict[str, int] = {}
+        self._listed: dict[str, tuple[Mapping[str, int], frozenset[str]]] = {}
 
     def __len__(self) -> int:
-        return len(self._done)
+        return len(self._agreed)
 
-    def select(self, listings: Mapping[str, Mapping[str, tuple[int, int]]] | None,
-               files: Iterable[str]) -> list[str]:
-        """The files of ``files`` (every file any member lists) to plan now, sorted.
-        ``listings[m][file]``: member m's (incarnation, changes) per file; None (a member
-        could not say) selects every file."""
+    def since(self, member: str) -> int | None:
+        """The token to send to ``member`` with the next listing."""
+        return self._tokens.get(member)
+
+    def select(self, listings: Mapping[str, Listing] | None,
+               files: Iterable[str]) -> list[tuple[str, int]]:
+        """(file, offset to plan from) for the files of ``files`` (every file any member
+        lists) that must be planned now, sorted by name.  ``listings`` None (a member
+        could not list changes) plans every file whole and forgets the tokens."""
         names = sorted(set(files))
         if listings is None:
-            self._listed = {}
-            return names
-        members = sorted(listings)
-        self._listed = {f: {m: listings[m].get(f) for m in members} for f in names}
-        self._done = {f: st for f, st in self._done.items() if f in self._listed}
-        return [f for f in names if self._done.get(f) != self._listed[f]]
+            self._listed, self._tokens = {}, {}
+            return [(f, MIN_OFFSET) for f in names]
+        members = frozenset(listings)
+        tokens = {m: listings[m].token for m in sorted(members)}
+        known = all(listings[m].since is not None for m in members)
+        self._tokens = dict(tokens)
+        out: list[tuple[str, int]] = []
+        self._listed = {}
+        for f in names:
+            present = frozenset(m for m in members if f in listings[m].lows)
+            self._listed[f] = (tokens, present)
+            prev = self._agreed.get(f)
+            start = MIN_OFFSET
+            if (
+                known and prev is not None and prev[1] == present
+                and frozenset(prev[0]) == members
+                and all(prev[0][m] == listings[m].since for m in members)
+            ):
+                lows = [low for m in present if (low := listings[m].lows[f]) is not None]
+                if not lows:
+                    self._agreed[f] = (tokens, present)  # unchanged: agrees now too
+                    continue
+                start = min(lows)
+            out.append((f, start))
+        self._agreed = {f: a for f, a in self._agreed.items() if f in self._listed}
+        return out
 
     def done(self, file: str) -> None:
-        """``file`` was planned and executed without a problem in this pass: remember the
-        states listed at the start of the pass."""
+        """``file`` was planned and executed without a problem in this pass."""
         st = self._listed.get(file)
         if st is not None:
-            self._done[file] = st
+            self._agreed[file] = st
 
 
 @dataclass(frozen=True, slots=True)

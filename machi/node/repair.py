@@ -45,6 +45,7 @@ from machi.core.repair_plan import (
     Directive,
     EntryLike,
     FilePlanner,
+    Listing,
     Problem,
     Reset,
     Roles,
@@ -149,22 +150,26 @@ class _Member:
             return await self.client.list_files()
         return list(await self.store.list_files())
 
-    async def list_file_changes(self) -> tuple[int, list[tuple[str, int, int]]]:
+    async def list_file_changes(self, since: int | None
+                                ) -> tuple[int, list[tuple[str, int, int | None]]]:
         if self.client is not None:
-            return await self.client.list_file_changes()
-        return int(self.store.incarnation), list(await self.store.list_file_changes())
+            return await self.client.list_file_changes(since)
+        token, rows = await self.store.list_file_changes(since)
+        return int(token), list(rows)
 
-    async def checksum_batches(self, file: str, batch_size: int, eof: int
+    async def checksum_batches(self, file: str, batch_size: int, eof: int,
+                               from_offset: int = MIN_OFFSET
                                ) -> AsyncGenerator[list[EntryLike], None]:
         """The file's checksum list in non-empty batches (a missing file has none).  A
         file this FLU deleted once it was fully trimmed reads as one trimmed range up to
         ``eof`` (the largest EOF any participant listed)."""
         batches: Any
+        since = {"from_offset": from_offset} if from_offset > MIN_OFFSET else {}
         if self.client is not None:
             batches = (self.lister or self.client).checksum_list_batches(
-                file, batch_size=batch_size)
+                file, batch_size=batch_size, **since)
         else:
-            batches = self.store.checksum_list(file, batch_size=batch_size)
+            batches = self.store.checksum_list(file, batch_size=batch_size, **since)
         try:
             async for batch in batches:
                 if batch:
@@ -242,6 +247,8 @@ class _Run:
         self.problems: list[str] = []  # the first PROBLEMS_LOGGED_MAX
         self.problem_count = 0
         self.eofs: dict[str, int] = {}
+        #: anti-entropy: the offset each selected file is planned from
+        self.starts: dict[str, int] = {}
 
     def problem(self, text: str, *, conflict: bool = True) -> None:
         self.problem_count += 1
@@ -270,26 +277,29 @@ class _Run:
                 for n, eof in await m.list_files():
                     self.eofs[n] = max(eof, self.eofs.get(n, 0))
             return sorted(self.eofs)
-        listings: dict[str, dict[str, tuple[int, int]]] | None = {}
+        listings: dict[str, Listing] | None = {}
         for name, m in self.members.items():
+            since = self.memory.since(name)
+            rows: list[tuple[str, int, int | None]]
             try:
-                inc, rows = await m.list_file_changes()
+                token, rows = await m.list_file_changes(since)
             except BadArg:  # a FLU without the ``changes`` field: plan every file
-                rows = [(n, eof, 0) for n, eof in await m.list_files()]
+                rows = [(n, eof, MIN_OFFSET) for n, eof in await m.list_files()]
                 listings = None
             if listings is not None:
-                listings[name] = {n: (inc, ch) for n, _eof, ch in rows}
-            for n, eof, _ch in rows:
+                listings[name] = Listing(since, token, {n: low for n, _eof, low in rows})
+            for n, eof, _low in rows:
                 self.eofs[n] = max(eof, self.eofs.get(n, 0))
-        files = self.memory.select(listings, self.eofs)
-        self.stats.files_unchanged += len(self.eofs) - len(files)
-        return files
+        self.starts = dict(self.memory.select(listings, self.eofs))
+        self.stats.files_unchanged += len(self.eofs) - len(self.starts)
+        return sorted(self.starts)
 
     async def _plan(self, file: str) -> AsyncGenerator[Directive | Problem, None]:
         """The file's plan, streamed: checksum-list batches are fetched on demand."""
         planner = FilePlanner(file, self.roles)
         eof = self.eofs.get(file, 0)
-        iters = {n: m.checksum_batches(file, self.batch_size, eof)
+        start = self.starts.get(file, MIN_OFFSET)
+        iters = {n: m.checksum_batches(file, self.batch_size, eof, start)
                  for n, m in self.members.items()}
         try:
             while (name := planner.needs()) is not None:

@@ -43,7 +43,14 @@ from machi.core.chain_manager import (
 from machi.core.checksum import CsumTag, TaggedCsum, digest
 from machi.core.epoch import EpochId
 from machi.core.projection import Mode, Projection
-from machi.core.repair_plan import ChangeMemory, Copy, Problem, anti_entropy_roles, plan_file
+from machi.core.repair_plan import (
+    ChangeMemory,
+    Copy,
+    Listing,
+    Problem,
+    anti_entropy_roles,
+    plan_file,
+)
 from machi.core.status import Status
 from machi.core.transition import transition_problem
 
@@ -104,6 +111,7 @@ class Stats:
     #: unchanged since they last agreed
     anti_entropy_copies: int = 0
     anti_entropy_unchanged: int = 0
+    anti_entropy_planned: int = 0
     events: int = 0
 
 
@@ -501,7 +509,7 @@ class Cluster:
             for (f, off), data in union.items():
                 if off not in store.setdefault(f, {}):
                     store[f][off] = data
-                    self.flus[m].changed(f)
+                    self.flus[m].changed(f, off)
         return True, f"union of {len(union)} chunks"
 
     def _repair_from_tail(self, tail: str, repairing: list[str]) -> tuple[bool, str]:
@@ -517,7 +525,7 @@ class Cluster:
             # make the repairing copy match the tail: add missing, un-write extra bytes
             for f in set(dst) | set(src):
                 if dst.get(f) != src.get(f):
-                    self.flus[m].changed(f)
+                    self.flus[m].changed(f, 1024)
             self.flus[m].chunks = {f: dict(c) for f, c in src.items()}
         return True, f"{len(repairing)} copies match the tail"
 
@@ -553,16 +561,21 @@ class Cluster:
             mp = self.flus[m].latest("private")
             if mp is None or mp.epoch_id != p.epoch_id:
                 return False, f"{m} not in the same epoch"
-        listings = {m: {f: (self.incarnation[m], c)
-                        for f, c in self.flus[m].list_file_changes().items()} for m in parts}
-        every = {f for m in parts for f in self.flus[m].chunks}
         memory = self.ae_memory[n]
+        listings = {}
+        for m in parts:
+            since = memory.since(m)
+            token, lows = self.flus[m].list_file_changes(since)
+            listings[m] = Listing(since, token, lows)
+        every = {f for m in parts for f in self.flus[m].chunks}
         files = memory.select(listings, every)
         self.stats.anti_entropy_unchanged += len(every) - len(files)
+        self.stats.anti_entropy_planned += len(files)
         copies = 0
-        for f in files:
+        for f, start in files:
             entries = {m: [_SimEntry(off, len(data), TaggedCsum(CsumTag.CLIENT, digest(data)))
-                           for off, data in sorted(self.flus[m].chunks.get(f, {}).items())]
+                           for off, data in sorted(self.flus[m].chunks.get(f, {}).items())
+                           if off + len(data) > start]
                        for m in parts}
             plan = list(plan_file(f, roles, entries))
             problems = [x for x in plan if isinstance(x, Problem)]
@@ -575,7 +588,7 @@ class Cluster:
                 data = self.flus[d.source].chunks[f][d.offset]
                 for m in d.destinations:
                     self.flus[m].chunks.setdefault(f, {})[d.offset] = data
-                    self.flus[m].changed(f)
+                    self.flus[m].changed(f, d.offset)
                     copies += 1
             memory.done(f)
         self.stats.anti_entropy_copies += copies

@@ -388,25 +388,38 @@ def test_anti_entropy_roles_only_for_stable_ap_chains() -> None:
     assert anti_entropy_roles(p(["a", "c"])) is None
 
 
-def test_change_memory_selects_changed_files_only() -> None:
-    from machi.core.repair_plan import ChangeMemory
+def test_change_memory_plans_changed_files_from_their_lowest_change() -> None:
+    from machi.core.repair_plan import ChangeMemory, Listing
 
     mem = ChangeMemory()
-    lst = {"a": {"f": (1, 3), "g": (1, 1)}, "b": {"f": (1, 2), "g": (1, 1)}}
-    assert mem.select(lst, ["f", "g"]) == ["f", "g"]  # nothing known yet
+
+    def lst(tok: int, **lows: dict[str, int | None]) -> dict[str, Listing]:
+        return {m: Listing(mem.since(m), tok, v) for m, v in lows.items()}
+
+    first = lst(1, a={"f": B, "g": B}, b={"f": B, "g": B})
+    assert mem.since("a") is None and first["a"].since is None
+    assert mem.select(first, ["f", "g"]) == [("f", B), ("g", B)]  # nothing known yet
+    assert mem.since("a") == 1
     mem.done("f")  # g had a problem: not remembered
-    assert mem.select(lst, ["f", "g"]) == ["g"]
+    second = lst(2, a={"f": None, "g": None}, b={"f": None, "g": None})
+    assert second["a"].since == 1
+    assert mem.select(second, ["f", "g"]) == [("g", B)]  # f unchanged: skipped
     mem.done("g")
-    assert mem.select(lst, ["f", "g"]) == []
-    lst["b"]["f"] = (1, 3)  # a change on one member
-    assert mem.select(lst, ["f", "g"]) == ["f"]
-    lst["b"]["f"] = (2, 3)  # a restart of b: same counter, new incarnation
-    assert mem.select(lst, ["f", "g"]) == ["f"]
+    # f rolled forward (unchanged since 1, so agreed at 2 too); g was done at 2
+    assert mem.select(lst(3, a={"f": 9 * B, "g": None}, b={"f": None, "g": None}),
+                      ["f", "g"]) == [("f", 9 * B)]  # planned from its lowest change
     mem.done("f")
-    del lst["b"]["g"]  # b no longer lists g (e.g. deleted when fully trimmed)
-    assert mem.select(lst, ["f", "g"]) == ["g"]
-    assert mem.select(None, ["f", "g"]) == ["f", "g"]  # a member could not say
-    mem.done("f")  # after a select without listings, nothing is remembered
-    lst2 = {"a": {"f": (1, 3)}, "c": {"f": (1, 3)}}  # another member set
-    assert mem.select(lst2, ["f"]) == ["f"]
-    assert mem.select({"a": {}}, []) == [] and len(mem) == 0  # pruned
+    assert mem.select(lst(4, a={"f": 7 * B, "g": None}, b={"f": 5 * B, "g": None}),
+                      ["f", "g"]) == [("f", 5 * B)]
+    # not done (a problem, or the pass failed): next time f is planned whole
+    assert mem.select(lst(5, a={"f": None, "g": None}, b={"f": None, "g": None}),
+                      ["f", "g"]) == [("f", B)]
+    mem.done("f")
+    # b no longer lists g (e.g. deleted when fully trimmed): planned whole
+    assert mem.select(lst(6, a={"f": None, "g": None}, b={"f": None}),
+                      ["f", "g"]) == [("g", B)]
+    # another member set: everything whole
+    assert mem.select(lst(7, a={"f": None}, c={"f": None}), ["f"]) == [("f", B)]
+    # a member that could not list changes: everything whole, tokens forgotten
+    assert mem.select(None, ["f"]) == [("f", B)] and mem.since("a") is None
+    assert mem.select({"a": Listing(None, 8, {})}, []) == [] and len(mem) == 0  # pruned
