@@ -70,6 +70,9 @@ async def main(n_chunks: int, n_files: int) -> None:
             await one("the pass after it")
             await stores["a"].append("f0001", orphan, client_csum(orphan), epoch_id=p.epoch_id)
             await one("one orphan in a small file")
+            for i in range(10_000):  # steady load: new chunks replicated everywhere
+                await put("big", b"y%07d" % i)
+            await one("after 10,000 appends that reached every replica")
 
 
 if __name__ == "__main__":

@@ -318,17 +318,23 @@ class _Run:
 
     async def repair_file(self, file: str) -> bool:
         """Pass 1 only checks the plan for problems (nothing kept); pass 2 plans again and
-        executes while streaming.  A file with a problem gets no directive at all, and
-        memory stays bounded by one batch per member and one overlap cluster."""
-        bad = False
+        executes while streaming (skipped when pass 1 found nothing to do: the common case
+        of anti-entropy).  A file with a problem gets no directive at all, and memory
+        stays bounded by one batch per member and one overlap cluster."""
+        bad = work = False
         async with aclosing(self._plan(file)) as plan:
             async for x in plan:
                 if isinstance(x, Problem):
                     bad = True
                     self.problem(str(x))
+                else:
+                    work = True
         if bad:
             self.stats.files_skipped += 1
             return False
+        if not work:
+            self.stats.files_done += 1
+            return True
         send, recv = anyio.create_memory_object_stream[Directive](0)
         async with anyio.create_task_group() as tg:
             for _ in range(self.max_in_flight):
