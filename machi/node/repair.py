@@ -26,7 +26,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from machi.client.flu_client import FluClient
+from machi.client.flu_client import FluClient, parse_checksum_entries
 from machi.core.checksum import CsumTag, TaggedCsum, digest
 from machi.core.errors import (
     BadArg,
@@ -43,7 +43,6 @@ from machi.core.repair_plan import (
     ChangeMemory,
     Copy,
     Directive,
-    EntryLike,
     FilePlanner,
     Listing,
     Problem,
@@ -75,6 +74,9 @@ class RepairStats:
     chunks_reset: int = 0
     ranges_trimmed: int = 0
     files_unchanged: int = 0  # anti-entropy: skipped, unchanged since they last agreed
+    #: checksum-list entries every participant listed identically (equal batches, not
+    #: planned; counted per planning pass)
+    entries_equal: int = 0
     bad_chunks: int = 0  # corrupt copies met on sources (each logged)
     chunks_healed: int = 0  # corrupt source copies rewritten with good bytes
     conflicts: int = 0  # problems other than bad chunks (planning, WRITTEN, races)
@@ -93,6 +95,7 @@ class RepairStats:
         return {
             "files": self.files, "files_done": self.files_done,
             "files_skipped": self.files_skipped, "files_unchanged": self.files_unchanged,
+            "entries_equal": self.entries_equal,
             "chunks_copied": self.chunks_copied,
             "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
             "chunks_reset": self.chunks_reset, "ranges_trimmed": self.ranges_trimmed,
@@ -108,15 +111,6 @@ class RepairResult:
     ok: bool
     detail: str
     stats: RepairStats
-
-
-@dataclass(frozen=True, slots=True)
-class _Trimmed:
-    """A trimmed checksum-list entry standing for a deleted (fully trimmed) file."""
-
-    offset: int
-    size: int
-    csum: TaggedCsum | None = None
 
 
 class _Abort(Exception):
@@ -157,28 +151,34 @@ class _Member:
         token, rows = await self.store.list_file_changes(since)
         return int(token), list(rows)
 
-    async def checksum_batches(self, file: str, batch_size: int, eof: int,
-                               from_offset: int = MIN_OFFSET
-                               ) -> AsyncGenerator[list[EntryLike], None]:
-        """The file's checksum list in non-empty batches (a missing file has none).  A
-        file this FLU deleted once it was fully trimmed reads as one trimmed range up to
-        ``eof`` (the largest EOF any participant listed)."""
+    async def raw_batches(self, file: str, batch_size: int, eof: int,
+                          from_offset: int = MIN_OFFSET) -> AsyncGenerator[list[Any], None]:
+        """The file's checksum list in non-empty batches of raw wire entries (``[offset,
+        size, csum hex or None(, 1)]``; ``parse_checksum_entries`` parses them), so that
+        equal batches of several members compare without parsing.  A missing file has
+        none.  A file this FLU deleted once it was fully trimmed reads as one trimmed
+        range up to ``eof`` (the largest EOF any participant listed)."""
         batches: Any
         since = {"from_offset": from_offset} if from_offset > MIN_OFFSET else {}
-        if self.client is not None:
-            batches = (self.lister or self.client).checksum_list_batches(
-                file, batch_size=batch_size, **since)
+        local = self.client is None
+        if not local:
+            client = self.lister or self.client
+            assert client is not None
+            batches = client.checksum_list_raw_batches(file, batch_size=batch_size, **since)
         else:
             batches = self.store.checksum_list(file, batch_size=batch_size, **since)
         try:
             async for batch in batches:
+                if batch and local:  # the server's encoding (machi.node.server)
+                    batch = [[e.offset, e.size, None if e.csum is None else e.csum.hex(),
+                              *((1,) if e.corrupt else ())] for e in batch]
                 if batch:
                     yield batch
         except NoSuchFile:
             return
         except Trimmed:
             if eof > MIN_OFFSET:
-                yield [_Trimmed(MIN_OFFSET, eof - MIN_OFFSET)]
+                yield [[MIN_OFFSET, eof - MIN_OFFSET, None]]
             return
         finally:
             aclose = getattr(batches, "aclose", None)
@@ -295,18 +295,33 @@ class _Run:
         return sorted(self.starts)
 
     async def _plan(self, file: str) -> AsyncGenerator[Directive | Problem, None]:
-        """The file's plan, streamed: checksum-list batches are fetched on demand."""
+        """The file's plan, streamed: checksum-list batches are fetched on demand.
+
+        Equal prefix first: while every participant's next raw batch is the same list
+        (same entries: every member lists them, nothing to do there), the batches are
+        dropped unparsed; from the first batch that differs on some member (they all
+        start right after the same entry) the planner takes over.  Most of a pass over
+        entries that reached every replica costs a comparison, not a plan."""
         planner = FilePlanner(file, self.roles)
         eof = self.eofs.get(file, 0)
         start = self.starts.get(file, MIN_OFFSET)
-        iters = {n: m.checksum_batches(file, self.batch_size, eof, start)
+        iters = {n: m.raw_batches(file, self.batch_size, eof, start)
                  for n, m in self.members.items()}
+        first: dict[str, list[Any] | None] = {}
         try:
+            while True:
+                first = {n: await anext(it, None) for n, it in iters.items()}
+                ref = next(iter(first.values()))
+                if ref is None or any(b != ref for b in first.values()):
+                    break
+                self.stats.entries_equal += len(ref)
             while (name := planner.needs()) is not None:
-                try:
-                    planner.feed(name, await anext(iters[name]))
-                except StopAsyncIteration:
+                raw = first.pop(name, None) if name in first else await anext(
+                    iters[name], None)
+                if raw is None:
                     planner.end(name)
+                else:
+                    planner.feed(name, parse_checksum_entries(raw))
                 for x in planner.take():
                     yield x
             for x in planner.take():

@@ -542,3 +542,39 @@ def test_ap_anti_entropy_merges_a_stable_chain_and_then_skips_unchanged_files(
     finished = [x for x in lines if x["msg"] == "anti-entropy finished"]
     # info when it copied or failed; a pass with nothing to do logs at debug (not shown)
     assert [x["level"] for x in finished] == ["info", "info", "error", "error"]
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 1024])
+def test_equal_batches_are_skipped_and_the_first_difference_is_planned(
+        tmp_path: Path, batch: int) -> None:
+    """The runner drops batches every member lists identically and plans from the first
+    one that differs (all members' streams resume after the same entry): with any batch
+    size, a chunk c lacks after several equal ones, and a head-only one at the end, both
+    reach every member (the local store path and the client path agree)."""
+    from machi.node.repair import run_anti_entropy
+
+    async def go() -> RepairResult:
+        async with inproc_chain(tmp_path, NAMES) as nodes, AsyncExitStack() as stack:
+            cl = await inproc_clients(stack, nodes)
+            p = await install(nodes, 1, NAMES)
+            e = p.epoch_id
+            chain = [cl[n] for n in NAMES]
+            for i in range(6):
+                await chain_append(chain, "q", b"equal %d" % i, e)
+            await chain_append(chain[:2], "q", b"c lacks this", e)
+            await chain_append(chain, "q", b"equal again", e)
+            await cl["a"].append("q", b"head only", epoch_id=e)
+            clients = {n: c for n, c in cl.items() if n != "c"}
+            res = await run_anti_entropy(p, local_name="c", store=nodes["c"][0].store,
+                                         clients=clients, log=quiet_log(io.StringIO()),
+                                         checksum_batch_size=batch)
+            lists = [await everything(cl[n]) for n in NAMES]
+            assert lists[0] == lists[1] == lists[2]
+            return res
+
+    res = anyio.run(go)
+    assert res.ok, res.detail
+    assert res.stats.per_destination == {
+        "b": {"chunks": 1, "bytes": len(b"head only")},
+        "c": {"chunks": 2, "bytes": len(b"c lacks this") + len(b"head only")}}
+    assert res.stats.entries_equal >= 6 // batch * batch
