@@ -70,13 +70,14 @@ def tail_anti_entropy(status: Mapping[str, dict[str, Any] | str]
 
 def anti_entropy_since(base: tuple[str, int], tail: str | None,
                        ae: Mapping[str, Any] | None) -> bool:
-    """Whether the tail has finished an anti-entropy pass that started after ``base``
+    """Whether the tail has finished two anti-entropy passes that started after ``base``
     (the tail and its ``passes`` counter then): counters count started passes, so pass
-    ``passes + 1`` is the first one started later."""
+    ``passes + 1`` is the first one started later.  Two: a pass leaves entries younger
+    than one period (past the EOFs of the listing before it) to the next one."""
     if tail != base[0] or ae is None:
         return False
     n = int(ae.get("passes", 0))
-    return (n >= base[1] + 1 and not ae.get("running")) or n >= base[1] + 2
+    return (n >= base[1] + 2 and not ae.get("running")) or n >= base[1] + 3
 
 
 class DeployError(Exception):
@@ -384,8 +385,8 @@ class Deployment:
 
     async def wait_anti_entropy(self, status: Mapping[str, dict[str, Any] | str],
                                 deadline: float) -> dict[str, Any]:
-        """AP final phase: wait (until ``deadline``) for the UPI tail to finish an
-        anti-entropy pass that started after ``status`` was taken, so that chunks an
+        """AP final phase: wait (until ``deadline``) for the UPI tail to finish two
+        anti-entropy passes that started after ``status`` was taken, so that chunks an
         append left on some replicas only (its reply lost, no epoch change) are merged
         before the replicas are compared (docs/repair.md, "AP anti-entropy").  A new tail
         counts from when it is seen.  Returns what happened (for final.json)."""

@@ -348,7 +348,7 @@ class Runner:
             if stable is not None and o.mode == "ap":
                 # an append whose reply was lost may sit on some replicas only while the
                 # chain keeps its epoch: the tail's next anti-entropy pass merges it
-                self.progress("waiting for an anti-entropy pass")
+                self.progress("waiting for two anti-entropy passes")
                 ae_wait = await self.dep.wait_anti_entropy(
                     stable, time.monotonic() + ANTI_ENTROPY_WAIT_S)
                 try:  # the status the final reads use: the chain may have moved since

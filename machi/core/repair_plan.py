@@ -132,26 +132,33 @@ class Listing:
 
 
 class ChangeMemory:
-    """Which files an anti-entropy pass plans, and from which offset.
+    """Which files an anti-entropy pass plans, and which part of each.
 
-    A file *agreed* at a listing when a pass planned it (from some offset) and executed
-    the plan without a problem, or when it agreed at the previous listing and no member
-    changed it since.  Then, if nothing below offset L changed on any member since the
-    listing where it last agreed, its part below L still agrees: the next pass plans it
-    from L only (the lowest changed offset any member reports), and skips it when nothing
-    changed.  Why sound: a pass's copies are changes after its listing, so the next pass
-    plans their places again; a plan with a problem is not remembered.  Anything unknown
-    (a member's token expired or restarted, another member set, a file that appeared or
-    vanished on some member) plans the whole file.  Pure; the runner keeps one per chain
-    between passes.  Memory: per file one tuple and one small set, for the files the
-    members list now (pruned each pass)."""
+    A file *agrees below D* at a listing when, in the state of that listing, every
+    member's entries below offset D are equal (D None: everywhere).  Then, if nothing
+    below offset L changed on any member since, it still agrees below min(L, D) now, and
+    the pass plans only from there (L: the lowest changed offset any member reports).
+    It plans up to the largest EOF any member listed at the previous listing (``stop``):
+    entries above it are younger than one period and may still be on their way down the
+    chain, so copying them would only race their clients; they are planned by the next
+    pass (an orphan appended last is merged within two periods).  After a plan ran
+    without a problem the file agrees below ``stop``; a file whose part to plan is empty
+    is recorded at once.  Why sound: a pass's copies are changes after its listing, so
+    the next pass plans their places again; a plan with a problem is not remembered.
+    Anything unknown (a member's token expired or restarted, another member set, a file
+    that appeared or vanished on a member, the first pass) plans the whole file.  Pure;
+    the runner keeps one per chain between passes.  Memory: a few numbers per file for
+    the files the members list now (pruned each pass)."""
 
     def __init__(self) -> None:
-        #: file -> (member -> token at which it last agreed, members that listed it)
-        self._agreed: dict[str, tuple[Mapping[str, int], frozenset[str]]] = {}
+        #: file -> (member -> token of the listing it agreed at, members that listed it,
+        #: the offset it agrees below (None: everywhere))
+        self._agreed: dict[str, tuple[Mapping[str, int], frozenset[str], int | None]] = {}
         #: member -> the token it issued with my last listing (``since`` next time)
         self._tokens: dict[str, int] = {}
-        self._listed: dict[str, tuple[Mapping[str, int], frozenset[str]]] = {}
+        #: file -> the largest EOF any member listed at my last listing
+        self._eofs: dict[str, int] = {}
+        self._listed: dict[str, tuple[Mapping[str, int], frozenset[str], int | None]] = {}
 
     def __len__(self) -> int:
         return len(self._agreed)
@@ -161,23 +168,24 @@ class ChangeMemory:
         return self._tokens.get(member)
 
     def select(self, listings: Mapping[str, Listing] | None,
-               files: Iterable[str]) -> list[tuple[str, int]]:
-        """(file, offset to plan from) for the files of ``files`` (every file any member
-        lists) that must be planned now, sorted by name.  ``listings`` None (a member
-        could not list changes) plans every file whole and forgets the tokens."""
-        names = sorted(set(files))
+               eofs: Mapping[str, int]) -> list[tuple[str, int, int | None]]:
+        """(file, plan from, plan entries starting below (None: all)) for the files that
+        must be planned now, sorted by name; ``eofs``: every file any member lists, with
+        the largest EOF listed.  ``listings`` None (a member could not list changes)
+        plans every file whole and forgets the tokens."""
+        names = sorted(eofs)
+        prev_eofs, self._eofs = self._eofs, dict(eofs)
         if listings is None:
             self._listed, self._tokens = {}, {}
-            return [(f, MIN_OFFSET) for f in names]
+            return [(f, MIN_OFFSET, None) for f in names]
         members = frozenset(listings)
         tokens = {m: listings[m].token for m in sorted(members)}
         known = all(listings[m].since is not None for m in members)
         self._tokens = dict(tokens)
-        out: list[tuple[str, int]] = []
+        out: list[tuple[str, int, int | None]] = []
         self._listed = {}
         for f in names:
             present = frozenset(m for m in members if f in listings[m].lows)
-            self._listed[f] = (tokens, present)
             prev = self._agreed.get(f)
             start = MIN_OFFSET
             if (
@@ -186,16 +194,23 @@ class ChangeMemory:
                 and all(prev[0][m] == listings[m].since for m in members)
             ):
                 lows = [low for m in present if (low := listings[m].lows[f]) is not None]
+                if prev[2] is not None:
+                    lows.append(prev[2])
                 if not lows:
-                    self._agreed[f] = (tokens, present)  # unchanged: agrees now too
+                    self._agreed[f] = (tokens, present, None)  # unchanged: agrees now too
                     continue
                 start = min(lows)
-            out.append((f, start))
-        self._agreed = {f: a for f, a in self._agreed.items() if f in self._listed}
+            stop = prev_eofs.get(f)
+            if stop is not None and stop <= start:  # nothing old enough to plan yet
+                self._agreed[f] = (tokens, present, start)
+                continue
+            self._listed[f] = (tokens, present, stop)
+            out.append((f, start, stop))
+        self._agreed = {f: a for f, a in self._agreed.items() if f in eofs}
         return out
 
     def done(self, file: str) -> None:
-        """``file`` was planned and executed without a problem in this pass."""
+        """``file`` was planned (as selected) and executed without a problem."""
         st = self._listed.get(file)
         if st is not None:
             self._agreed[file] = st

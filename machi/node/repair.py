@@ -247,8 +247,8 @@ class _Run:
         self.problems: list[str] = []  # the first PROBLEMS_LOGGED_MAX
         self.problem_count = 0
         self.eofs: dict[str, int] = {}
-        #: anti-entropy: the offset each selected file is planned from
-        self.starts: dict[str, int] = {}
+        #: anti-entropy: the part of each selected file to plan (from, entries below)
+        self.starts: dict[str, tuple[int, int | None]] = {}
 
     def problem(self, text: str, *, conflict: bool = True) -> None:
         self.problem_count += 1
@@ -290,7 +290,7 @@ class _Run:
                 listings[name] = Listing(since, token, {n: low for n, _eof, low in rows})
             for n, eof, _low in rows:
                 self.eofs[n] = max(eof, self.eofs.get(n, 0))
-        self.starts = dict(self.memory.select(listings, self.eofs))
+        self.starts = {f: (a, b) for f, a, b in self.memory.select(listings, self.eofs)}
         self.stats.files_unchanged += len(self.eofs) - len(self.starts)
         return sorted(self.starts)
 
@@ -304,8 +304,8 @@ class _Run:
         entries that reached every replica costs a comparison, not a plan."""
         planner = FilePlanner(file, self.roles)
         eof = self.eofs.get(file, 0)
-        start = self.starts.get(file, MIN_OFFSET)
-        iters = {n: m.raw_batches(file, self.batch_size, eof, start)
+        start, stop = self.starts.get(file, (MIN_OFFSET, None))
+        iters = {n: _below(m.raw_batches(file, self.batch_size, eof, start), stop)
                  for n, m in self.members.items()}
         first: dict[str, list[Any] | None] = {}
         try:
@@ -476,6 +476,24 @@ class _Run:
                              f"{name} (source {d.source})")
                 continue
             self.stats.copied_to(name, len(data))
+
+
+async def _below(batches: AsyncGenerator[list[Any], None], stop: int | None
+                 ) -> AsyncGenerator[list[Any], None]:
+    """The raw batches' entries that start below ``stop`` (all when None); the stream is
+    closed at the first entry at or past it (lists are sorted)."""
+    try:
+        async for batch in batches:
+            if stop is None or batch[-1][0] < stop:
+                yield batch
+                continue
+            head = [e for e in batch if e[0] < stop]
+            if head:
+                yield head
+            return
+    finally:
+        with anyio.CancelScope(shield=True):
+            await batches.aclose()
 
 
 def _sibling(c: FluClient) -> FluClient:

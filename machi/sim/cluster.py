@@ -567,15 +567,19 @@ class Cluster:
             since = memory.since(m)
             token, lows = self.flus[m].list_file_changes(since)
             listings[m] = Listing(since, token, lows)
-        every = {f for m in parts for f in self.flus[m].chunks}
-        files = memory.select(listings, every)
-        self.stats.anti_entropy_unchanged += len(every) - len(files)
+        eofs: dict[str, int] = {}
+        for m in parts:
+            for f, chunks in self.flus[m].chunks.items():
+                eofs[f] = max(eofs.get(f, 1024),
+                              max((o + len(b) for o, b in chunks.items()), default=1024))
+        files = memory.select(listings, eofs)
+        self.stats.anti_entropy_unchanged += len(eofs) - len(files)
         self.stats.anti_entropy_planned += len(files)
         copies = 0
-        for f, start in files:
+        for f, start, stop in files:
             entries = {m: [_SimEntry(off, len(data), TaggedCsum(CsumTag.CLIENT, digest(data)))
                            for off, data in sorted(self.flus[m].chunks.get(f, {}).items())
-                           if off + len(data) > start]
+                           if off + len(data) > start and (stop is None or off < stop)]
                        for m in parts}
             plan = list(plan_file(f, roles, entries))
             problems = [x for x in plan if isinstance(x, Problem)]

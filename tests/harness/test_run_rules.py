@@ -183,8 +183,8 @@ def test_ap_value_seen_then_unwritten_in_one_projection_is_an_anomaly() -> None:
 
 
 def test_ap_final_phase_waits_for_an_anti_entropy_pass_started_after_stability() -> None:
-    """The AP final phase compares the replicas only after the UPI tail finished an
-    anti-entropy pass that started after the chain was stable (harness.deploy)."""
+    """The AP final phase compares the replicas only after the UPI tail finished two
+    anti-entropy passes that started after the chain was stable (harness.deploy)."""
     from harness.deploy import anti_entropy_since, tail_anti_entropy
 
     def st(passes: int, running: bool, upi: tuple[str, ...] = ("a", "b", "c")) -> dict:
@@ -197,7 +197,8 @@ def test_ap_final_phase_waits_for_an_anti_entropy_pass_started_after_stability()
     assert tail_anti_entropy({"a": {"upi": ["a"]}}) == ("a", None)  # an older daemon
     base = ("c", 3)
     for passes, running, done in ((3, False, False), (3, True, False), (4, True, False),
-                                  (4, False, True), (5, True, True)):
+                                  (4, False, False), (5, True, False), (5, False, True),
+                                  (6, True, True)):
         assert anti_entropy_since(base, *tail_anti_entropy(st(passes, running))) is done
     # another tail: its counter is its own
     assert not anti_entropy_since(base, *tail_anti_entropy(st(9, False, ("c", "a", "b"))))

@@ -396,30 +396,50 @@ def test_change_memory_plans_changed_files_from_their_lowest_change() -> None:
     def lst(tok: int, **lows: dict[str, int | None]) -> dict[str, Listing]:
         return {m: Listing(mem.since(m), tok, v) for m, v in lows.items()}
 
+    eofs = {"f": 20 * B, "g": 2 * B}
     first = lst(1, a={"f": B, "g": B}, b={"f": B, "g": B})
     assert mem.since("a") is None and first["a"].since is None
-    assert mem.select(first, ["f", "g"]) == [("f", B), ("g", B)]  # nothing known yet
+    # nothing known yet: everything whole (no earlier listing: no age limit either)
+    assert mem.select(first, eofs) == [("f", B, None), ("g", B, None)]
     assert mem.since("a") == 1
     mem.done("f")  # g had a problem: not remembered
     second = lst(2, a={"f": None, "g": None}, b={"f": None, "g": None})
     assert second["a"].since == 1
-    assert mem.select(second, ["f", "g"]) == [("g", B)]  # f unchanged: skipped
+    # f unchanged: skipped; g whole again, up to the EOF of the previous listing
+    assert mem.select(second, eofs) == [("g", B, 2 * B)]
     mem.done("g")
-    # f rolled forward (unchanged since 1, so agreed at 2 too); g was done at 2
+    # f rolled forward; a change on a at 9K, and f grew to 30K since the last listing:
+    # planned from 9K up to 20K (the younger part waits for the next pass)
+    eofs = {"f": 30 * B, "g": 2 * B}
     assert mem.select(lst(3, a={"f": 9 * B, "g": None}, b={"f": None, "g": None}),
-                      ["f", "g"]) == [("f", 9 * B)]  # planned from its lowest change
+                      eofs) == [("f", 9 * B, 20 * B)]
     mem.done("f")
-    assert mem.select(lst(4, a={"f": 7 * B, "g": None}, b={"f": 5 * B, "g": None}),
-                      ["f", "g"]) == [("f", 5 * B)]
-    # not done (a problem, or the pass failed): next time f is planned whole
+    # nothing changed since, but 20K..30K was not planned yet: now it is
+    assert mem.select(lst(4, a={"f": None, "g": None}, b={"f": None, "g": None}),
+                      eofs) == [("f", 20 * B, 30 * B)]
+    mem.done("f")
     assert mem.select(lst(5, a={"f": None, "g": None}, b={"f": None, "g": None}),
-                      ["f", "g"]) == [("f", B)]
+                      eofs) == []  # all of f agrees now
+    # a change above the previous listing's EOF (30K) only: nothing old enough to plan
+    # (f agrees below 30K), planned the pass after
+    eofs = {"f": 40 * B, "g": 2 * B}
+    assert mem.select(lst(6, a={"f": 35 * B, "g": None}, b={"f": None, "g": None}),
+                      eofs) == []
+    assert mem.select(lst(7, a={"f": None, "g": None}, b={"f": None, "g": None}),
+                      eofs) == [("f", 30 * B, 40 * B)]
+    mem.done("f")
+    assert mem.select(lst(8, a={"f": 7 * B, "g": None}, b={"f": 5 * B, "g": None}),
+                      eofs) == [("f", 5 * B, 40 * B)]
+    # not done (a problem, or the pass failed): next time f is planned whole
+    assert mem.select(lst(9, a={"f": None, "g": None}, b={"f": None, "g": None}),
+                      eofs) == [("f", B, 40 * B)]
     mem.done("f")
     # b no longer lists g (e.g. deleted when fully trimmed): planned whole
-    assert mem.select(lst(6, a={"f": None, "g": None}, b={"f": None}),
-                      ["f", "g"]) == [("g", B)]
+    assert mem.select(lst(10, a={"f": None, "g": None}, b={"f": None}),
+                      eofs) == [("g", B, 2 * B)]
     # another member set: everything whole
-    assert mem.select(lst(7, a={"f": None}, c={"f": None}), ["f"]) == [("f", B)]
+    assert mem.select(lst(11, a={"f": None}, c={"f": None}), {"f": 40 * B}) == [
+        ("f", B, 40 * B)]
     # a member that could not list changes: everything whole, tokens forgotten
-    assert mem.select(None, ["f"]) == [("f", B)] and mem.since("a") is None
-    assert mem.select({"a": Listing(None, 8, {})}, []) == [] and len(mem) == 0  # pruned
+    assert mem.select(None, {"f": 40 * B}) == [("f", B, None)] and mem.since("a") is None
+    assert mem.select({"a": Listing(None, 12, {})}, {}) == [] and len(mem) == 0  # pruned
