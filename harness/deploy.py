@@ -50,6 +50,34 @@ CANARIES_IMPLEMENTED = CANARIES
 #: others are client-side (``harness.canary``)
 DAEMON_CANARIES = ("epoch-reuse", "skip-repair", "ack-before-sync")
 STABLE_TIMEOUT_S_DEFAULT = 60.0
+#: AP final phase: how long to wait for an anti-entropy pass that started after the chain
+#: became stable (the daemon's default period is 5 s, after 1 s of stability)
+ANTI_ENTROPY_WAIT_S = 20.0
+
+
+def tail_anti_entropy(status: Mapping[str, dict[str, Any] | str]
+                      ) -> tuple[str | None, dict[str, Any] | None]:
+    """(the UPI tail, its chain status's ``anti_entropy`` object) from a status map, or
+    None where a node does not say (no UPI, or a daemon without AP anti-entropy)."""
+    s0 = next((s for s in status.values() if isinstance(s, dict) and s.get("upi")), None)
+    if s0 is None:
+        return None, None
+    tail = s0["upi"][-1]
+    ts = status.get(tail)
+    ae = ts.get("anti_entropy") if isinstance(ts, dict) else None
+    return tail, ae if isinstance(ae, dict) else None
+
+
+def anti_entropy_since(base: tuple[str, int], tail: str | None,
+                       ae: Mapping[str, Any] | None) -> bool:
+    """Whether the tail has finished two anti-entropy passes that started after ``base``
+    (the tail and its ``passes`` counter then): counters count started passes, so pass
+    ``passes + 1`` is the first one started later.  Two: a pass leaves entries younger
+    than one period (past the EOFs of the listing before it) to the next one."""
+    if tail != base[0] or ae is None:
+        return False
+    n = int(ae.get("passes", 0))
+    return (n >= base[1] + 2 and not ae.get("running")) or n >= base[1] + 3
 
 
 class DeployError(Exception):
@@ -354,6 +382,32 @@ class Deployment:
             if time.monotonic() > deadline:
                 raise DeployError(f"chain not stable in time: {json.dumps(last)[:3000]}")
             await anyio.sleep(0.3)
+
+    async def wait_anti_entropy(self, status: Mapping[str, dict[str, Any] | str],
+                                deadline: float) -> dict[str, Any]:
+        """AP final phase: wait (until ``deadline``) for the UPI tail to finish two
+        anti-entropy passes that started after ``status`` was taken, so that chunks an
+        append left on some replicas only (its reply lost, no epoch change) are merged
+        before the replicas are compared (docs/repair.md, "AP anti-entropy").  A new tail
+        counts from when it is seen.  Returns what happened (for final.json)."""
+        t0 = time.monotonic()
+        tail, ae = tail_anti_entropy(status)
+        if tail is None or ae is None:
+            return {"waited": False, "reason": "the tail reports no anti_entropy"}
+        base = (tail, int(ae.get("passes", 0)))
+        while time.monotonic() < deadline:
+            await anyio.sleep(0.3)
+            st = await self.status_all()
+            t, a = tail_anti_entropy(st)
+            if t is not None and t != base[0] and a is not None:
+                base = (t, int(a.get("passes", 0)))
+                continue
+            if anti_entropy_since(base, t, a):
+                assert a is not None
+                return {"waited": True, "seconds": round(time.monotonic() - t0, 3),
+                        "tail": t, "status": a.get("status"), "last": a.get("last")}
+        return {"waited": False, "seconds": round(time.monotonic() - t0, 3),
+                "reason": "no anti-entropy pass finished in time", "tail": base[0]}
 
     def data_files(self, node: str) -> list[str]:
         """Data files of a node (torn-write targets)."""

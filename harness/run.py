@@ -33,7 +33,7 @@ import anyio
 import anyio.to_thread
 
 from harness.checker.coverage import Fault
-from harness.deploy import DAEMON, DeployError, Deployment, DeployOptions
+from harness.deploy import ANTI_ENTROPY_WAIT_S, DAEMON, DeployError, Deployment, DeployOptions
 from harness.history import HistoryWriter
 from harness.hosts.base import HostError, HostSet, MultiHostError
 from harness.nemesis.executor import NemesisExecutor
@@ -344,8 +344,23 @@ class Runner:
             except DeployError as e:
                 log.warning("final: %s", e)
             stable_ms = int(time.monotonic() * 1000)
+            ae_wait: dict[str, Any] | None = None
+            if stable is not None and o.mode == "ap":
+                # an append whose reply was lost may sit on some replicas only while the
+                # chain keeps its epoch: the tail's next anti-entropy pass merges it
+                self.progress("waiting for two anti-entropy passes")
+                ae_wait = await self.dep.wait_anti_entropy(
+                    stable, time.monotonic() + ANTI_ENTROPY_WAIT_S)
+                try:  # the status the final reads use: the chain may have moved since
+                    stable = await self.dep.wait_stable(
+                        time.monotonic() + FINAL_STABLE_TIMEOUT_S)
+                except DeployError as e:
+                    log.warning("final: %s", e)
+                    stable = None
             final: dict[str, Any] = {"stable": stable is not None,
                                      "wait_stable_ms": stable_ms - heal_ms, "heal": healed}
+            if ae_wait is not None:
+                final["anti_entropy"] = ae_wait
             st = stable or await self.dep.status_all()
             s0 = next((s for s in st.values() if isinstance(s, dict) and s.get("upi")), None)
             if s0 is not None:
@@ -972,6 +987,7 @@ def analyze(run_dir: Path) -> dict[str, Any]:
             "valid": ((not diff and final_ok) if opts["mode"] == "ap"
                       else not div.get("on_authority")),
             "differ": diff, "divergent_chunks": div, "empty_files": empty,
+            "anti_entropy": final.get("anti_entropy"),
             "counts_in_verdict": opts["mode"] == "ap" or bool(div.get("on_authority"))}
     counts: dict[str, dict[str, int]] = {}
     for ev in events:

@@ -591,16 +591,28 @@ class FluClient:
         return int(_field(f, "chunks", int))
 
     async def checksum_list_batches(
-        self, file: str, *, batch_size: int = 4096
+        self, file: str, *, batch_size: int = 4096, from_offset: int | None = None
     ) -> AsyncIterator[list[ChecksumEntry]]:
-        """The checksum list of ``file``, one batch per response frame."""
-        async for f in self._stream(
-            Op.CHECKSUM_LIST, {"file": file, "batch_size": batch_size}
-        ):
+        """The checksum list of ``file``, one batch per response frame (only the entries
+        that end after ``from_offset``, when given)."""
+        async for raw in self.checksum_list_raw_batches(file, batch_size=batch_size,
+                                                       from_offset=from_offset):
+            yield parse_checksum_entries(raw)
+
+    async def checksum_list_raw_batches(
+        self, file: str, *, batch_size: int = 4096, from_offset: int | None = None
+    ) -> AsyncIterator[list[Any]]:
+        """``checksum_list_batches`` as the wire carries them (``[offset, size, csum hex
+        or null(, 1)]`` each), not parsed: repair compares equal batches of several
+        members without parsing them (``parse_checksum_entries`` parses one)."""
+        meta: dict[str, Any] = {"file": file, "batch_size": batch_size}
+        if from_offset is not None:
+            meta["from_offset"] = from_offset
+        async for f in self._stream(Op.CHECKSUM_LIST, meta):
             entries = f.meta.get("entries", [])
             if not isinstance(entries, list):
                 raise RemoteProtocolError("checksum_list: entries must be a list")
-            yield [_checksum_entry(e) for e in entries]
+            yield entries
 
     async def checksum_list(self, file: str) -> list[ChecksumEntry]:
         out: list[ChecksumEntry] = []
@@ -614,6 +626,25 @@ class FluClient:
         try:
             return [(str(n), int(s)) for n, s in files]
         except (TypeError, ValueError):
+            raise RemoteProtocolError("list_files: malformed reply") from None
+
+    async def list_file_changes(
+        self, since: int | None = None
+    ) -> tuple[int, list[tuple[str, int, int | None]]]:
+        """AP anti-entropy's listing (docs/protocol.md, list_files with ``changes``): a new
+        change token and [(name, size, low)], ``low`` the lowest offset whose checksum-list
+        entry changed since the token ``since`` (None: unchanged; 1024 for every file when
+        ``since`` is None or unknown to the FLU).  A FLU older than the field answers
+        BAD_ARG."""
+        meta: dict[str, Any] = {"changes": True}
+        if since is not None:
+            meta["since"] = since
+        f = await self._call(Op.LIST_FILES, meta)
+        files = f.meta.get("files", [])
+        try:
+            return int(f.meta["token"]), [
+                (str(n), int(s), None if low is None else int(low)) for n, s, low in files]
+        except (KeyError, TypeError, ValueError):
             raise RemoteProtocolError("list_files: malformed reply") from None
 
     async def wedge_status(self) -> WedgeStatus:
@@ -748,6 +779,12 @@ def _projection(value: object) -> Projection:
         raise RemoteProtocolError(f"bad projection in reply: {e}") from None
 
 
+def parse_checksum_entries(raw: list[Any]) -> list[ChecksumEntry]:
+    """One batch of ``checksum_list_raw_batches``, parsed (RemoteProtocolError on a bad
+    entry)."""
+    return [_checksum_entry(e) for e in raw]
+
+
 def _checksum_entry(e: object) -> ChecksumEntry:
     if not isinstance(e, list) or len(e) not in (3, 4) or (len(e) == 4 and e[3] != 1):
         raise RemoteProtocolError(f"checksum_list: bad entry {e!r}")
@@ -796,5 +833,5 @@ def parse_server(text: str) -> tuple[str, int]:
 
 __all__ = [
     "ChecksumEntry", "ChunkPos", "FluClient", "ProtocolError", "ReadChunk", "ReadReply",
-    "WedgeStatus", "parse_server",
+    "WedgeStatus", "parse_checksum_entries", "parse_server",
 ]

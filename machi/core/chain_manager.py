@@ -26,6 +26,12 @@ Stages (names from Machi):
                  confirmed and either it or the one before it lasted ``stability_time_ms``
                  (a churning chain waits; a quiet one repairs at once); success lets
                  calc promote them.
+  * anti-entropy -- AP only: the UPI tail of a stable chain (confirmed, held
+                 ``stability_time_ms``, nothing repairing, every real member in the UPI)
+                 starts a pass every ``ap_anti_entropy_interval_ms`` (``StartAntiEntropy``
+                 / ``AntiEntropyDone``): chunks an append left on some replicas only
+                 (its reply was lost, so no client propagates it) reach every replica
+                 without waiting for an epoch change.
 The loop breaker (``loop_limit`` identical adoptions, or too many unsafe candidates)
 adopts the none projection and declares me admin-down for ``loop_hold_ms``.
 AP restart rule (``restart_needs_new_epoch``): a manager started after its node restarted
@@ -37,7 +43,8 @@ Driver contract: ``ScheduleTick(at_ms)`` replaces any earlier timer; ``ReadMembe
 answers with one ``MembersRead`` (a ``Status`` for members that did not answer);
 ``WritePublic`` answers with ``PublicWritten``; ``WritePrivate`` and ``SetWedge`` act on
 the local FLU (the projection store applies machi.core.wedge rules); ``StartRepair``
-answers with ``RepairDone``.  ``KickPeer`` delivers a ``Kick`` to that member's manager.
+answers with ``RepairDone``, ``StartAntiEntropy`` with ``AntiEntropyDone``.  ``KickPeer``
+delivers a ``Kick`` to that member's manager.
 """
 
 from __future__ import annotations
@@ -90,6 +97,11 @@ class Config:
     unreachable_after_ms: int = 1_000
     unreachable_strikes_max: int = 3
     unreachable_strike_decay_ms: int = 600_000
+    #: AP anti-entropy (docs/repair.md): the UPI tail of a stable AP chain (nothing
+    #: repairing, every real member in the UPI) compares the replicas and copies what
+    #: some lack, first once the projection has been held ``stability_time_ms``, then
+    #: every this many ms after the previous pass ended; 0 = never.  Never in CP.
+    ap_anti_entropy_interval_ms: int = 5_000
     #: this process start of the node (persisted counter, raised at every start): my
     #: fitness reports carry it, so they beat those of my earlier starts (fitness.Report)
     incarnation: int = 0
@@ -153,6 +165,13 @@ class RepairDone:
 
 
 @dataclass(frozen=True, slots=True)
+class AntiEntropyDone:
+    epoch_id: EpochId
+    ok: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class AdminBootstrap:
     members: tuple[str, ...]
     witnesses: tuple[str, ...] = ()
@@ -167,7 +186,8 @@ class AdminSetMembers:
 
 
 Event = (
-    Tick | Kick | MembersRead | PublicWritten | RepairDone | AdminBootstrap | AdminSetMembers
+    Tick | Kick | MembersRead | PublicWritten | RepairDone | AntiEntropyDone | AdminBootstrap
+    | AdminSetMembers
 )
 
 # ---------------------------------------------------------------------------- effects
@@ -204,6 +224,14 @@ class StartRepair:
 
 
 @dataclass(frozen=True, slots=True)
+class StartAntiEntropy:
+    """AP, on the UPI tail of a stable chain: one anti-entropy pass over ``projection``'s
+    UPI members (``machi.node.repair.run_anti_entropy``); answered by AntiEntropyDone."""
+
+    projection: Projection
+
+
+@dataclass(frozen=True, slots=True)
 class ScheduleTick:
     at_ms: int
 
@@ -227,8 +255,8 @@ class Trace:
 
 
 Effect = (
-    ReadMembers | WritePublic | WritePrivate | SetWedge | StartRepair | ScheduleTick
-    | KickPeer | PublishFitness | Trace
+    ReadMembers | WritePublic | WritePrivate | SetWedge | StartRepair | StartAntiEntropy
+    | ScheduleTick | KickPeer | PublishFitness | Trace
 )
 
 # ---------------------------------------------------------------------------- state
@@ -256,6 +284,12 @@ class ManagerState:
     repair_epoch: EpochId | None = None
     repair_status: str = ""
     repair_changed_ms: int = 0
+    #: AP anti-entropy: the epoch of the running pass (None: none running), when the last
+    #: pass ended (my clock; None: none yet), its result, and the passes started
+    ae_epoch: EpochId | None = None
+    ae_ended_ms: int | None = None
+    ae_status: str = ""
+    ae_passes: int = 0
     removed: bool = False
     latest_epoch_seen: int = 0
     members_hint: tuple[str, ...] = ()
@@ -440,6 +474,8 @@ def step(
                               failed=bad)]
     if isinstance(event, RepairDone):
         return _on_repair_done(state, event, now_ms)
+    if isinstance(event, AntiEntropyDone):
+        return _on_anti_entropy_done(state, event, now_ms)
     if isinstance(event, AdminBootstrap):
         return _on_bootstrap(state, event, now_ms)
     if isinstance(event, AdminSetMembers):
@@ -541,6 +577,9 @@ def _next_tick_ms(st: ManagerState, now: int, rng: Rng) -> int:
         and st.repair_epoch != cur.epoch_id and st.prev_held_ms < c.stability_time_ms
     ):
         at = min(at, max(now + 1, st.adopted_at_ms + c.stability_time_ms))
+    due = anti_entropy_due_ms(st)
+    if due is not None:
+        at = min(at, max(now + 1, due))
     return at
 
 
@@ -779,6 +818,8 @@ def _decide(
     if latest is not None and shape(latest) == shape(newprop) and not unsafe:
         if latest == cur:
             st, more = _maybe_repair(st, now)
+            st, ae = _maybe_anti_entropy(st, now)
+            more += ae
             return replace(st, waits=0), [*effects, *more,
                                           ScheduleTick(_next_tick_ms(st, now, rng))]
         lacking = tuple(n for n in _lacking(latest, views) if n in views)
@@ -795,7 +836,8 @@ def _decide(
         and shape(newprop) == shape(cur) and not cur.is_none() and not wedged_by_public
     ):
         st, more = _maybe_repair(st, now)
-        return st, [*effects, *more, ScheduleTick(_next_tick_ms(st, now, rng))]
+        st, ae = _maybe_anti_entropy(st, now)
+        return st, [*effects, *more, *ae, ScheduleTick(_next_tick_ms(st, now, rng))]
     must_write = (
         latest is None or hosed or unsafe or rank(newprop) > rank(latest)
         or latest.author_server == me or latest.author_server not in up
@@ -1000,6 +1042,46 @@ def _maybe_repair(st: ManagerState, now: int) -> tuple[ManagerState, list[Effect
                  repair_changed_ms=now)
     return st, [StartRepair(cur), _trace(st, "repair_start", now,
                                           repairing=list(cur.repairing))]
+
+
+def anti_entropy_due_ms(st: ManagerState) -> int | None:
+    """When my next AP anti-entropy pass is due (my clock), or None: not in AP, off
+    (``ap_anti_entropy_interval_ms`` 0), a pass is running, or I am not the UPI tail of a
+    confirmed, stable chain (nothing repairing, every real member in the UPI; witnesses
+    aside).  Due once the projection has been held ``stability_time_ms`` and, after a
+    pass, ``ap_anti_entropy_interval_ms`` after it ended (whatever its epoch or result)."""
+    cur, c = st.current, st.config
+    if (
+        cur.mode != "ap" or c.ap_anti_entropy_interval_ms <= 0 or st.ae_epoch is not None
+        or not st.confirmed or st.restarted or cur.is_none() or cur.tail != c.name
+        or any(m not in cur.witnesses for m in cur.repairing)
+        or set(cur.upi_non_witnesses) != {m for m in cur.all_members
+                                          if m not in cur.witnesses}
+        or len(cur.upi_non_witnesses) < 2
+    ):
+        return None
+    due = st.adopted_at_ms + c.stability_time_ms
+    if st.ae_ended_ms is not None:
+        due = max(due, st.ae_ended_ms + c.ap_anti_entropy_interval_ms)
+    return due
+
+
+def _maybe_anti_entropy(st: ManagerState, now: int) -> tuple[ManagerState, list[Effect]]:
+    due = anti_entropy_due_ms(st)
+    if due is None or now < due:
+        return st, []
+    st = replace(st, ae_epoch=st.current.epoch_id, ae_passes=st.ae_passes + 1)
+    return st, [StartAntiEntropy(st.current),
+                _trace(st, "anti_entropy_start", now, passes=st.ae_passes)]
+
+
+def _on_anti_entropy_done(
+    st: ManagerState, ev: AntiEntropyDone, now: int
+) -> tuple[ManagerState, list[Effect]]:
+    if st.ae_epoch is None or ev.epoch_id != st.ae_epoch:
+        return st, [_trace(st, "anti_entropy_stale", now, ok=ev.ok)]
+    st = replace(st, ae_epoch=None, ae_ended_ms=now, ae_status="ok" if ev.ok else "failed")
+    return st, [_trace(st, "anti_entropy_done", now, ok=ev.ok, detail=ev.detail)]
 
 
 def _on_repair_done(

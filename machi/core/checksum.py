@@ -22,6 +22,10 @@ class CsumTag(enum.IntEnum):
     SERVER_REGEN = 3
 
 
+#: tag byte -> tag (an enum call per parsed checksum costs more than the rest of parsing)
+_TAGS: dict[int, CsumTag] = {t.value: t for t in CsumTag}
+
+
 @dataclass(frozen=True, slots=True)
 class TaggedCsum:
     tag: CsumTag
@@ -42,10 +46,9 @@ class TaggedCsum:
         """Parse; raises ``ValueError`` on an unknown tag or a wrong length."""
         if not raw:
             raise ValueError("empty tagged checksum")
-        try:
-            tag = CsumTag(raw[0])
-        except ValueError:
-            raise ValueError(f"unknown checksum tag {raw[0]}") from None
+        tag = _TAGS.get(raw[0])
+        if tag is None:
+            raise ValueError(f"unknown checksum tag {raw[0]}")
         return cls(tag, bytes(raw[1:]))
 
     def hex(self) -> str:

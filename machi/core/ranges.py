@@ -102,15 +102,39 @@ def check_range(offset: int, size: int, *, allow_empty: bool = False) -> str | N
 
 
 class FileIndex:
-    """Sorted, non-overlapping entries of one file plus its EOF."""
+    """Sorted, non-overlapping entries of one file plus its EOF.
 
-    __slots__ = ("_entries", "_starts", "eof")
+    Change marks (AP anti-entropy, docs/repair.md): ``tokens`` is a list shared by every
+    index of a store (``FluStore`` sets it): the live *change tokens*.  Every change of
+    the entries, and every ``touch``, lowers ``lows[t]`` for each live token t to the
+    changed offset, so ``low_since(t)`` is the lowest offset whose checksum-list entry
+    changed since t was issued (None: nothing changed).  At most len(tokens) numbers per
+    file."""
+
+    __slots__ = ("_entries", "_starts", "eof", "lows", "tokens")
 
     def __init__(self, eof: int = MIN_OFFSET) -> None:
         assert eof >= MIN_OFFSET
         self._starts: list[int] = []
         self._entries: list[Entry] = []
         self.eof = eof
+        self.tokens: list[int] = []
+        self.lows: dict[int, int] = {}
+
+    def touch(self, offset: int) -> None:
+        """Something a checksum list shows at ``offset`` changed without an entry change
+        (a pending chunk became durable, a copy was found corrupt or healed)."""
+        if len(self.lows) > len(self.tokens):  # forget expired tokens
+            self.lows = {t: o for t, o in self.lows.items() if t in self.tokens}
+        for t in self.tokens:
+            low = self.lows.get(t)
+            if low is None or offset < low:
+                self.lows[t] = offset
+
+    def low_since(self, token: int) -> int | None:
+        """The lowest changed offset since live token ``token`` was issued, None when
+        nothing changed (the caller checks that ``token`` is live)."""
+        return self.lows.get(token)
 
     @classmethod
     def from_entries(cls, eof: int, entries: list[Entry]) -> FileIndex:
@@ -133,6 +157,10 @@ class FileIndex:
 
     def entries(self) -> Iterator[Entry]:
         return iter(list(self._entries))
+
+    def entries_from(self, offset: int) -> Iterator[Entry]:
+        """The entries that end after ``offset`` (a snapshot), in offset order."""
+        return iter(self._entries[self._first_overlap(offset):])
 
     # ---- queries ------------------------------------------------------------------
     def _first_overlap(self, offset: int) -> int:
@@ -208,6 +236,7 @@ class FileIndex:
         assert i < len(self._entries) and self._entries[i] == entry, "removing unknown entry"
         del self._starts[i]
         del self._entries[i]
+        self.touch(entry.offset)
 
     def _insert(self, entry: Entry) -> None:
         assert entry.offset >= MIN_OFFSET and entry.size > 0
@@ -216,6 +245,7 @@ class FileIndex:
         assert i == len(self._entries) or entry.end <= self._starts[i], "overlapping insert"
         self._starts.insert(i, entry.offset)
         self._entries.insert(i, entry)
+        self.touch(entry.offset)
 
     def trim(
         self, offset: int, size: int, regen: Callable[[Entry, int, int], TaggedCsum]

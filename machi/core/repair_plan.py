@@ -12,6 +12,10 @@ randomness, or hold more than one overlap cluster of one file at a time (the inp
 streams are consumed lazily, see ``FilePlanner``; ``max_cluster_entries`` bounds a
 cluster).
 
+AP anti-entropy (``anti_entropy_roles``, ``ChangeMemory``): in a stable AP chain the
+tail periodically runs the same union rule over the UPI members, planning only files that
+changed since its last pass (docs/repair.md).
+
 CP UPI sync (the design paper's CP repair step 3, ``upi_sync_roles``): at an epoch
 change the real UPI members are made to agree by the *union* rule over them (the AP
 rule): a chunk that an append left on the head (or head and middle) but that never
@@ -38,6 +42,7 @@ from typing import Literal, Protocol
 
 from .checksum import TaggedCsum
 from .projection import Projection
+from .ranges import MIN_OFFSET
 
 Mode = Literal["ap", "cp"]
 MAX_CLUSTER_ENTRIES = 10_000
@@ -96,6 +101,119 @@ def upi_sync_roles(p: Projection) -> Roles | None:
     if p.mode != "cp" or len(upi) < 2:
         return None
     return Roles("ap", upi[-1], (), upi[:-1])
+
+
+def anti_entropy_roles(p: Projection) -> Roles | None:
+    """AP anti-entropy (docs/repair.md): the union rule over the real UPI members of a
+    stable AP projection -- nothing repairing and every real member in the UPI (witnesses
+    aside) -- with the tail as source; None otherwise, and always in CP (CP repairing
+    replicas match the tail and the UPI members agree by the UPI sync: a union pass there
+    is not the CP rule)."""
+    if p.mode != "ap" or p.is_none():
+        return None
+    upi = p.upi_non_witnesses
+    real = {m for m in p.all_members if m not in p.witnesses}
+    if any(m not in p.witnesses for m in p.repairing) or set(upi) != real or len(upi) < 2:
+        return None
+    return Roles("ap", upi[-1], (), upi[:-1])
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """One member's answer to an anti-entropy listing (list_files with ``changes``):
+    ``since`` the change token sent with the request (None: none), ``token`` the one it
+    issued with this listing, and per file it lists the lowest offset whose checksum-list
+    entry changed since ``since`` (None: unchanged; ``MIN_OFFSET`` when the member does not
+    know ``since``)."""
+
+    since: int | None
+    token: int
+    lows: Mapping[str, int | None]
+
+
+class ChangeMemory:
+    """Which files an anti-entropy pass plans, and which part of each.
+
+    A file *agrees below D* at a listing when, in the state of that listing, every
+    member's entries below offset D are equal (D None: everywhere).  Then, if nothing
+    below offset L changed on any member since, it still agrees below min(L, D) now, and
+    the pass plans only from there (L: the lowest changed offset any member reports).
+    It plans up to the largest EOF any member listed at the previous listing (``stop``):
+    entries above it are younger than one period and may still be on their way down the
+    chain, so copying them would only race their clients; they are planned by the next
+    pass (an orphan appended last is merged within two periods).  After a plan ran
+    without a problem the file agrees below ``stop``; a file whose part to plan is empty
+    is recorded at once.  Why sound: a pass's copies are changes after its listing, so
+    the next pass plans their places again; a plan with a problem is not remembered.
+    Anything unknown (a member's token expired or restarted, another member set, a file
+    that appeared or vanished on a member, the first pass) plans the whole file.  Pure;
+    the runner keeps one per chain between passes.  Memory: a few numbers per file for
+    the files the members list now (pruned each pass)."""
+
+    def __init__(self) -> None:
+        #: file -> (member -> token of the listing it agreed at, members that listed it,
+        #: the offset it agrees below (None: everywhere))
+        self._agreed: dict[str, tuple[Mapping[str, int], frozenset[str], int | None]] = {}
+        #: member -> the token it issued with my last listing (``since`` next time)
+        self._tokens: dict[str, int] = {}
+        #: file -> the largest EOF any member listed at my last listing
+        self._eofs: dict[str, int] = {}
+        self._listed: dict[str, tuple[Mapping[str, int], frozenset[str], int | None]] = {}
+
+    def __len__(self) -> int:
+        return len(self._agreed)
+
+    def since(self, member: str) -> int | None:
+        """The token to send to ``member`` with the next listing."""
+        return self._tokens.get(member)
+
+    def select(self, listings: Mapping[str, Listing] | None,
+               eofs: Mapping[str, int]) -> list[tuple[str, int, int | None]]:
+        """(file, plan from, plan entries starting below (None: all)) for the files that
+        must be planned now, sorted by name; ``eofs``: every file any member lists, with
+        the largest EOF listed.  ``listings`` None (a member could not list changes)
+        plans every file whole and forgets the tokens."""
+        names = sorted(eofs)
+        prev_eofs, self._eofs = self._eofs, dict(eofs)
+        if listings is None:
+            self._listed, self._tokens = {}, {}
+            return [(f, MIN_OFFSET, None) for f in names]
+        members = frozenset(listings)
+        tokens = {m: listings[m].token for m in sorted(members)}
+        known = all(listings[m].since is not None for m in members)
+        self._tokens = dict(tokens)
+        out: list[tuple[str, int, int | None]] = []
+        self._listed = {}
+        for f in names:
+            present = frozenset(m for m in members if f in listings[m].lows)
+            prev = self._agreed.get(f)
+            start = MIN_OFFSET
+            if (
+                known and prev is not None and prev[1] == present
+                and frozenset(prev[0]) == members
+                and all(prev[0][m] == listings[m].since for m in members)
+            ):
+                lows = [low for m in present if (low := listings[m].lows[f]) is not None]
+                if prev[2] is not None:
+                    lows.append(prev[2])
+                if not lows:
+                    self._agreed[f] = (tokens, present, None)  # unchanged: agrees now too
+                    continue
+                start = min(lows)
+            stop = prev_eofs.get(f)
+            if stop is not None and stop <= start:  # nothing old enough to plan yet
+                self._agreed[f] = (tokens, present, start)
+                continue
+            self._listed[f] = (tokens, present, stop)
+            out.append((f, start, stop))
+        self._agreed = {f: a for f, a in self._agreed.items() if f in eofs}
+        return out
+
+    def done(self, file: str) -> None:
+        """``file`` was planned (as selected) and executed without a problem."""
+        st = self._listed.get(file)
+        if st is not None:
+            self._agreed[file] = st
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,6 +383,8 @@ def plan_file(
 
 def _close(file: str, roles: Roles, cluster: list[_E],
            overflow: bool) -> Iterator[Directive | Problem]:
+    if _in_sync(roles, cluster):
+        return
     if overflow:
         lo = cluster[0].offset
         yield Problem(file, lo, max(e.end for e in cluster) - lo, _members(cluster),
@@ -274,6 +394,23 @@ def _close(file: str, roles: Roles, cluster: list[_E],
         yield from _close_cp(file, roles, cluster)
     else:
         yield from _close_ap(file, roles, cluster)
+
+
+def _in_sync(roles: Roles, cluster: list[_E]) -> bool:
+    """The common case, decided cheaply: every participant holds the same written chunk
+    (one extent, one digest, no copy known corrupt): nothing to do in either mode."""
+    parts = roles.participants
+    if len(cluster) != len(parts):
+        return False
+    first = cluster[0]
+    if first.csum is None:
+        return False
+    d = first.csum.digest
+    for e in cluster:
+        if (e.offset != first.offset or e.size != first.size or e.csum is None
+                or e.corrupt or e.csum.digest != d):
+            return False
+    return len({e.member for e in cluster}) == len(parts)
 
 
 def _members(es: Iterable[_E]) -> tuple[str, ...]:

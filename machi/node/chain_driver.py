@@ -45,6 +45,7 @@ from machi.core.chain_manager import (
 )
 from machi.core.errors import BadArg, ConfigError, MachiError, NotWritten
 from machi.core.projection import JSON, MemberSpec, Projection, valid_name
+from machi.core.repair_plan import ChangeMemory
 from machi.core.status import Status
 from machi.core.wedge import after_confirm, wedge
 from machi.core.wire import Op
@@ -86,6 +87,7 @@ class DriverSettings:
     loop_hold_ms: int = 5_000
     fitness_stale_ms: int = 60_000
     unreachable_misses: int = 3
+    ap_anti_entropy_interval_ms: int = 5_000
     projection_log_max_bytes: int = 16 * 1024 * 1024
     #: start on any stored projection naming this node (reference 7.1.1), not only after
     #: an admin op enabled the manager on this node
@@ -105,6 +107,7 @@ class DriverSettings:
             stability_time_ms=cfg.chain_stability_time_ms,
             loop_hold_ms=cfg.chain_loop_hold_ms, fitness_stale_ms=cfg.chain_fitness_stale_ms,
             unreachable_misses=cfg.chain_unreachable_misses,
+            ap_anti_entropy_interval_ms=cfg.chain_ap_anti_entropy_interval_ms,
             projection_log_max_bytes=cfg.projection_log_max_bytes,
             auto_join=cfg.chain_auto_join, test_canary=cfg.test_canary,
         )
@@ -119,6 +122,7 @@ class DriverSettings:
             fitness_refresh_ms=max(1, self.fitness_stale_ms // 6),
             unreachable_misses=self.unreachable_misses,
             unreachable_after_ms=2 * self.read_timeout_ms, incarnation=incarnation,
+            ap_anti_entropy_interval_ms=self.ap_anti_entropy_interval_ms,
         )
 
 
@@ -227,6 +231,10 @@ class ChainDriver:
         self._start_hint: Projection | None = None
         self._limiter = anyio.CapacityLimiter(MAX_EFFECT_TASKS)
         self._tg: anyio.abc.TaskGroup | None = None
+        #: what AP anti-entropy passes saw of each file (planned only when changed)
+        self._ae_memory = ChangeMemory()
+        #: the last anti-entropy pass's result and counters (chain status)
+        self.ae_last: dict[str, Any] | None = None
         #: counters for tests and status
         self.rounds = 0
         self.adoptions = 0
@@ -408,6 +416,8 @@ class ChainDriver:
             await self._set_wedge(e)
         elif isinstance(e, cm.StartRepair):
             self._spawn(self._repair, e.projection)
+        elif isinstance(e, cm.StartAntiEntropy):
+            self._spawn(self._anti_entropy, e.projection)
         elif isinstance(e, cm.KickPeer):
             self._spawn(self._kick_peer, e.name)
         elif isinstance(e, cm.PublishFitness):
@@ -624,6 +634,41 @@ class ChainDriver:
             self.node.metrics.repair.finished(token, ok)
         await self.feed(cm.RepairDone(p.epoch_id, ok, detail))
 
+    async def _anti_entropy(self, p: Projection) -> None:
+        """AP, as the UPI tail of a stable chain: one anti-entropy pass
+        (machi.node.repair.run_anti_entropy; docs/repair.md), answered with
+        AntiEntropyDone whatever happens."""
+        from machi.node.repair import RepairStats, run_anti_entropy
+
+        if self.settings.test_canary == "skip-repair":  # TEST ONLY canary: no copies
+            await self.feed(cm.AntiEntropyDone(p.epoch_id, True, "CANARY skip-repair"))
+            return
+        stats = RepairStats()
+        token = self.node.metrics.repair.started("anti_entropy", stats)
+        ok, detail = False, ""
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                clients: dict[str, FluClient] = {}
+                for m in p.upi_non_witnesses:
+                    addr = self.addrs.get(m)
+                    if m != self.name and addr is not None:
+                        clients[m] = await stack.enter_async_context(FluClient(
+                            addr[0], addr[1], secret=self.secret, name=f"ae-{self.name}",
+                            ssl_context=self.ssl_context, tls_hostname=self.tls_hostname,
+                            timeout_ms=REPAIR_REQUEST_TIMEOUT_MS,
+                            connect_timeout_ms=self.settings.read_timeout_ms))
+                res = await run_anti_entropy(p, local_name=self.name, store=self.node.store,
+                                             clients=clients, log=self.log,
+                                             memory=self._ae_memory, stats=stats)
+                ok, detail = res.ok, res.detail
+        except Exception as err:  # the manager must get its answer, whatever happened
+            ok, detail = False, f"anti-entropy raised {err!r}"
+        finally:
+            self.node.metrics.repair.finished(token, ok)
+        self.ae_last = {"epoch": p.epoch_number, "ok": ok, "detail": detail[:500],
+                        **stats.to_json()}
+        await self.feed(cm.AntiEntropyDone(p.epoch_id, ok, detail))
+
     async def _upi_sync(self, p: Projection) -> None:
         """CP, as the UPI tail of a newly confirmed epoch: make the UPI members agree
         (machi.node.repair.run_upi_sync; docs/repair.md).  Bounded retries while the
@@ -725,6 +770,10 @@ class ChainDriver:
             })
         if st is not None:
             out["repair"] = st.repair_status
+            if st.current.mode == "ap":
+                out["anti_entropy"] = {
+                    "passes": st.ae_passes, "running": st.ae_epoch is not None,
+                    "status": st.ae_status, "last": self.ae_last}
         return out
 
 

@@ -82,6 +82,8 @@ class NodeConfig:
     #: a peer is unreachable after this many missed reads in a row and twice
     #: chain_read_timeout_ms without an answer (doubled per recent drop, docs)
     chain_unreachable_misses: int = 3
+    #: AP anti-entropy pass of a stable chain every this many ms (0 = off; docs/repair.md)
+    chain_ap_anti_entropy_interval_ms: int = 5_000
     projection_log_max_bytes: int = 16 * 1024 * 1024
     #: TEST ONLY: one of TEST_CANARIES breaks a guarantee on purpose ("" = off)
     test_canary: str = ""
@@ -125,6 +127,7 @@ _INT_KEYS = {
     "chain_loop_hold_ms": (0, 3_600_000),
     "chain_fitness_stale_ms": (1, 86_400_000),
     "chain_unreachable_misses": (1, 1_000),
+    "chain_ap_anti_entropy_interval_ms": (0, 86_400_000),
     "projection_log_max_bytes": (4096, 2**40),
 }
 KNOWN_KEYS = frozenset(f.name for f in fields(NodeConfig))

@@ -42,12 +42,14 @@ class _Histogram:
 
 
 #: kinds of repair run a node reports (``machi.node.chain_driver``): the repair of the
-#: repairing members, and the CP UPI sync after a confirmation
-REPAIR_KINDS = ("repair", "upi_sync")
+#: repairing members, the CP UPI sync after a confirmation, and the periodic AP
+#: anti-entropy pass of a stable chain
+REPAIR_KINDS = ("repair", "upi_sync", "anti_entropy")
 #: ``RepairStats`` fields exported as ``machi_repair_<field>_total`` counters
 REPAIR_COUNTERS = (
-    "files_done", "files_skipped", "chunks_copied", "bytes_in", "bytes_out", "chunks_reset",
-    "ranges_trimmed", "bad_chunks", "chunks_healed", "conflicts", "errors",
+    "files_done", "files_skipped", "files_unchanged", "chunks_copied", "bytes_in",
+    "bytes_out", "chunks_reset", "ranges_trimmed", "bad_chunks", "chunks_healed",
+    "conflicts", "errors",
 )
 #: repair runs tracked at once, at most (the driver runs one repair and one UPI sync
 #: loop; a leak must not grow the scrape)

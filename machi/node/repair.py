@@ -26,20 +26,30 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from machi.client.flu_client import FluClient
+from machi.client.flu_client import FluClient, parse_checksum_entries
 from machi.core.checksum import CsumTag, TaggedCsum, digest
-from machi.core.errors import BadChecksum, MachiError, NoSuchFile, NotWritten, Trimmed, Written
+from machi.core.errors import (
+    BadArg,
+    BadChecksum,
+    MachiError,
+    NoSuchFile,
+    NotWritten,
+    Trimmed,
+    Written,
+)
 from machi.core.projection import Projection
 from machi.core.ranges import MIN_OFFSET
 from machi.core.repair_plan import (
+    ChangeMemory,
     Copy,
     Directive,
-    EntryLike,
     FilePlanner,
+    Listing,
     Problem,
     Reset,
     Roles,
     Trim,
+    anti_entropy_roles,
     repair_roles,
     upi_sync_roles,
 )
@@ -63,6 +73,10 @@ class RepairStats:
     bytes_out: int = 0  # written to destinations
     chunks_reset: int = 0
     ranges_trimmed: int = 0
+    files_unchanged: int = 0  # anti-entropy: skipped, unchanged since they last agreed
+    #: checksum-list entries every participant listed identically (equal batches, not
+    #: planned; counted per planning pass)
+    entries_equal: int = 0
     bad_chunks: int = 0  # corrupt copies met on sources (each logged)
     chunks_healed: int = 0  # corrupt source copies rewritten with good bytes
     conflicts: int = 0  # problems other than bad chunks (planning, WRITTEN, races)
@@ -80,7 +94,9 @@ class RepairStats:
     def to_json(self) -> dict[str, Any]:
         return {
             "files": self.files, "files_done": self.files_done,
-            "files_skipped": self.files_skipped, "chunks_copied": self.chunks_copied,
+            "files_skipped": self.files_skipped, "files_unchanged": self.files_unchanged,
+            "entries_equal": self.entries_equal,
+            "chunks_copied": self.chunks_copied,
             "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
             "chunks_reset": self.chunks_reset, "ranges_trimmed": self.ranges_trimmed,
             "bad_chunks": self.bad_chunks, "chunks_healed": self.chunks_healed,
@@ -95,15 +111,6 @@ class RepairResult:
     ok: bool
     detail: str
     stats: RepairStats
-
-
-@dataclass(frozen=True, slots=True)
-class _Trimmed:
-    """A trimmed checksum-list entry standing for a deleted (fully trimmed) file."""
-
-    offset: int
-    size: int
-    csum: TaggedCsum | None = None
 
 
 class _Abort(Exception):
@@ -137,26 +144,41 @@ class _Member:
             return await self.client.list_files()
         return list(await self.store.list_files())
 
-    async def checksum_batches(self, file: str, batch_size: int, eof: int
-                               ) -> AsyncGenerator[list[EntryLike], None]:
-        """The file's checksum list in non-empty batches (a missing file has none).  A
-        file this FLU deleted once it was fully trimmed reads as one trimmed range up to
-        ``eof`` (the largest EOF any participant listed)."""
-        batches: Any
+    async def list_file_changes(self, since: int | None
+                                ) -> tuple[int, list[tuple[str, int, int | None]]]:
         if self.client is not None:
-            batches = (self.lister or self.client).checksum_list_batches(
-                file, batch_size=batch_size)
+            return await self.client.list_file_changes(since)
+        token, rows = await self.store.list_file_changes(since)
+        return int(token), list(rows)
+
+    async def raw_batches(self, file: str, batch_size: int, eof: int,
+                          from_offset: int = MIN_OFFSET) -> AsyncGenerator[list[Any], None]:
+        """The file's checksum list in non-empty batches of raw wire entries (``[offset,
+        size, csum hex or None(, 1)]``; ``parse_checksum_entries`` parses them), so that
+        equal batches of several members compare without parsing.  A missing file has
+        none.  A file this FLU deleted once it was fully trimmed reads as one trimmed
+        range up to ``eof`` (the largest EOF any participant listed)."""
+        batches: Any
+        since = {"from_offset": from_offset} if from_offset > MIN_OFFSET else {}
+        local = self.client is None
+        if not local:
+            client = self.lister or self.client
+            assert client is not None
+            batches = client.checksum_list_raw_batches(file, batch_size=batch_size, **since)
         else:
-            batches = self.store.checksum_list(file, batch_size=batch_size)
+            batches = self.store.checksum_list(file, batch_size=batch_size, **since)
         try:
             async for batch in batches:
+                if batch and local:  # the server's encoding (machi.node.server)
+                    batch = [[e.offset, e.size, None if e.csum is None else e.csum.hex(),
+                              *((1,) if e.corrupt else ())] for e in batch]
                 if batch:
                     yield batch
         except NoSuchFile:
             return
         except Trimmed:
             if eof > MIN_OFFSET:
-                yield [_Trimmed(MIN_OFFSET, eof - MIN_OFFSET)]
+                yield [[MIN_OFFSET, eof - MIN_OFFSET, None]]
             return
         finally:
             aclose = getattr(batches, "aclose", None)
@@ -211,8 +233,10 @@ class _Member:
 class _Run:
     def __init__(self, p: Projection, roles: Roles, members: dict[str, _Member],
                  log: JsonLog, stats: RepairStats, max_in_flight: int,
-                 max_bad_chunks: int, batch_size: int) -> None:
+                 max_bad_chunks: int, batch_size: int,
+                 memory: ChangeMemory | None = None) -> None:
         self.p = p
+        self.memory = memory
         self.roles = roles
         self.members = members
         self.log = log
@@ -223,6 +247,8 @@ class _Run:
         self.problems: list[str] = []  # the first PROBLEMS_LOGGED_MAX
         self.problem_count = 0
         self.eofs: dict[str, int] = {}
+        #: anti-entropy: the part of each selected file to plan (from, entries below)
+        self.starts: dict[str, tuple[int, int | None]] = {}
 
     def problem(self, text: str, *, conflict: bool = True) -> None:
         self.problem_count += 1
@@ -243,24 +269,59 @@ class _Run:
                              f"repair at {self.p.epoch_id.short()}")
 
     async def inventory(self) -> list[str]:
-        """Every file any participant lists, sorted; remembers the largest EOF of each."""
-        for m in self.members.values():
-            for n, eof in await m.list_files():
+        """Every file any participant lists, sorted; remembers the largest EOF of each.
+        With a ``ChangeMemory`` (anti-entropy): only the files it selects (changed since
+        they last agreed; every file when a member cannot list changes)."""
+        if self.memory is None:
+            for m in self.members.values():
+                for n, eof in await m.list_files():
+                    self.eofs[n] = max(eof, self.eofs.get(n, 0))
+            return sorted(self.eofs)
+        listings: dict[str, Listing] | None = {}
+        for name, m in self.members.items():
+            since = self.memory.since(name)
+            rows: list[tuple[str, int, int | None]]
+            try:
+                token, rows = await m.list_file_changes(since)
+            except BadArg:  # a FLU without the ``changes`` field: plan every file
+                rows = [(n, eof, MIN_OFFSET) for n, eof in await m.list_files()]
+                listings = None
+            if listings is not None:
+                listings[name] = Listing(since, token, {n: low for n, _eof, low in rows})
+            for n, eof, _low in rows:
                 self.eofs[n] = max(eof, self.eofs.get(n, 0))
-        return sorted(self.eofs)
+        self.starts = {f: (a, b) for f, a, b in self.memory.select(listings, self.eofs)}
+        self.stats.files_unchanged += len(self.eofs) - len(self.starts)
+        return sorted(self.starts)
 
     async def _plan(self, file: str) -> AsyncGenerator[Directive | Problem, None]:
-        """The file's plan, streamed: checksum-list batches are fetched on demand."""
+        """The file's plan, streamed: checksum-list batches are fetched on demand.
+
+        Equal prefix first: while every participant's next raw batch is the same list
+        (same entries: every member lists them, nothing to do there), the batches are
+        dropped unparsed; from the first batch that differs on some member (they all
+        start right after the same entry) the planner takes over.  Most of a pass over
+        entries that reached every replica costs a comparison, not a plan."""
         planner = FilePlanner(file, self.roles)
         eof = self.eofs.get(file, 0)
-        iters = {n: m.checksum_batches(file, self.batch_size, eof)
+        start, stop = self.starts.get(file, (MIN_OFFSET, None))
+        iters = {n: _below(m.raw_batches(file, self.batch_size, eof, start), stop)
                  for n, m in self.members.items()}
+        first: dict[str, list[Any] | None] = {}
         try:
+            while True:
+                first = {n: await anext(it, None) for n, it in iters.items()}
+                ref = next(iter(first.values()))
+                if ref is None or any(b != ref for b in first.values()):
+                    break
+                self.stats.entries_equal += len(ref)
             while (name := planner.needs()) is not None:
-                try:
-                    planner.feed(name, await anext(iters[name]))
-                except StopAsyncIteration:
+                raw = first.pop(name, None) if name in first else await anext(
+                    iters[name], None)
+                if raw is None:
                     planner.end(name)
+                else:
+                    planner.feed(name, parse_checksum_entries(raw))
                 for x in planner.take():
                     yield x
             for x in planner.take():
@@ -270,19 +331,25 @@ class _Run:
                 for it in iters.values():
                     await it.aclose()
 
-    async def repair_file(self, file: str) -> None:
+    async def repair_file(self, file: str) -> bool:
         """Pass 1 only checks the plan for problems (nothing kept); pass 2 plans again and
-        executes while streaming.  A file with a problem gets no directive at all, and
-        memory stays bounded by one batch per member and one overlap cluster."""
-        bad = False
+        executes while streaming (skipped when pass 1 found nothing to do: the common case
+        of anti-entropy).  A file with a problem gets no directive at all, and memory
+        stays bounded by one batch per member and one overlap cluster."""
+        bad = work = False
         async with aclosing(self._plan(file)) as plan:
             async for x in plan:
                 if isinstance(x, Problem):
                     bad = True
                     self.problem(str(x))
+                else:
+                    work = True
         if bad:
             self.stats.files_skipped += 1
-            return
+            return False
+        if not work:
+            self.stats.files_done += 1
+            return True
         send, recv = anyio.create_memory_object_stream[Directive](0)
         async with anyio.create_task_group() as tg:
             for _ in range(self.max_in_flight):
@@ -299,6 +366,7 @@ class _Run:
             self.stats.files_skipped += 1
         else:
             self.stats.files_done += 1
+        return not bad
 
     async def _worker(self, recv: anyio.abc.ObjectReceiveStream[Directive]) -> None:
         async with recv:
@@ -410,6 +478,24 @@ class _Run:
             self.stats.copied_to(name, len(data))
 
 
+async def _below(batches: AsyncGenerator[list[Any], None], stop: int | None
+                 ) -> AsyncGenerator[list[Any], None]:
+    """The raw batches' entries that start below ``stop`` (all when None); the stream is
+    closed at the first entry at or past it (lists are sorted)."""
+    try:
+        async for batch in batches:
+            if stop is None or batch[-1][0] < stop:
+                yield batch
+                continue
+            head = [e for e in batch if e[0] < stop]
+            if head:
+                yield head
+            return
+    finally:
+        with anyio.CancelScope(shield=True):
+            await batches.aclose()
+
+
 def _sibling(c: FluClient) -> FluClient:
     """Another client to the same FLU (own connection), for checksum-list streams."""
     return FluClient(
@@ -487,6 +573,40 @@ async def run_upi_sync(
         checksum_batch_size=checksum_batch_size, stats=stats)
 
 
+async def run_anti_entropy(
+    projection: Projection,
+    *,
+    local_name: str,
+    store: Any = None,
+    clients: Mapping[str, FluClient],
+    log: JsonLog,
+    memory: ChangeMemory | None = None,
+    progress_every_s: float = 5.0,
+    deadline_s: float = 600.0,
+    max_in_flight: int = 4,
+    max_bad_chunks: int = 100,
+    checksum_batch_size: int = 1024,
+    stats: RepairStats | None = None,
+) -> RepairResult:
+    """AP anti-entropy, on the UPI tail of a stable AP chain: the AP repair's union rule
+    over the UPI members (chunks and trims some member lacks are copied to it; conflicts
+    are problems, never resolved), planning only the files ``memory`` selects: those
+    changed on some member since a pass last found them in agreement (pass the same
+    ``ChangeMemory`` to every pass; None plans every file).  Same guarantees and result
+    as :func:`run_repair`; ``ok=False`` without doing anything when ``projection`` is not
+    a stable AP chain (never in CP, docs/repair.md)."""
+    roles = anti_entropy_roles(projection)
+    if roles is None:
+        return RepairResult(False, "not a stable AP chain: no anti-entropy",
+                            stats or RepairStats())
+    return await _run_passes(
+        projection, [roles], "anti-entropy", local_name=local_name, store=store,
+        clients=clients, log=log, progress_every_s=progress_every_s, deadline_s=deadline_s,
+        max_in_flight=max_in_flight, max_bad_chunks=max_bad_chunks,
+        checksum_batch_size=checksum_batch_size, stats=stats,
+        memory=memory if memory is not None else ChangeMemory())
+
+
 async def _run_passes(
     projection: Projection,
     passes: list[Roles],
@@ -502,6 +622,7 @@ async def _run_passes(
     max_bad_chunks: int,
     checksum_batch_size: int,
     stats: RepairStats | None,
+    memory: ChangeMemory | None = None,
 ) -> RepairResult:
     stats = stats if stats is not None else RepairStats()
     t0 = time.monotonic()
@@ -519,8 +640,10 @@ async def _run_passes(
         members[name] = _Member(name, client, store)
     runs = [_Run(projection, r, {n: members[n] for n in dict.fromkeys(
                 (*r.participants, *r.upi_others))}, log, stats, max(1, max_in_flight),
-                 max_bad_chunks, max(1, checksum_batch_size)) for r in passes]
-    log.info(f"{what} started", **fields)
+                 max_bad_chunks, max(1, checksum_batch_size), memory) for r in passes]
+    # a periodic anti-entropy pass logs at info only when it planned a file or failed
+    quiet = memory is not None
+    (log.debug if quiet else log.info)(f"{what} started", **fields)
 
     async def progress() -> None:
         while True:
@@ -543,7 +666,8 @@ async def _run_passes(
                         files = await run.inventory()
                         stats.files = max(stats.files, len(files))
                         for file in files:
-                            await run.repair_file(file)
+                            if await run.repair_file(file) and run.memory is not None:
+                                run.memory.done(file)
                         if run.problems:
                             break  # the next pass builds on this one: stop here
                 finally:
@@ -565,9 +689,13 @@ async def _run_passes(
             f"; and {more} more" if more > 0 else "")
     ok = abort is None
     detail = abort or (
-        f"{what}: {stats.files} files: {stats.chunks_copied} chunk copies "
+        f"{what}: {stats.files} files"
+        + (f" ({stats.files_unchanged} unchanged, not planned)" if quiet else "")
+        + f": {stats.chunks_copied} chunk copies "
         f"({stats.bytes_out} bytes), {stats.chunks_reset} reset, "
         f"{stats.ranges_trimmed} trimmed, {stats.chunks_healed} healed")
-    (log.info if ok else log.error)(f"{what} finished", ok=ok, detail=detail, **fields,
-                                    **stats.to_json())
+    level = log.error if not ok else (
+        log.debug if quiet and not (stats.chunks_copied or stats.ranges_trimmed
+                                    or stats.chunks_healed) else log.info)
+    level(f"{what} finished", ok=ok, detail=detail, **fields, **stats.to_json())
     return RepairResult(ok, detail, stats)

@@ -36,6 +36,7 @@ from machi.core.errors import (
     error_for_status,
 )
 from machi.core.projection import Projection, projection_from_json
+from machi.core.ranges import MIN_OFFSET
 from machi.core.status import Status
 from machi.core.wedge import (
     Kind,
@@ -522,7 +523,9 @@ class FluNode:
         """Streamed: one frame per batch (not final), then an empty final frame."""
         batch_size = min(max(1, f.meta.get("batch_size", CHECKSUM_LIST_BATCH_MAX)),
                          CHECKSUM_LIST_BATCH_MAX)
-        async for batch in self.store.checksum_list(f.meta["file"], batch_size=batch_size):
+        async for batch in self.store.checksum_list(
+                f.meta["file"], batch_size=batch_size,
+                from_offset=f.meta.get("from_offset", MIN_OFFSET)):
             # a fourth element (1) only on chunks whose stored copy is known corrupt
             entries = [[e.offset, e.size, None if e.csum is None else e.csum.hex(),
                         *((1,) if e.corrupt else ())] for e in batch]
@@ -530,6 +533,11 @@ class FluNode:
         return Reply({"entries": []})
 
     async def _list_files(self, f: wire.Frame, peer: _Peer) -> Reply:
+        if f.meta.get("changes"):  # AP anti-entropy: [name, size, low] and a new token
+            if self.witness:
+                return Reply({"files": [], "token": 0})
+            token, rows = await self.store.list_file_changes(f.meta.get("since"))
+            return Reply({"files": [[n, s, low] for n, s, low in rows], "token": token})
         files = [] if self.witness else await self.store.list_files()
         return Reply({"files": [[n, s] for n, s in files]})
 

@@ -31,6 +31,7 @@ from machi.core import chain_manager as cm
 from machi.core import cr_plan
 from machi.core.chain_manager import (
     AdminBootstrap,
+    AntiEntropyDone,
     Config,
     Effect,
     Event,
@@ -39,8 +40,17 @@ from machi.core.chain_manager import (
     MemberView,
     RepairDone,
 )
+from machi.core.checksum import CsumTag, TaggedCsum, digest
 from machi.core.epoch import EpochId
 from machi.core.projection import Mode, Projection
+from machi.core.repair_plan import (
+    ChangeMemory,
+    Copy,
+    Listing,
+    Problem,
+    anti_entropy_roles,
+    plan_file,
+)
 from machi.core.status import Status
 from machi.core.transition import transition_problem
 
@@ -53,6 +63,9 @@ CONTINUE_TRIES = 6
 CONTINUE_FIRST_MS = 20
 #: queued events that are messages over a link (``deliver`` may take any of them early)
 MESSAGE_KINDS = frozenset({"read_req", "read_reply", "write_req", "kick"})
+#: the AP anti-entropy period in the simulator (the daemon's 5 s scaled like its other
+#: timers, stability 1000 -> 300 ms)
+AP_ANTI_ENTROPY_INTERVAL_MS = 1_500
 
 
 def sim_config(name: str, chain: str, mode: Mode, incarnation: int = 0) -> Config:
@@ -63,7 +76,17 @@ def sim_config(name: str, chain: str, mode: Mode, incarnation: int = 0) -> Confi
         stability_time_ms=300, loop_hold_ms=1500, fitness_stale_ms=20_000,
         fitness_refresh_ms=3_000, unreachable_after_ms=2 * READ_TIMEOUT_MS,
         unreachable_strike_decay_ms=120_000, incarnation=incarnation,
+        ap_anti_entropy_interval_ms=AP_ANTI_ENTROPY_INTERVAL_MS,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _SimEntry:
+    """A checksum-list entry of an in-memory FLU (``repair_plan.EntryLike``)."""
+
+    offset: int
+    size: int
+    csum: TaggedCsum
 
 
 @dataclass
@@ -82,6 +105,13 @@ class Stats:
     reads_fail: int = 0
     repairs_ok: int = 0
     repairs_failed: int = 0
+    anti_entropy_ok: int = 0
+    anti_entropy_failed: int = 0
+    #: chunk copies anti-entropy made (one per destination) and files it skipped as
+    #: unchanged since they last agreed
+    anti_entropy_copies: int = 0
+    anti_entropy_unchanged: int = 0
+    anti_entropy_planned: int = 0
     events: int = 0
 
 
@@ -146,6 +176,8 @@ class Cluster:
         self._seq = 0
         self._queue: list[tuple[int, int, str, tuple[Any, ...]]] = []
         self.flus = {n: SimFlu(n, witness=n in self.witnesses) for n in names}
+        #: per node, what its anti-entropy passes saw (the driver's memory: lost at a crash)
+        self.ae_memory: dict[str, ChangeMemory] = {n: ChangeMemory() for n in names}
         self.mgr: dict[str, ManagerState | None] = {n: None for n in names}
         self.mgr_rng = {n: random.Random(f"{seed}/{n}") for n in names}
         self.incarnation = {n: 0 for n in names}
@@ -156,10 +188,6 @@ class Cluster:
         self.acked: dict[tuple[str, int], bytes] = {}
         #: appends with an unknown outcome (info) whose place the client learnt
         self.maybe: dict[tuple[str, int], bytes] = {}
-        #: chunks the head wrote for an append whose reply the client never got: no client
-        #: knows their place, so nothing propagates them; they stay on the head until a
-        #: repair (an epoch change) merges them (docs/chain-manager.md, "Orphan chunks")
-        self.orphans: set[tuple[str, int]] = set()
         #: places a client has read as written (must never read unwritten again, CP)
         self.observed: set[tuple[str, int]] = set()
         self.stats = Stats()
@@ -258,6 +286,7 @@ class Cluster:
     def crash(self, n: str) -> None:
         if self.mgr[n] is not None:
             self.mgr[n] = None
+            self.ae_memory[n] = ChangeMemory()
             self._change("crash", n)
 
     def restart(self, n: str, *, clock_skew_ms: int | None = None) -> None:
@@ -315,6 +344,8 @@ class Cluster:
                 self._check_confirmed(n, e.epoch_id)
         elif isinstance(e, cm.StartRepair):
             self._push(self.now + self.repair_ms, "repair", (n, inc, e.projection))
+        elif isinstance(e, cm.StartAntiEntropy):
+            self._push(self.now + self.repair_ms, "anti_entropy", (n, inc, e.projection))
         elif isinstance(e, cm.KickPeer):
             self._send(n, e.name, self.now + self._delay(), "kick", (e.name, n))
         elif isinstance(e, cm.PublishFitness):
@@ -476,7 +507,9 @@ class Cluster:
         for m in parts:
             store = self.flus[m].chunks
             for (f, off), data in union.items():
-                store.setdefault(f, {}).setdefault(off, data)
+                if off not in store.setdefault(f, {}):
+                    store[f][off] = data
+                    self.flus[m].changed(f, off)
         return True, f"union of {len(union)} chunks"
 
     def _repair_from_tail(self, tail: str, repairing: list[str]) -> tuple[bool, str]:
@@ -490,8 +523,80 @@ class Cluster:
                         self._violation(f"repair: {m} holds other bytes at {f}@{off}")
                         return False, "conflict"
             # make the repairing copy match the tail: add missing, un-write extra bytes
+            for f in set(dst) | set(src):
+                if dst.get(f) != src.get(f):
+                    self.flus[m].changed(f, 1024)
             self.flus[m].chunks = {f: dict(c) for f, c in src.items()}
         return True, f"{len(repairing)} copies match the tail"
+
+    # ---- AP anti-entropy --------------------------------------------------------------
+    def _ev_anti_entropy(self, n: str, inc: int, p: Projection) -> None:
+        if self.incarnation[n] != inc or not self.alive(n):
+            return
+        ok, detail = self._anti_entropy(n, p)
+        if ok:
+            self.stats.anti_entropy_ok += 1
+        else:
+            self.stats.anti_entropy_failed += 1
+        self._feed(n, AntiEntropyDone(p.epoch_id, ok, detail))
+
+    def _anti_entropy(self, n: str, p: Projection) -> tuple[bool, str]:
+        """One pass as ``machi.node.repair.run_anti_entropy`` makes it, over the in-memory
+        FLUs and with the same planner (``repair_plan``: the union rule, ``ChangeMemory``
+        to skip files unchanged since they last agreed)."""
+        cur = self.flus[n].latest("private")
+        if cur is None or cur.epoch_id != p.epoch_id:
+            return False, "tail moved to another epoch"
+        roles = anti_entropy_roles(p)
+        if roles is None:
+            return False, "not a stable AP chain"
+        if self._fault():
+            return False, "fault point: anti-entropy failed"
+        parts = roles.participants
+        for m in parts:
+            if m == n:
+                continue
+            if not (self.alive(m) and self.link_ok(n, m) and self.link_ok(m, n)):
+                return False, f"{m} unreachable"
+            mp = self.flus[m].latest("private")
+            if mp is None or mp.epoch_id != p.epoch_id:
+                return False, f"{m} not in the same epoch"
+        memory = self.ae_memory[n]
+        listings = {}
+        for m in parts:
+            since = memory.since(m)
+            token, lows = self.flus[m].list_file_changes(since)
+            listings[m] = Listing(since, token, lows)
+        eofs: dict[str, int] = {}
+        for m in parts:
+            for f, chunks in self.flus[m].chunks.items():
+                eofs[f] = max(eofs.get(f, 1024),
+                              max((o + len(b) for o, b in chunks.items()), default=1024))
+        files = memory.select(listings, eofs)
+        self.stats.anti_entropy_unchanged += len(eofs) - len(files)
+        self.stats.anti_entropy_planned += len(files)
+        copies = 0
+        for f, start, stop in files:
+            entries = {m: [_SimEntry(off, len(data), TaggedCsum(CsumTag.CLIENT, digest(data)))
+                           for off, data in sorted(self.flus[m].chunks.get(f, {}).items())
+                           if off + len(data) > start and (stop is None or off < stop)]
+                       for m in parts}
+            plan = list(plan_file(f, roles, entries))
+            problems = [x for x in plan if isinstance(x, Problem)]
+            if problems:
+                self._violation(f"anti-entropy: {problems[0]}")
+                return False, str(problems[0])
+            for d in plan:
+                if not isinstance(d, Copy):  # the simulator never trims
+                    return False, f"unexpected directive {d!r}"
+                data = self.flus[d.source].chunks[f][d.offset]
+                for m in d.destinations:
+                    self.flus[m].chunks.setdefault(f, {})[d.offset] = data
+                    self.flus[m].changed(f, d.offset)
+                    copies += 1
+            memory.done(f)
+        self.stats.anti_entropy_copies += copies
+        return True, f"{len(files)} files planned, {copies} chunk copies"
 
     # ---- clients ----------------------------------------------------------------------
     def _ev_client(self) -> None:
@@ -546,9 +651,9 @@ class Cluster:
             if st != Status.OK:
                 continue
             if not self.link_ok(head, loc):
+                # the head wrote it, its reply is lost: no client knows its place (an
+                # orphan chunk); AP anti-entropy (or a repair) brings it to every replica
                 outcome = "info"
-                if len(self.orphans) < 10_000:
-                    self.orphans.add((fname, off))
                 continue
             if self._propagate(loc, p, chain[1:], fname, off, data):
                 self.acked[(fname, off)] = data
@@ -687,16 +792,17 @@ class Cluster:
 
     def replica_divergence(self) -> list[str]:
         """AP, after healing and convergence: every replica holds the same set of chunks
-        (AP repair merges everything any replica has, reference 6.2).  One line per
-        member that lacks chunks another member holds, orphans aside (a head's chunk whose
-        append reply was lost: nobody knows its place); empty in CP mode (CP repairing
+        (AP repair merges everything any replica has, reference 6.2, and in a stable
+        chain AP anti-entropy copies what an append left on some replicas only, e.g. a
+        head's chunk whose append reply was lost).  One line per member that lacks
+        chunks another member holds; empty in CP mode (CP repairing
         copies match the tail, and an unacknowledged chunk may stay on the head only
         until the next UPI sync) and while not converged."""
         if self.mode != "ap" or not self.converged():
             return []
         real = [n for n in self.names if n not in self.witnesses]
         held = {n: {(f, off) for f, c in self.flus[n].chunks.items() for off in c}
-                - self.orphans for n in real}
+                for n in real}
         union = set().union(*held.values())
         out = []
         for n in real:

@@ -26,6 +26,11 @@ class SimFlu:
         self.public: dict[int, Projection] = {}
         self.private: dict[int, Projection] = {}
         self.chunks: dict[str, dict[int, bytes]] = {}
+        #: AP anti-entropy change marks, as the real store keeps them: the live change
+        #: tokens (at most 4) and per file, per token, the lowest changed offset since
+        self.tokens: list[int] = []
+        self.lows: dict[str, dict[int, int]] = {}
+        self._token_seq = 0
         self.fitness: dict[str, Report] = {}
         #: birth time of each report on the owning node's clock (PublishFitness)
         self.fitness_born_ms: dict[str, int] = {}
@@ -94,6 +99,7 @@ class SimFlu:
         f = self.chunks.setdefault(fname, {})
         offset = max((o + len(b) for o, b in f.items()), default=1024)
         f[offset] = data
+        self.changed(fname, offset)
         return Status.OK, fname, offset
 
     def write(self, epoch_id: EpochId, fname: str, offset: int, data: bytes) -> Status:
@@ -104,7 +110,27 @@ class SimFlu:
         if offset in f:
             return Status.WRITTEN
         f[offset] = data
+        self.changed(fname, offset)
         return Status.OK
+
+    def changed(self, fname: str, offset: int) -> None:
+        """``fname`` changed at ``offset`` (every writer of ``chunks`` calls this)."""
+        lows = self.lows.setdefault(fname, {})
+        for t in self.tokens:
+            if offset < lows.get(t, offset + 1):
+                lows[t] = offset
+
+    def list_file_changes(self, since: int | None) -> tuple[int, dict[str, int | None]]:
+        """The real FLU's list_files with ``changes``: a new token, and per file the
+        lowest offset changed since token ``since`` (None: unchanged; 1024 when
+        ``since`` is unknown)."""
+        known = since is not None and since in self.tokens
+        out: dict[str, int | None] = {}
+        for f in sorted(self.chunks):
+            out[f] = self.lows.get(f, {}).get(since) if known and since is not None else 1024
+        self._token_seq += 1
+        self.tokens = [*self.tokens, self._token_seq][-4:]
+        return self._token_seq, out
 
     def read(self, epoch_id: EpochId, fname: str, offset: int) -> tuple[Status, bytes | None]:
         st = self._check(epoch_id)

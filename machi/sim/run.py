@@ -17,7 +17,7 @@ from typing import Any
 
 from machi.core.projection import Mode
 
-from .cluster import Cluster
+from .cluster import AP_ANTI_ENTROPY_INTERVAL_MS, Cluster
 
 WARMUP_TICKS = 2_000
 HEAL_TICKS_MAX = 30_000
@@ -134,6 +134,13 @@ def run(
     ticks = (since or cluster.now) - healed_at
     lost = cluster.lost_acked_writes() if converged else 0
     divergence = cluster.replica_divergence() if converged else []
+    if divergence:
+        # AP: chunks an append left on some replicas while the chain kept its epoch (a
+        # lost reply) wait for the tail's next anti-entropy pass: at most two periods
+        end = cluster.now + 2 * AP_ANTI_ENTROPY_INTERVAL_MS + 1_000
+        while divergence and cluster.now < end:
+            cluster.run_until(cluster.now + 10)
+            divergence = cluster.replica_divergence() if cluster.converged() else divergence
     st = cluster.stats
     return Result(
         converged=converged, ticks_to_converge=ticks if converged else -1,

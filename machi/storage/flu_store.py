@@ -158,6 +158,9 @@ class _Target:
 
 
 _Key = tuple[str, int, str]  # (namespace, locator, prefix)
+#: change tokens a store keeps live at once (list_file_changes): one per anti-entropy
+#: pass of each observer (normally one: the UPI tail; two while the tail moves)
+MAX_CHANGE_TOKENS = 4
 
 
 class FluStore:
@@ -177,6 +180,9 @@ class FluStore:
         self._data = data
         self._lock_fd = lock_fd
         self._files: dict[str, DataFile] = {}
+        #: live change tokens (list_file_changes), shared by every file's index
+        self._change_tokens: list[int] = []
+        self._token_seq = 0
         self._trimmed_files: set[str] = set()
         self._seqs: dict[_Key, int] = {}
         self._targets: dict[_Key, _Target] = {}
@@ -260,7 +266,7 @@ class FluStore:
         loaded = await self._db.load()
         state = build_indexes(loaded, self._data, self.data_dir)
         for name, (fn, index) in state.files.items():
-            self._files[name] = DataFile(name, fn, index)
+            self._files[name] = self._data_file(name, fn, index)
         for name in state.recreate:
             log.warning("data file %s was missing and held no chunks: recreated", name)
             await self._data.create(name)
@@ -396,7 +402,14 @@ class FluStore:
             await self._data.create(name)
         if name in self._trimmed_files:
             raise Trimmed(f"file {name} was trimmed and deleted")
-        return self._files.setdefault(name, DataFile(name, fn, FileIndex()))
+        f = self._files.get(name)
+        if f is None:
+            f = self._files[name] = self._data_file(name, fn, FileIndex())
+        return f
+
+    def _data_file(self, name: str, fn: FileName, index: FileIndex) -> DataFile:
+        index.tokens = self._change_tokens  # change marks for anti-entropy (shared list)
+        return DataFile(name, fn, index)
 
     def _file_record(self, batch: Batch, f: DataFile) -> None:
         fn = f.fn
@@ -427,6 +440,7 @@ class FluStore:
                 self._committer.in_flight += 1
         finally:
             ev = self._pending.pop(key)
+            f.index.touch(offset)  # the chunk shows in checksum lists from now on
             if ev is not None:
                 ev.set()
 
@@ -471,6 +485,7 @@ class FluStore:
                 ev = self._pending.pop(key)
                 if ev is not None:
                     ev.set()
+            f.index.touch(min(k[1] for k in keys))  # see _store_chunk
 
     # ---- append -------------------------------------------------------------------
     async def append(
@@ -621,7 +636,8 @@ class FluStore:
         # committed (durably, in every sync mode) before the name is handed out
         await self._committer.commit_now(batch)
         self._seqs[key] = seq + 1
-        self._files[name] = DataFile(name, FileName(prefix, ns, locator, uid, seq), FileIndex())
+        self._files[name] = self._data_file(name, FileName(prefix, ns, locator, uid, seq),
+                                            FileIndex())
         self._minted.add(name)
         old = self._targets.get(key)
         self._targets[key] = _Target(name, epoch_id)
@@ -752,6 +768,7 @@ class FluStore:
             await self._data.sync_dirty()
         self.healed_chunks += 1
         self._known_corrupt.discard((f.name, old.offset))
+        f.index.touch(old.offset)  # the checksum list drops its corrupt flag
         log.warning("healed corrupt chunk %s [%d, +%d) with bytes matching its checksum",
                     f.name, old.offset, old.size)
 
@@ -797,6 +814,7 @@ class FluStore:
                 log.error("bad checksum on disk: %s [%d, +%d)", file, e.offset, e.size)
                 self.bad_checksum_reads += 1
                 self._known_corrupt.add((file, e.offset))
+                f.index.touch(e.offset)  # the checksum list flags it from now on
                 raise BadChecksum(f"{file} [{e.offset}, +{e.size}): bytes on disk are corrupt")
             if p.clipped:
                 lo = p.offset - e.offset
@@ -936,9 +954,10 @@ class FluStore:
 
     # ---- listing --------------------------------------------------------------------
     async def checksum_list(
-        self, file: str, *, batch_size: int = 4096
+        self, file: str, *, batch_size: int = 4096, from_offset: int = MIN_OFFSET
     ) -> AsyncIterator[list[ChecksumEntry]]:
-        """Durable entries of ``file`` in offset order, streamed in batches."""
+        """Durable entries of ``file`` in offset order, streamed in batches; only those
+        that end after ``from_offset`` (AP anti-entropy plans the changed part)."""
         self._check_open()
         self._parse(file)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -946,7 +965,10 @@ class FluStore:
         f = self._files.get(file)
         if f is None:
             raise NoSuchFile(f"no file {file}")
-        entries = [e for e in f.index.entries() if (file, e.offset) not in self._pending]
+        if isinstance(from_offset, bool) or not isinstance(from_offset, int) or from_offset < 0:
+            raise BadArg(f"from_offset must be a non-negative integer, got {from_offset!r}")
+        entries = [e for e in f.index.entries_from(from_offset)
+                   if (file, e.offset) not in self._pending]
         for i in range(0, len(entries), batch_size):
             yield [ChecksumEntry(e.offset, e.size, e.csum,
                                  e.csum is not None and (file, e.offset) in self._known_corrupt)
@@ -956,6 +978,32 @@ class FluStore:
         """(name, EOF) of every file, sorted by name."""
         self._check_open()
         return sorted((name, f.index.eof) for name, f in self._files.items())
+
+    async def list_file_changes(
+        self, since: int | None = None
+    ) -> tuple[int, list[tuple[str, int, int | None]]]:
+        """AP anti-entropy's listing (docs/repair.md): a new change token and (name, EOF,
+        low) of every file, sorted by name, where ``low`` is the lowest offset whose
+        checksum-list entry changed since token ``since`` was issued by this store (None:
+        unchanged).  ``since`` None, or a token this store does not know (issued before its
+        last open, or one of more than ``MAX_CHANGE_TOKENS`` issued since), gives
+        ``MIN_OFFSET`` for every file (everything may have changed).  Cost: one dict
+        lookup per file; every change of a file updates at most ``MAX_CHANGE_TOKENS``
+        numbers."""
+        self._check_open()
+        known = since is not None and since in self._change_tokens
+        self._token_seq += 1
+        token = (self.incarnation << 32) | (self._token_seq & 0xFFFF_FFFF)
+        rows: list[tuple[str, int, int | None]] = []
+        for name in sorted(self._files):
+            f = self._files[name]
+            low = f.index.low_since(since) if known and since is not None else MIN_OFFSET
+            rows.append((name, f.index.eof, low))
+        # the new token goes live in the same step as the listing (no await in between)
+        self._change_tokens.append(token)
+        if len(self._change_tokens) > MAX_CHANGE_TOKENS:
+            del self._change_tokens[0]
+        return token, rows
 
     # ---- projection store ------------------------------------------------------------
     async def projection_write(self, kind: Literal["public", "private"], p: Projection) -> None:

@@ -180,3 +180,25 @@ def test_ap_value_seen_then_unwritten_in_one_projection_is_an_anomaly() -> None:
     assert bad["kinds"] == {"unwritten-in-one-projection": 1}
     assert ap_served_stale_reads(history("n5"), records)["count"] == 0
     assert ap_served_stale_reads(history("n4"), records)["count"] == 0  # never logged
+
+
+def test_ap_final_phase_waits_for_an_anti_entropy_pass_started_after_stability() -> None:
+    """The AP final phase compares the replicas only after the UPI tail finished two
+    anti-entropy passes that started after the chain was stable (harness.deploy)."""
+    from harness.deploy import anti_entropy_since, tail_anti_entropy
+
+    def st(passes: int, running: bool, upi: tuple[str, ...] = ("a", "b", "c")) -> dict:
+        ae = {"passes": passes, "running": running, "status": "ok", "last": None}
+        return {n: {"upi": list(upi), **({"anti_entropy": ae} if n == upi[-1] else {})}
+                for n in ("a", "b", "c")}
+
+    assert tail_anti_entropy(st(3, False)) == ("c", st(3, False)["c"]["anti_entropy"])
+    assert tail_anti_entropy({"a": "down", "b": {"upi": []}}) == (None, None)
+    assert tail_anti_entropy({"a": {"upi": ["a"]}}) == ("a", None)  # an older daemon
+    base = ("c", 3)
+    for passes, running, done in ((3, False, False), (3, True, False), (4, True, False),
+                                  (4, False, False), (5, True, False), (5, False, True),
+                                  (6, True, True)):
+        assert anti_entropy_since(base, *tail_anti_entropy(st(passes, running))) is done
+    # another tail: its counter is its own
+    assert not anti_entropy_since(base, *tail_anti_entropy(st(9, False, ("c", "a", "b"))))

@@ -41,10 +41,11 @@ CHAIN_TOML = FAST_CHAIN_TOML
 class Cluster:
     """Three ``machi node run`` processes with their chain managers enabled by the CLI."""
 
-    def __init__(self, base: Path, witnesses: tuple[str, ...] = (), sync: str = "none") -> None:
+    def __init__(self, base: Path, witnesses: tuple[str, ...] = (), sync: str = "none",
+                 extra_toml: str = "") -> None:
         base.mkdir(parents=True, exist_ok=True)
         cfg = base / "node.toml"
-        cfg.write_text(CHAIN_TOML)
+        cfg.write_text(CHAIN_TOML + extra_toml)
         self.witnesses = witnesses
         self.nodes = {
             n: NodeProcess(n, base / n, sync=sync,
@@ -140,8 +141,9 @@ class Cluster:
 def cluster_factory(tmp_path: Path) -> Iterator[Any]:
     made: list[Cluster] = []
 
-    def make(witnesses: tuple[str, ...] = (), sync: str = "none") -> Cluster:
-        c = Cluster(tmp_path / f"c{len(made)}", witnesses, sync)
+    def make(witnesses: tuple[str, ...] = (), sync: str = "none",
+             extra_toml: str = "") -> Cluster:
+        c = Cluster(tmp_path / f"c{len(made)}", witnesses, sync, extra_toml)
         made.append(c)
         return c.start()
 
@@ -482,3 +484,68 @@ def _restart_wedged(cluster: Cluster, name: str) -> bool:
     starts = [i for i, line in enumerate(log) if '"wedge state loaded"' in line]
     return bool(starts) and any("waiting for a new epoch and repair" in line
                                 for line in log[starts[-1]:])
+
+
+#: the anti-entropy period of the test below (the default is 5 s)
+AE_INTERVAL_MS = 1_000
+#: how long the test waits for equal replicas: a bound under load, not a target
+AE_WAIT_S = 30.0
+
+
+@pytest.mark.parametrize("anti_entropy", [True, False], ids=["on", "off"])
+def test_ap_orphan_chunk_reaches_every_replica_in_a_stable_chain(
+        cluster_factory: Any, anti_entropy: bool) -> None:
+    """AP: a chunk that only the head holds (an append whose reply was lost: made
+    certain here by a low-level append at the chain's epoch, bypassing the chain client)
+    reaches every replica through the tail's periodic anti-entropy pass, while the chain
+    stays at its epoch (no repair involved): every replica's checksum lists become equal
+    within a bounded wait.  With anti-entropy off
+    (``chain_ap_anti_entropy_interval_ms = 0``) the lists still differ after several
+    periods: the orphan stays on the head (docs/repair.md, "AP anti-entropy")."""
+    interval = AE_INTERVAL_MS if anti_entropy else 0
+    cluster = cluster_factory(extra_toml=f"chain_ap_anti_entropy_interval_ms = {interval}\n")
+    bootstrap(cluster, "ap")
+    full = set(NAMES)
+
+    async def go() -> None:
+        st0, _ = await cluster.wait_converged(full, NAMES)
+        eid = EpochId(st0["epoch"], bytes.fromhex(st0["epoch_csum"]))
+        acked: list[tuple[ChunkPos, bytes]] = []
+        async with ChainClient(cluster.seeds, op_timeout_ms=8_000, seed=1) as cc:
+            for i in range(5):
+                data = f"acked {i}".encode() * 10
+                acked.append((await cc.append("t", data), data))
+        head = cluster.nodes[st0["upi"][0]]
+        async with FluClient(head.host, head.port, timeout_ms=5_000) as c:
+            # one in a file of its own (only the head has it), one in the file the
+            # acknowledged appends went to (the others have the file, not this chunk)
+            orphan = await c.append("o", b"the head wrote it, the reply was lost",
+                                    epoch_id=eid)
+            orphan2 = await c.append("t", b"a second one", epoch_id=eid)
+        assert orphan2.file == acked[0][0].file
+        t0 = time.monotonic()
+        wait_s = AE_WAIT_S if anti_entropy else 5 * AE_INTERVAL_MS / 1000
+        while time.monotonic() - t0 < wait_s:
+            lists = await _replica_lists(cluster)
+            if lists["a"] == lists["b"] == lists["c"]:
+                break
+            await anyio.sleep(0.2)
+        st, _ = await cluster.wait_converged(full, NAMES)
+        assert (st["epoch"], st["epoch_csum"]) == (st0["epoch"], st0["epoch_csum"]), (
+            "the chain changed epoch: a repair, not anti-entropy, may have merged it")
+        summary = {n: {f: len(v) for f, v in fs.items()} for n, fs in lists.items()}
+        tail = await cluster.status(st["upi"][-1])
+        assert tail is not None
+        if anti_entropy:
+            assert lists["a"] == lists["b"] == lists["c"], summary
+            for n in NAMES:
+                offs = {o for o, _s, _c in lists[n][orphan2.file]}
+                assert orphan.file in lists[n] and orphan2.offset in offs, (n, summary)
+            assert tail["anti_entropy"]["passes"] >= 1, tail
+            await check_everywhere(cluster, st, acked)
+        else:
+            assert not lists["a"] == lists["b"] == lists["c"], summary
+            assert tail["anti_entropy"]["passes"] == 0, tail
+
+    anyio.run(go)
+    check_logs(cluster, "ap")

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from machi.sim.cluster import Cluster
+import machi.sim.cluster as cluster_mod
+from machi.sim.cluster import AP_ANTI_ENTROPY_INTERVAL_MS, Cluster
 
 NODES = ["a", "b", "c"]
 node = st.sampled_from(NODES)
@@ -106,9 +108,11 @@ class _SimMachine(RuleBasedStateMachine):
         assert not c.violations, c.violations
         assert c.lost_acked_writes() == 0, f"seed {self.seed}: acknowledged writes lost"
         if self.mode == "ap":
-            # AP repair merged everything any replica had (crashes and restarts included)
-            c.run_until(c.now + 500)
-            while c.now < deadline + 500 and not c.converged():
+            # AP repair merged everything any replica had (crashes and restarts
+            # included), and anti-entropy in the stable chain what an append left on some
+            # replicas only (its reply lost, no epoch change): bounded by two passes
+            end = c.now + 2 * AP_ANTI_ENTROPY_INTERVAL_MS + 1_000
+            while c.now < end and not (c.converged() and c.replica_divergence() == []):
                 c.run_until(c.now + 20)
             assert c.converged() and c.replica_divergence() == [], (
                 self.seed, c.replica_divergence())
@@ -177,3 +181,24 @@ def test_deliver_takes_the_chosen_message_first() -> None:
     while c.pending_messages():
         c.run_until(c.now + 1)
     assert c.deliver(3) is None
+
+
+def _orphan_case() -> None:
+    """The case the AP machine found (session 5): cut a -> b, append from b (the head a
+    writes, its reply is lost, the client re-appends: orphan chunks on a), teardown."""
+    state = APMachine()
+    state.boot(seed=0)
+    state.cut_link(src="a", dst="b")
+    state.append(loc="b")
+    state.teardown()
+
+
+def test_the_found_orphan_case_passes_with_anti_entropy() -> None:
+    _orphan_case()
+
+
+def test_the_found_orphan_case_fails_without_anti_entropy(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cluster_mod, "AP_ANTI_ENTROPY_INTERVAL_MS", 0)
+    with pytest.raises(AssertionError, match="ap replicas differ"):
+        _orphan_case()

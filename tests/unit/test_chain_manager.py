@@ -313,3 +313,66 @@ def test_ap_restart_inside_the_upi_wedges_and_waits_for_a_new_epoch() -> None:
     cpc = _p("abc", epoch=1, mode="cp")
     st, _ = cm.initial_state(_cfg("a", "cp"), cpc, now_ms=0, restarted=True)
     assert not st.restarted
+
+
+def _stable_tail(name: str = "c", mode: str = "ap", upi: str = "abc", repairing: str = "",
+                 witnesses: str = "", interval_ms: int = 1_000) -> cm.ManagerState:
+    cur = _p(upi, repairing, epoch=3, mode=mode, witnesses=witnesses).with_dbg2(
+        {"confirmed": True})
+    cfg = replace(_cfg(name, mode), ap_anti_entropy_interval_ms=interval_ms)
+    st, _ = cm.initial_state(cfg, cur, now_ms=0)
+    return replace(st, confirmed=True)
+
+
+def test_ap_anti_entropy_runs_on_the_stable_tail_then_every_interval() -> None:
+    """AP, UPI tail of a confirmed chain with every member in the UPI: the first pass
+    once the projection stood stability_time_ms, none while it runs, the next one
+    ap_anti_entropy_interval_ms after it ended."""
+    st = _stable_tail()
+    cur = st.current
+    assert cm.anti_entropy_due_ms(st) == 100  # stability_time_ms after adoption
+    st, eff = _round(st, 50, _views(cur, cur))
+    assert not _of(eff, cm.StartAntiEntropy)
+    st, eff = _round(st, 200, _views(cur, cur))
+    (ae,) = _of(eff, cm.StartAntiEntropy)
+    assert ae.projection == cur and st.ae_epoch == cur.epoch_id and st.ae_passes == 1
+    assert cm.anti_entropy_due_ms(st) is None
+    st, eff = _round(st, 5_000, _views(cur, cur))  # still running: no second pass
+    assert not _of(eff, cm.StartAntiEntropy)
+    st, _ = cm.step(st, cm.AntiEntropyDone(cur.epoch_id, True, "x"), now_ms=5_100, rng=RNG)
+    assert st.ae_epoch is None and st.ae_status == "ok" and st.ae_ended_ms == 5_100
+    assert cm.anti_entropy_due_ms(st) == 6_100
+    st, eff = _round(st, 6_000, _views(cur, cur))
+    assert not _of(eff, cm.StartAntiEntropy)
+    assert _of(eff, cm.ScheduleTick)[-1].at_ms <= 6_100  # the timer wakes me in time
+    st, eff = _round(st, 6_200, _views(cur, cur))
+    assert len(_of(eff, cm.StartAntiEntropy)) == 1 and st.ae_passes == 2
+
+
+def test_ap_anti_entropy_answer_of_another_epoch_is_stale() -> None:
+    st = _stable_tail()
+    st, eff = _round(st, 200, _views(st.current, st.current))
+    assert _of(eff, cm.StartAntiEntropy)
+    other = _p("abc", epoch=9)
+    st2, eff = cm.step(st, cm.AntiEntropyDone(other.epoch_id, True), now_ms=300, rng=RNG)
+    assert st2.ae_epoch == st.ae_epoch
+    assert [t.fields["event"] for t in _of(eff, cm.Trace)] == ["anti_entropy_stale"]
+
+
+def test_no_anti_entropy_in_cp_off_off_tail_or_unstable_chains() -> None:
+    """Never in CP (its repair rules differ), never with interval 0, only on the UPI
+    tail, never while a member is repairing or down (repair's job), never unconfirmed."""
+    cases = {
+        "cp": _stable_tail(mode="cp"),
+        "cp with a witness": _stable_tail(name="c", mode="cp", witnesses="a"),
+        "off": _stable_tail(interval_ms=0),
+        "not the tail": _stable_tail(name="b"),
+        "repairing": _stable_tail(upi="ac", repairing="b"),
+        "down": _stable_tail(upi="ac"),
+    }
+    assert cm.anti_entropy_due_ms(replace(_stable_tail(), confirmed=False)) is None
+    for what, st in cases.items():
+        assert cm.anti_entropy_due_ms(st) is None, what
+        for now in (500, 50_000):
+            st, eff = _round(st, now, _views(st.current, st.current))
+            assert not _of(eff, cm.StartAntiEntropy), what

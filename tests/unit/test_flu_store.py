@@ -486,3 +486,50 @@ async def test_incarnation_rises_at_every_open(tmp_path: Path, sync: str) -> Non
     other = await FluStore.open(tmp_path / "other")
     assert other.incarnation == 1
     await other.close()
+
+
+async def test_list_file_changes_reports_the_lowest_change_since_a_token(
+        tmp_path: Path) -> None:
+    """``list_file_changes(since)``: per file the lowest offset whose checksum-list entry
+    changed since the token (append, write, trim, a pending chunk becoming durable; not
+    reads or exact replays), None when unchanged; an unknown or expired token, or one of
+    the store's previous open, gives 1024 for every file.  ``checksum_list`` with
+    ``from_offset`` lists the entries ending after it."""
+    s = await FluStore.open(tmp_path / "flu", StoreConfig())
+    try:
+        pos, _ = await s.append("p", b"one", client_csum(b"one"), epoch_id=E0)
+        t0, rows = await s.list_file_changes()
+        assert [(n, eof, low) for n, eof, low in rows] == [(pos.file, B + 3, B)]
+        await s.read(pos.file, pos.offset, pos.size)
+        await s.write(pos.file, pos.offset, b"one", client_csum(b"one"))  # exact replay
+        t1, rows = await s.list_file_changes(t0)
+        assert rows == [(pos.file, B + 3, None)]
+        await s.write(pos.file, 8 * B, b"two", client_csum(b"two"))
+        await s.write(pos.file, 4 * B, b"three", client_csum(b"three"))
+        other, _ = await s.append("q", b"new file", client_csum(b"new file"), epoch_id=E0)
+        t2, rows = await s.list_file_changes(t1)
+        assert dict((n, low) for n, _e, low in rows) == {pos.file: 4 * B, other.file: B}
+        await s.trim(pos.file, 8 * B, 3)
+        t3, rows = await s.list_file_changes(t2)
+        assert dict((n, low) for n, _e, low in rows) == {pos.file: 8 * B, other.file: None}
+        # t1 is still live: everything since t1
+        _, rows = await s.list_file_changes(t1)
+        assert dict((n, low) for n, _e, low in rows)[pos.file] == 4 * B
+        for _ in range(4):  # expire t3 (at most 4 live tokens)
+            await s.list_file_changes()
+        _, rows = await s.list_file_changes(t3)
+        assert {low for _n, _e, low in rows} == {B}
+        got = [e.offset async for batch in s.checksum_list(pos.file, from_offset=4 * B + 2)
+               for e in batch]
+        assert got == [4 * B, 8 * B]  # the chunk at 4K ends after 4K + 2
+        with pytest.raises(BadArg):
+            async for _b in s.checksum_list(pos.file, from_offset=-1):
+                pass
+    finally:
+        await s.close()
+    s = await FluStore.open(tmp_path / "flu", StoreConfig())
+    try:
+        _, rows = await s.list_file_changes(t2)  # a token of the previous open
+        assert {low for _n, _e, low in rows} == {B}
+    finally:
+        await s.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from random import Random
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -364,3 +365,81 @@ def test_planner_runs_over_the_simulators_in_memory_flus() -> None:
     assert ap["b"].chunks == ap["c"].chunks
     assert ap["c"].chunks["f1"] == {B: b"one", B + 3: b"two", B + 9: b"unacked"}
     assert set(ap["b"].chunks) == {"f1", "f2", "f3"}
+
+
+def test_anti_entropy_roles_only_for_stable_ap_chains() -> None:
+    from machi.core.repair_plan import anti_entropy_roles
+
+    def p(upi: list[str], repairing: tuple[str, ...] = (), mode: str = "ap",
+          witnesses: tuple[str, ...] = ()) -> Any:
+        members = ["a", "b", "c"]
+        return make_projection(
+            epoch_number=4, author_server="a", chain_name="c1", all_members=members,
+            mode=mode, upi=upi, repairing=list(repairing),  # type: ignore[arg-type]
+            witnesses=list(witnesses),
+            down=[m for m in members if m not in upi and m not in repairing])
+
+    r = anti_entropy_roles(p(["a", "b", "c"]))
+    assert r is not None and (r.mode, r.source, r.repairing, r.upi_others) == (
+        "ap", "c", (), ("a", "b"))
+    assert r.participants == ("c", "a", "b")
+    assert anti_entropy_roles(p(["a", "b", "c"], mode="cp")) is None
+    assert anti_entropy_roles(p(["a", "c"], ["b"])) is None
+    assert anti_entropy_roles(p(["a", "c"])) is None
+
+
+def test_change_memory_plans_changed_files_from_their_lowest_change() -> None:
+    from machi.core.repair_plan import ChangeMemory, Listing
+
+    mem = ChangeMemory()
+
+    def lst(tok: int, **lows: dict[str, int | None]) -> dict[str, Listing]:
+        return {m: Listing(mem.since(m), tok, v) for m, v in lows.items()}
+
+    eofs = {"f": 20 * B, "g": 2 * B}
+    first = lst(1, a={"f": B, "g": B}, b={"f": B, "g": B})
+    assert mem.since("a") is None and first["a"].since is None
+    # nothing known yet: everything whole (no earlier listing: no age limit either)
+    assert mem.select(first, eofs) == [("f", B, None), ("g", B, None)]
+    assert mem.since("a") == 1
+    mem.done("f")  # g had a problem: not remembered
+    second = lst(2, a={"f": None, "g": None}, b={"f": None, "g": None})
+    assert second["a"].since == 1
+    # f unchanged: skipped; g whole again, up to the EOF of the previous listing
+    assert mem.select(second, eofs) == [("g", B, 2 * B)]
+    mem.done("g")
+    # f rolled forward; a change on a at 9K, and f grew to 30K since the last listing:
+    # planned from 9K up to 20K (the younger part waits for the next pass)
+    eofs = {"f": 30 * B, "g": 2 * B}
+    assert mem.select(lst(3, a={"f": 9 * B, "g": None}, b={"f": None, "g": None}),
+                      eofs) == [("f", 9 * B, 20 * B)]
+    mem.done("f")
+    # nothing changed since, but 20K..30K was not planned yet: now it is
+    assert mem.select(lst(4, a={"f": None, "g": None}, b={"f": None, "g": None}),
+                      eofs) == [("f", 20 * B, 30 * B)]
+    mem.done("f")
+    assert mem.select(lst(5, a={"f": None, "g": None}, b={"f": None, "g": None}),
+                      eofs) == []  # all of f agrees now
+    # a change above the previous listing's EOF (30K) only: nothing old enough to plan
+    # (f agrees below 30K), planned the pass after
+    eofs = {"f": 40 * B, "g": 2 * B}
+    assert mem.select(lst(6, a={"f": 35 * B, "g": None}, b={"f": None, "g": None}),
+                      eofs) == []
+    assert mem.select(lst(7, a={"f": None, "g": None}, b={"f": None, "g": None}),
+                      eofs) == [("f", 30 * B, 40 * B)]
+    mem.done("f")
+    assert mem.select(lst(8, a={"f": 7 * B, "g": None}, b={"f": 5 * B, "g": None}),
+                      eofs) == [("f", 5 * B, 40 * B)]
+    # not done (a problem, or the pass failed): next time f is planned whole
+    assert mem.select(lst(9, a={"f": None, "g": None}, b={"f": None, "g": None}),
+                      eofs) == [("f", B, 40 * B)]
+    mem.done("f")
+    # b no longer lists g (e.g. deleted when fully trimmed): planned whole
+    assert mem.select(lst(10, a={"f": None, "g": None}, b={"f": None}),
+                      eofs) == [("g", B, 2 * B)]
+    # another member set: everything whole
+    assert mem.select(lst(11, a={"f": None}, c={"f": None}), {"f": 40 * B}) == [
+        ("f", B, 40 * B)]
+    # a member that could not list changes: everything whole, tokens forgotten
+    assert mem.select(None, {"f": 40 * B}) == [("f", B, None)] and mem.since("a") is None
+    assert mem.select({"a": Listing(None, 12, {})}, {}) == [] and len(mem) == 0  # pruned
