@@ -24,7 +24,7 @@ import math
 import random
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -616,15 +616,9 @@ class ChainDriver:
             # own clients: repair moves big chunks, the manager's clients have short
             # timeouts meant for projection reads
             async with contextlib.AsyncExitStack() as stack:
-                clients: dict[str, FluClient] = {}
-                for m in (*p.upi, *p.repairing):
-                    addr = self.addrs.get(m)
-                    if m != self.name and m not in p.witnesses and addr is not None:
-                        clients[m] = await stack.enter_async_context(FluClient(
-                            addr[0], addr[1], secret=self.secret, name=f"repair-{self.name}",
-                            ssl_context=self.ssl_context, tls_hostname=self.tls_hostname,
-                            timeout_ms=REPAIR_REQUEST_TIMEOUT_MS,
-                            connect_timeout_ms=self.settings.read_timeout_ms))
+                clients = await self._member_clients(
+                    stack, [m for m in (*p.upi, *p.repairing) if m not in p.witnesses],
+                    "repair")
                 res = await run_repair(p, local_name=self.name, store=self.node.store,
                                        clients=clients, log=self.log, stats=stats)
                 ok, detail = res.ok, res.detail
@@ -648,15 +642,7 @@ class ChainDriver:
         ok, detail = False, ""
         try:
             async with contextlib.AsyncExitStack() as stack:
-                clients: dict[str, FluClient] = {}
-                for m in p.upi_non_witnesses:
-                    addr = self.addrs.get(m)
-                    if m != self.name and addr is not None:
-                        clients[m] = await stack.enter_async_context(FluClient(
-                            addr[0], addr[1], secret=self.secret, name=f"ae-{self.name}",
-                            ssl_context=self.ssl_context, tls_hostname=self.tls_hostname,
-                            timeout_ms=REPAIR_REQUEST_TIMEOUT_MS,
-                            connect_timeout_ms=self.settings.read_timeout_ms))
+                clients = await self._member_clients(stack, p.upi_non_witnesses, "ae")
                 res = await run_anti_entropy(p, local_name=self.name, store=self.node.store,
                                              clients=clients, log=self.log,
                                              memory=self._ae_memory, stats=stats)
@@ -668,6 +654,21 @@ class ChainDriver:
         self.ae_last = {"epoch": p.epoch_number, "ok": ok, "detail": detail[:500],
                         **stats.to_json()}
         await self.feed(cm.AntiEntropyDone(p.epoch_id, ok, detail))
+
+    async def _member_clients(self, stack: contextlib.AsyncExitStack, members: Iterable[str],
+                              purpose: str) -> dict[str, FluClient]:
+        """Repair-timeout clients to ``members`` other than this node (those with a known
+        address), closed with ``stack``; ``purpose`` names them (``repair-n1``...)."""
+        clients: dict[str, FluClient] = {}
+        for m in members:
+            addr = self.addrs.get(m)
+            if m != self.name and addr is not None:
+                clients[m] = await stack.enter_async_context(FluClient(
+                    addr[0], addr[1], secret=self.secret, name=f"{purpose}-{self.name}",
+                    ssl_context=self.ssl_context, tls_hostname=self.tls_hostname,
+                    timeout_ms=REPAIR_REQUEST_TIMEOUT_MS,
+                    connect_timeout_ms=self.settings.read_timeout_ms))
+        return clients
 
     async def _upi_sync(self, p: Projection) -> None:
         """CP, as the UPI tail of a newly confirmed epoch: make the UPI members agree
@@ -688,16 +689,7 @@ class ChainDriver:
             ok = False
             try:
                 async with contextlib.AsyncExitStack() as stack:
-                    clients: dict[str, FluClient] = {}
-                    for m in p.upi_non_witnesses:
-                        addr = self.addrs.get(m)
-                        if m != self.name and addr is not None:
-                            clients[m] = await stack.enter_async_context(FluClient(
-                                addr[0], addr[1], secret=self.secret,
-                                name=f"sync-{self.name}", ssl_context=self.ssl_context,
-                                tls_hostname=self.tls_hostname,
-                                timeout_ms=REPAIR_REQUEST_TIMEOUT_MS,
-                                connect_timeout_ms=self.settings.read_timeout_ms))
+                    clients = await self._member_clients(stack, p.upi_non_witnesses, "sync")
                     res = await run_upi_sync(p, local_name=self.name, store=self.node.store,
                                              clients=clients, log=self.log, stats=stats)
                 ok = res.ok
