@@ -1108,9 +1108,18 @@ def _on_bootstrap(
         mode=c.mode, upi=[m for m in ev.members if m not in ev.witnesses],
         members_dict=ev.members_dict, creation_time_ms=now, dbg={"bootstrap": True},
     )
-    st = replace(st, latest_epoch_seen=p.epoch_number, members_hint=tuple(ev.members))
+    st = _void_round(replace(st, latest_epoch_seen=p.epoch_number,
+                             members_hint=tuple(ev.members)))
     return st, [WritePublic(st.round_id, p, tuple(ev.members)),
                 _trace(st, "bootstrap", now, **_proj_fields(p)), ScheduleTick(now)]
+
+
+def _void_round(st: ManagerState) -> ManagerState:
+    """An admin projection was just written: the round in flight read the stores before
+    it, and a proposal from that read would carry a higher epoch number than the admin
+    projection (``latest_epoch_seen`` already counts it) and so undo it.  Its answer is
+    now stale; the admin's ScheduleTick(now) starts a fresh round at once."""
+    return replace(st, round_id=st.round_id + 1, round_started_ms=None, kick_pending=False)
 
 
 def _on_set_members(
@@ -1133,6 +1142,7 @@ def _on_set_members(
         creation_time_ms=now, dbg={"set_members": True},
     )
     targets = tuple(dict.fromkeys((*cur.all_members, *ev.members)))
-    st = replace(st, latest_epoch_seen=p.epoch_number, members_hint=tuple(ev.members))
+    st = _void_round(replace(st, latest_epoch_seen=p.epoch_number,
+                             members_hint=tuple(ev.members)))
     return st, [WritePublic(st.round_id, p, targets),
                 _trace(st, "set_members", now, **_proj_fields(p)), ScheduleTick(now)]

@@ -376,3 +376,30 @@ def test_no_anti_entropy_in_cp_off_off_tail_or_unstable_chains() -> None:
         for now in (500, 50_000):
             st, eff = _round(st, now, _views(st.current, st.current))
             assert not _of(eff, cm.StartAntiEntropy), what
+
+
+def test_admin_change_voids_the_round_in_flight() -> None:
+    """A round that read the stores before set_members (or bootstrap) was written must not
+    author: its proposal would carry a higher epoch than the admin projection and undo it
+    (CI: the removal of c came back as UPI [a, c, b] one epoch later)."""
+    cur = _p("abc", epoch=21)
+    st, _ = cm.initial_state(_cfg("a"), cur, now_ms=0)
+    st, eff = cm.step(st, cm.Tick(), now_ms=0, rng=RNG)
+    (read,) = _of(eff, cm.ReadMembers)
+    st, eff = cm.step(st, cm.AdminSetMembers(("a", "b")), now_ms=1, rng=RNG)
+    (admin,) = _of(eff, cm.WritePublic)
+    assert admin.projection.all_members == ("a", "b")
+    # the old round's answer (stores as they were before the admin write) arrives late
+    st, eff = cm.step(st, cm.MembersRead(read.round_id, _views(cur, cur)), now_ms=2, rng=RNG)
+    assert not _of(eff, cm.WritePublic) and not _of(eff, cm.WritePrivate), eff
+    # the next round starts at once and builds on the admin projection
+    st, eff = cm.step(st, cm.Tick(), now_ms=3, rng=RNG)
+    (read2,) = _of(eff, cm.ReadMembers)
+    views: dict[str, cm.MemberView | Status] = {
+        "a": cm.MemberView(admin.projection, cur, None, {}),
+        "b": cm.MemberView(admin.projection, cur, None, {}),
+        "c": Status.PARTITION,
+    }
+    st, eff = cm.step(st, cm.MembersRead(read2.round_id, views), now_ms=4, rng=RNG)
+    for w in _of(eff, cm.WritePublic):
+        assert w.projection.all_members == ("a", "b"), w.projection
