@@ -40,6 +40,7 @@ PREFIX = "h"
 WRITE_PREFIX = "w"
 ACKED_MAX = 200_000  # positions remembered for reads and the final phase
 FINAL_CHUNKS_MAX = 100_000
+FINAL_READ_LANES = 16  # concurrent final reads per replica (each lane its own process)
 #: the load's clock (and the nemesis schedule's) starts when the first client op has
 #: succeeded, at most this long after the clients start (a slow start under load must not
 #: let the first fault hit a cluster that has not served anything yet)
@@ -345,7 +346,6 @@ class Workload:
         on_authority = [p for p in divergent if authority is not None and authority in seen[p]]
 
         async def one_replica(k: int, r: str, order: list[tuple[str, int, int]]) -> None:
-            proc = process_base + k
             host, port = self.members[r]
             async with contextlib.AsyncExitStack() as stack:
                 c: FluClient | None = None
@@ -355,13 +355,22 @@ class Workload:
                         FluClient(host, port, timeout_ms=10_000, name="final"))
                 except Exception as e:  # every read of this replica fails: recorded
                     conn_err = type(e).__name__
-                for p in order:
+
+                async def lane(j: int) -> None:
+                    # lane j reads order[j::FINAL_READ_LANES] as its own process: the
+                    # positions are distinct, so overlapping reads at one replica constrain
+                    # every position exactly as one-at-a-time reads do
+                    proc = process_base + k * FINAL_READ_LANES + j
+                    for p in order[j::FINAL_READ_LANES]:
+                        await read_one(proc, p)
+
+                async def read_one(proc: int, p: tuple[str, int, int]) -> None:
                     value: dict[str, Any] = {"pos": list(p)}
                     self.rec.event(proc, "invoke", "read", value, final=True, node=r)
                     if c is None:
                         self.rec.event(proc, "fail", "read", value, final=True, node=r,
                                        error=f"no connection: {conn_err}")
-                        continue
+                        return
                     try:
                         rep = await c.read(p[0], p[1], p[2], epoch_id=epoch_id)
                         data = rep.data()
@@ -376,7 +385,12 @@ class Workload:
                                        error=getattr(getattr(e, "status", None), "name",
                                                      type(e).__name__))
 
-        # one replica after the other: deterministic event order per replica
+                async with anyio.create_task_group() as tg:
+                    for j in range(min(FINAL_READ_LANES, len(order))):
+                        tg.start_soon(lane, j)
+
+        # one replica after the other (a value read at one replica, then unwritten at the
+        # next, is an anomaly); the reads of one replica are pipelined over its lanes
         for k, r in enumerate(replicas):
             await one_replica(k, r, order)
         if authority is not None and divergent:
