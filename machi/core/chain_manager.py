@@ -535,7 +535,14 @@ def _on_read(
         ):
             if not st.removed:
                 return _self_remove(st, latest, now, rng, effects)
-        elif st.removed and me in latest.all_members:
+        elif (
+            st.removed and me in latest.all_members
+            and latest.epoch_number > st.current.epoch_number
+        ):
+            # Only a projection newer than my removal can take me back (an admin re-add,
+            # or the chain's proposals after it): my own store's, or a slow member's, older
+            # projections still list me, and rejoining on them re-proposed the old
+            # membership above the removal (sim: the removed c, healed, undid it).
             st = replace(st, removed=False)
             effects.append(_trace(st, "rejoin", now, latest=latest.epoch_number))
     if st.removed:

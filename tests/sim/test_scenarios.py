@@ -179,3 +179,26 @@ def test_ap_quick_restart_of_one_member_repairs_it_first() -> None:
     _settled_equal(c)
     assert _everywhere(c, keys)
     assert any(a["node"] == "b" and a["repairing"] == ["b"] for a in c.adoptions)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_set_members_sticks_whenever_it_lands_in_a_round(seed: int) -> None:
+    """An admin removal issued at any point of the managers' rounds is the membership the
+    chain ends with: a round that read the stores before the admin projection was written
+    must not author a higher epoch with the old members (CI, session 6: c, just cut off,
+    was removed, and a's next proposal, from a read made before, brought it back)."""
+    c = Cluster(NODES, mode="ap", seed=100 + seed, client_interval_ms=20)
+    c.bootstrap()
+    assert _settle(c, c.converged)
+    for k in range(3):  # each at another point of a's rounds
+        c.set_partitions(_isolate("c"))  # a and b will propose a chain without c...
+        c.run_until(c.now + 150 + 61 * k + seed * 37 % 450)
+        c.admin("a", AdminSetMembers(("a", "b")))  # ...while the admin removes c
+        c.run_until(c.now + 3000)
+        c.set_partitions(set())
+        c.run_until(c.now + 3000)
+        pa = _private(c, "a")
+        assert pa.all_members == ("a", "b") and set(pa.upi) == {"a", "b"}, (k, pa)
+        c.admin("a", AdminSetMembers(("a", "b", "c")))
+        assert _settle(c, c.converged)
+    assert not c.violations and c.lost_acked_writes() == 0
