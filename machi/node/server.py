@@ -361,7 +361,7 @@ class FluNode:
                 await self._send_error(peer, 0, 0, e.status, e.message)
 
     # ---- sending -------------------------------------------------------------------------
-    async def _raw_send(self, peer: _Peer, parts: list[bytes | memoryview]) -> None:
+    async def _raw_send(self, peer: _Peer, parts: list[bytes | bytearray | memoryview]) -> None:
         try:
             if peer.stream.atomic_send:
                 await peer.stream.send_parts(parts)
