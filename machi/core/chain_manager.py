@@ -1140,6 +1140,13 @@ def _on_set_members(
     md = dict(cur.members_dict if ev.members_dict is None else ev.members_dict)
     md = {n: s for n, s in md.items() if n in ev.members}
     upi = [m for m in cur.upi if m in ev.members]
+    if cur.upi_non_witnesses and not [m for m in upi if m not in wit]:
+        # Every member that holds all the data (the UPI's real servers) would go: the
+        # chain would be left with repairing copies only, which nobody can complete
+        # (CP: none projection for good; AP: the removed members' chunks lost).
+        return st, [_trace(st, "set_members_refused", now, reason=(
+            f"no member of the current UPI {list(cur.upi_non_witnesses)} (epoch "
+            f"{cur.epoch_number}) would stay: retry once a staying member is in the UPI"))]
     rep = [m for m in cur.repairing if m in ev.members and m not in wit]
     rep += [m for m in ev.members if m not in upi and m not in rep and m not in wit]
     p = make_projection(

@@ -403,3 +403,23 @@ def test_admin_change_voids_the_round_in_flight() -> None:
     st, eff = cm.step(st, cm.MembersRead(read2.round_id, views), now_ms=4, rng=RNG)
     for w in _of(eff, cm.WritePublic):
         assert w.projection.all_members == ("a", "b"), w.projection
+
+
+def test_set_members_refuses_to_remove_every_full_replica() -> None:
+    """Removing the only UPI member while the other is still repairing would leave a chain
+    of partial copies (CP: stuck in the none projection; AP: chunks lost): refused with a
+    reason; once the staying member is in the UPI, the same request is accepted."""
+    for mode in ("cp", "ap"):
+        wit = "c" if mode == "cp" else ""
+        cur = _p("a", "b", epoch=8, mode=mode, witnesses=wit)
+        st, _ = cm.initial_state(_cfg("b", mode), cur, now_ms=0)
+        st2, eff = cm.step(st, cm.AdminSetMembers(("b", "c")), now_ms=1, rng=RNG)
+        (refused,) = [e for e in eff if isinstance(e, cm.Trace)]
+        assert refused.fields["event"] == "set_members_refused", eff
+        assert "no member of the current UPI ['a']" in str(refused.fields["reason"])
+        assert not _of(eff, cm.WritePublic) and st2 == st
+        promoted = _p("ab", epoch=9, mode=mode, witnesses=wit)
+        st, _ = cm.initial_state(_cfg("b", mode), promoted, now_ms=0)
+        st, eff = cm.step(st, cm.AdminSetMembers(("b", "c")), now_ms=1, rng=RNG)
+        (w,) = _of(eff, cm.WritePublic)
+        assert w.projection.upi == ("b",) and w.projection.all_members == ("b", "c")
