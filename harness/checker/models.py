@@ -204,6 +204,13 @@ class Model:
         unknown, which disables the pruning that needs it."""
         return None
 
+    def finds_linearization(self, items: Sequence[Item], ops: Sequence[Op]) -> bool:
+        """True when a cheap construction finds a linearization of the key's items and
+        checks it (real-time order and every step legal, from the initial state): the key
+        is then linearizable. False says nothing (the search decides). The default never
+        tries."""
+        return False
+
     def crashed_expiry(
         self, items: Sequence[Item], crashed: Sequence[int]
     ) -> dict[int, int] | None:
@@ -363,6 +370,9 @@ class RegisterModel(Model):
     def precheck(self, items: Sequence[Item], ops: Sequence[Op]) -> tuple[int, str] | None:
         return _value_from_nowhere(items, ops, self.init(), _register_producers)
 
+    def finds_linearization(self, items: Sequence[Item], ops: Sequence[Op]) -> bool:
+        return _register_linearization(items, ops, self._init)
+
 
 class CasRegisterModel(RegisterModel):
     """A register with compare-and-set. cops: ("w", v), ("r", v), ("c", old, new)."""
@@ -411,6 +421,100 @@ def _value_from_nowhere(
                 f"(event {first}) after the read completed (event {done})"
             )
     return None
+
+
+def _register_linearization(items: Sequence[Item], ops: Sequence[Op], init: Any) -> bool:
+    """A linearization of a register key whose writes all write distinct values (none the
+    initial one), in O(n log n), checked before it says True; False when the key is not of
+    that kind or the construction fails (then the search decides).
+
+    With distinct values a value's *cluster* (its write and the reads of it; the initial
+    value's reads, with no write) is one contiguous block of any linearization, the write
+    first: once another write follows, the value never comes back. So a linearization is
+    an order of the clusters, each written as its write then its reads by invocation, and
+    real time only asks, for a cluster X placed before a cluster Y, that no op of Y
+    completed before an op of X was invoked: I(X) < R(Y), with I the latest invocation in
+    a cluster and R the earliest completion (a crashed op never completes). Sorting the
+    clusters by min(I, R) gives such an order whenever one exists (Gibbons and Korach's
+    zones: if X sorts before Y and I(X) > R(Y), then R(X) < I(X) and Y cannot go first
+    either). Crashed writes nothing reads are left out (never applied); a crashed write
+    that is read takes effect, with no completion. Whatever the argument, the order is
+    replayed against real time and the register before the answer is True."""
+    m = len(items)
+    if m == 0:
+        return True
+    inf = 1 << 62
+    invs = [0] * m
+    resps = [0] * m
+    vals: list[Any] = [None] * m
+    writes = bytearray(m)
+    writer: dict[Any, int] = {}
+    hi: dict[Any, int] = {}  # value -> latest invocation in its cluster (I)
+    lo: dict[Any, int] = {}  # value -> earliest completion in its cluster (R)
+    read_vals: set[Any] = set()
+    for j, (i, cop) in enumerate(items):
+        op = ops[i]
+        inv = op.invoke_index
+        if op.type == "ok":
+            done = op.complete_index
+            resp = inv if done is None else done
+        else:
+            resp = inf
+        k = cop[0]
+        v = cop[1]
+        if k == "w":
+            if v in writer or v == init:
+                return False
+            writer[v] = j
+            writes[j] = 1
+        elif k == "r":
+            read_vals.add(v)
+        else:
+            return False  # cas: not this construction's
+        invs[j] = inv
+        resps[j] = resp
+        vals[j] = v
+        top = hi.get(v)
+        if top is None:
+            hi[v] = inv
+            lo[v] = resp
+        else:
+            if inv > top:
+                hi[v] = inv
+            if resp < lo[v]:
+                lo[v] = resp
+    # Cluster ranks: min(I, R); the initial value's cluster first.
+    rank: dict[Any, int] = {}
+    for v, top in hi.items():
+        if v in writer:
+            low = lo[v]
+            rank[v] = top if top < low else low
+        elif v == init:
+            rank[v] = -1
+        else:
+            return False  # a value nothing wrote: not linearizable, or not this kind
+    big = 2 * (max(invs) + 2)
+    keys = [
+        (rank[v] + 1) * big + (0 if w else 2 * inv + 1)
+        for v, w, inv in zip(vals, writes, invs, strict=True)
+    ]
+    order = sorted(range(m), key=keys.__getitem__)
+    # The check: no op completed before an op earlier in the order was invoked, and every
+    # read returns what the last write wrote.
+    state = init
+    latest = -1
+    for j in order:
+        if resps[j] == inf and writes[j] and vals[j] not in read_vals:
+            continue  # a crashed write nothing reads: never applied
+        if resps[j] <= latest:
+            return False
+        if invs[j] > latest:
+            latest = invs[j]
+        if writes[j]:
+            state = vals[j]
+        elif vals[j] != state:
+            return False
+    return True
 
 
 def _drop_unobserved_crashed_writes(items: list[Item], ops: Sequence[Op]) -> list[Item]:
