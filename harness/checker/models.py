@@ -822,6 +822,178 @@ class KVModel(Model):
             return None  # appends build values no single op wrote
         return _value_from_nowhere(items, ops, "", _register_producers)
 
+    def finds_linearization(self, items: Sequence[Item], ops: Sequence[Op]) -> bool:
+        return _kv_linearization(items, self)
+
+
+def _kv_linearization(items: Sequence[Item], model: KVModel) -> bool:
+    """``_register_linearization`` for a kv key: True only when a linearization is built
+    and checked (real time, ``model.step`` from "", every ok op once).
+
+    With distinct written values, distinct cas results and distinct non-empty append
+    suffixes, each value the key takes is one *epoch* of any linearization: its producer
+    (the write, cas or append that led to it) then the reads of it. A cas or an append
+    ties its epoch to the one before (``succ``), so epochs form *chains* that start at a
+    write (or at "" for the initial value), and a chain is one contiguous block. The
+    producer of a value a read sees that no write or cas wrote is the append whose suffix
+    ends it (the value before it is the rest, found the same way). Appends whose result
+    nothing sees go alone (the value they leave matches nothing until the next write, which
+    starts the next block). The blocks are ordered like the register's clusters. Crashed
+    ops take effect only where their result is seen. Anything unexpected: False."""
+    cols = columns(items)
+    if cols is None:
+        return False
+    invs, ends = cols
+    m = len(items)
+    if m == 0:
+        return True
+    cops = list(map(_SECOND, items))
+    readers: dict[Any, list[int]] = {}  # value -> read-only ops of its epoch
+    made: dict[Any, int] = {}  # value -> the op that produced it
+    succ: dict[Any, Any] = {}  # value -> the value the op ending its epoch leads to
+    appends: dict[str, int] = {}  # suffix -> append
+    late_cas: list[int] = []  # crashed cas: only where their result is seen
+    for j, c in enumerate(cops):
+        k = c[0]
+        if k == "r" or (k == "c" and c[1] == c[2]):
+            lst = readers.get(c[1])
+            if lst is None:
+                readers[c[1]] = [j]
+            else:
+                lst.append(j)
+        elif k == "w":
+            v = c[1]
+            if v in made or v == "":
+                return False
+            made[v] = j
+        elif k == "c":
+            if ends[j] < 0:
+                late_cas.append(j)
+                continue
+            old, new = c[1], c[2]
+            if new in made or new == "" or old in succ:
+                return False
+            made[new] = j
+            succ[old] = new
+        elif k == "a":
+            x = c[1]
+            if not x or x in appends:
+                return False
+            appends[x] = j
+        else:
+            return False
+    late: dict[Any, int] = {}  # result -> crashed cas, for results seen through appends
+    for j in late_cas:
+        old, new = cops[j][1], cops[j][2]
+        if new in readers or new in succ:
+            if new in made or new == "" or old in succ:
+                return False
+            made[new] = j
+            succ[old] = new
+        else:
+            late[new] = j
+    # Values seen that no write or cas wrote: the appends that end them.
+    todo = [u for u in readers if u not in made and u != ""]
+    todo += [u for u in succ if u not in made and u != ""]
+    if todo:
+        lens = sorted({len(x) for x in appends})
+        while todo:
+            u = todo.pop()
+            if u in made:
+                continue
+            if type(u) is not str:
+                return False
+            hit = -1
+            n = len(u)
+            for ln in lens:
+                if ln > n:
+                    break
+                a = appends.get(u[n - ln :])
+                if a is not None:
+                    if hit >= 0:
+                        return False  # two appends could end it
+                    hit = a
+                    prev = u[: n - ln]
+            if hit < 0:
+                cas = late.pop(u, -1)
+                if cas < 0:
+                    return False
+                hit = cas
+                prev = cops[cas][1]
+            else:
+                del appends[cops[hit][1]]
+            if prev in succ:
+                return False
+            made[u] = hit
+            succ[prev] = u
+            if prev != "" and prev not in made:
+                todo.append(prev)
+    inf = 1 << 62
+    # Blocks: the chains from "" and from each write, then each unseen ok append alone.
+    blocks: list[list[int]] = []
+    heads: list[Any] = ["", *[v for v, j in made.items() if cops[j][0] == "w"]]
+    seen_epochs = 0
+    initial = False  # blocks[0] is the chain from "" (it must come first)
+    for h in heads:
+        block: list[int] = []
+        v = h
+        while True:
+            seen_epochs += 1
+            if v != "":
+                block.append(made[v])
+            rs = readers.get(v)
+            if rs is not None:
+                block += rs
+            nxt = succ.get(v)
+            if nxt is None:
+                break
+            v = nxt
+            if seen_epochs > m + 1:
+                return False
+        if h == "" and not block:
+            seen_epochs -= 1
+            continue
+        # A crashed op that produced a value nothing sees (the block's last epoch): never.
+        while block and ends[block[-1]] < 0 and len(block) == 1:
+            block.pop()
+        if block:
+            initial = initial or h == ""
+            blocks.append(block)
+    if seen_epochs != len(made) + (1 if "" in readers or "" in succ else 0):
+        return False  # an epoch no chain reaches
+    blocks += [[a] for a in appends.values() if ends[a] >= 0]
+    # Block ranks: min(latest invocation, earliest completion); the chain from "" first.
+    resps = ends if -1 not in ends else [inf if e < 0 else e for e in ends]
+    ranks = []
+    for b in blocks:
+        top = max(map(invs.__getitem__, b))
+        low = min(map(resps.__getitem__, b))
+        ranks.append(top if top < low else low)
+    if initial:
+        ranks[0] = -1
+    order = [x for _r, b in sorted(zip(ranks, blocks, strict=True), key=_FIRST) for x in b]
+    # The check, independent of how the order was built.
+    step = model.step
+    placed = bytearray(m)
+    state: Any = ""
+    latest = -1
+    nok = 0
+    for x in order:
+        if placed[x]:
+            return False
+        placed[x] = 1
+        e = ends[x]
+        if e >= 0:
+            if e <= latest:
+                return False
+            nok += 1
+        if invs[x] > latest:
+            latest = invs[x]
+        state = step(state, cops[x])
+        if state is None:
+            return False
+    return nok == m - ends.count(-1)
+
 
 POISON_SCAN_CHARS_MAX = 200_000_000  # skip the poison analysis beyond this much scanning
 
