@@ -966,6 +966,9 @@ def _kv_linearization(items: Sequence[Item], model: KVModel) -> bool:
     resps = ends if -1 not in ends else [inf if e < 0 else e for e in ends]
     ranks = []
     for b in blocks:
+        if len(b) == 1:
+            ranks.append(invs[b[0]])  # one op: invoked before it completes
+            continue
         top = max(map(invs.__getitem__, b))
         low = min(map(resps.__getitem__, b))
         ranks.append(top if top < low else low)
