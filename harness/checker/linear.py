@@ -166,7 +166,11 @@ def _check_key(
     the value-from-nowhere precheck (its explanation wins); only if the short search ran out
     of steps the stale-read precheck (O(n log n) but not free), then the full search. A key
     of appends and reads whose values reveal the order of the appends is decided without a
-    search (``append_order``)."""
+    search (``append_order``). First of all, ``Model.finds_linearization`` (registers whose
+    writes write distinct values: a linearization built in O(n log n) and checked)."""
+    if model.finds_linearization(items, ops):
+        stats = {"steps": 0, "memo_entries": 0, "items": len(items), "constructed_keys": 1}
+        return KeyResult(True, [], None, "", "", stats)
     in_flight = _mean_in_flight(items, ops)
     if model.sweeps and in_flight <= SWEEP_IN_FLIGHT_MAX:
         if sweep_linearizable(items, ops, model, budget.deadline):
@@ -223,6 +227,9 @@ def _mean_in_flight(items: Sequence[Item], ops: Sequence[Op]) -> float:
     if cols is not None:  # the partition's columns: no need to visit the ops
         invs, ends = cols
         every = max(1, n // IN_FLIGHT_SAMPLE)
+        if every == 1 and -1 not in ends:  # every op, all ok: the same sums, in C
+            span = max(1, invs[-1] - invs[0])
+            return float((sum(ends) - sum(invs)) * n / (n * span))
         durations = [d - i for i, d in zip(invs[::every], ends[::every], strict=True) if d >= 0]
         if not durations:
             return 0.0

@@ -204,6 +204,13 @@ class Model:
         unknown, which disables the pruning that needs it."""
         return None
 
+    def finds_linearization(self, items: Sequence[Item], ops: Sequence[Op]) -> bool:
+        """True when a cheap construction finds a linearization of the key's items and
+        checks it (real-time order and every step legal, from the initial state): the key
+        is then linearizable. False says nothing (the search decides). The default never
+        tries."""
+        return False
+
     def crashed_expiry(
         self, items: Sequence[Item], crashed: Sequence[int]
     ) -> dict[int, int] | None:
@@ -363,6 +370,9 @@ class RegisterModel(Model):
     def precheck(self, items: Sequence[Item], ops: Sequence[Op]) -> tuple[int, str] | None:
         return _value_from_nowhere(items, ops, self.init(), _register_producers)
 
+    def finds_linearization(self, items: Sequence[Item], ops: Sequence[Op]) -> bool:
+        return _register_linearization(items, ops, self._init)
+
 
 class CasRegisterModel(RegisterModel):
     """A register with compare-and-set. cops: ("w", v), ("r", v), ("c", old, new)."""
@@ -411,6 +421,100 @@ def _value_from_nowhere(
                 f"(event {first}) after the read completed (event {done})"
             )
     return None
+
+
+def _register_linearization(items: Sequence[Item], ops: Sequence[Op], init: Any) -> bool:
+    """A linearization of a register key whose writes all write distinct values (none the
+    initial one), in O(n log n), checked before it says True; False when the key is not of
+    that kind or the construction fails (then the search decides).
+
+    With distinct values a value's *cluster* (its write and the reads of it; the initial
+    value's reads, with no write) is one contiguous block of any linearization, the write
+    first: once another write follows, the value never comes back. So a linearization is
+    an order of the clusters, each written as its write then its reads by invocation, and
+    real time only asks, for a cluster X placed before a cluster Y, that no op of Y
+    completed before an op of X was invoked: I(X) < R(Y), with I the latest invocation in
+    a cluster and R the earliest completion (a crashed op never completes). Sorting the
+    clusters by min(I, R) gives such an order whenever one exists (Gibbons and Korach's
+    zones: if X sorts before Y and I(X) > R(Y), then R(X) < I(X) and Y cannot go first
+    either). Crashed writes nothing reads are left out (never applied); a crashed write
+    that is read takes effect, with no completion. Whatever the argument, the order is
+    replayed against real time and the register before the answer is True."""
+    m = len(items)
+    if m == 0:
+        return True
+    inf = 1 << 62
+    invs = [0] * m
+    resps = [0] * m
+    vals: list[Any] = [None] * m
+    writes = bytearray(m)
+    writer: dict[Any, int] = {}
+    hi: dict[Any, int] = {}  # value -> latest invocation in its cluster (I)
+    lo: dict[Any, int] = {}  # value -> earliest completion in its cluster (R)
+    read_vals: set[Any] = set()
+    for j, (i, cop) in enumerate(items):
+        op = ops[i]
+        inv = op.invoke_index
+        if op.type == "ok":
+            done = op.complete_index
+            resp = inv if done is None else done
+        else:
+            resp = inf
+        k = cop[0]
+        v = cop[1]
+        if k == "w":
+            if v in writer or v == init:
+                return False
+            writer[v] = j
+            writes[j] = 1
+        elif k == "r":
+            read_vals.add(v)
+        else:
+            return False  # cas: not this construction's
+        invs[j] = inv
+        resps[j] = resp
+        vals[j] = v
+        top = hi.get(v)
+        if top is None:
+            hi[v] = inv
+            lo[v] = resp
+        else:
+            if inv > top:
+                hi[v] = inv
+            if resp < lo[v]:
+                lo[v] = resp
+    # Cluster ranks: min(I, R); the initial value's cluster first.
+    rank: dict[Any, int] = {}
+    for v, top in hi.items():
+        if v in writer:
+            low = lo[v]
+            rank[v] = top if top < low else low
+        elif v == init:
+            rank[v] = -1
+        else:
+            return False  # a value nothing wrote: not linearizable, or not this kind
+    big = 2 * (max(invs) + 2)
+    keys = [
+        (rank[v] + 1) * big + (0 if w else 2 * inv + 1)
+        for v, w, inv in zip(vals, writes, invs, strict=True)
+    ]
+    order = sorted(range(m), key=keys.__getitem__)
+    # The check: no op completed before an op earlier in the order was invoked, and every
+    # read returns what the last write wrote.
+    state = init
+    latest = -1
+    for j in order:
+        if resps[j] == inf and writes[j] and vals[j] not in read_vals:
+            continue  # a crashed write nothing reads: never applied
+        if resps[j] <= latest:
+            return False
+        if invs[j] > latest:
+            latest = invs[j]
+        if writes[j]:
+            state = vals[j]
+        elif vals[j] != state:
+            return False
+    return True
 
 
 def _drop_unobserved_crashed_writes(items: list[Item], ops: Sequence[Op]) -> list[Item]:
@@ -517,7 +621,9 @@ class KVModel(Model):
         # CPython 3.11 they are specialized for slotted ``Op``s, and much cheaper than an
         # ``attrgetter`` of the same fields.
         parts: dict[Any, KeyItems] = {}
-        get = parts.get
+        # Per key, the bound appends of its items and columns (fewer lookups per op).
+        add: dict[Any, tuple[Any, Any, Any]] = {}
+        get = add.get
         i = -1
         for op in ops:
             i += 1
@@ -550,19 +656,20 @@ class KVModel(Model):
             key = op.key
             if type(key) is not str and type(key) not in _SCALARS:
                 key = freeze(key)
-            slot = get(key)
-            if slot is None:
+            adders = get(key)
+            if adders is None:
                 slot = parts[key] = KeyItems([], [], [])
-            slot.append((i, cop))
+                adders = add[key] = (slot.append, slot.invs.append, slot.ends.append)
+            adders[0]((i, cop))
             inv = op.invoke_index
-            slot.invs.append(inv)
+            adders[1](inv)
             # The end column: the completion for ok ops (the invocation without one), -1
             # for crashed ones.
             if t == "ok":
                 done = op.complete_index
-                slot.ends.append(inv if done is None else done)
+                adders[2](inv if done is None else done)
             else:
-                slot.ends.append(-1)
+                adders[2](-1)
         return cast(dict[Any, list[Item]], parts)
 
     def prune(self, items: Sequence[Item], ops: Sequence[Op]) -> Sequence[Item]:
@@ -714,6 +821,181 @@ class KVModel(Model):
         if any(cop[0] == "a" for _i, cop in items):
             return None  # appends build values no single op wrote
         return _value_from_nowhere(items, ops, "", _register_producers)
+
+    def finds_linearization(self, items: Sequence[Item], ops: Sequence[Op]) -> bool:
+        return _kv_linearization(items, self)
+
+
+def _kv_linearization(items: Sequence[Item], model: KVModel) -> bool:
+    """``_register_linearization`` for a kv key: True only when a linearization is built
+    and checked (real time, ``model.step`` from "", every ok op once).
+
+    With distinct written values, distinct cas results and distinct non-empty append
+    suffixes, each value the key takes is one *epoch* of any linearization: its producer
+    (the write, cas or append that led to it) then the reads of it. A cas or an append
+    ties its epoch to the one before (``succ``), so epochs form *chains* that start at a
+    write (or at "" for the initial value), and a chain is one contiguous block. The
+    producer of a value a read sees that no write or cas wrote is the append whose suffix
+    ends it (the value before it is the rest, found the same way). Appends whose result
+    nothing sees go alone (the value they leave matches nothing until the next write, which
+    starts the next block). The blocks are ordered like the register's clusters. Crashed
+    ops take effect only where their result is seen. Anything unexpected: False."""
+    cols = columns(items)
+    if cols is None:
+        return False
+    invs, ends = cols
+    m = len(items)
+    if m == 0:
+        return True
+    cops = list(map(_SECOND, items))
+    readers: dict[Any, list[int]] = {}  # value -> read-only ops of its epoch
+    made: dict[Any, int] = {}  # value -> the op that produced it
+    succ: dict[Any, Any] = {}  # value -> the value the op ending its epoch leads to
+    appends: dict[str, int] = {}  # suffix -> append
+    late_cas: list[int] = []  # crashed cas: only where their result is seen
+    for j, c in enumerate(cops):
+        k = c[0]
+        if k == "r" or (k == "c" and c[1] == c[2]):
+            lst = readers.get(c[1])
+            if lst is None:
+                readers[c[1]] = [j]
+            else:
+                lst.append(j)
+        elif k == "w":
+            v = c[1]
+            if v in made or v == "":
+                return False
+            made[v] = j
+        elif k == "c":
+            if ends[j] < 0:
+                late_cas.append(j)
+                continue
+            old, new = c[1], c[2]
+            if new in made or new == "" or old in succ:
+                return False
+            made[new] = j
+            succ[old] = new
+        elif k == "a":
+            x = c[1]
+            if not x or x in appends:
+                return False
+            appends[x] = j
+        else:
+            return False
+    late: dict[Any, int] = {}  # result -> crashed cas, for results seen through appends
+    for j in late_cas:
+        old, new = cops[j][1], cops[j][2]
+        if new in readers or new in succ:
+            if new in made or new == "" or old in succ:
+                return False
+            made[new] = j
+            succ[old] = new
+        else:
+            late[new] = j
+    # Values seen that no write or cas wrote: the appends that end them.
+    todo = [u for u in readers if u not in made and u != ""]
+    todo += [u for u in succ if u not in made and u != ""]
+    if todo:
+        lens = sorted({len(x) for x in appends})
+        while todo:
+            u = todo.pop()
+            if u in made:
+                continue
+            if type(u) is not str:
+                return False
+            hit = -1
+            n = len(u)
+            for ln in lens:
+                if ln > n:
+                    break
+                a = appends.get(u[n - ln :])
+                if a is not None:
+                    if hit >= 0:
+                        return False  # two appends could end it
+                    hit = a
+                    prev = u[: n - ln]
+            if hit < 0:
+                cas = late.pop(u, -1)
+                if cas < 0:
+                    return False
+                hit = cas
+                prev = cops[cas][1]
+            else:
+                del appends[cops[hit][1]]
+            if prev in succ:
+                return False
+            made[u] = hit
+            succ[prev] = u
+            if prev != "" and prev not in made:
+                todo.append(prev)
+    inf = 1 << 62
+    # Blocks: the chains from "" and from each write, then each unseen ok append alone.
+    blocks: list[list[int]] = []
+    heads: list[Any] = ["", *[v for v, j in made.items() if cops[j][0] == "w"]]
+    seen_epochs = 0
+    initial = False  # blocks[0] is the chain from "" (it must come first)
+    for h in heads:
+        block: list[int] = []
+        v = h
+        while True:
+            seen_epochs += 1
+            if v != "":
+                block.append(made[v])
+            rs = readers.get(v)
+            if rs is not None:
+                block += rs
+            nxt = succ.get(v)
+            if nxt is None:
+                break
+            v = nxt
+            if seen_epochs > m + 1:
+                return False
+        if h == "" and not block:
+            seen_epochs -= 1
+            continue
+        # A crashed op that produced a value nothing sees (the block's last epoch): never.
+        while block and ends[block[-1]] < 0 and len(block) == 1:
+            block.pop()
+        if block:
+            initial = initial or h == ""
+            blocks.append(block)
+    if seen_epochs != len(made) + (1 if "" in readers or "" in succ else 0):
+        return False  # an epoch no chain reaches
+    blocks += [[a] for a in appends.values() if ends[a] >= 0]
+    # Block ranks: min(latest invocation, earliest completion); the chain from "" first.
+    resps = ends if -1 not in ends else [inf if e < 0 else e for e in ends]
+    ranks = []
+    for b in blocks:
+        if len(b) == 1:
+            ranks.append(invs[b[0]])  # one op: invoked before it completes
+            continue
+        top = max(map(invs.__getitem__, b))
+        low = min(map(resps.__getitem__, b))
+        ranks.append(top if top < low else low)
+    if initial:
+        ranks[0] = -1
+    order = [x for _r, b in sorted(zip(ranks, blocks, strict=True), key=_FIRST) for x in b]
+    # The check, independent of how the order was built.
+    step = model.step
+    placed = bytearray(m)
+    state: Any = ""
+    latest = -1
+    nok = 0
+    for x in order:
+        if placed[x]:
+            return False
+        placed[x] = 1
+        e = ends[x]
+        if e >= 0:
+            if e <= latest:
+                return False
+            nok += 1
+        if invs[x] > latest:
+            latest = invs[x]
+        state = step(state, cops[x])
+        if state is None:
+            return False
+    return nok == m - ends.count(-1)
 
 
 POISON_SCAN_CHARS_MAX = 200_000_000  # skip the poison analysis beyond this much scanning

@@ -5,6 +5,7 @@ many concurrent appends that the search could not, and leaves other keys to the 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from typing import Any
 
 from hypothesis import given, settings
@@ -13,21 +14,25 @@ from hypothesis import strategies as st
 from harness.checker.append_order import check_append_order
 from harness.checker.lin_gen import generate_appends
 from harness.checker.linear import Budget, check_linearizable
-from harness.checker.models import KVModel
+from harness.checker.models import Item, KVModel
 from harness.history import Event, Op, pair_ops
 
 
 class _AppendOrderKV(KVModel):
-    """The kv model without the sweep, so the append-order decision takes every key."""
+    """The kv model without the constructed linearization or the sweep, so the
+    append-order decision takes every key."""
 
     sweeps = False
 
+    def finds_linearization(self, items: Sequence[Item], ops: Sequence[Op]) -> bool:
+        return False
 
-class _SearchOnlyKV(KVModel):
-    """The kv model without the append-order decision or the sweep: the reference."""
+
+class _SearchOnlyKV(_AppendOrderKV):
+    """The kv model without the append-order decision, the constructed linearization or the
+    sweep: the reference."""
 
     appends_concatenate = False
-    sweeps = False
 
 
 def _mutate(events: list[Event], rng: random.Random, how: int) -> list[Event]:

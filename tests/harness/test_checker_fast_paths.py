@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness.checker.lin_gen import LIN_ANOMALIES, generate, inject
-from harness.checker.linear import Budget, _search
+from harness.checker.linear import Budget, _mean_in_flight, _search
 from harness.checker.models import (
     KVModel,
     Model,
@@ -176,3 +176,17 @@ def test_kv_drops_only_crashed_ops_that_nothing_can_observe() -> None:
     items = model.prune(model.partition(ops)["k"], ops)
     assert [ops[i].value for i, _c in items] == ["x", "y", None]
     assert _assert_variants_agree(ops, get_model("kv")) is True
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(2, 1500),
+    crash_p=st.sampled_from([0.0, 0.0, 0.1]),
+)
+def test_in_flight_estimate_from_columns_matches_the_ops(seed: int, n: int, crash_p: float) -> None:
+    """``_mean_in_flight`` on the partition's columns (a C-level sum when every op is
+    sampled and none crashed) equals the estimate read from the op objects."""
+    ops = pair_ops(generate("kv", seed=seed, ops=n, processes=10, crash_p=crash_p, keys=3))
+    for items in get_model("kv").partition(ops).values():
+        assert _mean_in_flight(items, ops) == _mean_in_flight(list(items), ops)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from harness.checker.lin_gen import LIN_ANOMALIES, generate, inject
 from harness.checker.linear import Budget, _search, check_linearizable
-from harness.checker.models import KVModel, Model, columns, get_model
+from harness.checker.models import Item, KVModel, Model, columns, get_model
 from harness.checker.sweep import (
     _solve_one,
     _solve_plain,
@@ -113,19 +113,28 @@ def test_checker_verdict_is_the_same_with_and_without_the_sweep(
     seed: int, crash_p: float, anomaly: str | None
 ) -> None:
     """check_linearizable on kv gives the same verdict and witness key with the sweep as
-    without it (the sweep only ever shortcuts valid keys)."""
+    without it (the sweep only ever shortcuts valid keys). The constructed linearization
+    that comes before the sweep is off in both (``test_checker_construction`` covers it)."""
     evs = generate("kv", seed=seed, ops=300, processes=6, crash_p=crash_p, keys=4)
     if anomaly is not None:
         evs = inject(evs, anomaly, seed=seed, model="kv")
     ops = pair_ops(evs)
-    with_sweep = check_linearizable(ops, KVModel(), Budget())
-    no_sweep_model = KVModel()
+    sweep_model = _NotConstructingKV()
+    with_sweep = check_linearizable(ops, sweep_model, Budget())
+    no_sweep_model = _NotConstructingKV()
     no_sweep_model.sweeps = False
     without = check_linearizable(ops, no_sweep_model, Budget())
     assert with_sweep.valid is without.valid is (anomaly is None)
     assert (with_sweep.witness or {}).get("key") == (without.witness or {}).get("key")
     if anomaly is None:
         assert with_sweep.stats.get("sweep_keys", 0) >= 1
+
+
+class _NotConstructingKV(KVModel):
+    """The kv model without ``finds_linearization`` (so keys reach the sweep)."""
+
+    def finds_linearization(self, items: Sequence[Item], ops: Sequence[Op]) -> bool:
+        return False
 
 
 def _ev(idx: int, proc: int, typ: str, f: str, value: object) -> Event:
