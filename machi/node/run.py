@@ -7,6 +7,7 @@ Owns the process-level lifecycle of a node.  Must not hold protocol or storage l
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import importlib.util
 import signal
@@ -73,14 +74,39 @@ async def run_node(
     them for the rest of the process, which only exits from here on.
     """
     log = log or JsonLog(cfg.name, cfg.log_level)
+    late = {signal.SIGTERM, signal.SIGINT}
     try:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            await _serve(cfg, log, attach, signals)
+        with anyio.open_signal_receiver(*late) as signals:
+            try:
+                await _serve(cfg, log, attach, signals)
+            finally:
+                if ignore_late_signals:
+                    _ignore_before_leaving(late)
     finally:
         if ignore_late_signals:
-            # leaving the receiver restored the default action (terminate)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _ignore_before_leaving(late: set[signal.Signals]) -> None:
+    """Ignore ``late`` for good while the signal receiver is still open.  Leaving the
+    receiver removes asyncio's handlers, which resets them to the default action
+    (terminate): a SIGTERM landing between that and a later SIG_IGN killed the stopped
+    daemon (-15 instead of 0, seen under load).  Blocking the signals would not do: any
+    other thread of the process (SQLite, worker threads) can take a process signal.  So
+    the disposition becomes SIG_IGN first and the loop forgets its handlers, so that its
+    removal (a no-op now) leaves SIG_IGN in place."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # pragma: no cover - run_node always runs in an event loop
+        return
+    handlers = getattr(loop, "_signal_handlers", None)
+    for sig in late:
+        signal.signal(sig, signal.SIG_IGN)
+        if isinstance(handlers, dict):
+            handlers.pop(sig, None)
+    if isinstance(handlers, dict) and not handlers:
+        signal.set_wakeup_fd(-1)  # as the loop does when its last handler goes
 
 
 async def _ignore_signals(log: JsonLog, signals: Any) -> None:
