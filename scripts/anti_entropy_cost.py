@@ -58,7 +58,9 @@ async def main(n_chunks: int, n_files: int) -> None:
                 r = await run_anti_entropy(p, local_name="c", clients=cl, log=log, memory=mem)
                 print(f"{what}: wall {time.monotonic() - w0:.3f} s cpu "
                       f"{time.process_time() - c0:.3f} s ok={r.ok} planned={r.stats.files} "
-                      f"unchanged={r.stats.files_unchanged} copies={r.stats.chunks_copied}",
+                      f"unchanged={r.stats.files_unchanged} "
+                      f"equal={getattr(r.stats, 'files_equal', '-')} "
+                      f"copies={r.stats.chunks_copied}",
                       flush=True)
 
             await one("first pass (no memory, all equal)")
