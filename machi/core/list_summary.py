@@ -20,14 +20,25 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Iterable
+from typing import Protocol
 
 from .checksum import TaggedCsum
 
 PERSON = b"machi-csl-sum1"
-_HEAD = struct.Struct(">QQB")
+_TRIMMED = struct.Struct(">QQB")
+_WRITTEN = struct.Struct(">QQBB")  # ..., 1, tag; the digest follows
 
 #: ``[count, hex digest]`` as the wire carries it
 Summary = tuple[int, str]
+
+
+class _Entry(Protocol):
+    @property
+    def offset(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def csum(self) -> TaggedCsum | None: ...
 
 
 class Summarizer:
@@ -40,25 +51,30 @@ class Summarizer:
         self._h = hashlib.blake2b(digest_size=32, person=PERSON)
         self._n = 0
 
-    def add(self, entries: Iterable[tuple[int, int, TaggedCsum | None]]) -> None:
+    def add(self, entries: Iterable[_Entry]) -> None:
+        """Entries with ``offset``, ``size`` and ``csum`` (None: trimmed)."""
         parts: list[bytes] = []
-        pack = _HEAD.pack
-        for off, size, csum in entries:
-            self._n += 1
-            if csum is None:
-                parts.append(pack(off, size, 0))
+        app = parts.append
+        trimmed, written = _TRIMMED.pack, _WRITTEN.pack
+        n = 0
+        for e in entries:
+            n += 1
+            c = e.csum
+            if c is None:
+                app(trimmed(e.offset, e.size, 0))
             else:
-                parts.append(pack(off, size, 1))
-                parts.append(csum.to_bytes())
+                app(written(e.offset, e.size, 1, c.tag))
+                app(c.digest)
+        self._n += n
         self._h.update(b"".join(parts))
 
     def value(self) -> Summary:
         return self._n, self._h.hexdigest()
 
 
-def summarize(entries: Iterable[tuple[int, int, TaggedCsum | None]]) -> Summary:
-    """The summary of ``(offset, size, csum or None for trimmed)`` entries in list order
-    (sorted by offset, as checksum lists are)."""
+def summarize(entries: Iterable[_Entry]) -> Summary:
+    """The summary of entries (``offset``, ``size``, ``csum``: None for trimmed) in list
+    order (sorted by offset, as checksum lists are)."""
     s = Summarizer()
     s.add(entries)
     return s.value()

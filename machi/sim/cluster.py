@@ -586,7 +586,7 @@ class Cluster:
                        for m in parts}
             # as the daemon's pass: equal summaries of the part on every member (the FLU's
             # ``checksum_list`` with ``summary``) mean equal lists there: nothing to plan
-            if len({summarize((e.offset, e.size, e.csum) for e in entries[m])
+            if len({summarize(entries[m])
                     for m in parts}) == 1:
                 self.stats.anti_entropy_equal += 1
                 memory.done(f)

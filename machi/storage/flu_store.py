@@ -1004,7 +1004,7 @@ class FluStore:
         for i in range(0, len(entries), SUMMARY_STEP):
             if i:
                 await anyio.lowlevel.checkpoint()  # a long file must not hog the loop
-            s.add((e.offset, e.size, e.csum) for e in entries[i:i + SUMMARY_STEP])
+            s.add(entries[i:i + SUMMARY_STEP])
         return s.value()
 
     async def list_files(self) -> list[tuple[str, int]]:

@@ -7,9 +7,15 @@ from __future__ import annotations
 import pytest
 
 from machi.core.checksum import NO_CSUM, CsumTag, TaggedCsum, digest
-from machi.core.list_summary import Summarizer, parse_summary, summarize
+from machi.core.list_summary import Summarizer, parse_summary
+from machi.core.list_summary import summarize as _summarize
+from machi.core.ranges import Entry
 
 B = 1024
+
+
+def summarize(entries: list) -> tuple[int, str]:
+    return _summarize(Entry(*e) for e in entries)
 
 
 def _c(data: bytes, tag: CsumTag = CsumTag.CLIENT) -> TaggedCsum:
@@ -23,9 +29,9 @@ BASE = [(B, 4, _c(b"aaaa")), (B + 4, 10, None), (2 * B, 3, _c(b"bbb", CsumTag.SE
 def test_equal_lists_equal_summaries_and_steps_do_not_matter() -> None:
     assert summarize(BASE) == summarize(list(BASE))
     s = Summarizer()
-    s.add(BASE[:1])
+    s.add([Entry(*e) for e in BASE[:1]])
     s.add([])
-    s.add(BASE[1:])
+    s.add([Entry(*e) for e in BASE[1:]])
     assert s.value() == summarize(BASE)
     n, h = summarize(BASE)
     assert n == 4 and len(h) == 64
@@ -47,6 +53,16 @@ def test_equal_lists_equal_summaries_and_steps_do_not_matter() -> None:
 ])
 def test_any_difference_changes_the_summary(changed: list) -> None:
     assert summarize(changed) != summarize(BASE)
+
+
+def test_the_encoding_is_the_documented_one() -> None:
+    """docs/protocol.md: offset, size (8-byte big-endian), 0 | 1, tag byte + digest."""
+    import hashlib
+    raw = b"".join(
+        e[0].to_bytes(8, "big") + e[1].to_bytes(8, "big")
+        + (b"\0" if e[2] is None else b"\1" + e[2].to_bytes()) for e in BASE)
+    want = hashlib.blake2b(raw, digest_size=32, person=b"machi-csl-sum1").hexdigest()
+    assert summarize(BASE) == (len(BASE), want)
 
 
 def test_wire_form() -> None:
