@@ -2,7 +2,8 @@
 three in-process FLUs and the pass in one event loop (one core), stores holding one big
 file of N chunks and F one-chunk files, equal on all three.  Prints wall and CPU seconds
 of: the first pass (no memory), passes with nothing changed, a pass after one orphan in
-the big file, the pass after it, and one after an orphan in a small file.
+the big file, the pass after it, one after an orphan in a small file, and the two
+passes after 10,000 appends that reached every replica (the second plans them).
 
     .venv/bin/python scripts/anti_entropy_cost.py 100000 200
 """
@@ -58,7 +59,9 @@ async def main(n_chunks: int, n_files: int) -> None:
                 r = await run_anti_entropy(p, local_name="c", clients=cl, log=log, memory=mem)
                 print(f"{what}: wall {time.monotonic() - w0:.3f} s cpu "
                       f"{time.process_time() - c0:.3f} s ok={r.ok} planned={r.stats.files} "
-                      f"unchanged={r.stats.files_unchanged} copies={r.stats.chunks_copied}",
+                      f"unchanged={r.stats.files_unchanged} "
+                      f"equal={getattr(r.stats, 'files_equal', '-')} "
+                      f"copies={r.stats.chunks_copied}",
                       flush=True)
 
             await one("first pass (no memory, all equal)")
@@ -73,6 +76,7 @@ async def main(n_chunks: int, n_files: int) -> None:
             for i in range(10_000):  # steady load: new chunks replicated everywhere
                 await put("big", b"y%07d" % i)
             await one("after 10,000 appends that reached every replica")
+            await one("the pass after it (plans those 10,000)")
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from machi.core.errors import (
     error_for_status,
 )
 from machi.core.fitness import Report
+from machi.core.list_summary import Summary, parse_summary
 from machi.core.projection import Projection, projection_from_json
 from machi.core.status import Status
 from machi.core.wire import Op
@@ -613,6 +614,27 @@ class FluClient:
             if not isinstance(entries, list):
                 raise RemoteProtocolError("checksum_list: entries must be a list")
             yield entries
+
+    async def checksum_summary(self, file: str, *, from_offset: int | None = None,
+                               to_offset: int | None = None) -> Summary | None:
+        """The summary (``machi.core.list_summary``) of the checksum-list entries that end
+        after ``from_offset`` and start below ``to_offset`` (AP anti-entropy compares
+        it instead of listing); None when the FLU flags one of them corrupt.  A FLU
+        older than the field answers BAD_ARG."""
+        meta: dict[str, Any] = {"file": file, "summary": True}
+        if from_offset is not None:
+            meta["from_offset"] = from_offset
+        if to_offset is not None:
+            meta["to_offset"] = to_offset
+        last: wire.Frame | None = None
+        async for f in self._stream(Op.CHECKSUM_LIST, meta):
+            last = f
+        if last is None or "summary" not in last.meta:
+            raise RemoteProtocolError("checksum_list: no summary in the reply")
+        try:
+            return parse_summary(last.meta["summary"])
+        except ValueError as e:
+            raise RemoteProtocolError(f"checksum_list: {e}") from None
 
     async def checksum_list(self, file: str) -> list[ChecksumEntry]:
         out: list[ChecksumEntry] = []

@@ -162,6 +162,13 @@ class FileIndex:
         """The entries that end after ``offset`` (a snapshot), in offset order."""
         return iter(self._entries[self._first_overlap(offset):])
 
+    def entries_between(self, offset: int, stop: int | None) -> list[Entry]:
+        """The entries that end after ``offset`` and start below ``stop`` (None: no
+        bound), in offset order (a new list)."""
+        lo = self._first_overlap(offset)
+        hi = len(self._entries) if stop is None else bisect.bisect_left(self._starts, stop)
+        return self._entries[lo:max(lo, hi)]
+
     # ---- queries ------------------------------------------------------------------
     def _first_overlap(self, offset: int) -> int:
         i = bisect.bisect_right(self._starts, offset) - 1

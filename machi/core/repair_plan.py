@@ -138,10 +138,11 @@ class ChangeMemory:
     member's entries below offset D are equal (D None: everywhere).  Then, if nothing
     below offset L changed on any member since, it still agrees below min(L, D) now, and
     the pass plans only from there (L: the lowest changed offset any member reports).
-    It plans up to the largest EOF any member listed at the previous listing (``stop``):
-    entries above it are younger than one period and may still be on their way down the
-    chain, so copying them would only race their clients; they are planned by the next
-    pass (an orphan appended last is merged within two periods).  After a plan ran
+    It plans up to the largest EOF any member listed at the previous listing (``stop``;
+    nothing of a file no member listed then): entries above it are younger than one
+    period and may still be on their way down the chain, so copying them would only race
+    their clients; they are planned by the next pass (an orphan appended last is merged
+    within two periods).  After a plan ran
     without a problem the file agrees below ``stop``; a file whose part to plan is empty
     is recorded at once.  Why sound: a pass's copies are changes after its listing, so
     the next pass plans their places again; a plan with a problem is not remembered.
@@ -158,6 +159,8 @@ class ChangeMemory:
         self._tokens: dict[str, int] = {}
         #: file -> the largest EOF any member listed at my last listing
         self._eofs: dict[str, int] = {}
+        #: a listing was made before (files it did not list are younger than it)
+        self._listed_before = False
         self._listed: dict[str, tuple[Mapping[str, int], frozenset[str], int | None]] = {}
 
     def __len__(self) -> int:
@@ -175,6 +178,10 @@ class ChangeMemory:
         plans every file whole and forgets the tokens."""
         names = sorted(eofs)
         prev_eofs, self._eofs = self._eofs, dict(eofs)
+        # a file no member listed at my previous listing is younger than it: all of it
+        # waits for the next pass, like the part of a file past its previous EOF
+        young = MIN_OFFSET if self._listed_before else None
+        self._listed_before = True
         if listings is None:
             self._listed, self._tokens = {}, {}
             return [(f, MIN_OFFSET, None) for f in names]
@@ -200,7 +207,7 @@ class ChangeMemory:
                     self._agreed[f] = (tokens, present, None)  # unchanged: agrees now too
                     continue
                 start = min(lows)
-            stop = prev_eofs.get(f)
+            stop = prev_eofs.get(f, young)
             if stop is not None and stop <= start:  # nothing old enough to plan yet
                 self._agreed[f] = (tokens, present, start)
                 continue

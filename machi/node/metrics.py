@@ -47,7 +47,7 @@ class _Histogram:
 REPAIR_KINDS = ("repair", "upi_sync", "anti_entropy")
 #: ``RepairStats`` fields exported as ``machi_repair_<field>_total`` counters
 REPAIR_COUNTERS = (
-    "files_done", "files_skipped", "files_unchanged", "chunks_copied", "bytes_in",
+    "files_done", "files_skipped", "files_unchanged", "files_equal", "chunks_copied", "bytes_in",
     "bytes_out", "chunks_reset", "ranges_trimmed", "bad_chunks", "chunks_healed",
     "conflicts", "errors",
 )

@@ -37,6 +37,7 @@ from machi.core.errors import (
     Trimmed,
     Written,
 )
+from machi.core.list_summary import Summary, summarize
 from machi.core.projection import Projection
 from machi.core.ranges import MIN_OFFSET
 from machi.core.repair_plan import (
@@ -74,6 +75,8 @@ class RepairStats:
     chunks_reset: int = 0
     ranges_trimmed: int = 0
     files_unchanged: int = 0  # anti-entropy: skipped, unchanged since they last agreed
+    #: anti-entropy: planned part equal on every member by its summary (not listed)
+    files_equal: int = 0
     #: checksum-list entries every participant listed identically (equal batches, not
     #: planned; counted per planning pass)
     entries_equal: int = 0
@@ -95,6 +98,7 @@ class RepairStats:
         return {
             "files": self.files, "files_done": self.files_done,
             "files_skipped": self.files_skipped, "files_unchanged": self.files_unchanged,
+            "files_equal": self.files_equal,
             "entries_equal": self.entries_equal,
             "chunks_copied": self.chunks_copied,
             "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
@@ -150,6 +154,22 @@ class _Member:
             return await self.client.list_file_changes(since)
         token, rows = await self.store.list_file_changes(since)
         return int(token), list(rows)
+
+    async def summary(self, file: str, start: int, stop: int | None) -> Summary | None:
+        """The summary of the file's checksum-list entries that end after ``start`` and
+        start below ``stop`` (a missing file: the empty list's); None when the FLU gives
+        none (a copy flagged corrupt, or the file deleted once fully trimmed: list it).
+        BAD_ARG from a FLU without the field."""
+        try:
+            if self.client is not None:
+                return await self.client.checksum_summary(
+                    file, from_offset=start if start > MIN_OFFSET else None, to_offset=stop)
+            return await self.store.checksum_summary(file, from_offset=start,
+                                                     to_offset=stop)
+        except NoSuchFile:
+            return summarize(())
+        except Trimmed:
+            return None
 
     async def raw_batches(self, file: str, batch_size: int, eof: int,
                           from_offset: int = MIN_OFFSET) -> AsyncGenerator[list[Any], None]:
@@ -249,6 +269,8 @@ class _Run:
         self.eofs: dict[str, int] = {}
         #: anti-entropy: the part of each selected file to plan (from, entries below)
         self.starts: dict[str, tuple[int, int | None]] = {}
+        #: members that answered a summary request BAD_ARG (older FLUs): listed only
+        self.no_summary: set[str] = set()
 
     def problem(self, text: str, *, conflict: bool = True) -> None:
         self.problem_count += 1
@@ -336,6 +358,10 @@ class _Run:
         executes while streaming (skipped when pass 1 found nothing to do: the common case
         of anti-entropy).  A file with a problem gets no directive at all, and memory
         stays bounded by one batch per member and one overlap cluster."""
+        if self.memory is not None and await self._summaries_equal(file):
+            self.stats.files_equal += 1
+            self.stats.files_done += 1
+            return True
         bad = work = False
         async with aclosing(self._plan(file)) as plan:
             async for x in plan:
@@ -367,6 +393,26 @@ class _Run:
         else:
             self.stats.files_done += 1
         return not bad
+
+    async def _summaries_equal(self, file: str) -> bool:
+        """Anti-entropy: every member gives the same summary of the part to plan, so
+        their checksum lists there are equal (up to a BLAKE2b-256 collision) and the
+        plan would be empty: no listing (docs/repair.md, "Equal summaries").  False as
+        soon as one differs or a member gives none."""
+        if self.no_summary:
+            return False
+        start, stop = self.starts.get(file, (MIN_OFFSET, None))
+        ref: Summary | None = None
+        for name, m in self.members.items():
+            try:
+                s = await m.summary(file, start, stop)
+            except BadArg:  # a FLU without the field: list, as before
+                self.no_summary.add(name)
+                return False
+            if s is None or (ref is not None and s != ref):
+                return False
+            ref = s
+        return ref is not None
 
     async def _worker(self, recv: anyio.abc.ObjectReceiveStream[Directive]) -> None:
         async with recv:

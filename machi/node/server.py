@@ -520,7 +520,15 @@ class FluNode:
         return Reply({"chunks": n})
 
     async def _checksum_list(self, f: wire.Frame, peer: _Peer) -> Reply:
-        """Streamed: one frame per batch (not final), then an empty final frame."""
+        """Streamed: one frame per batch (not final), then an empty final frame.  With
+        ``summary``: one final frame, the summary of the entries (anti-entropy)."""
+        if f.meta.get("summary"):
+            s = await self.store.checksum_summary(
+                f.meta["file"], from_offset=f.meta.get("from_offset", MIN_OFFSET),
+                to_offset=f.meta.get("to_offset"))
+            return Reply({"summary": None if s is None else list(s)})
+        if "to_offset" in f.meta:
+            raise BadArg("to_offset goes only with summary")
         batch_size = min(max(1, f.meta.get("batch_size", CHECKSUM_LIST_BATCH_MAX)),
                          CHECKSUM_LIST_BATCH_MAX)
         async for batch in self.store.checksum_list(

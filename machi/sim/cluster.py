@@ -42,6 +42,7 @@ from machi.core.chain_manager import (
 )
 from machi.core.checksum import CsumTag, TaggedCsum, digest
 from machi.core.epoch import EpochId
+from machi.core.list_summary import summarize
 from machi.core.projection import Mode, Projection
 from machi.core.repair_plan import (
     ChangeMemory,
@@ -112,6 +113,8 @@ class Stats:
     anti_entropy_copies: int = 0
     anti_entropy_unchanged: int = 0
     anti_entropy_planned: int = 0
+    #: planned files whose part to plan had the same summary on every member (not planned)
+    anti_entropy_equal: int = 0
     events: int = 0
 
 
@@ -581,6 +584,13 @@ class Cluster:
                            for off, data in sorted(self.flus[m].chunks.get(f, {}).items())
                            if off + len(data) > start and (stop is None or off < stop)]
                        for m in parts}
+            # as the daemon's pass: equal summaries of the part on every member (the FLU's
+            # ``checksum_list`` with ``summary``) mean equal lists there: nothing to plan
+            if len({summarize(entries[m])
+                    for m in parts}) == 1:
+                self.stats.anti_entropy_equal += 1
+                memory.done(f)
+                continue
             plan = list(plan_file(f, roles, entries))
             problems = [x for x in plan if isinstance(x, Problem)]
             if problems:

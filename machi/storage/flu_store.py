@@ -58,6 +58,7 @@ from machi.core.filename import (
     parse_filename,
     prefix_error,
 )
+from machi.core.list_summary import Summarizer, Summary
 from machi.core.projection import Projection
 from machi.core.ranges import MIN_OFFSET, Entry, FileIndex, WriteCheck, check_range
 
@@ -161,6 +162,8 @@ _Key = tuple[str, int, str]  # (namespace, locator, prefix)
 #: change tokens a store keeps live at once (list_file_changes): one per anti-entropy
 #: pass of each observer (normally one: the UPI tail; two while the tail moves)
 MAX_CHANGE_TOKENS = 4
+#: entries hashed between two checkpoints by ``checksum_summary``
+SUMMARY_STEP = 16384
 
 
 class FluStore:
@@ -973,6 +976,36 @@ class FluStore:
             yield [ChecksumEntry(e.offset, e.size, e.csum,
                                  e.csum is not None and (file, e.offset) in self._known_corrupt)
                    for e in entries[i:i + batch_size]]
+
+    async def checksum_summary(self, file: str, *, from_offset: int = MIN_OFFSET,
+                               to_offset: int | None = None) -> Summary | None:
+        """The summary (``machi.core.list_summary``) of the entries ``checksum_list``
+        would list now with ``from_offset`` that start below ``to_offset`` (None: no
+        bound): equal summaries on two FLUs mean equal lists (AP anti-entropy skips
+        listing them).  None when one of those entries is a copy known to be corrupt
+        (it needs a rewrite: list it).  Cost: one hash update per entry, computed when
+        asked (nothing is kept between calls)."""
+        self._check_open()
+        self._parse(file)
+        f = self._files.get(file)
+        if f is None:
+            raise NoSuchFile(f"no file {file}")
+        for name, value in (("from_offset", from_offset), ("to_offset", to_offset)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 0):
+                raise BadArg(f"{name} must be a non-negative integer, got {value!r}")
+        entries = [e for e in f.index.entries_between(from_offset, to_offset)
+                   if (file, e.offset) not in self._pending]
+        if self._known_corrupt and any(
+                e.csum is not None and (file, e.offset) in self._known_corrupt
+                for e in entries):
+            return None
+        s = Summarizer()
+        for i in range(0, len(entries), SUMMARY_STEP):
+            if i:
+                await anyio.lowlevel.checkpoint()  # a long file must not hog the loop
+            s.add(entries[i:i + SUMMARY_STEP])
+        return s.value()
 
     async def list_files(self) -> list[tuple[str, int]]:
         """(name, EOF) of every file, sorted by name."""

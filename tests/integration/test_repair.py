@@ -587,3 +587,105 @@ def test_equal_batches_are_skipped_and_the_first_difference_is_planned(
         "b": {"chunks": 1, "bytes": len(b"head only")},
         "c": {"chunks": 2, "bytes": len(b"c lacks this") + len(b"head only")}}
     assert res.stats.entries_equal >= 6 // batch * batch
+
+
+def test_anti_entropy_equal_summaries_skip_the_listing_and_differences_are_found(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file whose planned part has the same summary on every member is not listed
+    (``files_equal``); a file with a chunk missing on one member, an extra chunk on the
+    head, a trim on one member only is listed and repaired as before, and the next pass
+    finds all of them equal by summary; a conflict is still a problem; a member whose
+    FLU refuses the summary (older: BAD_ARG) makes the pass list, and it still repairs."""
+    from machi.core.repair_plan import ChangeMemory
+    from machi.core.wire import Op
+    from machi.node.repair import run_anti_entropy
+
+    listed: list[str] = []
+    real_list = FluClient.checksum_list_raw_batches
+    real_sum = FluClient.checksum_summary
+    old_flus: set[int] = set()
+    refused: list[str] = []
+
+    def spy_list(self: FluClient, file: str, **kw: Any) -> Any:
+        listed.append(file.split("^")[0])
+        return real_list(self, file, **kw)
+
+    async def spy_sum(self: FluClient, file: str, **kw: Any) -> Any:
+        if self.port in old_flus:
+            refused.append(file.split("^")[0])
+            raise BadArg("unknown field summary")  # as a FLU before the field answers
+        return await real_sum(self, file, **kw)
+
+    monkeypatch.setattr(FluClient, "checksum_list_raw_batches", spy_list)
+    monkeypatch.setattr(FluClient, "checksum_summary", spy_sum)
+
+    async def go() -> list[tuple[RepairResult, list[str]]]:
+        out: list[tuple[RepairResult, list[str]]] = []
+        async with inproc_chain(tmp_path, NAMES) as nodes, AsyncExitStack() as stack:
+            cl = await inproc_clients(stack, nodes)
+            p = await install(nodes, 1, NAMES)
+            e = p.epoch_id
+            chain = [cl[n] for n in NAMES]
+            with pytest.raises(BadArg):  # to_offset only with summary
+                async for _f in cl["a"]._stream(Op.CHECKSUM_LIST, {"file": "x^^0^u^1",
+                                                                   "to_offset": B}):
+                    pass
+            names: dict[str, str] = {}
+            for i in range(3):
+                for f in ("e1", "e2", "m", "x", "d"):
+                    names[f], _ = await chain_append(chain, f, b"%s equal %d" % (
+                        f.encode(), i), e)
+            await chain_append(chain[:2], "m", b"c lacks this", e)
+            await chain_append(chain, "m", b"m equal again", e)
+            await cl["a"].append("x", b"only the head has this", epoch_id=e)
+            d = await chain_append(chain, "d", b"trimmed on b only", e)
+            await cl["b"].trim(d[0], d[1], len(b"trimmed on b only"), epoch_id=e)
+            mem = ChangeMemory()
+
+            async def pass_() -> None:
+                listed.clear()
+                res = await run_anti_entropy(p, local_name="c", store=nodes["c"][0].store,
+                                             clients={n: cl[n] for n in ("a", "b")},
+                                             log=quiet_log(io.StringIO()), memory=mem)
+                out.append((res, sorted(set(listed))))
+
+            await pass_()  # first pass: every file whole
+            lists = [await everything(cl[n]) for n in NAMES]
+            assert lists[0] == lists[1] == lists[2]
+            await pass_()  # re-plans what it changed: equal now
+            old_flus.add(cl["b"].port)
+            x = names["x"]
+            await cl["b"].write(x, 60 * B, b"late, b only", epoch_id=e)
+            await cl["a"].append("e1", b"late in e1, head only", epoch_id=e)
+            for _ in range(2):
+                await pass_()  # b cannot summarise: listed; copied by the second pass
+            assert (await cl["c"].read(x, 60 * B, 12, epoch_id=e)).data() == b"late, b only"
+            old_flus.clear()
+            await cl["b"].write(d[0], 40 * B, b"BBBB", epoch_id=e)
+            await cl["c"].write(d[0], 40 * B, b"CCCC", epoch_id=e)
+            for _ in range(2):
+                await pass_()  # past the last EOF, then a conflict: listed, a problem
+            assert (await cl["c"].read(d[0], 40 * B, 4, epoch_id=e)).data() == b"CCCC"
+        return out
+
+    (first, l1), (second, l2), (old1, l4), (old2, l5), _young, (bad, l3) = anyio.run(go)
+    assert first.ok, first.detail
+    assert first.stats.files == 5 and first.stats.files_equal == 2
+    assert l1 == ["d", "m", "x"]  # e1 and e2 equal by summary: never listed
+    assert first.stats.per_destination == {
+        "b": {"chunks": 1, "bytes": len(b"only the head has this")},
+        "c": {"chunks": 2, "bytes": len(b"c lacks this") + len(b"only the head has this")}}
+    assert first.stats.ranges_trimmed == 2
+    assert second.ok and second.stats.files_equal == second.stats.files == 3
+    assert l2 == [] and second.stats.chunks_copied == 0
+    assert not bad.ok and "conflicting checksums at one place" in bad.detail
+    assert l3 == ["d"] and bad.stats.files_equal == 0
+    assert old1.ok and old2.ok, (old1.detail, old2.detail)
+    assert old1.stats.files_equal == old2.stats.files_equal == 0
+    assert l4 == [] and l5 == ["e1", "x"]  # younger than a pass, then listed
+    # e1 differs on a already; x is equal on c and a, and b refuses: listed
+    assert refused == ["x"]
+    assert old2.stats.per_destination == {
+        "a": {"chunks": 1, "bytes": len(b"late, b only")},
+        "b": {"chunks": 1, "bytes": len(b"late in e1, head only")},
+        "c": {"chunks": 2, "bytes": len(b"late, b only") + len(b"late in e1, head only")}}

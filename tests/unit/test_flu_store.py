@@ -241,6 +241,8 @@ async def test_fully_trimmed_retired_file_is_deleted(store: FluStore) -> None:
     with pytest.raises(Trimmed):
         async for _ in store.checksum_list(p1.file):
             pass
+    with pytest.raises(Trimmed):  # not an empty list's summary: anti-entropy lists it
+        await store.checksum_summary(p1.file)
 
 
 async def test_fully_trimmed_replica_file_stays_writable(tmp_path: Path) -> None:
@@ -531,5 +533,70 @@ async def test_list_file_changes_reports_the_lowest_change_since_a_token(
     try:
         _, rows = await s.list_file_changes(t2)  # a token of the previous open
         assert {low for _n, _e, low in rows} == {B}
+    finally:
+        await s.close()
+
+
+async def _listed(s: FluStore, file: str, lo: int, hi: int | None) -> tuple[int, str]:
+    from machi.core.list_summary import summarize
+    got = [e async for batch in s.checksum_list(file, from_offset=lo) for e in batch]
+    return summarize(e for e in got if hi is None or e.offset < hi)
+
+
+async def test_checksum_summary_is_the_summary_of_the_checksum_list(tmp_path: Path) -> None:
+    """``checksum_summary(file, from_offset, to_offset)`` summarises exactly the entries
+    ``checksum_list(from_offset)`` lists that start below ``to_offset``, after appends,
+    writes, trims (a chunk split by a partial trim, merged trims) and a restart; a copy
+    known corrupt in the range gives None until healed; a missing file is NO_SUCH_FILE."""
+    ranges = [(B, None), (B, 3 * B), (B + 2, None), (2 * B, 2 * B + 1), (5 * B, None),
+              (9 * B, 10 * B), (B, B)]
+
+    async def check(s: FluStore, file: str) -> list[tuple[int, str] | None]:
+        out = []
+        for lo, hi in ranges:
+            got = await s.checksum_summary(file, from_offset=lo, to_offset=hi)
+            assert got == await _listed(s, file, lo, hi), (lo, hi)
+            out.append(got)
+        return out
+
+    s = await FluStore.open(tmp_path / "flu", StoreConfig())
+    try:
+        pos, _ = await s.append("p", b"0123456789", client_csum(b"0123456789"), epoch_id=E0)
+        f = pos.file
+        empty = await check(s, f)
+        for i in range(5):
+            await s.append("p", b"chunk %d" % i, client_csum(b"chunk %d" % i), epoch_id=E0)
+        await s.write(f, 5 * B, b"written", client_csum(b"written"))
+        await s.write(f, 9 * B, b"late", client_csum(b"late"))
+        grown = await check(s, f)
+        assert grown != empty
+        await s.trim(f, B + 2, 3)  # splits the first chunk: two SERVER_REGEN pieces
+        await s.trim(f, B + 5, 2)  # merges with the first trim
+        trimmed = await check(s, f)
+        assert trimmed[0] != grown[0] and trimmed[-3] == grown[-3]  # 5K.. untouched
+        assert await s.checksum_summary(f, from_offset=B, to_offset=B) == (
+            0, (await _listed(s, f, B, B))[1])
+        with pytest.raises(NoSuchFile):
+            await s.checksum_summary(OTHER)
+        for bad in ({"from_offset": -1}, {"to_offset": -1}, {"to_offset": True}):
+            with pytest.raises(BadArg):
+                await s.checksum_summary(f, **bad)  # type: ignore[arg-type]
+    finally:
+        await s.close()
+    s = await FluStore.open(tmp_path / "flu", StoreConfig())
+    try:
+        assert await check(s, f) == trimmed  # rebuilt from the stored metadata: the same
+        fd = os.open(s.data_dir / "data" / f, os.O_RDWR)
+        try:
+            os.pwrite(fd, b"X", 5 * B + 1)
+        finally:
+            os.close(fd)
+        with pytest.raises(BadChecksum):
+            await s.read(f, 5 * B, 7)  # now known corrupt: flagged in the list
+        assert await s.checksum_summary(f) is None
+        assert await s.checksum_summary(f, from_offset=5 * B + 7) is not None
+        assert await s.checksum_summary(f, to_offset=5 * B) is not None
+        await s.write(f, 5 * B, b"written", client_csum(b"written"))  # heals it
+        assert await s.checksum_summary(f) == trimmed[0]
     finally:
         await s.close()

@@ -440,6 +440,15 @@ def test_change_memory_plans_changed_files_from_their_lowest_change() -> None:
     # another member set: everything whole
     assert mem.select(lst(11, a={"f": None}, c={"f": None}), {"f": 40 * B}) == [
         ("f", B, 40 * B)]
+    mem.done("f")
+    # a file that appeared since the previous listing is younger than it: planned by
+    # the next pass, up to the EOF listed now
+    eofs = {"f": 40 * B, "n": 3 * B}
+    assert mem.select(lst(12, a={"f": None, "n": B}, c={"f": None}), eofs) == []
+    assert mem.select(lst(13, a={"f": None, "n": None}, c={"f": None}), eofs) == [
+        ("n", B, 3 * B)]
+    mem.done("n")
+    assert mem.select(lst(14, a={"f": None, "n": None}, c={"f": None}), eofs) == []
     # a member that could not list changes: everything whole, tokens forgotten
     assert mem.select(None, {"f": 40 * B}) == [("f", B, None)] and mem.since("a") is None
     assert mem.select({"a": Listing(None, 12, {})}, {}) == [] and len(mem) == 0  # pruned
