@@ -822,7 +822,11 @@ def _decide(
                                       repair_ok=repair_ok, creation_time_ms=now, dbg=dbg,
                                       restarted=_restarted(st, views))
     # ---- rank / write
-    if latest is not None and shape(latest) == shape(newprop) and not unsafe:
+    # I restarted inside my UPI and nothing newer exists: the chain must move to a new
+    # epoch even when it keeps its shape (I am its sole UPI member, the others repairing):
+    # else nobody proposes, I never confirm, and repair never starts (Hypothesis, CI).
+    renew = st.restarted and latest is not None and latest.epoch_number <= cur.epoch_number
+    if latest is not None and shape(latest) == shape(newprop) and not unsafe and not renew:
         if latest == cur:
             st, more = _maybe_repair(st, now)
             st, ae = _maybe_anti_entropy(st, now)

@@ -202,3 +202,22 @@ def test_set_members_sticks_whenever_it_lands_in_a_round(seed: int) -> None:
         c.admin("a", AdminSetMembers(("a", "b", "c")))
         assert _settle(c, c.converged)
     assert not c.violations and c.lost_acked_writes() == 0
+
+
+def test_ap_sole_upi_member_restarting_moves_the_chain_to_a_new_epoch() -> None:
+    """AP: c, the sole UPI member (a and b repairing), crashes right after adopting that
+    projection and restarts: it must not serve it again, and a calculation from it keeps
+    its shape -- c proposes the same shape at a new epoch, and the chain repairs and
+    converges (found by the Hypothesis AP machine, seed 862: nobody proposed, forever)."""
+    c = Cluster(NODES, mode="ap", seed=862)
+    c.bootstrap()
+    c.run_until(1000)
+    c.set_partitions({("a", "b")})
+    c.run_until(c.now + 643)
+    c.set_partitions(set())
+    c.run_until(c.now + 49)
+    assert _private(c, "c").upi == ("c",) and set(_private(c, "c").repairing) == {"a", "b"}
+    c.crash("c")
+    c.restart("c")
+    assert _settle(c, c.converged)
+    assert not c.violations and c.lost_acked_writes() == 0
