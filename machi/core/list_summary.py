@@ -20,9 +20,8 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Iterable
-from typing import Protocol
 
-from .checksum import TaggedCsum
+from .repair_plan import EntryLike
 
 PERSON = b"machi-csl-sum1"
 _TRIMMED = struct.Struct(">QQB")
@@ -30,15 +29,6 @@ _WRITTEN = struct.Struct(">QQBB")  # ..., 1, tag; the digest follows
 
 #: ``[count, hex digest]`` as the wire carries it
 Summary = tuple[int, str]
-
-
-class _Entry(Protocol):
-    @property
-    def offset(self) -> int: ...
-    @property
-    def size(self) -> int: ...
-    @property
-    def csum(self) -> TaggedCsum | None: ...
 
 
 class Summarizer:
@@ -51,7 +41,7 @@ class Summarizer:
         self._h = hashlib.blake2b(digest_size=32, person=PERSON)
         self._n = 0
 
-    def add(self, entries: Iterable[_Entry]) -> None:
+    def add(self, entries: Iterable[EntryLike]) -> None:
         """Entries with ``offset``, ``size`` and ``csum`` (None: trimmed)."""
         parts: list[bytes] = []
         app = parts.append
@@ -72,7 +62,7 @@ class Summarizer:
         return self._n, self._h.hexdigest()
 
 
-def summarize(entries: Iterable[_Entry]) -> Summary:
+def summarize(entries: Iterable[EntryLike]) -> Summary:
     """The summary of entries (``offset``, ``size``, ``csum``: None for trimmed) in list
     order (sorted by offset, as checksum lists are)."""
     s = Summarizer()

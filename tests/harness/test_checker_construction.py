@@ -15,7 +15,7 @@ from harness.checker.lin_gen import LIN_ANOMALIES, generate, inject
 from harness.checker.linear import Budget, _search
 from harness.checker.models import SINGLE_KEY, get_model
 from harness.history import Event, Op, pair_ops
-from tests.harness.test_checker_linear import brute_force, tiny_histories
+from tests.harness.test_checker_linear import brute_force, interleave, tiny_histories
 
 
 @st.composite
@@ -31,18 +31,7 @@ def unique_register_histories(draw: st.DrawFn) -> list[Op]:
             specs.append(("read", None, draw(st.one_of(st.none(), st.integers(1, n)))))
     outcomes = [draw(st.sampled_from(["ok", "ok", "ok", "info", "fail", "pending"])) for _ in specs]
     order = draw(st.permutations(list(range(2 * n))))
-    events: list[Event] = []
-    seen: set[int] = set()
-    for tok in order:
-        k = tok // 2
-        f, value, result = specs[k]
-        if k not in seen:
-            seen.add(k)
-            events.append(Event(len(events), 0, k, "invoke", f, value, None))
-        elif outcomes[k] != "pending":
-            typ = outcomes[k]
-            events.append(Event(len(events), 0, k, typ, f, result if typ == "ok" else value, None))
-    return pair_ops(events)
+    return interleave(specs, outcomes, order, None)
 
 
 def _constructed(ops: list[Op], model_name: str) -> bool:
@@ -161,18 +150,7 @@ def distinct_kv_histories(draw: st.DrawFn) -> list[Op]:
             specs.append(("read", None, draw(st.sampled_from(pool))))
     outcomes = [draw(st.sampled_from(["ok", "ok", "ok", "info", "pending"])) for _ in specs]
     order = draw(st.permutations(list(range(2 * n))))
-    events: list[Event] = []
-    seen: set[int] = set()
-    for tok in order:
-        k = tok // 2
-        f, value, result = specs[k]
-        if k not in seen:
-            seen.add(k)
-            events.append(Event(len(events), 0, k, "invoke", f, value, "k"))
-        elif outcomes[k] != "pending":
-            typ = outcomes[k]
-            events.append(Event(len(events), 0, k, typ, f, result if typ == "ok" else value, "k"))
-    return pair_ops(events)
+    return interleave(specs, outcomes, order, "k")
 
 
 @settings(max_examples=1000)

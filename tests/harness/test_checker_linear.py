@@ -107,9 +107,16 @@ def tiny_histories(draw: st.DrawFn, model: str) -> list[Op]:
     specs = [draw(_op_spec(model)) for _ in range(n)]
     outcomes = [draw(st.sampled_from(["ok", "ok", "info", "fail", "pending"])) for _ in range(n)]
     order = draw(st.permutations(list(range(2 * n))))
+    return interleave(specs, outcomes, order, "k" if model == "kv" else None)
+
+
+def interleave(specs: list[tuple[str, Any, Any]], outcomes: list[str], order: list[int],
+               key: Any) -> list[Op]:
+    """Paired ops from one-op processes: ``specs[k]`` = (f, invoked value, ok value);
+    ``order`` lists 2k (invoke) and 2k+1 (completion) tokens, the first one of k seen is
+    its invocation; ``outcomes[k]`` ok/info/fail, or pending (never completes)."""
     events: list[Event] = []
     seen: set[int] = set()
-    key = "k" if model == "kv" else None
     for tok in order:
         k = tok // 2
         f, value, result = specs[k]
